@@ -1,0 +1,90 @@
+"""The ``memplan`` entry point: the typer app, and one line plus an exit code for every error.
+
+Exit codes: 0 ok, 1 error, 2 usage, 3 budget infeasible. ``--debug`` (anywhere on the command
+line) or ``MEMPLAN_DEBUG=1`` shows the traceback instead of the one-line message.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+import typer
+
+from memplan import __version__
+from memplan.errors import MemplanError
+from memplan.cli import analyze_cmd, profiles_cmd
+
+app = typer.Typer(
+    name="memplan",
+    help="Plan, predict and measure optimizer state under a memory budget.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("analyze")(analyze_cmd.analyze)
+app.command("profiles")(profiles_cmd.profiles)
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"memplan {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+) -> None:
+    """memplan: which optimizer state can this model afford, and what does it cost?"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return (and, as a console script, exit with) the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("MEMPLAN_DEBUG") == "1"
+    args = [arg for arg in args if arg != "--debug"]
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=args, prog_name="memplan", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except click.exceptions.Exit as done:
+        code = done.exit_code
+    except click.exceptions.UsageError as error:
+        if debug:
+            raise
+        _fail(error.format_message())
+        code = 2
+    except click.exceptions.Abort:
+        _fail("aborted")
+        code = 130
+    except MemplanError as error:
+        if debug:
+            raise
+        _fail(str(error))
+        code = error.exit_code
+    except KeyboardInterrupt:
+        _fail("interrupted")
+        code = 130
+    except BrokenPipeError:
+        code = 0
+    except Exception as error:  # a bug in memplan: still one line, the traceback on request
+        if debug:
+            raise
+        _fail(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def _fail(message: str) -> None:
+    text = " ".join(str(message).split())
+    print(f"memplan: error: {text}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

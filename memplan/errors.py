@@ -1,0 +1,41 @@
+"""Error types that the command line turns into one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+
+class MemplanError(Exception):
+    """Any error memplan reports to a user; `exit_code` is the command-line exit status."""
+
+    exit_code = 1
+
+
+class SizeError(MemplanError, ValueError):
+    """A byte size that cannot be parsed (``"64XB"``, ``"-5MB"``, ``"nan"``)."""
+
+
+class SpecError(MemplanError, ValueError):
+    """A method spec string with an unknown method, option or option value."""
+
+
+class LayoutError(MemplanError, ValueError):
+    """A state layout that does not fit its parameter (e.g. a tensor index whose product is not numel)."""
+
+
+class SourceError(MemplanError):
+    """A model source that cannot be read: missing file, unsafe pickle, ambiguous model, ..."""
+
+
+class ProfileError(MemplanError):
+    """A profile document that is malformed or inconsistent."""
+
+
+class BudgetError(MemplanError):
+    """No choice of optimizer state fits the byte budget."""
+
+    exit_code = 3
+
+
+class UsageError(MemplanError, ValueError):
+    """Options that do not go together (e.g. ``--entry`` with a checkpoint)."""
+
+    exit_code = 2

@@ -1,0 +1,148 @@
+"""The method registry and the byte model: spec string + parameter shape -> exact state tensors.
+
+>>> state_bytes("smmf", (30522, 768))          # 8 * (5087 + 4608) + ceil(23440896 / 8)
+3007672
+>>> str(parse_spec("adafactor:beta1=0.9"))
+'adafactor:beta1=0.9'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any, Iterable
+
+from memplan.errors import SpecError
+from memplan.methods.adafactor import ADAFACTOR
+from memplan.methods.adagrad import ADAGRAD
+from memplan.methods.adam import ADAM, ADAMW
+from memplan.methods.base import Layout, Method, StateTensor
+from memplan.methods.came import CAME
+from memplan.methods.extreme import ET1, ET2, ET3, ET_INF
+from memplan.methods.sgd import SGD_METHOD
+from memplan.methods.shapes import Shape
+from memplan.methods.sm3 import SM3_METHOD
+from memplan.methods.smmf import SMMF_METHOD
+from memplan.methods.spec import MethodSpec, format_value, split_spec
+
+METHODS: dict[str, Method] = {
+    method.name: method
+    for method in (ADAM, ADAMW, ADAGRAD, SGD_METHOD, ADAFACTOR, CAME, SM3_METHOD, SMMF_METHOD, ET1, ET2, ET3, ET_INF)
+}
+
+ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")
+"""The methods ``memplan analyze`` totals unless told otherwise."""
+
+
+def get_method(name: str) -> Method:
+    """The registered method called ``name``; SpecError lists the valid names otherwise."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise SpecError(f"unknown method {name!r} (valid: {', '.join(METHODS)})") from None
+
+
+@lru_cache(maxsize=1024)
+def parse_spec(text: str) -> MethodSpec:
+    """Parse and validate ``name[:key=value,...]``; options come back in the method's declared order."""
+    name, pairs = split_spec(text)
+    method = get_method(name)
+    given: dict[str, Any] = {}
+    for key, raw in pairs:
+        option = method.option(key)
+        if key in given:
+            raise SpecError(f"method spec {text!r}: option {key} given twice")
+        given[key] = option.parse(raw)
+    spec = MethodSpec(name, tuple((option.name, given[option.name]) for option in method.options
+                                  if option.name in given))
+    method.check_options(method.resolve(spec))
+    return spec
+
+
+def split_spec_list(texts: str | Iterable[str]) -> list[str]:
+    """Split comma-separated spec lists, keeping each spec's own options together.
+
+    ``"adam,smmf:sign_bits=8,beta1=none,et2"`` -> ``["adam", "smmf:sign_bits=8,beta1=none", "et2"]``:
+    an item with ``=`` but no ``:`` continues the spec before it.
+    """
+    items = [texts] if isinstance(texts, str) else list(texts)
+    specs: list[str] = []
+    for text in items:
+        for item in (part.strip() for part in text.split(",")):
+            if not item:
+                continue
+            if "=" in item and ":" not in item:
+                if not specs or ":" not in specs[-1]:
+                    raise SpecError(f"option {item!r} does not follow a method spec with options")
+                specs[-1] += "," + item
+            else:
+                specs.append(item)
+    if not specs:
+        raise SpecError("no methods given")
+    return specs
+
+
+def as_spec(spec: str | MethodSpec) -> MethodSpec:
+    """Accept a spec string or an already parsed spec."""
+    return spec if isinstance(spec, MethodSpec) else parse_spec(spec)
+
+
+@dataclass(frozen=True)
+class ParamState:
+    """The optimizer state one method keeps for one parameter: layout, tensors, bytes, traffic."""
+
+    spec: str
+    shape: Shape
+    param_dtype: str
+    layout: Layout
+    tensors: tuple[StateTensor, ...]
+    momentum: str
+    bytes_moved: int
+
+    @property
+    def state_bytes(self) -> int:
+        """Exact bytes of persistent state (step counters excluded)."""
+        return sum(tensor.nbytes for tensor in self.tensors)
+
+
+def param_state(spec: str | MethodSpec, shape: Iterable[int], param_dtype: str = "float32",
+                layout: Iterable[int] | None = None) -> ParamState:
+    """The state ``spec`` keeps for a parameter of ``shape`` and ``param_dtype``.
+
+    ``layout`` overrides the method's default view (a matricization for SMMF, a tensor index for
+    ET, a cover view for SM3); it must have the parameter's number of elements.
+    """
+    return _param_state(as_spec(spec), tuple(shape), param_dtype, None if layout is None else tuple(layout))
+
+
+@lru_cache(maxsize=65536)
+def _param_state(spec: MethodSpec, shape: Shape, param_dtype: str, layout: Layout) -> ParamState:
+    method = METHODS[spec.name]
+    options = method.resolve(spec)
+    method.check_layout(shape, layout)
+    chosen = layout if layout is not None else method.default_layout(shape, options)
+    tensors = method.state_tensors(shape, param_dtype, options, chosen)
+    return ParamState(
+        spec=str(spec), shape=shape, param_dtype=param_dtype, layout=chosen, tensors=tensors,
+        momentum=method.momentum_kind(options, chosen),
+        bytes_moved=method.bytes_moved(shape, param_dtype, options, tensors),
+    )
+
+
+def state_bytes(spec: str | MethodSpec, shape: Iterable[int], param_dtype: str = "float32",
+                layout: Iterable[int] | None = None) -> int:
+    """Exact persistent state bytes of one parameter under ``spec`` (see :func:`param_state`)."""
+    return param_state(spec, shape, param_dtype, layout).state_bytes
+
+
+def defaults_table() -> str:
+    """A Markdown table of every method, its implementation and its options' defaults (for the README)."""
+    lines = ["| spec | implementation | options (defaults) | what it keeps |", "|---|---|---|---|"]
+    for method in METHODS.values():
+        options = ", ".join(f"`{option.name}={format_value(option.default)}`" for option in method.options)
+        lines.append(f"| `{method.name}` | {method.implementation} | {options or '-'} | {method.summary} |")
+    return "\n".join(lines)
+
+
+__all__ = ["ANALYZE_METHODS", "METHODS", "Method", "MethodSpec", "ParamState", "StateTensor", "as_spec",
+           "defaults_table", "get_method", "param_state", "parse_spec", "split_spec_list", "state_bytes"]

@@ -1,0 +1,72 @@
+"""Extreme tensoring (Chen, Hazan et al., 2019): AdaGrad with a tensor-product preconditioner.
+
+The parameter is reshaped (row-major) to a tensor index (d_1, ..., d_p) with product N and keeps
+one accumulator per slice of every axis: bytes 4 (d_1 + ... + d_p), plus 4N with momentum.
+The presets ``et1``/``et2``/``et3`` are the paper's levels (:func:`et_index`); a plan may give
+any other index. ``et_inf`` keeps one scalar per tensor: 4 bytes.
+"""
+
+from __future__ import annotations
+
+from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
+                                  beta_option, eps_option, full_like)
+from memplan.methods.shapes import Shape, et_index
+from memplan.methods.spec import Option
+
+_LEVEL_SUMMARIES = {
+    1: "extreme tensoring, natural shape with kernel dims merged (ET1)",
+    2: "extreme tensoring, dims above 32 split in two (ET2)",
+    3: "extreme tensoring, dims split into factors of 4 to 8 (ET3)",
+}
+
+
+def _beta2_option() -> Option:
+    return beta_option("beta2", None, "none: AdaGrad sums; a decay turns the sums into moving averages",
+                       nullable=True)
+
+
+class ExtremeTensoring(Method):
+    """ET at one of the paper's levels; accepts any tensor index as a layout."""
+
+    implementation = "memplan"
+    accepts_layout = True
+    gradient_passes = 2  # slice statistics first, then the update
+
+    def __init__(self, level: int) -> None:
+        self.level = level
+        self.name = f"et{level}"
+        self.summary = _LEVEL_SUMMARIES[level]
+        self.options = (
+            _beta2_option(),
+            Option("momentum", "float", 0.0, "heavy-ball momentum (a buffer of N when > 0)",
+                   check=lambda value: None if 0.0 <= value < 1.0 else "must be in [0, 1)"),
+            eps_option(1e-8),
+        )
+
+    def default_layout(self, shape: Shape, options: Options) -> Layout:
+        return et_index(shape, self.level)
+
+    def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
+        index = layout if layout is not None else et_index(shape, self.level)
+        momentum = (full_like("momentum_buffer", shape, STATE_DTYPE),) if options["momentum"] > 0 else ()
+        return axis_accumulators(index) + momentum
+
+    def momentum_kind(self, options: Options, layout: Layout) -> str:
+        return "full" if options["momentum"] > 0 else "none"
+
+
+class ETInfinity(Method):
+    """ET-infinity: one accumulated squared norm per tensor."""
+
+    name = "et_inf"
+    summary = "ET-infinity, one scalar accumulator per tensor"
+    implementation = "memplan"
+    gradient_passes = 2  # the gradient's norm first, then the update
+    options = (_beta2_option(), eps_option(1e-8))
+
+    def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
+        return (StateTensor("sum_sq", (), STATE_DTYPE),)
+
+
+ET1, ET2, ET3 = (ExtremeTensoring(level) for level in (1, 2, 3))
+ET_INF = ETInfinity()

@@ -1,0 +1,69 @@
+"""SM3 (Anil et al., 2019): one accumulator per slice of every axis of a cover view.
+
+Bytes: 4 * (d_1 + ... + d_p) for a view (d_1, ..., d_p) of the parameter (its natural shape
+by default; a scalar is seen as (1,)), plus 4N for the momentum buffer when momentum > 0.
+
+``impl=pytorch_optimizer`` follows that library's SM3 exactly: it always allocates a
+``momentum_buffer`` of N (even with momentum 0), and accumulator i has shape
+[1, ..., n_i, ..., 1] on the natural axes, in the parameter's dtype.
+"""
+
+from __future__ import annotations
+
+from memplan.errors import SpecError
+from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
+                                  eps_option, full_like, impl_option)
+from memplan.methods.shapes import Shape, natural_view
+from memplan.methods.spec import Option
+
+
+class SM3(Method):
+    """SM3-I or SM3-II over a cover view, with optional momentum."""
+
+    name = "sm3"
+    summary = "SM3, one accumulator per slice of every axis"
+    implementation = "memplan"
+    accepts_layout = True
+    options = (
+        Option("momentum", "float", 0.9, "momentum factor (a buffer of N when > 0)",
+               check=lambda value: None if 0.0 <= value < 1.0 else "must be in [0, 1)"),
+        eps_option(1e-30),
+        Option("variant", "str", "II", "SM3-I or the tighter SM3-II", choices=("II", "I")),
+        impl_option(("memplan", "pytorch_optimizer"), "memplan's SM3 or pytorch_optimizer's (SM3-II only)"),
+    )
+
+    def grad_passes(self, options: Options) -> int:
+        # SM3-I needs every slice maximum of G^2 before any update; SM3-II updates in one pass.
+        return 2 if options["variant"] == "I" else 1
+
+    def check_options(self, options: Options) -> None:
+        if options["impl"] == "pytorch_optimizer" and options["variant"] != "II":
+            raise SpecError("sm3: pytorch_optimizer implements SM3-II only; drop variant=I or use impl=memplan")
+
+    def default_layout(self, shape: Shape, options: Options) -> Layout:
+        return natural_view(shape)
+
+    def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
+        if options["impl"] == "pytorch_optimizer":
+            return _pytorch_optimizer_tensors(shape, param_dtype)
+        view = layout if layout is not None else natural_view(shape)
+        momentum = (full_like("momentum_buffer", shape, STATE_DTYPE),) if options["momentum"] > 0 else ()
+        return axis_accumulators(view) + momentum
+
+    def momentum_kind(self, options: Options, layout: Layout) -> str:
+        return "full" if options["momentum"] > 0 or options["impl"] == "pytorch_optimizer" else "none"
+
+
+def _pytorch_optimizer_tensors(shape: Shape, dtype: str) -> tuple[StateTensor, ...]:
+    rank = len(shape)
+    if rank == 0:
+        accumulators = (StateTensor("accumulator_0", (), dtype),)
+    else:
+        accumulators = tuple(
+            StateTensor(f"accumulator_{axis}", (1,) * axis + (dim,) + (1,) * (rank - 1 - axis), dtype)
+            for axis, dim in enumerate(shape)
+        )
+    return (full_like("momentum_buffer", shape, dtype),) + accumulators
+
+
+SM3_METHOD = SM3()

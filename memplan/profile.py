@@ -1,0 +1,281 @@
+"""The shape inventory of a model: one :class:`ParamSpec` per parameter, in a :class:`ModelProfile`.
+
+A profile is all that planning and benchmarking need: names, shapes, dtypes, kinds and which
+parameters are trainable. It round-trips through YAML exactly (``from_yaml(p.to_yaml()) == p``
+and ``from_yaml(t).to_yaml() == t`` for any text ``t`` that memplan wrote), and it carries a
+fingerprint that plans use to recognise the model they were made for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from memplan.dtypes import canonical_dtype, item_size
+from memplan.errors import ProfileError
+from memplan.fileio import atomic_write_text
+
+PARAM_KINDS = ("embedding", "linear", "conv", "norm", "bias", "other")
+PROFILE_FORMAT = 1
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter tensor: its name, shape, dtype, kind and whether it is trained.
+
+    ``aliases`` are other names bound to the same tensor (tied weights); the tensor is counted
+    once, under ``name``. A frozen parameter (``trainable=False``) is listed but gets no
+    optimizer state.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    kind: str = "other"
+    trainable: bool = True
+    aliases: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ProfileError(f"parameter name must be a non-empty string, got {self.name!r}")
+        try:
+            shape = tuple(_as_dim(dim) for dim in self.shape)
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"parameter {self.name}: bad shape {self.shape!r}: {error}") from None
+        object.__setattr__(self, "shape", shape)
+        try:
+            object.__setattr__(self, "dtype", canonical_dtype(self.dtype))
+        except ProfileError as error:
+            raise ProfileError(f"parameter {self.name}: {error}") from None
+        if self.kind not in PARAM_KINDS:
+            raise ProfileError(
+                f"parameter {self.name}: unknown kind {self.kind!r} (valid: {', '.join(PARAM_KINDS)})"
+            )
+        if not isinstance(self.trainable, bool):
+            raise ProfileError(f"parameter {self.name}: trainable must be true or false")
+        object.__setattr__(self, "aliases", tuple(str(alias) for alias in self.aliases))
+
+    @property
+    def numel(self) -> int:
+        """Number of elements (1 for a scalar, 0 for an empty tensor)."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the parameter itself (numel times the dtype's element size)."""
+        return self.numel * item_size(self.dtype)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for YAML/JSON; ``numel`` and ``bytes`` are included for human readers."""
+        data: dict[str, Any] = {
+            "name": self.name,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "kind": self.kind,
+            "numel": self.numel,
+            "bytes": self.nbytes,
+            "trainable": self.trainable,
+        }
+        if self.aliases:
+            data["aliases"] = list(self.aliases)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ParamSpec":
+        """Build from :meth:`to_dict` output; derived fields, when present, must agree."""
+        if not isinstance(data, Mapping):
+            raise ProfileError(f"a parameter entry must be a mapping, got {data!r}")
+        _check_keys(data, required={"name", "shape"},
+                    optional={"dtype", "kind", "numel", "bytes", "trainable", "aliases"},
+                    where=f"parameter {data.get('name', '?')}")
+        shape = data["shape"]
+        if not isinstance(shape, list):
+            raise ProfileError(f"parameter {data['name']}: shape must be a list, got {shape!r}")
+        spec = cls(
+            name=data["name"],
+            shape=tuple(shape),
+            dtype=data.get("dtype", "float32"),
+            kind=data.get("kind", "other"),
+            trainable=data.get("trainable", True),
+            aliases=tuple(data.get("aliases", ())),
+        )
+        for key, actual in (("numel", spec.numel), ("bytes", spec.nbytes)):
+            if key in data and data[key] != actual:
+                raise ProfileError(
+                    f"parameter {spec.name}: {key} is {data[key]} but shape {list(spec.shape)} "
+                    f"of {spec.dtype} gives {actual}"
+                )
+        return spec
+
+
+@dataclass(frozen=True)
+class ModelProfile:
+    """All parameters of one model, in model order, with where they came from.
+
+    ``made_with`` records how the profile was produced (command and library versions); it is
+    the header of a bundled profile file.
+    """
+
+    name: str
+    source: str
+    params: tuple[ParamSpec, ...]
+    made_with: str = ""
+    _by_name: dict[str, ParamSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "params", tuple(self.params))
+        by_name: dict[str, ParamSpec] = {}
+        for spec in self.params:
+            for label in (spec.name, *spec.aliases):
+                if label in by_name:
+                    raise ProfileError(f"parameter name {label!r} appears twice in profile {self.name}")
+                by_name[label] = spec
+        object.__setattr__(self, "_by_name", by_name)
+
+    def __getitem__(self, name: str) -> ParamSpec:
+        """The parameter called ``name`` (or one of its aliases)."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no parameter {name!r} in profile {self.name}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    @property
+    def trainable_params(self) -> tuple[ParamSpec, ...]:
+        """The parameters that get optimizer state."""
+        return tuple(spec for spec in self.params if spec.trainable)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """A stable hash of names, shapes and dtypes (independent of order, kinds and aliases)."""
+        return fingerprint_of((spec.name, spec.shape, spec.dtype) for spec in self.params)
+
+    def totals(self) -> dict[str, int]:
+        """Counts over the whole model: tensors, elements, bytes, and the trainable share."""
+        trainable = self.trainable_params
+        return {
+            "parameters": len(self.params),
+            "numel": sum(spec.numel for spec in self.params),
+            "param_bytes": sum(spec.nbytes for spec in self.params),
+            "trainable_parameters": len(trainable),
+            "trainable_numel": sum(spec.numel for spec in trainable),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for YAML/JSON (format version, identity, totals, parameters)."""
+        data: dict[str, Any] = {"memplan_profile": PROFILE_FORMAT, "name": self.name, "source": self.source}
+        if self.made_with:
+            data["made_with"] = self.made_with
+        data["fingerprint"] = self.fingerprint
+        data["totals"] = self.totals()
+        data["parameters"] = [spec.to_dict() for spec in self.params]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ModelProfile":
+        """Build from :meth:`to_dict` output, checking the stored fingerprint and totals."""
+        if not isinstance(data, Mapping):
+            raise ProfileError("a profile must be a mapping with 'name', 'source' and 'parameters'")
+        _check_keys(data, required={"name", "parameters"},
+                    optional={"memplan_profile", "source", "made_with", "fingerprint", "totals"},
+                    where="profile")
+        version = data.get("memplan_profile", PROFILE_FORMAT)
+        if version != PROFILE_FORMAT:
+            raise ProfileError(f"profile format {version!r} is not supported (this memplan reads {PROFILE_FORMAT})")
+        if not isinstance(data["parameters"], list):
+            raise ProfileError("profile 'parameters' must be a list")
+        profile = cls(
+            name=str(data["name"]),
+            source=str(data.get("source", "")),
+            params=tuple(ParamSpec.from_dict(entry) for entry in data["parameters"]),
+            made_with=str(data.get("made_with", "")),
+        )
+        stored = data.get("fingerprint")
+        if stored is not None and stored != profile.fingerprint:
+            raise ProfileError(
+                f"profile {profile.name}: stored fingerprint {stored} does not match its parameters "
+                f"({profile.fingerprint}); delete the fingerprint line after editing shapes by hand"
+            )
+        stored_totals = data.get("totals")
+        if stored_totals is not None and stored_totals != profile.totals():
+            raise ProfileError(
+                f"profile {profile.name}: stored totals {stored_totals} do not match its parameters "
+                f"({profile.totals()}); delete the totals after editing by hand"
+            )
+        return profile
+
+    def to_yaml(self) -> str:
+        """YAML text: one block per parameter, shapes in flow style, keys in a fixed order."""
+        body = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=4096)
+        return f"# memplan model profile: {self.name}\n{body}"
+
+    @classmethod
+    def from_yaml(cls, text: str, where: str = "profile") -> "ModelProfile":
+        """Parse YAML text written by :meth:`to_yaml` (or by hand, in the same schema)."""
+        try:
+            data = yaml.load(text, Loader=_Loader)
+        except yaml.YAMLError as error:
+            raise ProfileError(f"{where}: not valid YAML: {_one_line(error)}") from None
+        try:
+            return cls.from_dict(data)
+        except ProfileError as error:
+            raise ProfileError(f"{where}: {error}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the profile atomically to ``path``; return the path."""
+        return atomic_write_text(path, self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ModelProfile":
+        """Read a profile YAML file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as error:
+            raise ProfileError(f"{path}: cannot read: {error.strerror or error}") from None
+        return cls.from_yaml(text, where=str(path))
+
+
+def fingerprint_of(entries: Iterable[tuple[str, tuple[int, ...], str]]) -> str:
+    """Hash ``(name, shape, dtype)`` triples, sorted by name, into ``"sha256:<16 hex digits>"``."""
+    canonical = sorted([name, list(shape), dtype] for name, shape, dtype in entries)
+    digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":")).encode()).hexdigest()
+    return f"sha256:{digest[:16]}"
+
+
+def _as_dim(dim: object) -> int:
+    if isinstance(dim, bool) or not isinstance(dim, int) and not hasattr(dim, "__index__"):
+        raise ValueError(f"dimension {dim!r} is not an integer")
+    value = int(dim)  # type: ignore[call-overload]
+    if value < 0:
+        raise ValueError(f"dimension {value} is negative")
+    return value
+
+
+def _check_keys(data: Mapping[str, Any], required: set[str], optional: set[str], where: str) -> None:
+    missing = sorted(required - data.keys())
+    if missing:
+        raise ProfileError(f"{where}: missing {', '.join(missing)}")
+    unknown = sorted(set(data) - required - optional)
+    if unknown:
+        raise ProfileError(
+            f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(required | optional))})"
+        )
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
