@@ -9,12 +9,15 @@ from __future__ import annotations
 import os
 import sys
 
-import click
 import typer
 
 from memplan import __version__
 from memplan.errors import MemplanError
 from memplan.cli import analyze_cmd, profiles_cmd
+
+# typer may vendor click; reach its exception types through typer's public BadParameter.
+_USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
+_CLICK_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 
 app = typer.Typer(
     name="memplan",
@@ -51,14 +54,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=args, prog_name="memplan", standalone_mode=False)
         code = result if isinstance(result, int) else 0
-    except click.exceptions.Exit as done:
+    except typer.Exit as done:
         code = done.exit_code
-    except click.exceptions.UsageError as error:
+    except _USAGE_ERROR as error:
         if debug:
             raise
         _fail(error.format_message())
         code = 2
-    except click.exceptions.Abort:
+    except _CLICK_ERROR as error:
+        if debug:
+            raise
+        _fail(error.format_message())
+        code = error.exit_code
+    except typer.Abort:
         _fail("aborted")
         code = 130
     except MemplanError as error:

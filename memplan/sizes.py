@@ -63,15 +63,20 @@ def parse_size(text: str | int) -> int:
 
 
 def format_size(num_bytes: int) -> str:
-    """Format a byte count for humans with binary units: ``512 B``, ``64 MiB``, ``195.31 MiB``."""
+    """Format a byte count for humans with binary units: ``512 B``, ``64 MiB``, ``195.31 MiB``.
+
+    A number without a decimal point is exact; ``1.00 MiB`` means "1 MiB after rounding".
+    """
     if num_bytes < 0:
         return "-" + format_size(-num_bytes)
     for unit_name, unit in _HUMAN_UNITS:
         if num_bytes >= unit:
             if num_bytes % unit == 0:
                 return f"{num_bytes // unit} {unit_name}"
-            text = f"{num_bytes / unit:.2f}".rstrip("0").rstrip(".")
-            return f"{text} {unit_name}"
+            text = f"{num_bytes / unit:.2f}"
+            trimmed = text.rstrip("0").rstrip(".")
+            # A whole-looking number must mean an exact size; otherwise keep the decimals.
+            return f"{trimmed if '.' in trimmed else text} {unit_name}"
     return f"{num_bytes} B"
 
 

@@ -5,6 +5,8 @@ State: ``exp_avg`` of N; for d >= 2 the factored second moment and the factored 
 (..., n_d)); for d <= 1 a full ``exp_avg_sq`` only. Bytes for fp32: 4N + 8 (n_1 ... n_{d-2})
 (n_{d-1} + n_d) for d >= 2 and 8N for d <= 1. (The confidence is only defined for factored
 moments, in the paper's code and in pytorch_optimizer alike, so a vector costs 8N, not 12N.)
+pytorch_optimizer also keeps the parameter's RMS as a 0-d tensor in the parameter's dtype
+(``RMS``, 4 bytes for fp32), which the model counts since it is a real storage.
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ class Came(Method):
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
         moments = (full_like("exp_avg", shape, param_dtype),) + factored_second_moment(
             shape, param_dtype, "exp_avg_sq_row", "exp_avg_sq_col", "exp_avg_sq")
+        rms = (StateTensor("RMS", (), param_dtype),)
         if len(shape) < 2:
-            return moments
-        return moments + factored_second_moment(shape, param_dtype, "exp_avg_res_row", "exp_avg_res_col", "")
+            return moments + rms
+        confidence = factored_second_moment(shape, param_dtype, "exp_avg_res_row", "exp_avg_res_col", "")
+        return moments + confidence + rms
 
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full"

@@ -1,0 +1,42 @@
+"""Bad input: one line on stderr, the right exit code, no traceback, no file written."""
+
+import pytest
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["analyze", "no-such-model"], 1, "no such file or bundled profile"),
+    (["analyze", "missing.pt"], 1, "missing.pt: no such file or folder"),
+    (["analyze", "gpt2", "--methods", "adamx"], 1, "unknown method 'adamx'"),
+    (["analyze", "gpt2", "--methods", "smmf:sign_bits=3"], 1, "must be one of 1, 8"),
+    (["analyze", "gpt2", "--format", "xml"], 2, "--format must be table or csv"),
+    (["analyze", "gpt2", "--entry", "x"], 2, "--entry applies to a model.py"),
+    (["analyze", "gpt2", "--bogus"], 2, "No such option"),
+    (["analyze"], 2, "Missing argument"),
+    (["frobnicate"], 2, "No such command"),
+])
+def test_errors_are_one_line_with_the_right_exit_code(run_memplan, tmp_path, args, code, message):
+    result = run_memplan(*args)
+    assert result.code == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memplan: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+    assert not (tmp_path / ".memplan").exists()
+
+
+def test_debug_shows_the_traceback(run_memplan):
+    result = run_memplan("analyze", "no-such-model", "--debug")
+    assert result.code == 1 and "Traceback" in result.stderr
+
+
+def test_a_broken_model_file_names_its_line(run_memplan, tmp_path):
+    (tmp_path / "model.py").write_text("import torch\n\ndef build_model():\n    return torch.nn.Linear(3)\n")
+    result = run_memplan("analyze", "model.py")
+    assert result.code == 1
+    assert result.stderr.startswith("memplan: error: model.py:4: failed while building the model")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_version_and_help(run_memplan):
+    assert run_memplan("--version").stdout.startswith("memplan ")
+    helped = run_memplan("--help")
+    assert helped.code == 0 and "analyze" in helped.stdout
