@@ -1,0 +1,202 @@
+"""Extreme tensoring (Chen, Hazan et al., 2019): AdaGrad with a tensor-product preconditioner.
+
+A parameter is reshaped (row-major) to a tensor index (d_1, ..., d_p) and keeps one accumulator
+per slice of every axis. One step, with G reshaped to the index::
+
+    S_i[j] += sum of G^2 over the slice (axis i, index j)          (every axis i)
+    W      <- W - lr * (eps + prod_k S_k[i_k]) ^ (-1 / (2p)) * G
+
+``beta2`` turns the sums into moving averages (S_i <- beta2 S_i + (1 - beta2) sums), and
+``momentum`` adds a heavy-ball buffer (m <- momentum m + update; W <- W - lr m).
+ET-infinity keeps one accumulated squared norm per tensor (:class:`ETInfinity`).
+
+The step makes two passes over a parameter in blocks (slice statistics, then the update), so
+temporaries never exceed a block. The product of p accumulators is computed on per-axis
+vectors scaled by their maxima (at least 1), which keeps it finite in fp32 for any p; the scale
+is put back exactly, so the result is the formula's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from memplan.methods.extreme import ET1, ET2, ET3, ET_INF
+from memplan.methods.shapes import et_index
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_range,
+                                decay_weights, effective_gradient, flat_view, working_copy)
+from memplan.optim.blocks import axis_pieces, combine_pieces, granule_of, partition, reduce_granules
+
+PRESETS = {"et1": 1, "et2": 2, "et3": 3}
+_TINY = torch.finfo(torch.float32).tiny
+
+
+def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
+    per_element = 8  # the update's product and G^2 (or the gradient copy) alive together
+    if param.dtype != torch.float32:
+        per_element += 8
+    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
+        per_element += 4
+    if group["momentum"]:
+        per_element += 4
+    return per_element
+
+
+class ExtremeTensoring(MemplanOptimizer):
+    """AdaGrad (or RMSprop-style, with ``beta2``) with a tensor-index preconditioner.
+
+    Args:
+        params: parameters or named parameters.
+        lr: learning rate.
+        eps: added to the product of accumulators before the root.
+        beta2: ``None`` for AdaGrad sums; a decay in [0, 1) for moving averages.
+        momentum: heavy-ball momentum in [0, 1) (a full buffer when > 0).
+        index: ``"et1"``, ``"et2"`` or ``"et3"`` (the paper's levels), a mapping from parameter
+            name or tensor to a tensor index, or a function ``(name, shape) -> index``;
+            parameters the mapping does not name get ET1. Every index must have the
+            parameter's number of elements.
+        weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
+        chunk_bytes: bound on the extra memory of one step.
+        maximize: maximize the objective instead of minimizing.
+    """
+
+    method = ET1
+    layout_key = "index"
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
+                 momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
+                 weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 maximize: bool = False) -> None:
+        defaults = dict(lr=lr, eps=eps, beta2=beta2, momentum=momentum, index=index, weight_decay=weight_decay,
+                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        super()._check_group(group)
+        check_range("beta2", group["beta2"], low=0.0, high=1.0, high_open=True, allow_none=True)
+        check_range("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
+        index = group["index"]
+        if isinstance(index, str) and index not in PRESETS:
+            raise ValueError(f"Invalid index: {index!r} (a preset among {', '.join(PRESETS)}, a mapping or a function)")
+
+    def _default_layout(self, group: Mapping[str, Any], shape: tuple[int, ...]) -> tuple[int, ...]:
+        index = group["index"]
+        return et_index(shape, PRESETS[index] if isinstance(index, str) else 1)
+
+    def _layout(self, group: Mapping[str, Any], param: torch.Tensor, name: str | None, position: int):
+        if isinstance(group["index"], str):
+            return self._default_layout(group, tuple(param.shape))
+        return super()._layout(group, param, name, position)
+
+    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
+                state: dict[str, Any]) -> None:
+        index = state["layout"]
+        accumulators = [state[f"acc_{axis}"] for axis in range(len(index))]
+        weights, grads = flat_view(param), flat_view(grad)
+        plan = partition(index, block_budget(group, 12 * sum(index)), _bytes_per_element(group, param))
+        beta2 = group["beta2"]
+        if beta2 is not None:
+            for accumulator in accumulators:
+                accumulator.mul_(beta2)
+        alpha = 1.0 if beta2 is None else 1.0 - beta2
+        for block, granules in plan:
+            window = slice(block.flat_start, block.flat_stop)
+            gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
+            reduce_granules(gradient.square().view(block.shape), block, granules, accumulators, torch.sum, "add", alpha)
+        scaled, scale, offset = _scaled_factors(accumulators, group["eps"])
+        neg_lr_scale = scale * -group["lr"]
+        exponent = -1.0 / (2 * len(index))
+        momentum = group["momentum"]
+        buffer = state["momentum_buffer"].view(-1) if momentum else None
+        for block, _ in plan:
+            window = slice(block.flat_start, block.flat_stop)
+            weight_block = weights[window]
+            weight = working_copy(weight_block)
+            gradient = effective_gradient(grads[window], weight, group)
+            decay_weights(weight, group)
+            prefix, views = axis_pieces(scaled, block)
+            product = combine_pieces(prefix, views, torch.mul).reshape(-1)
+            # a lone piece is a view of the scaled accumulator: add out of place then
+            product = product.add_(offset) if prefix or len(views) > 1 else product.add(offset)
+            step_size = product.pow_(exponent).mul_(gradient)
+            if buffer is None:
+                weight.addcmul_(step_size, neg_lr_scale)
+            else:
+                moving = buffer[window].mul_(momentum).addcmul_(step_size, scale)
+                weight.add_(moving, alpha=-group["lr"])
+            if weight is not weight_block:
+                weight_block.copy_(weight)
+
+
+def _scaled_factors(accumulators: list[torch.Tensor], eps: float):
+    """Per-axis accumulators divided by max(their maximum, 1), and the exact corrections.
+
+    With c_k = max(max S_k, 1), C = prod c_k and s_k = S_k / c_k,
+    (eps + prod S_k)^(-1/2p) = C^(-1/2p) (eps / C + prod s_k)^(-1/2p). Returns the s_k, the 0-d
+    tensor C^(-1/2p), and the 0-d offset eps / C (at least fp32's smallest normal, so a
+    product that underflows can never give an infinite step).
+    """
+    maxima = [accumulator.amax().clamp(min=1.0) for accumulator in accumulators]
+    scaled = [accumulator / maximum for accumulator, maximum in zip(accumulators, maxima)]
+    log_scale = torch.stack(maxima).log().sum()
+    exponent = -1.0 / (2 * len(accumulators))
+    scale = torch.exp(exponent * log_scale)
+    offset = torch.clamp(eps * torch.exp(-log_scale), min=_TINY)
+    return scaled, scale, offset
+
+
+class ETInfinity(MemplanOptimizer):
+    """ET-infinity: one scalar per tensor, s += ||G||^2, W <- W - lr G / sqrt(eps + s).
+
+    With ``beta2``, s <- beta2 s + (1 - beta2) ||G||^2.
+    """
+
+    method = ET_INF
+
+    def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
+                 weight_decay: float = 0.0, weight_decay_mode: str = "adamw",
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False) -> None:
+        defaults = dict(lr=lr, eps=eps, beta2=beta2, weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
+                        chunk_bytes=chunk_bytes, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        super()._check_group(group)
+        check_range("beta2", group["beta2"], low=0.0, high=1.0, high_open=True, allow_none=True)
+
+    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
+                state: dict[str, Any]) -> None:
+        weights, grads = flat_view(param), flat_view(grad)
+        plan = partition((weights.numel(),), block_budget(group, 0), 16)
+        total = state["sum_sq"]
+        beta2 = group["beta2"]
+        if beta2 is not None:
+            total.mul_(beta2)
+        alpha = 1.0 if beta2 is None else 1.0 - beta2
+        for block, granules in plan:
+            window = slice(block.flat_start, block.flat_stop)
+            gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
+            for granule in granules:
+                part = granule_of(gradient, block, granule)
+                total.add_(torch.dot(part, part), alpha=alpha)
+        neg_lr_scale = (total + group["eps"]).rsqrt() * -group["lr"]
+        for block, _ in plan:
+            window = slice(block.flat_start, block.flat_stop)
+            weight_block = weights[window]
+            weight = working_copy(weight_block)
+            gradient = effective_gradient(grads[window], weight, group)
+            decay_weights(weight, group)
+            weight.addcmul_(gradient, neg_lr_scale)
+            if weight is not weight_block:
+                weight_block.copy_(weight)
+
+
+def et_optimizer(params: Iterable[Any], preset: str = "et2", **kwargs: Any) -> MemplanOptimizer:
+    """An ET optimizer for a preset name: ``et1``/``et2``/``et3`` or ``et_inf``."""
+    if preset == "et_inf":
+        return ETInfinity(params, **kwargs)
+    return ExtremeTensoring(params, index=preset, **kwargs)
+
+
+__all__ = ["ETInfinity", "ExtremeTensoring", "PRESETS", "et_optimizer", "ET2", "ET3"]

@@ -1,0 +1,111 @@
+"""SM3 (Anil, Gupta, Koren & Singer, 2019), variants I and II, as in ALGORITHMS.md.
+
+One accumulator per slice of every axis of a cover view (the parameter's natural shape, or
+any tensor index given per parameter). With mu from the previous step::
+
+    SM3-II:  nu = min_i mu_i[i_i] + G^2;  W <- W - lr G / sqrt(nu + eps);  mu_i[j] = max over slice of nu
+    SM3-I:   mu_i[j] += max over slice of G^2;  nu = min_i mu_i[i_i];  W <- W - lr G / sqrt(nu + eps)
+
+With ``momentum`` > 0: m <- momentum m + (1 - momentum) G / sqrt(nu + eps), W <- W - lr m; the
+buffer exists only then. SM3-II takes one pass over a parameter in blocks (the new maxima go to
+small per-axis vectors until the pass ends); SM3-I takes two (maxima, then the update).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import torch
+
+from memplan.methods.sm3 import SM3_METHOD
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_choice,
+                                check_range, decay_weights, effective_gradient, flat_view, working_copy)
+from memplan.optim.blocks import axis_pieces, combine_pieces, partition, reduce_granules
+
+
+def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
+    per_element = 8  # nu and its minimum-of-accumulators pieces
+    if param.dtype != torch.float32:
+        per_element += 8
+    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
+        per_element += 4
+    if group["variant"] == "I":
+        per_element += 4
+    return per_element
+
+
+class SM3(MemplanOptimizer):
+    """SM3-II (default) or SM3-I with optional momentum.
+
+    Args:
+        params: parameters or named parameters.
+        lr: learning rate.
+        momentum: first-moment decay in [0, 1); 0 keeps no buffer.
+        eps: added to nu under the root.
+        variant: "II" (tighter, default) or "I".
+        cover: optional per-parameter cover views (tensor indices), keyed by name or tensor, or
+            a function ``(name, shape) -> view``; the natural shape by default.
+        weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
+        chunk_bytes: bound on the extra memory of one step.
+        maximize: maximize the objective instead of minimizing.
+    """
+
+    method = SM3_METHOD
+    layout_key = "cover"
+
+    def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, eps: float = 1e-30,
+                 variant: str = "II", cover: LayoutSource = None, weight_decay: float = 0.0,
+                 weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                 maximize: bool = False) -> None:
+        defaults = dict(lr=lr, momentum=momentum, eps=eps, variant=variant, cover=cover, weight_decay=weight_decay,
+                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
+        super().__init__(params, defaults)
+
+    def _check_group(self, group: Mapping[str, Any]) -> None:
+        super()._check_group(group)
+        check_range("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
+        check_choice("variant", group["variant"], ("II", "I"))
+
+    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
+                state: dict[str, Any]) -> None:
+        view = state["layout"]
+        accumulators = [state[f"acc_{axis}"] for axis in range(len(view))]
+        weights, grads = flat_view(param), flat_view(grad)
+        plan = partition(view, block_budget(group, 8 * sum(view)), _bytes_per_element(group, param))
+        if group["variant"] == "I":
+            maxima = [torch.zeros_like(accumulator) for accumulator in accumulators]
+            for block, granules in plan:
+                window = slice(block.flat_start, block.flat_stop)
+                gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
+                reduce_granules(gradient.square().view(block.shape), block, granules, maxima, torch.amax, "max")
+            for accumulator, maximum in zip(accumulators, maxima):
+                accumulator.add_(maximum)
+            new_accumulators = None
+        else:
+            new_accumulators = [torch.zeros_like(accumulator) for accumulator in accumulators]
+        momentum = group["momentum"]
+        buffer = state["momentum_buffer"].view(-1) if "momentum_buffer" in state and momentum else None
+        for block, granules in plan:
+            window = slice(block.flat_start, block.flat_stop)
+            weight_block = weights[window]
+            weight = working_copy(weight_block)
+            gradient = effective_gradient(grads[window], weight, group)
+            decay_weights(weight, group)
+            prefix, views = axis_pieces(accumulators, block)
+            nu = combine_pieces(prefix, views, torch.minimum).expand(block.shape)
+            if new_accumulators is not None:
+                nu = torch.addcmul(nu, gradient.view(block.shape), gradient.view(block.shape))
+                reduce_granules(nu, block, granules, new_accumulators, torch.amax, "max")
+                inverse_root = nu.add_(group["eps"]).rsqrt_().view(-1)
+            else:
+                inverse_root = nu.add(group["eps"]).rsqrt_().reshape(-1)
+            if buffer is None:
+                weight.addcmul_(gradient, inverse_root, value=-group["lr"])
+            else:
+                moving = buffer[window].mul_(momentum).addcmul_(gradient, inverse_root, value=1.0 - momentum)
+                weight.add_(moving, alpha=-group["lr"])
+            if weight is not weight_block:
+                weight_block.copy_(weight)
+        if new_accumulators is not None:
+            for accumulator, new in zip(accumulators, new_accumulators):
+                accumulator.copy_(new)

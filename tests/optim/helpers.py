@@ -1,0 +1,28 @@
+"""Running an optimizer on one parameter with a fixed gradient sequence."""
+
+from __future__ import annotations
+
+import torch
+
+
+def gradient_sequence(shape, steps, seed=0, dtype=torch.float32, scale=1.0):
+    generator = torch.Generator().manual_seed(seed)
+    return [(torch.randn(shape, generator=generator) * scale).to(dtype) for _ in range(steps)]
+
+
+def run(optimizer_factory, param0, grads):
+    """Apply ``grads`` one per step; return the parameter after every step (as float64)."""
+    param = torch.nn.Parameter(param0.clone())
+    optimizer = optimizer_factory([param])
+    history = []
+    for grad in grads:
+        param.grad = grad.clone()
+        optimizer.step()
+        history.append(param.detach().double().clone())
+    return history, optimizer, param
+
+
+def assert_close_histories(actual, expected, rtol=1e-4, atol=1e-6):
+    assert len(actual) == len(expected)
+    for step, (a, e) in enumerate(zip(actual, expected), start=1):
+        torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"step {step}: {m}")
