@@ -8,8 +8,9 @@ on the ``meta`` device), and restores every state tensor's own dtype when loadin
 
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
@@ -170,6 +171,20 @@ class MemplanOptimizer(torch.optim.Optimizer):
 def _describe(param: torch.Tensor, names: list[str] | None, position: int) -> str:
     label = f"parameter {names[position]!r}" if names else f"parameter #{position}"
     return f"{label} of shape {list(param.shape)}"
+
+
+@contextlib.contextmanager
+def updating(weights: torch.Tensor, grads: torch.Tensor, window: slice,
+             group: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The fp32 weight and effective gradient of one block, weight decay applied; on exit the
+    weight is written back in the parameter's dtype (a no-op for fp32, updated in place)."""
+    weight_block = weights[window]
+    weight = working_copy(weight_block)
+    gradient = effective_gradient(grads[window], weight, group)
+    decay_weights(weight, group)
+    yield weight, gradient
+    if weight is not weight_block:
+        weight_block.copy_(weight)
 
 
 def working_copy(block: torch.Tensor) -> torch.Tensor:

@@ -23,10 +23,10 @@ from typing import Callable, Iterator
 
 import torch
 
-CACHE_BLOCK_ELEMENTS = 1 << 17
-"""Upper bound on a block's elements when memory allows more: 128 Ki fp32 elements (512 KiB)
-per temporary keep a block's few temporaries in a core's L2 cache, which is what makes many
-small elementwise passes cheap (measured in benchmarks/optim_speed.py)."""
+CACHE_BLOCK_ELEMENTS = 1 << 19
+"""Upper bound on a block's elements when memory allows more: 512 Ki elements (2 MiB per fp32
+temporary) keep a block's temporaries in cache while amortising the per-op dispatch cost over
+enough elements; 128 Ki and 1 Mi were slower in benchmarks/optim_speed.py on a 2-core CPU."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,7 @@ def slice_reductions(values: torch.Tensor, block: Block, reduce: Callable) -> li
     """
     trailing_dims = tuple(range(1, values.dim()))
     along_axis = reduce(values, dim=trailing_dims) if trailing_dims else values
-    results = [reduce(along_axis, dim=0)] * len(block.prefix) + [along_axis]
+    results = ([reduce(along_axis, dim=0)] * len(block.prefix) if block.prefix else []) + [along_axis]
     if trailing_dims:
         rest = reduce(values, dim=0)
         for dim in range(rest.dim()):

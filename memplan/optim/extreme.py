@@ -25,8 +25,8 @@ import torch
 from memplan.methods.extreme import ET1, ET2, ET3, ET_INF
 from memplan.methods.shapes import et_index
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_range,
-                                decay_weights, effective_gradient, flat_view, working_copy)
-from memplan.optim.blocks import axis_pieces, combine_pieces, granule_of, partition, reduce_granules
+                                effective_gradient, flat_view, updating, working_copy)
+from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
 
 PRESETS = {"et1": 1, "et2": 2, "et3": 3}
 _TINY = torch.finfo(torch.float32).tiny
@@ -95,38 +95,49 @@ class ExtremeTensoring(MemplanOptimizer):
         accumulators = [state[f"acc_{axis}"] for axis in range(len(index))]
         weights, grads = flat_view(param), flat_view(grad)
         plan = partition(index, block_budget(group, 12 * sum(index)), _bytes_per_element(group, param))
-        beta2 = group["beta2"]
-        if beta2 is not None:
-            for accumulator in accumulators:
-                accumulator.mul_(beta2)
-        alpha = 1.0 if beta2 is None else 1.0 - beta2
+        alpha = decay_accumulators(accumulators, group["beta2"])
         for block, granules in plan:
-            window = slice(block.flat_start, block.flat_stop)
-            gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
-            reduce_granules(gradient.square().view(block.shape), block, granules, accumulators, torch.sum, "add", alpha)
+            _accumulate_block(group, weights, grads, block, granules, accumulators, alpha)
         scaled, scale, offset = _scaled_factors(accumulators, group["eps"])
-        neg_lr_scale = scale * -group["lr"]
-        exponent = -1.0 / (2 * len(index))
-        momentum = group["momentum"]
-        buffer = state["momentum_buffer"].view(-1) if momentum else None
+        buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
         for block, _ in plan:
-            window = slice(block.flat_start, block.flat_stop)
-            weight_block = weights[window]
-            weight = working_copy(weight_block)
-            gradient = effective_gradient(grads[window], weight, group)
-            decay_weights(weight, group)
-            prefix, views = axis_pieces(scaled, block)
-            product = combine_pieces(prefix, views, torch.mul).reshape(-1)
-            # a lone piece is a view of the scaled accumulator: add out of place then
-            product = product.add_(offset) if prefix or len(views) > 1 else product.add(offset)
-            step_size = product.pow_(exponent).mul_(gradient)
-            if buffer is None:
-                weight.addcmul_(step_size, neg_lr_scale)
-            else:
-                moving = buffer[window].mul_(momentum).addcmul_(step_size, scale)
-                weight.add_(moving, alpha=-group["lr"])
-            if weight is not weight_block:
-                weight_block.copy_(weight)
+            _update_block(group, weights, grads, block, scaled, scale, offset, buffer)
+
+
+def _accumulate_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
+                      granules: list[Block], accumulators: list[torch.Tensor], alpha: float) -> None:
+    """First pass: add this block's slice sums of G^2 to every axis's accumulator."""
+    window = slice(block.flat_start, block.flat_stop)
+    gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
+    reduce_granules((gradient * gradient).view(block.shape), block, granules, accumulators, torch.sum, "add", alpha)
+
+
+def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
+                  scaled: list[torch.Tensor], scale: torch.Tensor, offset: torch.Tensor,
+                  buffer: torch.Tensor | None) -> None:
+    """Second pass: W -= lr * (eps + prod S)^(-1/2p) * G on this block (through momentum if any)."""
+    window = slice(block.flat_start, block.flat_stop)
+    with updating(weights, grads, window, group) as (weight, gradient):
+        prefix, views = axis_pieces(scaled, block)
+        product = combine_pieces(prefix, views, torch.mul).reshape(-1)
+        # a lone piece is a view of the scaled accumulator: add out of place then
+        product = product.add_(offset) if prefix or len(views) > 1 else product.add(offset)
+        step_size = _inverse_root_(product, len(scaled)).mul_(gradient)
+        if buffer is None:
+            weight.addcmul_(step_size, scale, value=-group["lr"])
+        else:
+            moving = buffer[window].mul_(group["momentum"]).addcmul_(step_size, scale)
+            weight.add_(moving, alpha=-group["lr"])
+
+
+def _inverse_root_(values: torch.Tensor, order: int) -> torch.Tensor:
+    """values ** (-1 / (2 order)), in place: one or two square roots for orders 1 and 2, else
+    exp(log(x) / (-2 order)) (torch.pow with a fractional exponent is several times slower on CPU)."""
+    if order == 1:
+        return values.rsqrt_()
+    if order == 2:
+        return values.sqrt_().rsqrt_()
+    return values.log_().mul_(-1.0 / (2 * order)).exp_()
 
 
 def _scaled_factors(accumulators: list[torch.Tensor], eps: float):
@@ -170,26 +181,36 @@ class ETInfinity(MemplanOptimizer):
         weights, grads = flat_view(param), flat_view(grad)
         plan = partition((weights.numel(),), block_budget(group, 0), 16)
         total = state["sum_sq"]
-        beta2 = group["beta2"]
-        if beta2 is not None:
-            total.mul_(beta2)
-        alpha = 1.0 if beta2 is None else 1.0 - beta2
+        alpha = decay_accumulators([total], group["beta2"])
         for block, granules in plan:
-            window = slice(block.flat_start, block.flat_stop)
-            gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
-            for granule in granules:
-                part = granule_of(gradient, block, granule)
-                total.add_(torch.dot(part, part), alpha=alpha)
-        neg_lr_scale = (total + group["eps"]).rsqrt() * -group["lr"]
+            _add_squared_norm(group, weights, grads, block, granules, total, alpha)
+        inverse_root = (total + group["eps"]).rsqrt()
         for block, _ in plan:
-            window = slice(block.flat_start, block.flat_stop)
-            weight_block = weights[window]
-            weight = working_copy(weight_block)
-            gradient = effective_gradient(grads[window], weight, group)
-            decay_weights(weight, group)
-            weight.addcmul_(gradient, neg_lr_scale)
-            if weight is not weight_block:
-                weight_block.copy_(weight)
+            _scale_block(group, weights, grads, block, inverse_root)
+
+
+def decay_accumulators(accumulators: list[torch.Tensor], beta2: float | None) -> float:
+    """With ``beta2``, decay the accumulators in place; return the weight of this step's statistics."""
+    if beta2 is None:
+        return 1.0
+    for accumulator in accumulators:
+        accumulator.mul_(beta2)
+    return 1.0 - beta2
+
+
+def _scale_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
+                 inverse_root: torch.Tensor) -> None:
+    with updating(weights, grads, slice(block.flat_start, block.flat_stop), group) as (weight, gradient):
+        weight.addcmul_(gradient, inverse_root, value=-group["lr"])
+
+
+def _add_squared_norm(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
+                      granules: list[Block], total: torch.Tensor, alpha: float) -> None:
+    window = slice(block.flat_start, block.flat_stop)
+    gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
+    for granule in granules:
+        part = granule_of(gradient, block, granule)
+        total.add_(torch.dot(part, part), alpha=alpha)
 
 
 def et_optimizer(params: Iterable[Any], preset: str = "et2", **kwargs: Any) -> MemplanOptimizer:

@@ -19,8 +19,8 @@ import torch
 
 from memplan.methods.sm3 import SM3_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_choice,
-                                check_range, decay_weights, effective_gradient, flat_view, working_copy)
-from memplan.optim.blocks import axis_pieces, combine_pieces, partition, reduce_granules
+                                check_range, effective_gradient, flat_view, updating, working_copy)
+from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
 
 def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
@@ -72,40 +72,48 @@ class SM3(MemplanOptimizer):
         accumulators = [state[f"acc_{axis}"] for axis in range(len(view))]
         weights, grads = flat_view(param), flat_view(grad)
         plan = partition(view, block_budget(group, 8 * sum(view)), _bytes_per_element(group, param))
+        new_accumulators = None
         if group["variant"] == "I":
             maxima = [torch.zeros_like(accumulator) for accumulator in accumulators]
             for block, granules in plan:
-                window = slice(block.flat_start, block.flat_stop)
-                gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
-                reduce_granules(gradient.square().view(block.shape), block, granules, maxima, torch.amax, "max")
+                _add_slice_maxima(group, weights, grads, block, granules, maxima)
             for accumulator, maximum in zip(accumulators, maxima):
                 accumulator.add_(maximum)
-            new_accumulators = None
         else:
             new_accumulators = [torch.zeros_like(accumulator) for accumulator in accumulators]
-        momentum = group["momentum"]
-        buffer = state["momentum_buffer"].view(-1) if "momentum_buffer" in state and momentum else None
+        buffer = state["momentum_buffer"].view(-1) if "momentum_buffer" in state and group["momentum"] else None
         for block, granules in plan:
-            window = slice(block.flat_start, block.flat_stop)
-            weight_block = weights[window]
-            weight = working_copy(weight_block)
-            gradient = effective_gradient(grads[window], weight, group)
-            decay_weights(weight, group)
-            prefix, views = axis_pieces(accumulators, block)
-            nu = combine_pieces(prefix, views, torch.minimum).expand(block.shape)
-            if new_accumulators is not None:
-                nu = torch.addcmul(nu, gradient.view(block.shape), gradient.view(block.shape))
-                reduce_granules(nu, block, granules, new_accumulators, torch.amax, "max")
-                inverse_root = nu.add_(group["eps"]).rsqrt_().view(-1)
-            else:
-                inverse_root = nu.add(group["eps"]).rsqrt_().reshape(-1)
-            if buffer is None:
-                weight.addcmul_(gradient, inverse_root, value=-group["lr"])
-            else:
-                moving = buffer[window].mul_(momentum).addcmul_(gradient, inverse_root, value=1.0 - momentum)
-                weight.add_(moving, alpha=-group["lr"])
-            if weight is not weight_block:
-                weight_block.copy_(weight)
+            _update_block(group, weights, grads, block, granules, accumulators, new_accumulators, buffer)
         if new_accumulators is not None:
             for accumulator, new in zip(accumulators, new_accumulators):
                 accumulator.copy_(new)
+
+
+def _add_slice_maxima(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
+                      granules: list[Block], maxima: list[torch.Tensor]) -> None:
+    """SM3-I's first pass: the maximum of G^2 over every slice."""
+    window = slice(block.flat_start, block.flat_stop)
+    gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
+    reduce_granules((gradient * gradient).view(block.shape), block, granules, maxima, torch.amax, "max")
+
+
+def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
+                  granules: list[Block], accumulators: list[torch.Tensor],
+                  new_accumulators: list[torch.Tensor] | None, buffer: torch.Tensor | None) -> None:
+    """nu from the accumulators (plus G^2 and the new slice maxima for SM3-II), then the update."""
+    window = slice(block.flat_start, block.flat_stop)
+    with updating(weights, grads, window, group) as (weight, gradient):
+        nu = combine_pieces(*axis_pieces(accumulators, block), torch.minimum).expand(block.shape)
+        if new_accumulators is not None:
+            nu = torch.addcmul(nu, gradient.view(block.shape), gradient.view(block.shape))
+            reduce_granules(nu, block, granules, new_accumulators, torch.amax, "max")
+            inverse_root = nu.add_(group["eps"]).rsqrt_().view(-1)
+        else:
+            inverse_root = nu.add(group["eps"]).rsqrt_().reshape(-1)
+        del nu
+        if buffer is None:
+            weight.addcmul_(gradient, inverse_root, value=-group["lr"])
+        else:
+            momentum = group["momentum"]
+            moving = buffer[window].mul_(momentum).addcmul_(gradient, inverse_root, value=1.0 - momentum)
+            weight.add_(moving, alpha=-group["lr"])

@@ -19,38 +19,57 @@ the original code's layout); both give identical trajectories.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import torch
 
 from memplan.methods.smmf import SMMF_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_choice,
-                                check_range, decay_weights, effective_gradient, flat_view, working_copy)
-from memplan.optim.blocks import axis_pieces, combine_pieces, partition, reduce_granules
+                                check_range, flat_view, updating)
+from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
-_BIT_VALUES: dict[torch.device, torch.Tensor] = {}
+# Packing gathers the low bit of 8 bytes of an int64 word into one byte with shifts and ors (no
+# overflow, and no bool tensors: comparisons and torch.where are several times slower than
+# integer and float ops on CPU). Unpacking looks each byte up in a 256 x 8 table of +-1.0.
+_GATHER_SHIFTS = (7, 14, 28)
+_SIGN_TABLES: dict[torch.device, torch.Tensor] = {}
 
 
-def _bit_values(device: torch.device) -> torch.Tensor:
-    """[1, 2, 4, ..., 128] as uint8: element j of a byte is bit j (little-endian within the byte)."""
-    if device not in _BIT_VALUES:
-        _BIT_VALUES[device] = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=device)
-    return _BIT_VALUES[device]
+def _sign_table(device: torch.device) -> torch.Tensor:
+    """Row b: +1.0 for each set bit j of byte b, -1.0 for each clear bit."""
+    if device not in _SIGN_TABLES:
+        bits = (torch.arange(256)[:, None] >> torch.arange(8)) & 1
+        _SIGN_TABLES[device] = (bits * 2 - 1).to(device=device, dtype=torch.float32)
+    return _SIGN_TABLES[device]
 
 
 def unpack_signs(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """The first ``count`` bits of a packed uint8 vector, as a bool vector (True where positive)."""
-    bits = torch.bitwise_and(packed.unsqueeze(1), _bit_values(packed.device))
-    return bits.view(-1)[:count].bool()
+    """The first ``count`` packed signs as fp32 +-1.0; element j of byte i is bit j (little-endian)."""
+    return torch.index_select(_sign_table(packed.device), 0, packed.long()).view(-1)[:count]
+
+
+def byte_signs(positive: torch.Tensor) -> torch.Tensor:
+    """Signs stored one uint8 0/1 per element, as fp32 +-1.0."""
+    return positive.to(torch.float32).mul_(2.0).sub_(1.0)
 
 
 def pack_signs(positive: torch.Tensor, out: torch.Tensor) -> None:
-    """Pack a flat bool vector into ``out`` (uint8, ceil(len / 8) bytes), 8 signs per byte."""
+    """Pack a flat uint8 (or bool) vector of 0/1 signs into ``out``, 8 per byte (ceil(len / 8) bytes)."""
     as_bytes = positive.view(torch.uint8)
     remainder = as_bytes.numel() % 8
     if remainder:
         as_bytes = torch.cat([as_bytes, as_bytes.new_zeros(8 - remainder)])
-    torch.sum(as_bytes.view(-1, 8) * _bit_values(out.device), dim=1, dtype=torch.uint8, out=out)
+    words = as_bytes.view(torch.int64)
+    for shift in _GATHER_SHIFTS:
+        words = words | (words >> shift)
+    out.copy_(words.bitwise_and_(0xFF))
+
+
+def positive_signs(values: torch.Tensor) -> torch.Tensor:
+    """1 where ``values > 0`` else 0, as uint8: an fp32's bits read as int32 are > 0 exactly then."""
+    return torch.clamp(values.view(torch.int32), 0, 1).to(torch.uint8)
 
 
 def normalize_factors_(row: torch.Tensor, col: torch.Tensor) -> None:
@@ -61,8 +80,8 @@ def normalize_factors_(row: torch.Tensor, col: torch.Tensor) -> None:
 
 
 def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
-    """Peak temporaries of one block, per element (see _update_factored)."""
-    per_element = 4 * 4 + 4  # decompressed M, -M, V, sqrt(V) + eps, and sign bytes
+    """Peak temporaries of one block, per element (see _FactoredStep.run)."""
+    per_element = 4 * 4 + 2  # S, G^2 or the unpacked signs, F, their sign bits, and the packed bytes' indices
     if param.dtype != torch.float32:
         per_element += 8  # fp32 copies of the gradient and weight blocks
     if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
@@ -125,58 +144,104 @@ class SMMF(MemplanOptimizer):
 
 def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
                      beta1_t: float | None, beta2_t: float) -> None:
+    """The factored step, computed on scaled moments to save passes over the block:
+    S = V_t / (1 - beta2_t) = G^2 + beta2_t / (1 - beta2_t) outer(r_V, c_V) is one addcmul, and
+    F = M_t / (1 - beta1_t) = G + beta1_t / (1 - beta1_t) sign * outer(r_M, c_M) is one more; the
+    factors (1 - beta) go back into the step size and the new row and column sums, which only
+    vector-sized work touches. (1 - beta2_t) = t^decay_rate > 0 and 1 - beta1_t > 0 always.)"""
     rows, cols = state["layout"]
-    weights, grads = flat_view(param), flat_view(grad)
-    row_v, col_v = state["row_v"], state["col_v"]
     first_moment = beta1_t is not None and "row_m" in state
-    signs = state["sign"] if first_moment else None
-    packed = signs is not None and signs.dtype == torch.uint8
-    new_v = [torch.zeros_like(row_v), torch.zeros_like(col_v)]
-    new_m = [torch.zeros_like(row_v), torch.zeros_like(col_v)] if first_moment else []
-    scaled_v = [row_v * beta2_t, col_v]
-    scaled_m = [state["row_m"] * beta1_t, state["col_m"]] if first_moment else []
-    fixed_bytes = 4 * (rows + cols) * (len(new_v) + len(new_m) + len(scaled_v) + len(scaled_m))
-    plan = partition((rows, cols), block_budget(group, fixed_bytes), _bytes_per_element(group, param),
-                     row_multiple=8 if packed else 1)
-    for block, granules in plan:
-        window = slice(block.flat_start, block.flat_stop)
-        weight_block = weights[window]
-        weight = working_copy(weight_block)
-        decay_weights(weight, group)
-        gradient = effective_gradient(grads[window], weight, group).view(block.shape)
-        second = combine_pieces(*axis_pieces(scaled_v, block), torch.mul)
-        second.addcmul_(gradient, gradient, value=1.0 - beta2_t)
-        if first_moment:
-            magnitude = combine_pieces(*axis_pieces(scaled_m, block), torch.mul)
-            if packed:
-                positive = unpack_signs(signs[block.flat_start // 8:(block.flat_stop + 7) // 8],
-                                        block.flat_stop - block.flat_start)
-            else:
-                positive = signs.view(-1)[window]
-            first = torch.where(positive.view(block.shape), magnitude, magnitude.neg())
-            first.add_(gradient, alpha=1.0 - beta1_t)
-            del magnitude, positive
-        else:
-            first = gradient
-        weight.view(block.shape).addcdiv_(first, second.sqrt().add_(group["eps"]), value=-group["lr"])
-        if weight is not weight_block:
-            weight_block.copy_(weight)
-        reduce_granules(second, block, granules, new_v, torch.sum, "add")
-        if first_moment:
-            positive_now = first.gt(0).view(-1)
-            if packed:
-                pack_signs(positive_now, signs[block.flat_start // 8:(block.flat_stop + 7) // 8])
-            else:
-                signs.view(-1)[window].copy_(positive_now)
-            reduce_granules(first.abs_(), block, granules, new_m, torch.sum, "add")
-    _store_factors(row_v, col_v, new_v)
+    v_scale = 1.0 - beta2_t
+    m_scale = 1.0 - beta1_t if first_moment else 1.0
+    step = _FactoredStep(
+        group=group, weights=flat_view(param), grads=flat_view(grad),
+        signs=state["sign"] if first_moment else None,
+        scaled_v=[state["row_v"] * (beta2_t / v_scale), state["col_v"]],
+        scaled_m=[state["row_m"] * (beta1_t / m_scale), state["col_m"]] if first_moment else [],
+        new_v=[torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])],
+        new_m=[torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])] if first_moment else [],
+        eps=group["eps"] / math.sqrt(v_scale),
+        step_size=-group["lr"] * m_scale / math.sqrt(v_scale),
+    )
+    fixed_bytes = 4 * (rows + cols) * (len(step.new_v) + len(step.new_m) + len(step.scaled_v) + len(step.scaled_m))
+    packed = step.signs is not None and step.signs.dtype == torch.uint8
+    for block, granules in partition((rows, cols), block_budget(group, fixed_bytes), _bytes_per_element(group, param),
+                                     row_multiple=8 if packed else 1):
+        step.run(block, granules)
+    _store_factors(state["row_v"], state["col_v"], step.new_v, v_scale)
     if first_moment:
-        _store_factors(state["row_m"], state["col_m"], new_m)
+        _store_factors(state["row_m"], state["col_m"], step.new_m, m_scale)
 
 
-def _store_factors(row: torch.Tensor, col: torch.Tensor, sums: list[torch.Tensor]) -> None:
-    row.copy_(sums[0])
-    col.copy_(sums[1])
+@dataclass
+class _FactoredStep:
+    """One SMMF step over one parameter: the shared inputs, and the work on one block.
+
+    The block's temporaries are locals of :meth:`run`, so they are freed before the next block
+    allocates its own (a loop body would keep the previous block's alive).
+    """
+
+    group: Mapping[str, Any]
+    weights: torch.Tensor
+    grads: torch.Tensor
+    signs: torch.Tensor | None
+    scaled_v: list[torch.Tensor]
+    scaled_m: list[torch.Tensor]
+    new_v: list[torch.Tensor]
+    new_m: list[torch.Tensor]
+    eps: float
+    step_size: float
+
+    def run(self, block: Block, granules: list[Block]) -> None:
+        """Decompress, update and recompress one block of rows."""
+        window = slice(block.flat_start, block.flat_stop)
+        with updating(self.weights, self.grads, window, self.group) as (weight, gradient):
+            gradient = gradient.view(block.shape)
+            second = _outer_plus((gradient * gradient), self.scaled_v, block)
+            reduce_granules(second, block, granules, self.new_v, torch.sum, "add")
+            first = self._first_moment(block, gradient) if self.signs is not None else gradient
+            weight.view(block.shape).addcdiv_(first, second.sqrt_().add_(self.eps), value=self.step_size)
+            del second
+        if self.signs is not None:
+            self._store_signs(block, positive_signs(first).view(-1))
+            reduce_granules(first.abs_(), block, granules, self.new_m, torch.sum, "add")
+
+    def _first_moment(self, block: Block, gradient: torch.Tensor) -> torch.Tensor:
+        """F = G + c * sign * outer(r_M, c_M) for this block, from the stored signs."""
+        signs = self.signs
+        count = block.flat_stop - block.flat_start
+        if signs.dtype == torch.uint8:
+            signed = unpack_signs(signs[block.flat_start // 8:(block.flat_start + count + 7) // 8], count)
+        else:
+            signed = byte_signs(signs.view(-1)[block.flat_start:block.flat_stop].view(torch.uint8))
+        return _outer_plus(gradient, self.scaled_m, block, signed.view(block.shape))
+
+    def _store_signs(self, block: Block, positive: torch.Tensor) -> None:
+        signs = self.signs
+        if signs.dtype == torch.uint8:
+            pack_signs(positive, signs[block.flat_start // 8:(block.flat_stop + 7) // 8])
+        else:
+            signs.view(-1)[block.flat_start:block.flat_stop].view(torch.uint8).copy_(positive)
+
+
+def _outer_plus(base: torch.Tensor, factors: list[torch.Tensor], block: Block,
+                signs: torch.Tensor | None = None) -> torch.Tensor:
+    """base + (signs *) outer(row, col) restricted to the block, in two passes at most.
+
+    ``base`` may be a view of the gradient, so the result is always a new tensor.
+    """
+    prefix, views = axis_pieces(factors, block)
+    row = views[0] if not prefix else views[0] * prefix[0]
+    if signs is None:
+        return torch.addcmul(base, row, views[1]) if len(views) > 1 else torch.add(base, row)
+    signed = signs.mul_(row)
+    return torch.addcmul(base, signed, views[1]) if len(views) > 1 else base.add(signed)
+
+
+def _store_factors(row: torch.Tensor, col: torch.Tensor, sums: list[torch.Tensor], scale: float) -> None:
+    """New factors from the row and column sums of a scaled moment (times ``scale``), normalised."""
+    row.copy_(sums[0]).mul_(scale)
+    col.copy_(sums[1]).mul_(scale)
     normalize_factors_(row, col)
 
 
@@ -187,13 +252,13 @@ def _update_full(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tens
     exp_avg_sq = state["exp_avg_sq"].view(-1)
     exp_avg = state["exp_avg"].view(-1) if "exp_avg" in state and beta1_t is not None else None
     for block, _ in partition((weights.numel(),), block_budget(group, 0), 16):
-        window = slice(block.flat_start, block.flat_stop)
-        weight_block = weights[window]
-        weight = working_copy(weight_block)
-        decay_weights(weight, group)
-        gradient = effective_gradient(grads[window], weight, group)
+        _full_block(group, weights, grads, exp_avg, exp_avg_sq, block, beta1_t, beta2_t)
+
+
+def _full_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, exp_avg: torch.Tensor | None,
+                exp_avg_sq: torch.Tensor, block: Block, beta1_t: float | None, beta2_t: float) -> None:
+    window = slice(block.flat_start, block.flat_stop)
+    with updating(weights, grads, window, group) as (weight, gradient):
         second = exp_avg_sq[window].mul_(beta2_t).addcmul_(gradient, gradient, value=1.0 - beta2_t)
         first = gradient if exp_avg is None else exp_avg[window].lerp_(gradient, 1.0 - beta1_t)
         weight.addcdiv_(first, second.sqrt().add_(group["eps"]), value=-group["lr"])
-        if weight is not weight_block:
-            weight_block.copy_(weight)

@@ -172,11 +172,13 @@ def test_a_step_runs_on_the_meta_device(case):
 
 
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=IDS)
-def test_peak_extra_memory_stays_under_the_chunk(case):
+@pytest.mark.parametrize("dtype, extra", [(torch.float32, {}), (torch.bfloat16, {"maximize": True}),
+                                          (torch.float32, {"weight_decay": 0.1, "weight_decay_mode": "adam"})])
+def test_peak_extra_memory_stays_under_the_chunk(case, dtype, extra):
     _, factory, _, lr = case
     chunk = 2 * 2**20
-    param = torch.nn.Parameter(torch.randn(2048, 1536))          # 12 MiB, six times the chunk
-    optimizer = factory([param], lr=lr, chunk_bytes=chunk)
+    param = torch.nn.Parameter(torch.randn(2048, 1536, dtype=dtype))   # 6 to 12 MiB, several chunks
+    optimizer = factory([param], lr=lr, chunk_bytes=chunk, **extra)
     param.grad = torch.randn_like(param)
     optimizer.step()                                             # state exists before measuring
     _, peak = cpu_peak_bytes(optimizer.step)

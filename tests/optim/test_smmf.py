@@ -7,7 +7,7 @@ import torch
 from memplan.methods import param_state
 from memplan.methods.shapes import square_matricization
 from memplan.optim import SMMF
-from memplan.optim.smmf import pack_signs, unpack_signs
+from memplan.optim.smmf import byte_signs, pack_signs, positive_signs, unpack_signs
 
 from . import reference
 from .helpers import assert_close_histories, gradient_sequence, run
@@ -57,10 +57,10 @@ def test_one_bit_and_eight_bit_signs_give_identical_trajectories():
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("chunk_bytes", [4 * 2**20, 32 * 2**20])
+@pytest.mark.parametrize("chunk_bytes", [16 * 2**20, 32 * 2**20])
 @pytest.mark.parametrize("options", [{}, {"beta1": None}, {"sign_bits": 8}])
 def test_chunked_and_unchunked_steps_are_bit_identical(chunk_bytes, options):
-    shape = (600, 700)  # 420,000 elements: several blocks
+    shape = (1200, 1000)  # 1.2 M elements: three blocks
     param0, grads = torch.randn(shape), gradient_sequence(shape, steps=4)
     chunked, _, _ = run(lambda p: SMMF(p, lr=1e-2, chunk_bytes=chunk_bytes, **options), param0, grads)
     whole, _, _ = run(lambda p: SMMF(p, lr=1e-2, chunk_bytes=None, **options), param0, grads)
@@ -76,11 +76,21 @@ def test_tiny_chunks_still_follow_the_reference():
 
 
 @pytest.mark.parametrize("count", [1, 7, 8, 9, 64, 1001])
-def test_sign_packing_round_trips(count):
+def test_sign_packing_round_trips_with_bit_j_of_byte_i_for_element_8i_plus_j(count):
     positive = torch.rand(count) > 0.5
     packed = torch.zeros(math.ceil(count / 8), dtype=torch.uint8)
     pack_signs(positive, packed)
-    assert torch.equal(unpack_signs(packed, count), positive)
+    expected_bytes = [sum(int(positive[8 * i + j]) << j for j in range(8) if 8 * i + j < count)
+                      for i in range(len(packed))]
+    assert packed.tolist() == expected_bytes
+    assert torch.equal(unpack_signs(packed, count), positive.float() * 2 - 1)
+    assert torch.equal(byte_signs(positive.to(torch.uint8)), positive.float() * 2 - 1)
+
+
+def test_signs_of_floats_follow_greater_than_zero():
+    values = torch.tensor([1.5, -2.0, 0.0, -0.0, 1e-45, -1e-45, float("inf"), float("-inf")])
+    assert positive_signs(values).tolist() == [1, 0, 0, 0, 1, 0, 1, 0]
+
 
 
 @pytest.mark.parametrize("spec, options", [("smmf", {}), ("smmf:sign_bits=8", {"sign_bits": 8}),

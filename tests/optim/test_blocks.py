@@ -1,0 +1,47 @@
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from memplan.optim.blocks import CACHE_BLOCK_ELEMENTS, partition, reduce_granules, tensor_blocks
+
+views = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=4).map(tuple)
+
+
+@settings(deadline=None)
+@given(views, st.integers(min_value=1, max_value=5000), st.sampled_from([1, 8]))
+def test_blocks_tile_the_flat_tensor_in_order(view, max_elements, row_multiple):
+    blocks = list(tensor_blocks(view, max_elements, row_multiple))
+    assert blocks[0].flat_start == 0 and blocks[-1].flat_stop == math.prod(view)
+    for before, after in zip(blocks, blocks[1:]):
+        assert before.flat_stop == after.flat_start
+    for block in blocks:
+        assert math.prod(block.shape) == block.flat_stop - block.flat_start
+        assert block.shape == (block.stop - block.start, *view[block.axis + 1:])
+        if row_multiple == 1:
+            assert math.prod(block.shape) <= max(max_elements, view[-1] if block.axis == len(view) - 1 else 0)
+
+
+@settings(max_examples=50, deadline=None)
+@given(views, st.integers(min_value=1, max_value=500))
+def test_granule_sums_equal_the_dense_slice_sums(view, max_elements):
+    values = torch.rand(view, dtype=torch.float64)
+    sums = [torch.zeros(d, dtype=torch.float64) for d in view]
+    for budget in (max_elements * 8, None):
+        for target in sums:
+            target.zero_()
+        for block, granules in partition(view, budget, 8):
+            part = values.reshape(-1)[block.flat_start:block.flat_stop].view(block.shape)
+            reduce_granules(part, block, granules, sums, torch.sum, "add")
+        for axis, target in enumerate(sums):
+            others = tuple(a for a in range(len(view)) if a != axis)
+            torch.testing.assert_close(target, values.sum(dim=others) if others else values)
+
+
+def test_unchunked_is_one_block_of_cache_sized_granules():
+    view = (3 * CACHE_BLOCK_ELEMENTS // 1000, 1000)
+    plan = partition(view, None, 8)
+    assert len(plan) == 1 and len(plan[0][1]) == 3
+    assert [len(granules) for _, granules in partition(view, 2**30, 8)] == [1, 1, 1]
+    assert list(tensor_blocks((0, 5), 10)) == []
