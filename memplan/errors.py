@@ -30,9 +30,13 @@ class ProfileError(MemplanError):
 
 
 class BudgetError(MemplanError):
-    """No choice of optimizer state fits the byte budget."""
+    """No choice of optimizer state fits the byte budget; ``minimum_bytes`` is the smallest that does."""
 
     exit_code = 3
+
+    def __init__(self, message: str, minimum_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.minimum_bytes = minimum_bytes
 
 
 class UsageError(MemplanError, ValueError):

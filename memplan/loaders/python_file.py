@@ -38,6 +38,11 @@ def load_python_file(path: Path, entry: str | None = None) -> ModelProfile:
 
 def build_model_from_file(path: Path, entry: str | None = None, device: str = "meta") -> Any:
     """Return the ``nn.Module`` that ``path`` defines, built with ``device`` as the default device."""
+    return load_model_file(path, entry, device)[1]
+
+
+def load_model_file(path: Path, entry: str | None = None, device: str = "meta") -> tuple[ModuleType, Any]:
+    """Import ``path`` and build its model with ``device`` as the default device: (module, model)."""
     import torch
 
     with torch.device(device):
@@ -47,7 +52,7 @@ def build_model_from_file(path: Path, entry: str | None = None, device: str = "m
             model = factory()
     if not isinstance(model, torch.nn.Module):
         raise SourceError(f"{path}: {label} returned {type(model).__name__}, not a torch.nn.Module")
-    return model
+    return module, model
 
 
 def import_model_file(path: Path) -> ModuleType:
@@ -125,6 +130,13 @@ def _candidates(module: ModuleType) -> list[str]:
             or (inspect.isfunction(value) and value.__module__ == module.__name__)
         )
     ]
+
+
+@contextlib.contextmanager
+def user_code(path: Path, doing: str) -> Iterator[None]:
+    """Run code of the user's file; any exception becomes one SourceError naming the file's line."""
+    with _user_code(path, doing):
+        yield
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ from memplan.methods.adagrad import ADAGRAD
 from memplan.methods.adam import ADAM, ADAMW
 from memplan.methods.base import Layout, Method, StateTensor
 from memplan.methods.came import CAME
-from memplan.methods.extreme import ET1, ET2, ET3, ET_INF
+from memplan.methods.extreme import ET, ET1, ET2, ET3, ET_INF
 from memplan.methods.sgd import SGD_METHOD
 from memplan.methods.shapes import Shape
 from memplan.methods.sm3 import SM3_METHOD
@@ -27,7 +27,7 @@ from memplan.methods.spec import MethodSpec, format_value, split_spec
 
 METHODS: dict[str, Method] = {
     method.name: method
-    for method in (ADAM, ADAMW, ADAGRAD, SGD_METHOD, ADAFACTOR, CAME, SM3_METHOD, SMMF_METHOD, ET1, ET2, ET3, ET_INF)
+    for method in (ADAM, ADAMW, ADAGRAD, SGD_METHOD, ADAFACTOR, CAME, SM3_METHOD, SMMF_METHOD, ET, ET1, ET2, ET3, ET_INF)
 }
 
 ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")

@@ -84,6 +84,10 @@ class Method(ABC):
         """The view of a parameter of ``shape`` that this method uses unless a plan says otherwise."""
         return None
 
+    def candidate_layouts(self, shape: Shape, options: Options) -> list[Layout]:
+        """The layouts worth considering for a parameter of ``shape`` (the planner's search space)."""
+        return [self.default_layout(shape, options)]
+
     def check_layout(self, shape: Shape, layout: Layout) -> None:
         """Raise LayoutError unless ``layout`` is a valid view of ``shape`` for this method."""
         if layout is None:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
                                   beta_option, eps_option, full_like)
-from memplan.methods.shapes import Shape, et_index
+from memplan.methods.shapes import Shape, et_index, split_indices
 from memplan.methods.spec import Option
 
 _LEVEL_SUMMARIES = {
+    None: "extreme tensoring with the tensor index a plan gives (default: ET1's)",
     1: "extreme tensoring, natural shape with kernel dims merged (ET1)",
     2: "extreme tensoring, dims above 32 split in two (ET2)",
     3: "extreme tensoring, dims split into factors of 4 to 8 (ET3)",
@@ -32,9 +33,9 @@ class ExtremeTensoring(Method):
     accepts_layout = True
     gradient_passes = 2  # slice statistics first, then the update
 
-    def __init__(self, level: int) -> None:
+    def __init__(self, level: int | None) -> None:
         self.level = level
-        self.name = f"et{level}"
+        self.name = "et" if level is None else f"et{level}"
         self.summary = _LEVEL_SUMMARIES[level]
         self.options = (
             _beta2_option(),
@@ -44,10 +45,16 @@ class ExtremeTensoring(Method):
         )
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:
-        return et_index(shape, self.level)
+        return et_index(shape, self.level or 1)
+
+    def candidate_layouts(self, shape: Shape, options: Options) -> list[Layout]:
+        """A preset's own index; for ``et``, every depth of :func:`split_indices` plus ET2 and ET3."""
+        if self.level is not None:
+            return [et_index(shape, self.level)]
+        return list(dict.fromkeys([*split_indices(shape), et_index(shape, 2), et_index(shape, 3)]))
 
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
-        index = layout if layout is not None else et_index(shape, self.level)
+        index = layout if layout is not None else et_index(shape, self.level or 1)
         momentum = (full_like("momentum_buffer", shape, STATE_DTYPE),) if options["momentum"] > 0 else ()
         return axis_accumulators(index) + momentum
 
@@ -68,5 +75,5 @@ class ETInfinity(Method):
         return (StateTensor("sum_sq", (), STATE_DTYPE),)
 
 
-ET1, ET2, ET3 = (ExtremeTensoring(level) for level in (1, 2, 3))
+ET, ET1, ET2, ET3 = (ExtremeTensoring(level) for level in (None, 1, 2, 3))
 ET_INF = ETInfinity()

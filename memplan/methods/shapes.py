@@ -166,3 +166,42 @@ def et_index(shape: Shape, level: int) -> Shape:
             for factor in ((dim,) if axis == kernel_axis else split_into_small_factors(dim))
         )
     raise ValueError(f"extreme-tensoring level must be 1, 2 or 3, got {level}")
+
+
+def near_equal_factors(dim: int, parts: int) -> Shape:
+    """``dim`` as a product of at most ``parts`` factors as equal as possible, ascending.
+
+    Prime factors are dealt, largest first, to the currently smallest factor; a dim with fewer
+    prime factors than ``parts`` gives one factor per prime. 768 in 2 -> (24, 32); 7 -> (7,).
+    """
+    primes = prime_factors(dim)
+    if dim <= 1 or parts <= 1 or len(primes) <= 1:
+        return (dim,)
+    factors = [1] * min(parts, len(primes))
+    for prime in sorted(primes, reverse=True):
+        smallest = factors.index(min(factors))
+        factors[smallest] *= prime
+    return tuple(sorted(factors))
+
+
+def split_indices(shape: Shape) -> list[Shape]:
+    """Tensor indices from the ET1 index by splitting every dim into 1, 2, 3, ... near-equal factors,
+    up to each dim's prime factorization (the deepest index). Distinct, shallowest first."""
+    base = merge_kernel_dims(shape)
+    if 0 in base:
+        return [base]
+    deepest = max(len(prime_factors(dim)) for dim in base)
+    indices: list[Shape] = []
+    for parts in range(1, max(1, deepest) + 1):
+        index = tuple(factor for dim in base for factor in near_equal_factors(dim, parts))
+        if index not in indices:
+            indices.append(index)
+    return indices
+
+
+def index_depth(shape: Shape, index: Shape) -> float:
+    """How much finer ``index`` is than the ET1 index of ``shape``: axes of one per axes of the other.
+
+    ET1 has depth 1, ET2 about 2, ET3 about 3 to 4; a single scalar-per-tensor has no axes.
+    """
+    return len(index) / len(merge_kernel_dims(shape))

@@ -13,7 +13,7 @@ from __future__ import annotations
 from memplan.errors import SpecError
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
                                   eps_option, full_like, impl_option)
-from memplan.methods.shapes import Shape, natural_view
+from memplan.methods.shapes import Shape, et_index, natural_view
 from memplan.methods.spec import Option
 
 
@@ -42,6 +42,13 @@ class SM3(Method):
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:
         return natural_view(shape)
+
+    def candidate_layouts(self, shape: Shape, options: Options) -> list[Layout]:
+        """Covers on the natural axes, on the ET1 view (kernel dims merged) and on the ET2 view
+        (dims above 32 split in two); pytorch_optimizer's SM3 covers the natural axes only."""
+        if options["impl"] == "pytorch_optimizer":
+            return [natural_view(shape)]
+        return list(dict.fromkeys([natural_view(shape), et_index(shape, 1), et_index(shape, 2)]))
 
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
         if options["impl"] == "pytorch_optimizer":

@@ -60,6 +60,18 @@ class SMMF(Method):
     def default_layout(self, shape: Shape, options: Options) -> Layout:
         return smmf_layout(shape, options["vector_reshape"])
 
+    def candidate_layouts(self, shape: Shape, options: Options) -> list[Layout]:
+        """The square-most matricization, and for d >= 2 the natural ones: first dim x rest and
+        rest x last dim."""
+        default = self.default_layout(shape, options)
+        layouts = [default]
+        count = numel(shape)
+        if len(shape) >= 2 and count:
+            for layout in ((shape[0], count // shape[0]), (count // shape[-1], shape[-1])):
+                if layout not in layouts:
+                    layouts.append(layout)
+        return layouts
+
     def check_layout(self, shape: Shape, layout: Layout) -> None:
         super().check_layout(shape, layout)
         if layout is not None and len(layout) != 2:

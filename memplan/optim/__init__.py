@@ -11,6 +11,7 @@ from memplan.methods.spec import MethodSpec
 from memplan.optim.baselines import build_baseline
 from memplan.optim.base import DEFAULT_CHUNK_BYTES, MemplanOptimizer
 from memplan.optim.extreme import ETInfinity, ExtremeTensoring
+from memplan.optim.planned import PlannedOptimizer, from_plan
 from memplan.optim.sm3 import SM3
 from memplan.optim.smmf import SMMF
 
@@ -35,8 +36,9 @@ def build_optimizer(spec: str | MethodSpec, params: Iterable[Any], lr: float = 1
         return SM3(params, lr=lr, **options, **overrides)
     if parsed.name == "et_inf":
         return ETInfinity(params, lr=lr, **options, **overrides)
-    return ExtremeTensoring(params, lr=lr, index=parsed.name, **options, **overrides)
+    preset = "et1" if parsed.name == "et" else parsed.name
+    return ExtremeTensoring(params, lr=lr, index=preset, **options, **overrides)
 
 
-__all__ = ["DEFAULT_CHUNK_BYTES", "ETInfinity", "ExtremeTensoring", "MemplanOptimizer", "SM3", "SMMF",
-           "build_baseline", "build_optimizer"]
+__all__ = ["DEFAULT_CHUNK_BYTES", "ETInfinity", "ExtremeTensoring", "MemplanOptimizer", "PlannedOptimizer", "SM3",
+           "SMMF", "build_baseline", "build_optimizer", "from_plan"]

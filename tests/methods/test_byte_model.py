@@ -57,6 +57,7 @@ def expected_bytes(spec, shape):
         "smmf:sign_bits=8": 8 * sum(square(n_el)) + n_el,
         "smmf:beta1=none": 4 * sum(square(n_el)),
         "smmf:vector_reshape=false": (8 * n_el if len(shape) <= 1 else 8 * sum(square(n_el)) + math.ceil(n_el / 8)),
+        "et": 4 * sum(et_index(shape, 1)),
         "et1": 4 * sum(et_index(shape, 1)),
         "et2": 4 * sum(et_index(shape, 2)),
         "et3": 4 * sum(et_index(shape, 3)),
@@ -68,7 +69,7 @@ def expected_bytes(spec, shape):
 
 FORMULA_SPECS = ["adam", "adam:amsgrad=true", "adamw", "adagrad", "sgd", "sgd:momentum=0.9", "adafactor",
                  "adafactor:beta1=0.9", "came", "sm3", "sm3:momentum=0", "sm3:impl=pytorch_optimizer", "smmf",
-                 "smmf:sign_bits=8", "smmf:beta1=none", "smmf:vector_reshape=false", "et1", "et2", "et3",
+                 "smmf:sign_bits=8", "smmf:beta1=none", "smmf:vector_reshape=false", "et", "et1", "et2", "et3",
                  "et1:momentum=0.9", "et_inf"]
 
 

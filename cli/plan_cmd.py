@@ -1,0 +1,104 @@
+"""``memplan plan [SOURCE] --budget SIZE``: choose every parameter's optimizer state; write plan.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from memplan.cli import output
+from memplan.cli.analyze_cmd import DEFAULT_PROFILE_PATH
+from memplan.errors import SourceError
+from memplan.loaders import load_profile, source_kind
+from memplan.methods import split_spec_list
+from memplan.plan import Plan
+from memplan.search import DEFAULT_PLAN_METHODS, OBJECTIVES, make_plan
+from memplan.sizes import format_count, format_size, parse_size
+
+
+def plan(
+    source: Optional[str] = typer.Argument(None, help="Model source (default: the profile the last analyze wrote)."),
+    budget: str = typer.Option(..., "--budget", "-b", help="Byte budget for all optimizer state, e.g. 64MiB."),
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
+                                                help=f"Methods to consider (default: {','.join(DEFAULT_PLAN_METHODS)})."),
+    objective: str = typer.Option("quality", "--objective", help=f"{' | '.join(OBJECTIVES)}: weight of step time."),
+    time_weight: Optional[float] = typer.Option(None, "--time-weight", help="Explicit time weight (overrides --objective)."),
+    priors: Optional[Path] = typer.Option(None, "--priors", help="YAML file overriding the bundled quality priors."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Score layouts on gradients from the model file's "
+                                                              "calibration_loss(model)."),
+    samples: int = typer.Option(8, "--samples", help="Gradient samples for --calibrate."),
+    device: str = typer.Option("cpu", "--device", help="Device for --calibrate."),
+    entry: Optional[str] = typer.Option(None, "--entry", help="model.py: the module, class or function to build."),
+    freeze: Optional[str] = typer.Option(None, "--freeze", help="Regex: matching parameters are frozen (no state)."),
+    out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Choose, per parameter, the optimizer state that fits the budget at the best predicted quality."""
+    budget_bytes = parse_size(budget)
+    source = source or _last_profile()
+    profile = load_profile(source, entry=entry, freeze=freeze)
+    calibration = None
+    if calibrate:
+        from memplan.calibrate import calibrate as measure
+
+        calibration = measure(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
+    result = make_plan(profile, budget_bytes, split_spec_list(methods) if methods else DEFAULT_PLAN_METHODS,
+                       priors_path=str(priors) if priors else None, objective=objective, time_weight=time_weight,
+                       calibration=calibration)
+    path = result.save(out)
+    if as_json:
+        output.print_json(result.summary(str(path)))
+        return
+    render(result, top=12)
+    output.note(f"plan written to {path}")
+
+
+def render(result: Plan, top: int | None) -> None:
+    """Print a plan: totals, bytes per method, and the largest parameters with what they got."""
+    console = output.stdout()
+    used = result.state_bytes / result.budget_bytes if result.budget_bytes else 0.0
+    predicted = result.predicted
+    console.print(f"Plan for {result.model_name}: {format_size(result.state_bytes)} of "
+                  f"{format_size(result.budget_bytes)} ({used:.1%}); predicted quality "
+                  f"{predicted.get('quality', 0):.4f} (1 = Adam everywhere), objective "
+                  f"{predicted.get('objective', 0):.5f}, at most {predicted.get('objective_bound', 0):.5f} possible",
+                  markup=False)
+    methods = Table(title="State by method", title_justify="left")
+    for column, justify in (("method", "left"), ("parameters", "right"), ("elements", "right"), ("state", "right"),
+                            ("bytes", "right")):
+        methods.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for row in result.by_method():
+        methods.add_row(row["method"], str(row["parameters"]), format_count(row["numel"]),
+                        format_size(row["state_bytes"]), f"{row['state_bytes']:,}")
+    console.print(methods)
+    calibrated = any(entry.distortion is not None for entry in result.entries)
+    title = "Largest parameters" if top else "Parameters"
+    table = Table(title=title + " and what they got", title_justify="left")
+    for column in ("name", "shape", "method", "layout", "state", "quality") + (("distortion",) if calibrated else ()):
+        table.add_column(column, justify="right" if column in {"state", "quality", "distortion"} else "left")
+    for entry in result.largest(top):
+        cells = [entry.name, "x".join(map(str, entry.shape)) or "scalar", entry.method,
+                 "-" if entry.layout is None else "x".join(map(str, entry.layout)), format_size(entry.state_bytes),
+                 f"{entry.quality:.3f}"]
+        if calibrated:
+            cells.append("-" if entry.distortion is None else f"{entry.distortion:.4f}")
+        table.add_row(*cells)
+    console.print(table)
+
+
+def _last_profile() -> str:
+    if not DEFAULT_PROFILE_PATH.is_file():
+        raise SourceError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH}: run `memplan analyze SOURCE` first "
+                          f"or name a source")
+    return str(DEFAULT_PROFILE_PATH)
+
+
+def _model_file(source: str, profile_source: str) -> Path:
+    """The model.py to calibrate: the source itself, or the file a saved profile was made from."""
+    for candidate in (source, profile_source):
+        if candidate and Path(candidate).is_file() and source_kind(candidate) == "python":
+            return Path(candidate)
+    raise SourceError(f"--calibrate needs the model's code: give a model.py that defines calibration_loss(model) "
+                      f"(the source {source!r} is not one)")

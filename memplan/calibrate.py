@@ -1,0 +1,155 @@
+"""Data-aware quality: how far each candidate's factored second moment is from the exact one.
+
+Protocol: the model file defines ``calibration_loss(model) -> Tensor``, a scalar loss on a fresh
+(random or real) batch each call. memplan builds the model on the chosen device, takes K
+gradient samples and forms the exact diagonal second moment V = mean_k G_k^2 of every
+trainable parameter. Each candidate layout implies an estimate V_hat:
+
+- full state (adam, adagrad, unfactored vectors): V itself;
+- one scalar per tensor (sgd, et_inf): the mean of V;
+- a rank-one factorization in a view (SMMF's matricization, an ET tensor index, Adafactor's and
+  CAME's last two dims per leading index): prod_i S_i / total^(p-1), with S_i the slice sums of V
+  along axis i; exactly V when V is rank-one in that view;
+- an SM3 cover: min over axes of the slice maxima of V (SM3's own estimate).
+
+The distortion D is the variance over elements of the log-ratio of the implied step sizes,
+0.5 * (log V - log V_hat): zero when V_hat is V up to a constant (a constant is the learning
+rate's business), growing as the layout loses per-element information.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from memplan.errors import SourceError, SpecError
+from memplan.methods import ParamState, as_spec
+from memplan.methods.shapes import natural_view
+from memplan.profile import ModelProfile
+
+CALIBRATION_FUNCTION = "calibration_loss"
+
+
+def calibrate(path: Path, entry: str | None = None, device: str = "cpu", samples: int = 8,
+              seed: int = 0) -> "Calibration":
+    """Measure the second moments of the model in ``path`` (see :func:`second_moments`)."""
+    moments = second_moments(path, entry, device, samples, seed)
+    return Calibration(moments=moments, source=str(path), samples=samples, device=device)
+
+
+def second_moments(path: Path, entry: str | None = None, device: str = "cpu", samples: int = 8,
+                   seed: int = 0) -> dict[str, torch.Tensor]:
+    """Mean squared gradient of every trainable parameter over ``samples`` calls of the file's
+    ``calibration_loss(model)``, keyed by parameter name (fp32, on ``device``)."""
+    from memplan.loaders.python_file import load_model_file, user_code
+
+    if samples < 1:
+        raise SourceError(f"--samples must be at least 1, got {samples}")
+    module, model = load_model_file(path, entry, device)
+    loss_function = getattr(module, CALIBRATION_FUNCTION, None)
+    if not callable(loss_function):
+        raise SourceError(f"{path}: --calibrate needs a function {CALIBRATION_FUNCTION}(model) -> Tensor "
+                          f"returning a scalar loss on a fresh batch")
+    torch.manual_seed(seed)
+    named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    moments = {name: torch.zeros(param.shape, dtype=torch.float32, device=param.device) for name, param in named}
+    for _ in range(samples):
+        model.zero_grad(set_to_none=True)
+        with user_code(path, f"calling {CALIBRATION_FUNCTION}"):
+            loss = loss_function(model)
+            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+                raise SourceError(f"{path}: {CALIBRATION_FUNCTION} must return a scalar tensor, got "
+                                  f"{type(loss).__name__}{'' if not isinstance(loss, torch.Tensor) else list(loss.shape)}")
+            loss.backward()
+        for name, param in named:
+            if param.grad is not None:
+                moments[name].addcmul_(param.grad.float(), param.grad.float(), value=1.0 / samples)
+    return moments
+
+
+def estimate(method: str, state: ParamState, moment: torch.Tensor) -> torch.Tensor:
+    """The second moment ``method`` can represent under ``state``'s layout, in ``moment``'s shape."""
+    shape = tuple(moment.shape)
+    options = dict(as_spec(state.spec).options)
+    if method in {"adam", "adamw", "adagrad"} or (method == "smmf" and state.layout is None):
+        return moment
+    if method in {"sgd", "et_inf"}:
+        return moment.mean().expand(shape)
+    if method in {"adafactor", "came"}:
+        if len(shape) < 2:
+            return moment
+        lead = math.prod(shape[:-2])
+        return rank_one(moment.reshape(lead, shape[-2], shape[-1]), batched=True).reshape(shape)
+    if method == "sm3":
+        view = natural_view(shape) if options.get("impl") == "pytorch_optimizer" else state.layout
+        return cover_estimate(moment.reshape(view)).reshape(shape)
+    return rank_one(moment.reshape(state.layout)).reshape(shape)
+
+
+def rank_one(values: torch.Tensor, batched: bool = False) -> torch.Tensor:
+    """prod_i S_i / total^(p-1): the rank-one tensor with the same slice sums as ``values``
+    (per leading index when ``batched``)."""
+    axes = list(range(1 if batched else 0, values.dim()))
+    total = values.sum(dim=axes, keepdim=True) if axes else values
+    estimate = torch.ones_like(values)
+    for axis in axes:
+        others = [a for a in axes if a != axis]
+        estimate = estimate * (values.sum(dim=others, keepdim=True) if others else values)
+    safe_total = torch.where(total > 0, total, torch.ones_like(total))
+    return estimate / safe_total ** (len(axes) - 1)
+
+
+def cover_estimate(values: torch.Tensor) -> torch.Tensor:
+    """SM3's estimate: the minimum over axes of each slice's maximum."""
+    result = None
+    for axis in range(values.dim()):
+        others = [a for a in range(values.dim()) if a != axis]
+        slice_max = values.amax(dim=others, keepdim=True) if others else values
+        result = slice_max if result is None else torch.minimum(result, slice_max)
+    return result.expand(values.shape)
+
+
+def distortion(moment: torch.Tensor, estimated: torch.Tensor) -> float:
+    """Variance over elements of 0.5 * (log V - log V_hat), with a tiny floor against zeros."""
+    floor = moment.mean() * 1e-12 + torch.finfo(torch.float32).tiny
+    log_ratio = 0.5 * (torch.log(moment.double() + floor) - torch.log(estimated.double() + floor))
+    return float(log_ratio.var(unbiased=False)) if log_ratio.numel() > 1 else 0.0
+
+
+def distortion_function(moment: torch.Tensor) -> Callable[[str, ParamState], float]:
+    """For the planner: a candidate's distortion for this parameter's measured second moment."""
+    cache: dict[tuple, float] = {}
+
+    def measure(method: str, state: ParamState) -> float:
+        key = (method, state.spec, state.layout)
+        if key not in cache:
+            cache[key] = distortion(moment, estimate(method, state, moment))
+        return cache[key]
+
+    return measure
+
+
+@dataclass
+class Calibration:
+    """Measured second moments of a model's trainable parameters (see :mod:`memplan.calibrate`)."""
+
+    moments: Mapping[str, torch.Tensor]
+    source: str
+    samples: int
+    device: str
+
+    def distortions(self, profile: ModelProfile) -> dict[str, Callable[[str, ParamState], float]]:
+        """Per parameter, the function that measures a candidate's distortion."""
+        missing = [spec.name for spec in profile.trainable_params if spec.name not in self.moments]
+        if missing:
+            raise SpecError(f"calibration of {self.source} has no gradient for {missing[0]}")
+        return {spec.name: distortion_function(self.moments[spec.name]) for spec in profile.trainable_params}
+
+    def summary(self) -> dict[str, object]:
+        """What the plan records about the calibration."""
+        return {"source": self.source, "samples": self.samples, "device": self.device,
+                "quality": "calibrated: base * exp(-distortion_scale * distortion)"}

@@ -1,0 +1,111 @@
+"""Predicted quality of each candidate state layout: data-free priors, or calibrated from distortion.
+
+The numbers live in ``profiles/priors.yaml`` (bundled, with the evidence behind each), not in
+code; ``load_priors(path)`` overlays a user's file on them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from memplan.errors import ProfileError
+from memplan.methods.base import Layout
+from memplan.methods.shapes import Shape, index_depth
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Quality per method family, the ET depth curve, and the calibrated-quality constants."""
+
+    methods: Mapping[str, float]
+    et_curve: tuple[tuple[float, float], ...]
+    calibrated: Mapping[str, float]
+
+    def quality(self, method: str, options: Mapping[str, Any], shape: Shape, layout: Layout) -> float:
+        """Data-free quality of ``method`` with ``options`` for a parameter of ``shape`` under ``layout``."""
+        if method in {"adam", "adamw"}:
+            return self.methods["adam"]
+        if method == "sgd":
+            return self.methods["sgd_momentum" if options["momentum"] > 0 else "sgd"]
+        if method == "adafactor":
+            return self.methods["adafactor" if options["beta1"] is None else "adafactor_momentum"]
+        if method == "smmf":
+            return self.methods["smmf_no_momentum" if options["beta1"] is None else "smmf"]
+        if method in {"et", "et1", "et2", "et3"}:
+            return self.depth_quality(index_depth(shape, layout))
+        if method == "sm3":
+            base = self.methods["sm3" if options["momentum"] > 0 or options["impl"] != "memplan" else "sm3_no_momentum"]
+            return base * self.depth_quality(index_depth(shape, layout)) / self.depth_quality(1.0)
+        return self.methods[method]
+
+    def depth_quality(self, depth: float) -> float:
+        """The ET curve at ``depth``: linear between its points, held beyond them."""
+        points = self.et_curve
+        if depth <= points[0][0]:
+            return points[0][1]
+        for (low_depth, low_quality), (high_depth, high_quality) in zip(points, points[1:]):
+            if depth <= high_depth:
+                fraction = (depth - low_depth) / (high_depth - low_depth)
+                return low_quality + fraction * (high_quality - low_quality)
+        return points[-1][1]
+
+    def calibrated_quality(self, momentum: str, distortion: float) -> float:
+        """Quality from a measured second-moment distortion (``memplan plan --calibrate``)."""
+        base = self.calibrated["no_momentum" if momentum == "none" else "momentum"]
+        return base * math.exp(-self.calibrated["distortion_scale"] * distortion)
+
+
+def load_priors(path: str | Path | None = None) -> Priors:
+    """The bundled priors, with the entries of the YAML file at ``path`` (if any) replacing theirs."""
+    bundled = resources.files("memplan.profiles") / "priors.yaml"
+    data = yaml.load(bundled.read_text(encoding="utf-8"), Loader=_Loader)
+    if path is not None:
+        try:
+            override = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
+        except OSError as error:
+            raise ProfileError(f"{path}: cannot read: {error.strerror or error}") from None
+        except yaml.YAMLError as error:
+            raise ProfileError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        data = _overlay(data, override, str(path))
+    return _from_dict(data, str(path or "bundled priors"))
+
+
+def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
+    if not isinstance(override, dict):
+        raise ProfileError(f"{where}: priors must be a mapping with methods, extreme_tensoring or calibrated")
+    merged = dict(base)
+    unknown = set(override) - set(base)
+    if unknown:
+        raise ProfileError(f"{where}: unknown key {sorted(unknown)[0]!r} (valid: {', '.join(base)})")
+    for key, value in override.items():
+        if key == "methods":
+            if not isinstance(value, dict) or set(value) - set(base["methods"]):
+                bad = sorted(set(value) - set(base["methods"])) if isinstance(value, dict) else [value]
+                raise ProfileError(f"{where}: unknown method prior {bad[0]!r} (valid: {', '.join(base['methods'])})")
+            merged["methods"] = {**base["methods"], **value}
+        elif key == "calibrated":
+            merged["calibrated"] = {**base["calibrated"], **(value or {})}
+        else:
+            merged[key] = value
+    return merged
+
+
+def _from_dict(data: Mapping[str, Any], where: str) -> Priors:
+    try:
+        methods = {name: float(entry["quality"] if isinstance(entry, Mapping) else entry)
+                   for name, entry in data["methods"].items()}
+        curve = tuple(sorted((float(point["depth"]), float(point["quality"])) for point in data["extreme_tensoring"]))
+        calibrated = {key: float(value) for key, value in data["calibrated"].items()}
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProfileError(f"{where}: malformed priors ({type(error).__name__}: {error})") from None
+    if len(curve) < 2 or len({depth for depth, _ in curve}) != len(curve):
+        raise ProfileError(f"{where}: extreme_tensoring needs at least two points at distinct depths")
+    return Priors(methods=methods, et_curve=curve, calibrated=calibrated)

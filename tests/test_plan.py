@@ -1,0 +1,70 @@
+import pytest
+import yaml
+
+from memplan.loaders import load_profile
+from memplan.plan import Plan, PlanError
+from memplan.profile import ModelProfile, ParamSpec
+from memplan.search import make_plan
+
+
+@pytest.fixture(scope="module")
+def gpt2_plan():
+    return make_plan(load_profile("gpt2"), 64 * 2**20)
+
+
+def test_yaml_round_trip_is_identical(gpt2_plan, tmp_path):
+    path = gpt2_plan.save(tmp_path / "plan.yaml")
+    loaded = Plan.load(path)
+    assert loaded == gpt2_plan
+    assert loaded.to_yaml() == path.read_text()
+    assert loaded.state_bytes == gpt2_plan.predicted["state_bytes"] <= loaded.budget_bytes
+
+
+def tampered(plan, change):
+    data = yaml.safe_load(plan.to_yaml())
+    change(data)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["parameters"][0].update(layout=[6932, 5569]), r"transformer.wte.weight: layout \[6932, 5569\] has"),
+    (lambda d: d["parameters"][0].update(method="smmq"), r"transformer.wte.weight: unknown method 'smmq'"),
+    (lambda d: d["parameters"][0].update(state_bytes=1), r"transformer.wte.weight: state_bytes 1 but smmf"),
+    (lambda d: d["parameters"][1].update(method="smmf:sign_bits=3"), "transformer.wpe.weight: option sign_bits=3"),
+    (lambda d: d["parameters"].append(dict(d["parameters"][0])), "appears twice"),
+    (lambda d: d.update(budget_bytes=10), "over the budget"),
+    (lambda d: d["predicted"].update(state_bytes=5), "entries add up to"),
+    (lambda d: d["hyperparameters"]["smmf"].update(beta1=None), "changes the state layout"),
+    (lambda d: d["hyperparameters"]["smmf"].update(colour=1), "unknown option 'colour'"),
+    (lambda d: d["hyperparameters"]["adam"].update(lr=-1), "lr must be a number >= 0"),
+    (lambda d: d.update(memplan_plan=7), "not a memplan plan"),
+])
+def test_tampered_plans_are_refused_naming_the_parameter(gpt2_plan, change, message):
+    with pytest.raises(PlanError, match=message):
+        Plan.from_yaml(tampered(gpt2_plan, change))
+
+
+def test_checking_against_another_model_names_every_mismatch(gpt2_plan):
+    gpt2 = load_profile("gpt2")
+    gpt2_plan.check_model(gpt2)
+    params = list(gpt2.params)
+    params[0] = ParamSpec(params[0].name, (50258, 768), kind="embedding")            # reshaped
+    params[1] = ParamSpec("transformer.wpe.extra", (1024, 768))                        # renamed
+    params[2] = ParamSpec(params[2].name, params[2].shape, "bfloat16")                  # retyped
+    other = ModelProfile("other", "test", tuple(params))
+    with pytest.raises(PlanError) as error:
+        gpt2_plan.check_model(other)
+    text = str(error.value)
+    assert "transformer.wte.weight is [50258, 768] in the model but [50257, 768] in the plan" in text
+    assert "transformer.wpe.weight is in the plan but not a trainable parameter" in text
+    assert "transformer.wpe.extra [1024, 768] has no plan entry" in text
+    assert "transformer.h.0.ln_1.weight is bfloat16 in the model but float32 in the plan" in text
+    with pytest.raises(PlanError, match="not a trainable parameter"):
+        gpt2_plan.check_model(load_profile("resnet50"))
+
+
+def test_summary_and_per_method_rows(gpt2_plan):
+    summary = gpt2_plan.summary("plan.yaml")
+    assert set(summary) >= {"budget_bytes", "state_bytes", "plan_path", "parameters"}
+    assert sum(row["state_bytes"] for row in gpt2_plan.by_method()) == gpt2_plan.state_bytes
+    assert gpt2_plan.largest(1)[0].name == "transformer.wte.weight"

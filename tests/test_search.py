@@ -1,0 +1,130 @@
+import itertools
+import math
+import random
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from memplan.errors import BudgetError
+from memplan.loaders import load_profile
+from memplan.methods import param_state
+from memplan.priors import load_priors
+from memplan.profile import ModelProfile, ParamSpec
+from memplan.search import (DEFAULT_PLAN_METHODS, candidates_for, expand_methods, make_plan, plan_search, prune,
+                            solve_mckp, traffic_seconds)
+
+SHAPES = [(7,), (64,), (768,), (30, 20), (64, 3, 3, 3), (128, 64, 1, 1), (256, 512), (1000, 37), ()]
+
+
+@st.composite
+def profiles(draw):
+    count = draw(st.integers(min_value=1, max_value=12))
+    params = [ParamSpec(f"p{i}", draw(st.sampled_from(SHAPES)), kind=draw(st.sampled_from(["linear", "bias", "conv"])))
+              for i in range(count)]
+    return ModelProfile("random", "test", tuple(params))
+
+
+@settings(max_examples=60, deadline=None)
+@given(profiles(), st.integers(min_value=0, max_value=3_000_000))
+def test_the_budget_is_never_exceeded_and_bytes_are_the_byte_models(profile, budget):
+    choice = plan_search(profile, budget)
+    assert choice.state_bytes <= budget
+    for spec in profile.trainable_params:
+        candidate = choice.picks[spec.name]
+        assert candidate.state_bytes == param_state(candidate.spec, spec.shape, spec.dtype, candidate.layout).state_bytes
+    assert choice.objective <= choice.bound + 1e-12
+
+
+def brute_force(groups, budget):
+    best = -math.inf
+    for combo in itertools.product(*[range(len(group)) for group in groups]):
+        cost = sum(groups[i][j][0] for i, j in enumerate(combo))
+        if cost <= budget:
+            best = max(best, sum(groups[i][j][1] for i, j in enumerate(combo)))
+    return best
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_small_instances_reach_the_brute_force_optimum_within_one_percent(seed):
+    rng = random.Random(seed)
+    groups = []
+    for _ in range(rng.randint(2, 6)):
+        options = sorted({(rng.randint(0, 1000), rng.random()) for _ in range(rng.randint(1, 6))})
+        front = []
+        for cost, value in options:
+            if not front or value > front[-1][1]:
+                front.append((cost, value, None))
+        groups.append(front)
+    budget = rng.randint(sum(g[0][0] for g in groups), sum(g[-1][0] for g in groups) + 1)
+    picks, value, bound = solve_mckp(groups, budget)
+    assert sum(groups[i][j][0] for i, j in enumerate(picks)) <= budget
+    optimum = brute_force(groups, budget)
+    assert value >= optimum - 0.01 * abs(optimum) - 1e-12
+    assert bound >= optimum - 1e-9
+
+
+def test_real_candidates_on_a_small_model_match_brute_force():
+    profile = ModelProfile("small", "test", (ParamSpec("a", (64, 32)), ParamSpec("b", (32,)), ParamSpec("c", (16, 3, 3, 3)),
+                                            ParamSpec("d", (10, 64))))
+    priors = load_priors()
+    total = sum(p.numel for p in profile.params)
+    groups = []
+    for spec in profile.params:
+        weight = spec.numel / total
+        front = prune(candidates_for(spec, expand_methods(DEFAULT_PLAN_METHODS), priors), lambda c, w=weight: w * c.quality)
+        groups.append([(c.state_bytes, spec.numel / total * c.quality, c) for c in front])
+    for budget in (100, 2000, 9000, 30000, 10**6):
+        choice = plan_search(profile, budget)
+        assert choice.objective >= brute_force(groups, budget) * 0.99 - 1e-12
+
+
+def test_dominated_candidates_are_pruned_and_shapes_share_lists():
+    choice = plan_search(load_profile("llama-7b"), 2**30)
+    assert choice.shared_lists <= 8          # 291 tensors, a handful of distinct shapes
+    front = prune(candidates_for(ParamSpec("w", (256, 512)), expand_methods(DEFAULT_PLAN_METHODS), load_priors()),
+                  lambda c: c.quality)
+    assert [c.state_bytes for c in front] == sorted(c.state_bytes for c in front)
+    assert all(b.quality > a.quality for a, b in zip(front, front[1:]))
+
+
+def test_candidates_cover_every_layout_family():
+    found = candidates_for(ParamSpec("w", (64, 3, 3, 3)), expand_methods(DEFAULT_PLAN_METHODS), load_priors())
+    layouts = {(c.spec, c.layout) for c in found}
+    assert ("et", (64, 3, 9)) in layouts and ("et", (8, 8, 3, 9)) in layouts          # ET1 and a deeper split
+    assert ("smmf", (48, 36)) in layouts and ("smmf", (64, 27)) in layouts             # square and natural
+    assert ("sm3", (64, 3, 3, 3)) in layouts and ("sm3:momentum=0", (64, 3, 9)) in layouts
+    assert {("adam", None), ("sgd", None), ("et_inf", None), ("adafactor:beta1=0.9", None)} <= layouts
+
+
+def test_infeasible_budgets_name_the_smallest_size_and_the_heaviest_parameters():
+    with pytest.raises(BudgetError, match=r"smallest achievable state is 581,392 bytes, dominated by "
+                                          r"transformer.wte.weight") as error:
+        plan_search(load_profile("gpt2"), 1000, methods=["adam", "smmf"])
+    assert error.value.minimum_bytes == 581_392 and error.value.exit_code == 3
+
+
+def test_gpt2_at_64_mib_fits_and_spends_the_budget_sensibly():
+    choice = plan_search(load_profile("gpt2"), 64 * 2**20)
+    assert 0.9 * 64 * 2**20 <= choice.state_bytes <= 64 * 2**20
+    assert all(c.spec != "sgd" for c in choice.picks.values())
+    left = 64 * 2**20 - choice.state_bytes
+    for spec in load_profile("gpt2").trainable_params:  # no single upgrade still fits and helps
+        current = choice.picks[spec.name]
+        for other in candidates_for(spec, expand_methods(DEFAULT_PLAN_METHODS), load_priors()):
+            assert not (other.quality > current.quality and other.state_bytes - current.state_bytes <= left)
+
+
+def test_a_time_weight_trades_quality_for_traffic():
+    profile = load_profile("resnet18-cifar")
+    slow = plan_search(profile, 2**30, seconds=traffic_seconds())
+    fast = plan_search(profile, 2**30, time_weight=1.0, seconds=traffic_seconds())
+    traffic = lambda choice: sum(c.bytes_moved for c in choice.picks.values())
+    assert traffic(fast) < traffic(slow) and fast.quality <= slow.quality
+
+
+def test_make_plan_writes_the_objective_and_priors(tmp_path):
+    priors = tmp_path / "priors.yaml"
+    priors.write_text("methods:\n  smmf: {quality: 0.5}\n")
+    plan = make_plan(load_profile("gpt2"), 64 * 2**20, priors_path=str(priors))
+    assert plan.priors == str(priors)
+    assert not any(entry.method == "smmf" for entry in plan.entries)
