@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-import yaml
-
 from memplan.errors import ProfileError, SpecError
 from memplan.fileio import atomic_write_text
+from memplan.yamlfile import dump_yaml, parse_yaml, read_text
 from memplan.methods import get_method, param_state, parse_spec
 from memplan.profile import ModelProfile
 
@@ -39,8 +38,6 @@ STATE_OPTIONS = frozenset({"beta1", "sign_bits", "vector_reshape", "momentum", "
 """Options that decide which state tensors exist: they live in each entry's method spec, never in
 the shared hyperparameters, so a plan's bytes cannot be changed behind its back."""
 
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 class PlanError(ProfileError):
@@ -269,16 +266,13 @@ class Plan:
 
     def to_yaml(self) -> str:
         """YAML text: one block per parameter, keys in a fixed order."""
-        body = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=4096)
-        return f"# memplan plan for {self.model_name}: {self.state_bytes:,} of {self.budget_bytes:,} bytes\n{body}"
+        return dump_yaml(self.to_dict(),
+                         f"memplan plan for {self.model_name}: {self.state_bytes:,} of {self.budget_bytes:,} bytes")
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "plan") -> "Plan":
         """Parse and check plan YAML."""
-        try:
-            data = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as error:
-            raise PlanError(f"{where}: not valid YAML: {' '.join(str(error).split())}") from None
+        data = parse_yaml(text, where, PlanError)
         try:
             return cls.from_dict(data)
         except PlanError as error:
@@ -291,11 +285,7 @@ class Plan:
     @classmethod
     def load(cls, path: str | Path) -> "Plan":
         """Read and check a plan file."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise PlanError(f"{path}: cannot read: {error.strerror or error}") from None
-        return cls.from_yaml(text, where=str(path))
+        return cls.from_yaml(read_text(path, PlanError), where=str(path))
 
     def check_model(self, profile: ModelProfile) -> None:
         """Raise PlanError unless ``profile``'s trainable parameters are exactly the plan's.

@@ -12,13 +12,10 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from memplan.errors import ProfileError
 from memplan.methods.base import Layout
 from memplan.methods.shapes import Shape, index_depth
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+from memplan.yamlfile import parse_yaml, read_text
 
 
 @dataclass(frozen=True)
@@ -66,14 +63,9 @@ class Priors:
 def load_priors(path: str | Path | None = None) -> Priors:
     """The bundled priors, with the entries of the YAML file at ``path`` (if any) replacing theirs."""
     bundled = resources.files("memplan.profiles") / "priors.yaml"
-    data = yaml.load(bundled.read_text(encoding="utf-8"), Loader=_Loader)
+    data = parse_yaml(bundled.read_text(encoding="utf-8"), "bundled priors", ProfileError)
     if path is not None:
-        try:
-            override = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=_Loader) or {}
-        except OSError as error:
-            raise ProfileError(f"{path}: cannot read: {error.strerror or error}") from None
-        except yaml.YAMLError as error:
-            raise ProfileError(f"{path}: not valid YAML: {' '.join(str(error).split())}") from None
+        override = parse_yaml(read_text(path, ProfileError), str(path), ProfileError) or {}
         data = _overlay(data, override, str(path))
     return _from_dict(data, str(path or "bundled priors"))
 

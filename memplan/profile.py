@@ -16,17 +16,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-import yaml
-
 from memplan.dtypes import canonical_dtype, item_size
 from memplan.errors import ProfileError
 from memplan.fileio import atomic_write_text
+from memplan.yamlfile import dump_yaml, parse_yaml, read_text
 
 PARAM_KINDS = ("embedding", "linear", "conv", "norm", "bias", "other")
 PROFILE_FORMAT = 1
-
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 
 @dataclass(frozen=True)
@@ -221,16 +217,12 @@ class ModelProfile:
 
     def to_yaml(self) -> str:
         """YAML text: one block per parameter, shapes in flow style, keys in a fixed order."""
-        body = yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=4096)
-        return f"# memplan model profile: {self.name}\n{body}"
+        return dump_yaml(self.to_dict(), f"memplan model profile: {self.name}")
 
     @classmethod
     def from_yaml(cls, text: str, where: str = "profile") -> "ModelProfile":
         """Parse YAML text written by :meth:`to_yaml` (or by hand, in the same schema)."""
-        try:
-            data = yaml.load(text, Loader=_Loader)
-        except yaml.YAMLError as error:
-            raise ProfileError(f"{where}: not valid YAML: {_one_line(error)}") from None
+        data = parse_yaml(text, where, ProfileError)
         try:
             return cls.from_dict(data)
         except ProfileError as error:
@@ -243,11 +235,7 @@ class ModelProfile:
     @classmethod
     def load(cls, path: str | Path) -> "ModelProfile":
         """Read a profile YAML file."""
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as error:
-            raise ProfileError(f"{path}: cannot read: {error.strerror or error}") from None
-        return cls.from_yaml(text, where=str(path))
+        return cls.from_yaml(read_text(path, ProfileError), where=str(path))
 
 
 def fingerprint_of(entries: Iterable[tuple[str, tuple[int, ...], str]]) -> str:
@@ -275,7 +263,3 @@ def _check_keys(data: Mapping[str, Any], required: set[str], optional: set[str],
         raise ProfileError(
             f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(required | optional))})"
         )
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

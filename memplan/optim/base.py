@@ -127,10 +127,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for group in self.param_groups:
             for position, param in enumerate(group["params"]):
                 if param.grad is None:
@@ -185,6 +182,26 @@ def updating(weights: torch.Tensor, grads: torch.Tensor, window: slice,
     yield weight, gradient
     if weight is not weight_block:
         weight_block.copy_(weight)
+
+
+def block_bytes_per_element(group: Mapping[str, Any], param: torch.Tensor, own: int) -> int:
+    """Peak temporary bytes per element of one block: the method's ``own`` temporaries, plus the
+    fp32 copies of weight and gradient for low-precision parameters, plus the gradient copy that
+    ``maximize`` or coupled weight decay makes (see :func:`updating`)."""
+    per_element = own
+    if param.dtype != torch.float32:
+        per_element += 8
+    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
+        per_element += 4
+    return per_element
+
+
+def run_closure(closure: Callable[[], Any] | None) -> Any:
+    """Evaluate a step's closure with gradients enabled; None without one."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
 
 
 def working_copy(block: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ import torch
 
 from memplan.methods.extreme import ET1, ET2, ET3, ET_INF
 from memplan.methods.shapes import et_index
-from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_range,
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_range,
                                 effective_gradient, flat_view, updating, working_copy)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
 
@@ -33,14 +33,8 @@ _TINY = torch.finfo(torch.float32).tiny
 
 
 def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
-    per_element = 8  # the update's product and G^2 (or the gradient copy) alive together
-    if param.dtype != torch.float32:
-        per_element += 8
-    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
-        per_element += 4
-    if group["momentum"]:
-        per_element += 4
-    return per_element
+    # the update's product and G^2 (or the gradient copy) alive together, and the momentum update
+    return block_bytes_per_element(group, param, 8 + (4 if group["momentum"] else 0))
 
 
 class ExtremeTensoring(MemplanOptimizer):

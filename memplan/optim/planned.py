@@ -18,6 +18,7 @@ import torch
 from memplan.errors import SpecError
 from memplan.methods import get_method, parse_spec
 from memplan.methods.spec import MethodSpec
+from memplan.optim.base import run_closure
 from memplan.optim.baselines import build_baseline
 from memplan.optim.extreme import ETInfinity, ExtremeTensoring
 from memplan.optim.sm3 import SM3
@@ -138,10 +139,7 @@ class PlannedOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` once (if given), then step every inner optimizer."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = run_closure(closure)
         for optimizer in self.optimizers:
             optimizer.step()
         return loss

@@ -18,20 +18,14 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.sm3 import SM3_METHOD
-from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_choice,
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_choice,
                                 check_range, effective_gradient, flat_view, updating, working_copy)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
 
 def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
-    per_element = 8  # nu and its minimum-of-accumulators pieces
-    if param.dtype != torch.float32:
-        per_element += 8
-    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
-        per_element += 4
-    if group["variant"] == "I":
-        per_element += 4
-    return per_element
+    # nu and its minimum-of-accumulators pieces, and SM3-I's G^2 in its first pass
+    return block_bytes_per_element(group, param, 8 + (4 if group["variant"] == "I" else 0))
 
 
 class SM3(MemplanOptimizer):

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.smmf import SMMF_METHOD
-from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget, check_choice,
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_choice,
                                 check_range, flat_view, updating)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
@@ -81,12 +81,8 @@ def normalize_factors_(row: torch.Tensor, col: torch.Tensor) -> None:
 
 def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
     """Peak temporaries of one block, per element (see _FactoredStep.run)."""
-    per_element = 4 * 4 + 2  # S, G^2 or the unpacked signs, F, their sign bits, and the packed bytes' indices
-    if param.dtype != torch.float32:
-        per_element += 8  # fp32 copies of the gradient and weight blocks
-    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
-        per_element += 4
-    return per_element
+    # S, G^2 or the unpacked signs, F, their sign bits, and the packed bytes' indices
+    return block_bytes_per_element(group, param, 4 * 4 + 2)
 
 
 class SMMF(MemplanOptimizer):

@@ -26,3 +26,15 @@ def assert_close_histories(actual, expected, rtol=1e-4, atol=1e-6):
     assert len(actual) == len(expected)
     for step, (a, e) in enumerate(zip(actual, expected), start=1):
         torch.testing.assert_close(a, e, rtol=rtol, atol=atol, msg=lambda m: f"step {step}: {m}")
+
+
+def assert_state_matches_byte_model(optimizer, params, spec):
+    """Every parameter's state tensors are exactly the byte model's: same keys, shapes, dtypes."""
+    from memplan.methods import param_state
+
+    for param in params:
+        shape = tuple(param.shape)
+        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape).tensors}
+        actual = {key: (tuple(value.shape), str(value.dtype).removeprefix("torch."))
+                  for key, value in optimizer.state[param].items() if isinstance(value, torch.Tensor)}
+        assert actual == predicted, (spec, shape)

@@ -11,6 +11,18 @@ import math
 import torch
 
 
+def _gradient_and_decay(grad, w, lr, weight_decay, weight_decay_mode, maximize):
+    """maximize negates G; "adam" mode adds wd * W to G; "adamw" mode scales W by 1 - lr * wd."""
+    g = grad.double().clone()
+    if maximize:
+        g = -g
+    if weight_decay and weight_decay_mode == "adam":
+        g = g + weight_decay * w
+    if weight_decay and weight_decay_mode == "adamw":
+        w = w * (1 - lr * weight_decay)
+    return g, w
+
+
 def _smmf_factorize(matrix):
     rows, cols = matrix.shape
     r, c = matrix.sum(1), matrix.sum(0)
@@ -35,13 +47,7 @@ def smmf(param, grads, layout, lr=1e-3, beta1=0.9, eps=1e-8, weight_decay=0.0, d
         r_m, c_m, signs = torch.zeros(n, dtype=torch.float64), torch.zeros(k, dtype=torch.float64), torch.zeros(n, k, dtype=torch.bool)
         r_v, c_v = torch.zeros(n, dtype=torch.float64), torch.zeros(k, dtype=torch.float64)
     for t, grad in enumerate(grads, start=1):
-        g = grad.double().clone()
-        if maximize:
-            g = -g
-        if weight_decay and weight_decay_mode == "adam":
-            g = g + weight_decay * w
-        if weight_decay and weight_decay_mode == "adamw":
-            w = w * (1 - lr * weight_decay)
+        g, w = _gradient_and_decay(grad, w, lr, weight_decay, weight_decay_mode, maximize)
         beta2_t = 1 - t ** decay_rate
         beta1_t = None if beta1 is None else beta1 * growth_rate ** (t - 1)
         if layout is None:
@@ -76,13 +82,7 @@ def extreme_tensoring(param, grads, index, lr=1e-2, eps=1e-8, beta2=None, moment
     buffer = torch.zeros_like(w)
     history = []
     for grad in grads:
-        g = grad.double().clone()
-        if maximize:
-            g = -g
-        if weight_decay and weight_decay_mode == "adam":
-            g = g + weight_decay * w
-        if weight_decay and weight_decay_mode == "adamw":
-            w = w * (1 - lr * weight_decay)
+        g, w = _gradient_and_decay(grad, w, lr, weight_decay, weight_decay_mode, maximize)
         gt = g.reshape(index)
         for axis in range(p):
             others = tuple(a for a in range(p) if a != axis)

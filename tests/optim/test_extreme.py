@@ -3,12 +3,11 @@ import math
 import pytest
 import torch
 
-from memplan.methods import param_state
 from memplan.methods.shapes import et_index
 from memplan.optim import ETInfinity, ExtremeTensoring, build_optimizer
 
 from . import reference
-from .helpers import assert_close_histories, gradient_sequence, run
+from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run
 
 SHAPES = [(7,), (13,), (), (5, 7), (4, 3, 3, 3), (64, 48), (128, 64, 1, 1)]
 
@@ -89,8 +88,4 @@ def test_state_is_exactly_what_the_byte_model_predicts(spec):
     for param in params:
         param.grad = torch.randn_like(param)
     optimizer.step()
-    for param, shape in zip(params, shapes):
-        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape).tensors}
-        actual = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
-                  for k, v in optimizer.state[param].items() if isinstance(v, torch.Tensor)}
-        assert actual == predicted, shape
+    assert_state_matches_byte_model(optimizer, params, spec)

@@ -1,12 +1,11 @@
 import pytest
 import torch
 
-from memplan.methods import param_state
 from memplan.methods.shapes import natural_view
 from memplan.optim import SM3, build_optimizer
 
 from . import reference
-from .helpers import assert_close_histories, gradient_sequence, run
+from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run
 
 SHAPES = [(7,), (), (5, 7), (4, 3, 3, 3), (64, 48), (1, 9)]
 
@@ -55,8 +54,4 @@ def test_state_is_exactly_what_the_byte_model_predicts(spec):
     for param in params:
         param.grad = torch.randn_like(param)
     optimizer.step()
-    for param, shape in zip(params, shapes):
-        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape).tensors}
-        actual = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
-                  for k, v in optimizer.state[param].items() if isinstance(v, torch.Tensor)}
-        assert actual == predicted, shape
+    assert_state_matches_byte_model(optimizer, params, spec)

@@ -4,13 +4,12 @@ import math
 import pytest
 import torch
 
-from memplan.methods import param_state
 from memplan.methods.shapes import square_matricization
 from memplan.optim import SMMF
 from memplan.optim.smmf import byte_signs, pack_signs, positive_signs, unpack_signs
 
 from . import reference
-from .helpers import assert_close_histories, gradient_sequence, run
+from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run
 
 SHAPES = [(7,), (13,), (1,), (), (5, 7), (4, 3, 3, 3), (64, 48), (31, 17)]
 
@@ -103,11 +102,7 @@ def test_state_is_exactly_what_the_byte_model_predicts(spec, options):
     for param in params:
         param.grad = torch.randn_like(param)
     optimizer.step()
-    for param, shape in zip(params, shapes):
-        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape).tensors}
-        actual = {k: (tuple(v.shape), str(v.dtype).removeprefix("torch."))
-                  for k, v in optimizer.state[param].items() if isinstance(v, torch.Tensor)}
-        assert actual == predicted
+    assert_state_matches_byte_model(optimizer, params, spec)
 
 
 def test_state_dict_round_trip_keeps_packed_signs_and_resumes_bit_identically():

@@ -1,0 +1,35 @@
+"""YAML documents memplan reads and writes (profiles, plans, priors, device profiles): one way to
+dump them, parse them and read them, with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def dump_yaml(data: Any, header: str) -> str:
+    """``data`` as YAML in its own key order, short lists in flow style, after a ``# header`` line."""
+    body = yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None, width=4096)
+    return f"# {header}\n{body}"
+
+
+def parse_yaml(text: str, where: str, error: type[Exception]) -> Any:
+    """Parse YAML text; a syntax error becomes one ``error(f"{where}: not valid YAML: ...")``."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as problem:
+        raise error(f"{where}: not valid YAML: {' '.join(str(problem).split())}") from None
+
+
+def read_text(path: str | Path, error: type[Exception]) -> str:
+    """A file's text; an unreadable file becomes one ``error(f"{path}: cannot read: ...")``."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as problem:
+        reason = getattr(problem, "strerror", None) or problem
+        raise error(f"{path}: cannot read: {reason}") from None
