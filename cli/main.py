@@ -13,7 +13,7 @@ import typer
 
 from memplan import __version__
 from memplan.errors import MemplanError
-from memplan.cli import analyze_cmd, plan_cmd, profiles_cmd, show_cmd
+from memplan.cli import analyze_cmd, bench_cmd, plan_cmd, profiles_cmd, show_cmd
 
 # typer may vendor click; reach its exception types through typer's public BadParameter.
 _USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
@@ -31,6 +31,7 @@ app.command("analyze")(analyze_cmd.analyze)
 app.command("profiles")(profiles_cmd.profiles)
 app.command("plan")(plan_cmd.plan)
 app.command("show")(show_cmd.show)
+app.command("bench")(bench_cmd.bench)
 
 
 def _version(value: bool) -> None:

@@ -14,7 +14,7 @@ from memplan.errors import SourceError
 from memplan.loaders import load_profile, source_kind
 from memplan.methods import split_spec_list
 from memplan.plan import Plan
-from memplan.search import DEFAULT_PLAN_METHODS, OBJECTIVES, make_plan
+from memplan.search import DEFAULT_PLAN_METHODS, OBJECTIVES, make_plan, traffic_seconds
 from memplan.sizes import format_count, format_size, parse_size
 
 
@@ -29,7 +29,10 @@ def plan(
     calibrate: bool = typer.Option(False, "--calibrate", help="Score layouts on gradients from the model file's "
                                                               "calibration_loss(model)."),
     samples: int = typer.Option(8, "--samples", help="Gradient samples for --calibrate."),
-    device: str = typer.Option("cpu", "--device", help="Device for --calibrate."),
+    device: str = typer.Option("cpu", "--device", help="Device for --calibrate, and whose profile times the step."),
+    device_profile: Optional[str] = typer.Option(None, "--device-profile",
+                                                 help="Device profile for step times (default: .memplan/device.yaml "
+                                                      "when calibrated here, else the bundled one for --device)."),
     entry: Optional[str] = typer.Option(None, "--entry", help="model.py: the module, class or function to build."),
     freeze: Optional[str] = typer.Option(None, "--freeze", help="Regex: matching parameters are frozen (no state)."),
     out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
@@ -37,6 +40,9 @@ def plan(
 ) -> None:
     """Choose, per parameter, the optimizer state that fits the budget at the best predicted quality."""
     budget_bytes = parse_size(budget)
+    from memplan import devices
+
+    chosen, _ = devices.resolve_device_profile(devices.parse_device(device), device_profile)
     source = source or _last_profile()
     profile = load_profile(source, entry=entry, freeze=freeze)
     calibration = None
@@ -46,7 +52,7 @@ def plan(
         calibration = measure(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
     result = make_plan(profile, budget_bytes, split_spec_list(methods) if methods else DEFAULT_PLAN_METHODS,
                        priors_path=str(priors) if priors else None, objective=objective, time_weight=time_weight,
-                       calibration=calibration)
+                       seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, calibration=calibration)
     path = result.save(out)
     if as_json:
         output.print_json(result.summary(str(path)))

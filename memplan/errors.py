@@ -43,3 +43,7 @@ class UsageError(MemplanError, ValueError):
     """Options that do not go together (e.g. ``--entry`` with a checkpoint)."""
 
     exit_code = 2
+
+
+class DeviceError(MemplanError):
+    """A device that is not available here, or a device name memplan does not understand."""

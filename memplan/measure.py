@@ -32,7 +32,7 @@ def cpu_peak_bytes(function: Callable[[], Any]) -> tuple[Any, int]:
     on the CPU beyond what existed when it started."""
     from torch.profiler import ProfilerActivity, profile
 
-    os.environ.setdefault("KINETO_LOG_LEVEL", "5")
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
         result = function()
     events = [

@@ -201,10 +201,10 @@ class Plan:
             "objective_bound": round(choice.bound, 6),
         }
         seconds = sum(candidate.seconds for candidate in choice.picks.values())
-        if seconds:
-            predicted["step_ms"] = round(seconds * 1e3, 3)
-            if device:
-                predicted["device"] = device
+        if seconds and device:
+            # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
+            predicted["traffic_ms"] = round(seconds * 1e3, 3)
+            predicted["device"] = device
         return cls(
             model_name=choice.profile.name, model_source=choice.profile.source,
             fingerprint=choice.profile.fingerprint, budget_bytes=choice.budget_bytes, entries=tuple(entries),

@@ -359,12 +359,14 @@ def traffic_seconds(bandwidth_bytes_per_second: float = GENERIC_BANDWIDTH_BYTES_
 
 def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = DEFAULT_PLAN_METHODS,
               priors_path: str | None = None, objective: str = "quality", time_weight: float | None = None,
-              seconds: Callable[[ParamState], float] | None = None,
+              seconds: Callable[[ParamState], float] | None = None, device: str | None = None,
               calibration: "Calibration | None" = None) -> "Plan":
     """Plan ``profile`` under ``budget_bytes`` and return the :class:`memplan.plan.Plan`.
 
     ``objective`` names a time weight (:data:`OBJECTIVES`) unless ``time_weight`` is given;
-    ``calibration`` supplies measured second moments (``memplan plan --calibrate``).
+    ``seconds`` estimates a candidate's step time (default: its compulsory traffic over a generic
+    bandwidth; ``device`` names the device profile it comes from, and the plan records the total as
+    ``step_ms``); ``calibration`` supplies measured second moments (``memplan plan --calibrate``).
     """
     from memplan.plan import Plan
     from memplan.priors import load_priors
@@ -380,4 +382,4 @@ def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] =
                          seconds or traffic_seconds(), distortions)
     return Plan.from_choice(choice, objective=objective if time_weight is None else "custom",
                             priors=str(priors_path or "bundled"),
-                            calibration=calibration.summary() if calibration else None)
+                            calibration=calibration.summary() if calibration else None, device=device)

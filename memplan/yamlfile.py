@@ -33,3 +33,19 @@ def read_text(path: str | Path, error: type[Exception]) -> str:
     except (OSError, UnicodeDecodeError) as problem:
         reason = getattr(problem, "strerror", None) or problem
         raise error(f"{path}: cannot read: {reason}") from None
+
+
+def bundled_names(folder: str) -> list[str]:
+    """Names of the YAML files bundled in ``memplan.profiles/<folder>``, without ``.yaml``, sorted."""
+    from importlib import resources
+
+    files = resources.files("memplan.profiles") / folder
+    return sorted(item.name.removesuffix(".yaml") for item in files.iterdir() if item.name.endswith(".yaml"))
+
+
+def bundled_text(folder: str, name: str) -> str | None:
+    """The text of ``memplan.profiles/<folder>/<name>.yaml``, or None when there is no such file."""
+    from importlib import resources
+
+    resource = resources.files("memplan.profiles") / folder / f"{name}.yaml"
+    return resource.read_text(encoding="utf-8") if resource.is_file() else None

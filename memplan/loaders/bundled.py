@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 from memplan.profile import ModelProfile
+from memplan.yamlfile import bundled_names, bundled_text
 
 
 def bundled_profile_names() -> list[str]:
     """Names of the bundled model profiles, sorted (``gpt2``, ``llama-7b``, ...)."""
-    folder = resources.files("memplan.profiles") / "models"
-    return sorted(item.name.removesuffix(".yaml") for item in folder.iterdir() if item.name.endswith(".yaml"))
+    return bundled_names("models")
 
 
 def load_bundled(name: str) -> ModelProfile:
     """The bundled profile called ``name``; raises KeyError when there is none."""
-    resource = resources.files("memplan.profiles") / "models" / f"{name}.yaml"
-    if not resource.is_file():
+    text = bundled_text("models", name)
+    if text is None:
         raise KeyError(name)
-    return ModelProfile.from_yaml(resource.read_text(encoding="utf-8"), where=f"bundled profile {name}")
+    return ModelProfile.from_yaml(text, where=f"bundled profile {name}")

@@ -28,7 +28,7 @@ import torch
 from memplan.methods.smmf import SMMF_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_choice,
                                 check_range, flat_view, updating)
-from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
+from memplan.optim.blocks import Block, axis_pieces, partition, reduce_granules
 
 # Packing gathers the low bit of 8 bytes of an int64 word into one byte with shifts and ors (no
 # overflow, and no bool tensors: comparisons and torch.where are several times slower than

@@ -1,7 +1,6 @@
 """Bundled profiles: all load, match the papers' sizes, and regenerate identically from their sources."""
 
 import shlex
-import sys
 
 import pytest
 

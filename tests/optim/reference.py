@@ -6,7 +6,6 @@ after every step. No blocking, no packing, no scaling tricks: just the formulas.
 
 from __future__ import annotations
 
-import math
 
 import torch
 

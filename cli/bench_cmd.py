@@ -1,0 +1,185 @@
+"""``memplan bench [SOURCE]``: measure each method's state, peak and step time beside its prediction."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from memplan.errors import UsageError
+from memplan.methods import parse_spec, split_spec_list
+from memplan.sizes import format_size, parse_size
+from memplan.cli import output
+
+DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
+DEFAULT_PLAN_PATH = Path("plan.yaml")
+DEFAULT_METHODS_HELP = "adam,adafactor,sm3,smmf,et2,et_inf"
+"""memplan.bench.DEFAULT_METHODS, spelled out: importing memplan.bench imports torch, which every
+other command would then wait for at start-up."""
+
+
+def bench(
+    source: Optional[str] = typer.Argument(None, help="Model source or bundled profile name "
+                                                       "(default: the profile the last analyze saved)."),
+    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
+                                                help="Method specs to measure, comma-separated "
+                                                     f"(default: {DEFAULT_METHODS_HELP})."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    dtype: str = typer.Option("float32", "--dtype", help="Parameter dtype: float32 or bfloat16."),
+    steps: int = typer.Option(5, "--steps", help="Timed steps per method."),
+    warmup: int = typer.Option(1, "--warmup", help="Untimed steps first (the first allocates the state)."),
+    memory: Optional[str] = typer.Option(None, "--memory",
+                                         help="Memory to fit into instead of the device's free memory "
+                                              "(e.g. 64MiB); methods that would not fit are skipped."),
+    calibrate: bool = typer.Option(False, "--calibrate",
+                                   help="Measure this device's bandwidth and kernel overhead first and "
+                                        "save the device profile."),
+    device_profile: Optional[str] = typer.Option(None, "--device-profile",
+                                                 help="Device profile file to read (or, with --calibrate, "
+                                                      "to write), or a bundled name such as h100 "
+                                                      "(default: .memplan/device.yaml when present)."),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="Also measure the optimizer this plan builds "
+                                                             "(default: plan.yaml here, when present)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as CSV."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Draw state memory against step time (PNG)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+) -> None:
+    """Run real optimizer steps of each method on the device and compare with memplan's predictions."""
+    if steps < 1 or warmup < 1:
+        raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
+    memory_bytes = parse_size(memory) if memory is not None else None
+    specs = [str(parse_spec(spec)) for spec in split_spec_list(methods)] if methods else None
+    from memplan import devices, timing
+
+    target = devices.parse_device(device)
+    calibrate_only = calibrate and source is None and specs is None
+    model_source = None if calibrate_only else _source_or_default(source)
+    if not calibrate:
+        chosen, origin = devices.resolve_device_profile(target, device_profile)
+    # kineto logs two "USDT" lines per profiled step below level 6 (memplan.measure's 5 lets them through)
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
+    from memplan import bench as measurement
+    from memplan.loaders import load_profile
+
+    bench_dtype = measurement.check_dtype(dtype)
+    if calibrate:
+        profile_path = Path(device_profile) if device_profile else devices.DEFAULT_DEVICE_PROFILE_PATH
+        calibrated = timing.calibrate(target, progress=lambda what: output.note(f"calibrating: {what}"))
+        saved = calibrated.save(profile_path)
+        output.note(f"device profile written to {saved}")
+        if calibrate_only:
+            _show_device_profile(calibrated, saved, as_json)
+            return
+        chosen, origin = calibrated, str(saved)
+    model = load_profile(model_source)
+    params = measurement.bench_params(model, bench_dtype)
+    entries = [measurement.method_entry(spec, params, chosen) for spec in specs or measurement.DEFAULT_METHODS]
+    plan_path = plan if plan is not None else (DEFAULT_PLAN_PATH if DEFAULT_PLAN_PATH.is_file() else None)
+    if plan_path is not None:
+        from memplan.plan import Plan
+
+        entries.append(measurement.plan_entry(Plan.load(plan_path), params, chosen, label=f"plan ({plan_path})"))
+    report = _run_with_progress(measurement, model, entries, target, bench_dtype, steps, warmup, memory_bytes,
+                                chosen)
+    if out is not None:
+        output.note(f"results written to {measurement.write_csv(report, out)}")
+    if plot is not None:
+        output.note(f"plot written to {measurement.write_plot(report, plot)}")
+    if as_json:
+        output.print_json({**report.to_json(), "device_profile_origin": origin})
+        return
+    output.stdout().print(_results_table(report, origin))
+    for result in report.results:
+        if result.skipped:
+            output.note(f"{result.method}: skipped: {result.skip_reason}")
+    for entry in entries:
+        if entry.prediction_note:
+            output.note(f"{entry.label}: {entry.prediction_note}")
+
+
+def _source_or_default(source: str | None) -> str:
+    """SOURCE, or the profile the last ``memplan analyze`` saved."""
+    if source is not None:
+        return source
+    if DEFAULT_PROFILE_PATH.is_file():
+        return str(DEFAULT_PROFILE_PATH)
+    raise UsageError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH} here: name a model "
+                     "(e.g. memplan bench gpt2) or run memplan analyze first")
+
+
+def _run_with_progress(measurement: Any, model: Any, entries: list, target: Any, dtype: str, steps: int,
+                       warmup: int, memory_bytes: int | None, device_profile: Any) -> Any:
+    """Run the benchmark with a progress bar on standard error (when it is a terminal), redrawn
+    between steps only: a refresh thread would compete with the timed steps for the cores."""
+    console = output.stderr()
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, auto_refresh=False,
+                  disable=not console.is_terminal) as progress:
+        task = progress.add_task("bench", total=None)
+
+        def advance(label: str, done: int, total: int) -> None:
+            progress.update(task, description=f"bench {label}", completed=done, total=total, refresh=True)
+
+        return measurement.run_bench(model, entries, device=target, dtype=dtype, steps=steps, warmup=warmup,
+                                     memory_bytes=memory_bytes, device_profile=device_profile, progress=advance)
+
+
+def _results_table(report: Any, origin: str) -> Table:
+    """Predicted beside measured, one row per method."""
+    title = (f"{report.profile_name} on {report.device}, {report.dtype}: median of {report.steps} timed steps "
+             f"after {report.warmup} warm-up")
+    caption = (f"{report.device_name}; torch {report.torch_version}, {report.threads} threads; predictions from "
+               f"{origin}; peak transient: {report.peak_method}")
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
+    for column in ("method", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
+                   "measured ms (p10-p90)", "time error", "vs AdamW"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for result in report.results:
+        ratio = report.ratio_to_adamw(result)
+        table.add_row(
+            result.method,
+            format_size(result.predicted_state_bytes),
+            "skipped" if result.skipped else format_size(result.measured_state_bytes),
+            _state_error(result),
+            "-" if result.peak_transient_bytes is None else format_size(result.peak_transient_bytes),
+            "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.1f}",
+            "-" if result.step_ms_median is None else
+            f"{result.step_ms_median:.1f} ({result.step_ms_p10:.1f}-{result.step_ms_p90:.1f})",
+            "-" if result.step_error is None else f"{100 * result.step_error:+.0f}%",
+            "-" if ratio is None else f"{ratio:.2f}x",
+        )
+    return table
+
+
+def _state_error(result: Any) -> str:
+    """``exact``, or measured minus predicted in bytes."""
+    if result.measured_state_bytes is None:
+        return "-"
+    difference = result.measured_state_bytes - result.predicted_state_bytes
+    return "exact" if difference == 0 else f"{difference:+,} B"
+
+
+def _show_device_profile(profile: Any, path: Path, as_json: bool) -> None:
+    """Print a calibrated device profile."""
+    if as_json:
+        output.print_json({"device_profile": profile.to_dict(), "path": str(path)})
+        return
+    table = Table(title=profile.name, title_justify="left", caption=f"saved to {path}", caption_justify="left")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("memory bandwidth", f"{profile.memory_bandwidth / 1e9:.1f} GB/s")
+    if profile.reduction_bandwidth:
+        table.add_row("reductions from memory", f"{profile.reduction_bandwidth / 1e9:.1f} GB/s")
+    if profile.cache_bandwidth:
+        table.add_row(f"cache bandwidth (working sets up to {format_size(profile.cache_bytes)})",
+                      f"{profile.cache_bandwidth / 1e9:.1f} GB/s")
+    if profile.strided_norm_bandwidth:
+        table.add_row("norms over a non-innermost axis", f"{profile.strided_norm_bandwidth / 1e9:.2f} GB/s")
+    table.add_row("kernel overhead", f"{profile.kernel_overhead * 1e6:.2f} µs")
+    if profile.threads:
+        table.add_row("threads", str(profile.threads))
+    output.stdout().print(table)

@@ -1,0 +1,504 @@
+"""Measurement: run each method's optimizer on a device over a profile's parameters, and put every
+measured figure next to memplan's prediction.
+
+A benchmark needs only shapes: the trainable parameters of a :class:`~memplan.profile.ModelProfile`
+are materialized on the device with random values (N(0, 0.02^2), a transformer's initial scale)
+and random gradients (N(0, 1e-3^2)); the step never needs the model's forward. Each
+:class:`BenchEntry` (a method spec, or anything else that builds an optimizer, such as a plan)
+is measured in turn from the same starting values:
+
+- state bytes: the distinct storages in the optimizer's state after the first step
+  (:func:`memplan.measure.state_storage_bytes`); on CUDA also ``memory_allocated`` after the
+  first step minus before, which shows the allocator's 512-byte rounding;
+- peak transient bytes of one step: on CUDA the allocator's peak (``max_memory_allocated``
+  after ``reset_peak_memory_stats``) minus the memory held before the step; on CPU the maximum
+  of the running sum of torch.profiler's memory events (allocations minus frees) during one
+  extra, untimed step (:func:`memplan.measure.cpu_peak_bytes`);
+- step time: ``warmup`` steps (the first allocates the state), then the median, 10th and 90th
+  percentile of ``steps`` timed steps (wall clock on CPU, CUDA events on a GPU, with one
+  synchronisation after the timed steps).
+
+Before a method runs, params + grads + its predicted state + its predicted transient peak are
+checked against the device's free memory (or a given ``memory_bytes``): a method that would not
+fit is reported as skipped with those figures, never run out of memory. On CPU the run keeps
+glibc from returning freed memory to the system (:func:`memplan.devices.keep_freed_memory`), so
+steps are not timed with page faults that depend on the allocator's history.
+
+This module never imports typer or rich: the command line passes a progress callback.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from memplan.dtypes import canonical_dtype
+from memplan.errors import MemplanError, UsageError
+from memplan.fileio import atomic_write_text
+from memplan.measure import cpu_peak_bytes, state_storage_bytes
+from memplan.methods import as_spec, param_state
+from memplan.plan import Plan
+from memplan.profile import ModelProfile, ParamSpec
+from memplan.sizes import format_size
+from memplan.devices import Device, DeviceProfile, keep_freed_memory, parse_device, release_freed_memory
+from memplan.census import method_census
+from memplan.timing import predict_seconds
+
+DEFAULT_METHODS = ("adam", "adafactor", "sm3", "smmf", "et2", "et_inf")
+"""What ``memplan bench`` measures unless told otherwise."""
+
+BENCH_DTYPES = ("float32", "bfloat16")
+PARAM_SCALE = 0.02
+GRAD_SCALE = 1e-3
+
+CPU_PEAK_METHOD = ("torch.profiler memory events: the maximum of the running sum of the bytes allocated minus "
+                   "freed during one extra, untimed step")
+CUDA_PEAK_METHOD = ("torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated "
+                    "before the step")
+
+ProgressCallback = Callable[[str, int, int], None]
+"""Called as ``progress(label, steps_done, steps_total)`` over the whole run."""
+
+NamedParameters = list[tuple[str, torch.nn.Parameter]]
+"""The materialized parameters with their profile names, as ``model.named_parameters()`` gives them."""
+OptimizerBuilder = Callable[[NamedParameters], torch.optim.Optimizer]
+
+
+@dataclass(frozen=True)
+class BenchEntry:
+    """One thing to benchmark: a label, how to build its optimizer over the materialized named
+    parameters (the profile's trainable ones, in its order), and what memplan predicts for it.
+    A method spec is one entry (:func:`method_entry`); a plan, or any optimizer, is another."""
+
+    label: str
+    build: OptimizerBuilder
+    predicted_state_bytes: int
+    predicted_step_seconds: float | None
+    predicted_peak_bytes: int | None
+    """Predicted transient bytes of one step (the census's peak of temporaries)."""
+    prediction_note: str = ""
+    """Why a prediction is missing, when it is."""
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """Predicted and measured figures of one entry on one device (sizes in exact bytes)."""
+
+    method: str
+    predicted_state_bytes: int
+    measured_state_bytes: int | None
+    allocator_state_bytes: int | None
+    predicted_peak_transient_bytes: int | None
+    peak_transient_bytes: int | None
+    predicted_step_ms: float | None
+    step_ms_median: float | None
+    step_ms_p10: float | None
+    step_ms_p90: float | None
+    required_bytes: int
+    """Params + grads + predicted state + predicted transient peak: what the fit check compares."""
+    skipped: bool = False
+    skip_reason: str | None = None
+
+    @property
+    def step_error(self) -> float | None:
+        """predicted / measured step time - 1, when both exist."""
+        if self.predicted_step_ms is None or not self.step_ms_median:
+            return None
+        return self.predicted_step_ms / self.step_ms_median - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record of this result."""
+        return {
+            "method": self.method,
+            "predicted_state_bytes": self.predicted_state_bytes,
+            "measured_state_bytes": self.measured_state_bytes,
+            "allocator_state_bytes": self.allocator_state_bytes,
+            "predicted_peak_transient_bytes": self.predicted_peak_transient_bytes,
+            "peak_transient_bytes": self.peak_transient_bytes,
+            "predicted_step_ms": self.predicted_step_ms,
+            "step_ms_median": self.step_ms_median,
+            "step_ms_p10": self.step_ms_p10,
+            "step_ms_p90": self.step_ms_p90,
+            "step_error": self.step_error,
+            "required_bytes": self.required_bytes,
+            "skipped": self.skipped,
+            "skip_reason": self.skip_reason,
+        }
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Every entry's result on one device, with what the run was."""
+
+    device: str
+    device_name: str
+    torch_version: str
+    profile_name: str
+    dtype: str
+    steps: int
+    warmup: int
+    threads: int
+    available_bytes: int
+    device_profile: DeviceProfile | None
+    peak_method: str
+    results: tuple[BenchResult, ...] = field(default_factory=tuple)
+
+    def baseline(self) -> BenchResult | None:
+        """The first measured adam or adamw row, which ratios are taken against."""
+        for result in self.results:
+            if not result.skipped and as_spec(result.method).name in ("adam", "adamw") and result.step_ms_median:
+                return result
+        return None
+
+    def ratio_to_adamw(self, result: BenchResult) -> float | None:
+        """``result``'s median step time over the AdamW row's, or None without one."""
+        baseline = self.baseline()
+        if baseline is None or result.step_ms_median is None:
+            return None
+        return result.step_ms_median / baseline.step_ms_median
+
+    def records(self) -> list[dict[str, Any]]:
+        """One flat record per result, with the ratio to AdamW (JSON results and CSV rows)."""
+        return [{**result.to_dict(), "ratio_to_adamw": self.ratio_to_adamw(result)} for result in self.results]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``memplan bench --json`` document."""
+        return {
+            "device": self.device,
+            "device_name": self.device_name,
+            "torch": self.torch_version,
+            "profile": self.profile_name,
+            "dtype": self.dtype,
+            "steps": self.steps,
+            "warmup": self.warmup,
+            "threads": self.threads,
+            "available_bytes": self.available_bytes,
+            "peak_method": self.peak_method,
+            "device_profile": None if self.device_profile is None else self.device_profile.to_dict(),
+            "results": self.records(),
+        }
+
+    def to_frame(self) -> Any:
+        """The results as a pandas DataFrame (one row per entry)."""
+        import pandas
+
+        records = self.records()
+        return pandas.DataFrame.from_records(records, columns=list(records[0]) if records else None)
+
+
+# ----------------------------------------------------------------------------------------
+# Entries and predictions
+
+
+def bench_params(profile: ModelProfile, dtype: str) -> list[ParamSpec]:
+    """The trainable parameters of ``profile`` (only they get state), all in ``dtype``."""
+    return [replace(spec, dtype=dtype) for spec in profile.trainable_params]
+
+
+def check_dtype(dtype: str) -> str:
+    """The canonical name of a benchmark parameter dtype; UsageError unless float32 or bfloat16."""
+    try:
+        name = canonical_dtype(dtype)
+    except MemplanError:
+        name = ""
+    if name not in BENCH_DTYPES:
+        raise UsageError(f"--dtype must be {' or '.join(BENCH_DTYPES)}, got {dtype!r}")
+    return name
+
+
+def method_entry(spec: str, params: Sequence[ParamSpec], device_profile: DeviceProfile | None) -> BenchEntry:
+    """The entry for a method spec: memplan's or the baseline library's optimizer, its exact
+    state bytes from the byte model, and its step time and transient peak from the census."""
+    from memplan.optim import build_optimizer
+
+    parsed = str(as_spec(spec))
+    state_bytes = sum(param_state(parsed, param.shape, param.dtype).state_bytes for param in params)
+    shapes = [(param.shape, param.dtype) for param in params]
+    cache_bytes = device_profile.cache_bytes if device_profile is not None else 0
+    try:
+        census = method_census(parsed, shapes, cache_bytes)
+    except Exception as error:  # a third-party optimizer that cannot step on the meta device
+        note = f"no census: {type(error).__name__}: {error}"
+        return BenchEntry(parsed, _builder(build_optimizer, parsed), state_bytes, None, None, note)
+    seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
+    note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
+    return BenchEntry(parsed, _builder(build_optimizer, parsed), state_bytes, seconds,
+                      census.peak_temporary_bytes, note)
+
+
+def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DeviceProfile | None,
+               label: str = "plan") -> BenchEntry:
+    """The entry for a plan: :func:`memplan.optim.from_plan` over the parameters, the plan's own
+    predicted state bytes, and a census of the planned optimizer's real step."""
+    from memplan.census import census_step
+    from memplan.optim import from_plan
+
+    plan.check_model(ModelProfile(plan.model_name, "bench", tuple(params)))
+
+    def build(named: NamedParameters) -> torch.optim.Optimizer:
+        return from_plan(list(named), plan)
+
+    shapes = [(param.shape, param.dtype) for param in params]
+    cache_bytes = device_profile.cache_bytes if device_profile is not None else 0
+    census = census_step(build, shapes, cache_bytes, names=[param.name for param in params])
+    seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
+    note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
+    return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)
+
+
+def _builder(build_optimizer: Callable[..., torch.optim.Optimizer], spec: str) -> OptimizerBuilder:
+    return lambda named: build_optimizer(spec, [param for _, param in named], lr=1e-3)
+
+
+# ----------------------------------------------------------------------------------------
+# Running
+
+
+def run_bench(profile: ModelProfile, entries: Sequence[BenchEntry], device: str | Device = "cpu",
+              dtype: str = "float32", steps: int = 5, warmup: int = 1, memory_bytes: int | None = None,
+              device_profile: DeviceProfile | None = None, progress: ProgressCallback | None = None,
+              seed: int = 0, keep_freed: bool = True) -> BenchReport:
+    """Measure every entry on ``device`` over the trainable parameters of ``profile``.
+
+    ``memory_bytes`` replaces the device's free memory in the fit check (a smaller, pretend
+    device); ``keep_freed`` keeps glibc from returning freed memory during the run (CPU).
+    """
+    if steps < 1 or warmup < 1:
+        raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
+    target = device if isinstance(device, Device) else parse_device(device)
+    dtype = check_dtype(dtype)
+    params = bench_params(profile, dtype)
+    param_bytes = sum(param.nbytes for param in params)
+    steps_per_entry = warmup + steps + 1
+    ticker = _Ticker(progress, steps_per_entry * len(entries))
+    results = []
+    with keep_freed_memory(keep_freed and target.kind == "cpu"):
+        _free_device_memory(target)
+        available = memory_bytes if memory_bytes is not None else target.free_memory()
+        named: NamedParameters | None = None
+        for entry in entries:
+            required = 2 * param_bytes + entry.predicted_state_bytes + (entry.predicted_peak_bytes or 0)
+            if required > available:
+                results.append(_skipped(entry, param_bytes, required, available))
+                ticker.skip(entry.label, steps_per_entry)
+                continue
+            if named is None:
+                named = materialize(params, target)
+            reset_values(named, seed)
+            results.append(measure_entry(entry, named, target, steps, warmup, required, ticker))
+        del named
+        _free_device_memory(target)
+    return BenchReport(
+        device=target.torch_device, device_name=target.model_name(), torch_version=torch.__version__,
+        profile_name=profile.name, dtype=dtype, steps=steps, warmup=warmup, threads=torch.get_num_threads(),
+        available_bytes=available, device_profile=device_profile,
+        peak_method=CPU_PEAK_METHOD if target.kind == "cpu" else CUDA_PEAK_METHOD, results=tuple(results),
+    )
+
+
+class _Ticker:
+    """Counts steps done over the whole run and reports them to the progress callback."""
+
+    def __init__(self, progress: ProgressCallback | None, total: int) -> None:
+        self.progress = progress
+        self.total = total
+        self.done = 0
+
+    def __call__(self, label: str) -> None:
+        """One step of ``label`` done."""
+        self.done += 1
+        if self.progress is not None:
+            self.progress(label, self.done, self.total)
+
+    def skip(self, label: str, count: int) -> None:
+        """``count`` steps of ``label`` that will not run."""
+        self.done += count
+        if self.progress is not None:
+            self.progress(label, self.done, self.total)
+
+
+def _skipped(entry: BenchEntry, param_bytes: int, required: int, available: int) -> BenchResult:
+    """The result of an entry that would not fit, with the figures of the check."""
+    transient = entry.predicted_peak_bytes or 0
+    reason = (f"needs {format_size(required)} (params {format_size(param_bytes)} + grads {format_size(param_bytes)} "
+              f"+ state {format_size(entry.predicted_state_bytes)} + transient {format_size(transient)}) "
+              f"but {format_size(available)} is free")
+    return BenchResult(
+        method=entry.label, predicted_state_bytes=entry.predicted_state_bytes, measured_state_bytes=None,
+        allocator_state_bytes=None, predicted_peak_transient_bytes=entry.predicted_peak_bytes,
+        peak_transient_bytes=None, predicted_step_ms=_ms(entry.predicted_step_seconds), step_ms_median=None,
+        step_ms_p10=None, step_ms_p90=None, required_bytes=required, skipped=True, skip_reason=reason,
+    )
+
+
+def materialize(params: Sequence[ParamSpec], device: Device) -> NamedParameters:
+    """One named parameter per spec on ``device``, each with a gradient (values unset)."""
+    named = []
+    for spec in params:
+        param = torch.nn.Parameter(torch.empty(spec.shape, dtype=getattr(torch, spec.dtype),
+                                               device=device.torch_device))
+        param.grad = torch.empty_like(param)
+        named.append((spec.name, param))
+    return named
+
+
+@torch.no_grad()
+def reset_values(named: NamedParameters, seed: int) -> None:
+    """Fill every parameter and gradient with the same random values for the same ``seed``."""
+    generator = torch.Generator(device=named[0][1].device if named else "cpu").manual_seed(seed)
+    for _, param in named:
+        param.normal_(0.0, PARAM_SCALE, generator=generator)
+        param.grad.normal_(0.0, GRAD_SCALE, generator=generator)
+
+
+def measure_entry(entry: BenchEntry, named: NamedParameters, device: Device, steps: int, warmup: int,
+                  required: int, tick: Callable[[str], None]) -> BenchResult:
+    """Build the entry's optimizer, then measure its state, its step time and a step's peak."""
+    _free_device_memory(device)
+    before = _allocated(device)
+    optimizer = entry.build(named)
+    optimizer.step()
+    device.synchronize()
+    tick(entry.label)
+    measured_state = state_storage_bytes(optimizer)
+    allocator_state = None if before is None else _allocated(device) - before
+    for _ in range(warmup - 1):
+        optimizer.step()
+        tick(entry.label)
+    times_ms = timed_steps(optimizer, device, steps, lambda: tick(entry.label))
+    peak = peak_transient_bytes(optimizer, device)
+    tick(entry.label)
+    del optimizer
+    _free_device_memory(device)
+    return BenchResult(
+        method=entry.label, predicted_state_bytes=entry.predicted_state_bytes, measured_state_bytes=measured_state,
+        allocator_state_bytes=allocator_state, predicted_peak_transient_bytes=entry.predicted_peak_bytes,
+        peak_transient_bytes=peak, predicted_step_ms=_ms(entry.predicted_step_seconds),
+        step_ms_median=statistics.median(times_ms), step_ms_p10=percentile(times_ms, 0.10),
+        step_ms_p90=percentile(times_ms, 0.90), required_bytes=required,
+    )
+
+
+def timed_steps(optimizer: torch.optim.Optimizer, device: Device, steps: int,
+                after_step: Callable[[], None] = lambda: None) -> list[float]:
+    """Milliseconds of each of ``steps`` steps: wall clock on CPU; on CUDA, events recorded around
+    each step and read after one synchronisation at the end."""
+    if device.kind == "cuda":
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
+        for start, end in zip(starts, ends):
+            start.record()
+            optimizer.step()
+            end.record()
+            after_step()
+        device.synchronize()
+        return [start.elapsed_time(end) for start, end in zip(starts, ends)]
+    times = []
+    for _ in range(steps):
+        began = time.perf_counter()
+        optimizer.step()
+        times.append((time.perf_counter() - began) * 1e3)
+        after_step()
+    return times
+
+
+def peak_transient_bytes(optimizer: torch.optim.Optimizer, device: Device) -> int:
+    """Bytes one step holds at its peak beyond what was allocated before it (see the module text)."""
+    if device.kind == "cuda":
+        device.synchronize()
+        torch.cuda.reset_peak_memory_stats(device.index)
+        before = torch.cuda.memory_allocated(device.index)
+        optimizer.step()
+        device.synchronize()
+        return torch.cuda.max_memory_allocated(device.index) - before
+    return cpu_peak_bytes(optimizer.step)[1]
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` quantile of ``values`` with linear interpolation between order statistics."""
+    ordered = sorted(values)
+    position = fraction * (len(ordered) - 1)
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def _allocated(device: Device) -> int | None:
+    return torch.cuda.memory_allocated(device.index) if device.kind == "cuda" else None
+
+
+def _free_device_memory(device: Device) -> None:
+    """Collect garbage and give cached memory back, so the next method starts from a clean device."""
+    gc.collect()
+    if device.kind == "cuda":
+        device.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device.index)
+    else:
+        release_freed_memory()
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
+# ----------------------------------------------------------------------------------------
+# Files
+
+
+def write_csv(report: BenchReport, path: str | Path) -> Path:
+    """Write the results as CSV (pandas), atomically."""
+    return atomic_write_text(path, report.to_frame().to_csv(index=False))
+
+
+def write_plot(report: BenchReport, path: str | Path) -> Path:
+    """State memory against step time, one labelled point per measured entry, both axes
+    logarithmic; written to a temporary name beside ``path`` and renamed into place."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        raise MemplanError("--plot needs matplotlib: pip install 'memplan[plot]'") from None
+    points = [(result.method, result.step_ms_median, result.measured_state_bytes) for result in report.results
+              if not result.skipped and result.step_ms_median]
+    figure, axes = pyplot.subplots(figsize=(7, 5))
+    for label, step_ms, state_bytes in points:
+        # a state of 0 bytes (sgd) sits on the axis floor of a logarithmic plot
+        axes.scatter(step_ms, max(state_bytes, 1))
+        axes.annotate(label, (step_ms, max(state_bytes, 1)), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("step time, median (ms)")
+    axes.set_ylabel("optimizer state (bytes)")
+    axes.set_title(f"{report.profile_name} on {report.device} ({report.dtype})")
+    axes.grid(True, which="both", alpha=0.3)
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".png",
+                                         dir=target.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temp_name, dpi=120, bbox_inches="tight")
+        os.replace(temp_name, target)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    finally:
+        pyplot.close(figure)
+    return target
+
+
+__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "DEFAULT_METHODS", "bench_params",
+           "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "reset_values", "run_bench",
+           "timed_steps", "write_csv", "write_plot"]

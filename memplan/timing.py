@@ -1,0 +1,204 @@
+"""Step-time prediction: the cost model, and the calibration that measures a device for it.
+
+The cost model::
+
+    seconds = memory_traffic / memory_bandwidth + reduction_bytes / reduction_bandwidth
+              + cache_traffic / cache_bandwidth + strided_norm_bytes / strided_norm_bandwidth
+              + kernels * kernel_overhead
+
+The traffic and kernel counts come from :mod:`memplan.census`; the device figures from a
+:class:`memplan.devices.DeviceProfile`: bundled (``profiles/devices/*.yaml``: spec-sheet numbers,
+each naming its source) or measured on this machine by :func:`calibrate` with small synthetic
+kernels (``memplan bench --calibrate``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from memplan.census import StepCensus
+from memplan.devices import Device, DeviceProfile, keep_freed_memory, parse_device
+
+
+CALIBRATION_BLOCK_ELEMENTS = 2**19
+"""Elements of each cache-bandwidth tensor: 2 MiB of fp32, the size of memplan's block temporaries."""
+
+CALIBRATION_CACHE_SETS = 3
+"""Triples of block-sized tensors the cache-bandwidth kernels cycle through (18 MiB in all,
+more than a core's L2, about the working set of one SMMF block step)."""
+
+CALIBRATION_CACHE_BYTES = CALIBRATION_CACHE_SETS * 3 * CALIBRATION_BLOCK_ELEMENTS * 4
+"""The working set the cache bandwidth is measured on, recorded as the profile's ``cache_bytes``."""
+
+CALIBRATION_STREAM_BYTES = 256 * 2**20
+"""Size of each tensor of the memory-bandwidth kernels: far beyond any cache."""
+
+STRIDED_NORM_SHAPE = (8192, 1024)
+"""The matrix whose column norms (a reduction over axis 0) calibrate the strided-norm rate."""
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A predicted step time and the five terms it adds up (seconds)."""
+
+    seconds: float
+    memory_seconds: float
+    reduction_seconds: float
+    cache_seconds: float
+    strided_norm_seconds: float
+    overhead_seconds: float
+
+
+def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
+    """The cost model: one census on one device."""
+    memory = census.memory_traffic(device.write_allocate) / device.memory_bandwidth
+    reductions = census.reduction_miss / device.effective_reduction_bandwidth
+    cache = census.cache_traffic / device.effective_cache_bandwidth
+    norms = census.strided_norm_bytes / device.effective_strided_norm_bandwidth
+    overhead = census.launches(device.kind) * device.kernel_overhead
+    return StepCost(memory + reductions + cache + norms + overhead, memory, reductions, cache, norms, overhead)
+
+
+@dataclass(frozen=True)
+class StreamKernel:
+    """One kernel of the bandwidth suite and what the census counts for it per element:
+    ``reads`` and ``updates`` (read, then written back) once each, ``overwrites`` once in cache
+    and twice in memory on a write-allocating device."""
+
+    name: str
+    reads: int
+    updates: int
+    overwrites: int
+    run: Callable[[Any, Any, Any], Any]
+
+    def counted_bytes(self, element_bytes: int, in_cache: bool, write_allocate: bool) -> int:
+        """Bytes per element the cost model charges for this kernel."""
+        fills = self.overwrites if write_allocate and not in_cache else 0
+        return element_bytes * (self.reads + 2 * self.updates + self.overwrites + fills)
+
+
+def _add_out(x: Any, y: Any, z: Any) -> Any:
+    import torch
+
+    return torch.add(x, y, out=z)
+
+
+STREAM_KERNELS = (
+    StreamKernel("x.add_(y)", reads=1, updates=1, overwrites=0, run=lambda x, y, z: x.add_(y)),
+    StreamKernel("x.mul_(s)", reads=0, updates=1, overwrites=0, run=lambda x, y, z: x.mul_(1.0)),
+    StreamKernel("x.addcmul_(y, z)", reads=2, updates=1, overwrites=0,
+                 run=lambda x, y, z: x.addcmul_(y, z, value=1e-12)),
+    StreamKernel("torch.add(x, y, out=z)", reads=2, updates=0, overwrites=1, run=_add_out),
+    StreamKernel("x * y", reads=2, updates=0, overwrites=1, run=lambda x, y, z: x * y),
+    StreamKernel("z.copy_(x)", reads=1, updates=0, overwrites=1, run=lambda x, y, z: z.copy_(x)),
+)
+"""The kernels whose median rate is a bandwidth: the in-place and out-of-place streams optimizer
+steps are made of."""
+
+REDUCTION_KERNEL = StreamKernel("x.sum()", reads=1, updates=0, overwrites=0, run=lambda x, y, z: x.sum())
+"""The kernel whose rate over a tensor far beyond the cache is the reduction bandwidth."""
+
+
+def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int = CALIBRATION_STREAM_BYTES,
+              progress: Callable[[str], None] | None = None) -> DeviceProfile:
+    """Measure this device's memory, reduction and cache bandwidths, strided-norm rate and
+    kernel overhead.
+
+    Every figure is the median of ``repeats`` timed runs (after an untimed one) of small
+    synthetic kernels, never of an optimizer. The memory bandwidth is the median over
+    :data:`STREAM_KERNELS` of the bytes the cost model counts for a kernel over its time; the
+    cache bandwidth the same with :data:`REDUCTION_KERNEL` among them, on block-sized tensors;
+    the reduction bandwidth is :data:`REDUCTION_KERNEL`'s rate.
+    """
+    import torch
+
+    import memplan
+
+    target = device if isinstance(device, Device) else parse_device(device)
+    report = progress or (lambda message: None)
+    write_allocate = target.kind == "cpu"
+    with keep_freed_memory(target.kind == "cpu"):
+        report("memory bandwidth")
+        memory_bandwidth = _suite_bandwidth(target, STREAM_KERNELS, stream_bytes // 4, 1, repeats, False,
+                                            write_allocate)
+        report("reduction bandwidth")
+        reduction_bandwidth = _suite_bandwidth(target, (REDUCTION_KERNEL,), stream_bytes // 4, 1, repeats, False,
+                                               write_allocate)
+        report("cache bandwidth")
+        cache_bandwidth = _suite_bandwidth(target, STREAM_KERNELS + (REDUCTION_KERNEL,), CALIBRATION_BLOCK_ELEMENTS,
+                                           CALIBRATION_CACHE_SETS, repeats, True, write_allocate)
+        report("strided norms")
+        strided_norm_bandwidth = _strided_norm_bandwidth(target, repeats)
+        report("kernel overhead")
+        kernel_overhead = _kernel_overhead(target, repeats)
+    description = target.description
+    kernels = ", ".join(kernel.name for kernel in STREAM_KERNELS)
+    return DeviceProfile(
+        name=f"calibrated {description}", kind=target.kind, memory_bandwidth=memory_bandwidth,
+        kernel_overhead=kernel_overhead, memory_bytes=target.total_memory(), cache_bytes=CALIBRATION_CACHE_BYTES,
+        cache_bandwidth=cache_bandwidth, reduction_bandwidth=reduction_bandwidth,
+        strided_norm_bandwidth=strided_norm_bandwidth,
+        write_allocate=write_allocate, threads=torch.get_num_threads() if target.kind == "cpu" else None,
+        match=(target.model_name(),),
+        source=(f"measured on {description} by memplan bench --calibrate: median of {repeats} runs; "
+                f"bandwidths from {kernels} over {stream_bytes // 2**20} MiB tensors (memory) and, with "
+                f"{REDUCTION_KERNEL.name}, over {CALIBRATION_CACHE_SETS} triples of 2 MiB tensors (cache); "
+                f"{REDUCTION_KERNEL.name} over {stream_bytes // 2**20} MiB (reduction); column norms of a "
+                f"{STRIDED_NORM_SHAPE[0]}x{STRIDED_NORM_SHAPE[1]} matrix; 1000 one-element add_ calls (overhead)"),
+        made_with=f"memplan {memplan.__version__}, torch {torch.__version__}",
+    )
+
+
+def _median_seconds(target: Device, function: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``function`` (synchronized) over ``repeats`` runs after an untimed one."""
+    function()
+    target.synchronize()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        target.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _suite_bandwidth(target: Device, kernels: Sequence[StreamKernel], numel: int, sets: int, repeats: int,
+                     in_cache: bool, write_allocate: bool) -> float:
+    """The median over ``kernels`` of counted bytes per second, each kernel cycling over ``sets``
+    triples of fp32 tensors of ``numel`` elements."""
+    import torch
+
+    triples = [tuple(torch.rand(numel, device=target.torch_device) + 1.0 for _ in range(3)) for _ in range(sets)]
+    rates = []
+    for kernel in kernels:
+        def run_all(kernel: StreamKernel = kernel) -> None:
+            for x, y, z in triples:
+                kernel.run(x, y, z)
+        seconds = _median_seconds(target, run_all, repeats)
+        rates.append(kernel.counted_bytes(4, in_cache, write_allocate) * numel * sets / seconds)
+    return statistics.median(rates)
+
+
+def _strided_norm_bandwidth(target: Device, repeats: int) -> float:
+    """Bytes per second of column norms (a reduction over a non-innermost axis)."""
+    import torch
+
+    matrix = torch.rand(STRIDED_NORM_SHAPE, device=target.torch_device)
+    seconds = _median_seconds(target, lambda: torch.linalg.vector_norm(matrix, dim=0), repeats)
+    return matrix.numel() * matrix.element_size() / seconds
+
+
+def _kernel_overhead(target: Device, repeats: int, calls: int = 1000) -> float:
+    """Seconds per launch of a one-element in-place add, launched back to back."""
+    import torch
+
+    x = torch.zeros(1, device=target.torch_device)
+    y = torch.zeros(1, device=target.torch_device)
+
+    def run() -> None:
+        for _ in range(calls):
+            x.add_(y)
+    return _median_seconds(target, run, repeats) / calls

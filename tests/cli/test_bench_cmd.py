@@ -1,0 +1,146 @@
+"""``memplan bench``: JSON, table, CSV and plot outputs, skips, calibration, and one-line errors."""
+
+import csv
+import io
+import re
+
+import pytest
+
+from memplan.bench import DEFAULT_METHODS
+from memplan.profile import ModelProfile, ParamSpec
+from memplan.devices import DeviceProfile
+from memplan.census import method_census
+from memplan.timing import predict_seconds
+
+TINY = ModelProfile("tiny", "test", (
+    ParamSpec("embed.weight", (100, 16), kind="embedding"),
+    ParamSpec("conv.weight", (8, 4, 3, 3), kind="conv"),
+    ParamSpec("fc.weight", (64, 32), kind="linear"),
+    ParamSpec("fc.bias", (64,), kind="bias"),
+))
+JSON_FIELDS = {"method", "predicted_state_bytes", "measured_state_bytes", "peak_transient_bytes",
+               "predicted_step_ms", "step_ms_median", "step_ms_p10", "step_ms_p90", "skipped"}
+
+
+@pytest.fixture
+def tiny_profile(tmp_path):
+    return TINY.save(tmp_path / "tiny.yaml")
+
+
+def test_json_is_one_document_with_every_field(run_memplan, tmp_path, tiny_profile):
+    result = run_memplan("bench", tiny_profile, "--steps", "2", "--json", "--out", "results.csv",
+                         "--plot", "bench.png")
+    assert result.code == 0, result.stderr
+    document = result.json()
+    assert {"device", "torch", "results"} <= set(document) and document["device"] == "cpu"
+    assert [record["method"] for record in document["results"]] == list(DEFAULT_METHODS)
+    for record in document["results"]:
+        assert JSON_FIELDS <= set(record) and record["skipped"] is False
+        assert record["measured_state_bytes"] == record["predicted_state_bytes"]
+        assert record["step_ms_p10"] <= record["step_ms_median"] <= record["step_ms_p90"]
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
+    assert [row["method"] for row in rows] == list(DEFAULT_METHODS)
+    assert [int(row["measured_state_bytes"]) for row in rows] == \
+        [record["measured_state_bytes"] for record in document["results"]]
+    assert "results written to results.csv" in result.stderr
+    if (tmp_path / "bench.png").exists():
+        assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+    else:
+        assert "matplotlib" in result.stderr
+
+
+def test_table_and_skip_notes(run_memplan, tiny_profile):
+    result = run_memplan("bench", tiny_profile, "--steps", "1", "--methods", "adam,smmf:sign_bits=8,et_inf",
+                         "--memory", "40KiB")
+    assert result.code == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.startswith("│")}
+    assert set(rows) == {"adam", "smmf:sign_bits=8", "et_inf"}
+    assert "skipped" in rows["adam"] and "exact" in rows["et_inf"]
+    assert re.search(r"adam: skipped: needs .* \(params .* \+ grads .* \+ state 31.25 KiB \+ transient .*\) "
+                     r"but 40 KiB is free", " ".join(result.stderr.split()))
+
+
+def test_calibrate_saves_a_profile_that_later_runs_use(run_memplan, tmp_path, tiny_profile):
+    calibrated = run_memplan("bench", "--calibrate", "--json")
+    assert calibrated.code == 0, calibrated.stderr
+    saved = tmp_path / ".memplan" / "device.yaml"
+    assert calibrated.json()["path"] == ".memplan/device.yaml" and saved.is_file()
+    device = DeviceProfile.load(saved)
+    assert device.kind == "cpu" and device.memory_bandwidth > 1e8 and device.strided_norm_bandwidth
+    result = run_memplan("bench", tiny_profile, "--steps", "1", "--methods", "smmf", "--json")
+    assert result.code == 0, result.stderr
+    document = result.json()
+    assert document["device_profile_origin"] == ".memplan/device.yaml"
+    assert document["device_profile"] == device.to_dict()
+    census = method_census("smmf", [(spec.shape, "float32") for spec in TINY.params], device.cache_bytes)
+    expected_ms = predict_seconds(census, device).seconds * 1e3
+    assert document["results"][0]["predicted_step_ms"] == pytest.approx(expected_ms, rel=1e-12)
+
+
+def test_source_defaults_to_the_last_analyzed_profile(run_memplan, tiny_profile):
+    assert run_memplan("analyze", tiny_profile).code == 0
+    result = run_memplan("bench", "--methods", "sgd", "--steps", "1", "--json")
+    assert result.code == 0, result.stderr
+    assert result.json()["profile"] == "tiny" and result.json()["results"][0]["measured_state_bytes"] == 0
+
+
+@pytest.mark.parametrize("args, code, message", [
+    (["--methods", "adamx"], 1, "unknown method 'adamx'"),
+    (["--dtype", "float16"], 2, "--dtype must be float32 or bfloat16"),
+    (["--device", "tpu"], 1, "unknown device 'tpu'"),
+    (["--memory", "64M"], 1, "ambiguous unit"),
+    (["--steps", "0"], 2, "--steps and --warmup must be at least 1"),
+    (["--device-profile", "nowhere"], 1, "no device profile file or bundled device 'nowhere'"),
+])
+def test_bad_options_are_one_line_errors(run_memplan, tiny_profile, args, code, message):
+    result = run_memplan("bench", tiny_profile, *args)
+    assert result.code == code
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memplan: error: ") and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_no_source_and_no_saved_profile_is_a_usage_error(run_memplan):
+    result = run_memplan("bench")
+    assert result.code == 2 and "run memplan analyze first" in result.stderr
+
+
+def test_cuda_without_cuda_is_a_one_line_error(run_memplan, tiny_profile):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = run_memplan("bench", tiny_profile, "--device", "cuda:0")
+    assert result.code == 1 and "CUDA is not available" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_lists_the_default_methods(run_memplan):
+    result = run_memplan("bench", "--help")
+    assert result.code == 0
+    assert ",".join(DEFAULT_METHODS) in " ".join(result.stdout.split()).replace(", ", ",")
+
+
+@pytest.mark.cuda
+def test_cuda_bench_runs_and_state_is_exact(run_memplan, tiny_profile):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    result = run_memplan("bench", tiny_profile, "--device", "cuda", "--steps", "3", "--json")
+    assert result.code == 0, result.stderr
+    for record in result.json()["results"]:
+        assert record["measured_state_bytes"] == record["predicted_state_bytes"]
+        assert record["allocator_state_bytes"] % 512 == 0
+
+
+def test_a_plan_yaml_here_is_benchmarked_beside_the_methods(run_memplan, tmp_path, tiny_profile):
+    assert run_memplan("plan", tiny_profile, "--budget", "4KiB").code == 0
+    result = run_memplan("bench", tiny_profile, "--methods", "adam", "--steps", "2", "--json")
+    assert result.code == 0, result.stderr
+    records = {record["method"]: record for record in result.json()["results"]}
+    assert set(records) == {"adam", "plan (plan.yaml)"}
+    planned = records["plan (plan.yaml)"]
+    assert planned["measured_state_bytes"] == planned["predicted_state_bytes"] <= 4096
+    other = run_memplan("bench", "resnet18-cifar", "--methods", "adam", "--steps", "1")
+    assert other.code == 1 and "does not fit this model" in other.stderr
