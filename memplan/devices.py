@@ -17,8 +17,7 @@ from typing import Any, Iterator, Mapping
 
 
 from memplan.errors import DeviceError, ProfileError
-from memplan.fileio import atomic_write_text
-from memplan.yamlfile import bundled_names, bundled_text, dump_yaml, parse_yaml, read_text
+from memplan.yamlfile import YamlDocument, bundled_names, bundled_text
 
 
 DEVICE_FORMAT = 1
@@ -163,7 +162,7 @@ def release_freed_memory() -> None:
 
 
 @dataclass(frozen=True)
-class DeviceProfile:
+class DeviceProfile(YamlDocument):
     """What the cost model knows about a device, and where the numbers come from.
 
     Bandwidths are bytes per second and ``kernel_overhead`` is seconds per kernel launched.
@@ -189,6 +188,13 @@ class DeviceProfile:
     """Substrings of the device model names this profile describes (``"H100 80GB HBM3"``); a
     calibrated profile names the model it was measured on."""
     made_with: str = ""
+
+    document_name = "device profile"
+    error = ProfileError
+
+    def yaml_header(self) -> str:
+        """The comment line above a device profile file."""
+        return f"memplan device profile: {self.name}"
 
     def __post_init__(self) -> None:
         if self.kind not in DEVICE_KINDS:
@@ -255,27 +261,6 @@ class DeviceProfile:
         values["match"] = tuple(values.get("match") or ())
         return cls(**values)
 
-    def to_yaml(self) -> str:
-        """YAML text with a one-line header naming the profile."""
-        return dump_yaml(self.to_dict(), f"memplan device profile: {self.name}")
-
-    @classmethod
-    def from_yaml(cls, text: str, where: str = "device profile") -> "DeviceProfile":
-        """Parse :meth:`to_yaml` output (or a hand-written file of the same schema)."""
-        data = parse_yaml(text, where, ProfileError)
-        try:
-            return cls.from_dict(data)
-        except ProfileError as error:
-            raise ProfileError(f"{where}: {error}") from None
-
-    def save(self, path: str | Path) -> Path:
-        """Write the profile atomically to ``path``."""
-        return atomic_write_text(path, self.to_yaml())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "DeviceProfile":
-        """Read a profile written by :meth:`save`."""
-        return cls.from_yaml(read_text(path, ProfileError), where=str(path))
 
 
 def bundled_device_names() -> list[str]:

@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from memplan.errors import ProfileError, SpecError
-from memplan.fileio import atomic_write_text
-from memplan.yamlfile import dump_yaml, parse_yaml, read_text
+from memplan.yamlfile import YamlDocument
 from memplan.methods import get_method, param_state, parse_spec
 from memplan.profile import ModelProfile
 
@@ -129,7 +127,7 @@ class PlanEntry:
 
 
 @dataclass(frozen=True)
-class Plan:
+class Plan(YamlDocument):
     """A whole plan (see the module docstring)."""
 
     model_name: str
@@ -143,6 +141,13 @@ class Plan:
     hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     predicted: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] | None = None
+
+    document_name = "plan"
+    error = PlanError
+
+    def yaml_header(self) -> str:
+        """The comment line above a plan file."""
+        return f"memplan plan for {self.model_name}: {self.state_bytes:,} of {self.budget_bytes:,} bytes"
 
     @property
     def state_bytes(self) -> int:
@@ -263,29 +268,6 @@ class Plan:
         if plan.state_bytes > plan.budget_bytes:
             raise PlanError(f"the entries need {plan.state_bytes:,} bytes, over the budget of {plan.budget_bytes:,}")
         return plan
-
-    def to_yaml(self) -> str:
-        """YAML text: one block per parameter, keys in a fixed order."""
-        return dump_yaml(self.to_dict(),
-                         f"memplan plan for {self.model_name}: {self.state_bytes:,} of {self.budget_bytes:,} bytes")
-
-    @classmethod
-    def from_yaml(cls, text: str, where: str = "plan") -> "Plan":
-        """Parse and check plan YAML."""
-        data = parse_yaml(text, where, PlanError)
-        try:
-            return cls.from_dict(data)
-        except PlanError as error:
-            raise PlanError(f"{where}: {error}") from None
-
-    def save(self, path: str | Path) -> Path:
-        """Write atomically; return the path."""
-        return atomic_write_text(path, self.to_yaml())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "Plan":
-        """Read and check a plan file."""
-        return cls.from_yaml(read_text(path, PlanError), where=str(path))
 
     def check_model(self, profile: ModelProfile) -> None:
         """Raise PlanError unless ``profile``'s trainable parameters are exactly the plan's.

@@ -13,13 +13,11 @@ import json
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from memplan.dtypes import canonical_dtype, item_size
 from memplan.errors import ProfileError
-from memplan.fileio import atomic_write_text
-from memplan.yamlfile import dump_yaml, parse_yaml, read_text
+from memplan.yamlfile import YamlDocument
 
 PARAM_KINDS = ("embedding", "linear", "conv", "norm", "bias", "other")
 PROFILE_FORMAT = 1
@@ -115,7 +113,7 @@ class ParamSpec:
 
 
 @dataclass(frozen=True)
-class ModelProfile:
+class ModelProfile(YamlDocument):
     """All parameters of one model, in model order, with where they came from.
 
     ``made_with`` records how the profile was produced (command and library versions); it is
@@ -127,6 +125,13 @@ class ModelProfile:
     params: tuple[ParamSpec, ...]
     made_with: str = ""
     _by_name: dict[str, ParamSpec] = field(init=False, repr=False, compare=False)
+
+    document_name = "profile"
+    error = ProfileError
+
+    def yaml_header(self) -> str:
+        """The comment line above a profile file."""
+        return f"memplan model profile: {self.name}"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "params", tuple(self.params))
@@ -215,27 +220,6 @@ class ModelProfile:
             )
         return profile
 
-    def to_yaml(self) -> str:
-        """YAML text: one block per parameter, shapes in flow style, keys in a fixed order."""
-        return dump_yaml(self.to_dict(), f"memplan model profile: {self.name}")
-
-    @classmethod
-    def from_yaml(cls, text: str, where: str = "profile") -> "ModelProfile":
-        """Parse YAML text written by :meth:`to_yaml` (or by hand, in the same schema)."""
-        data = parse_yaml(text, where, ProfileError)
-        try:
-            return cls.from_dict(data)
-        except ProfileError as error:
-            raise ProfileError(f"{where}: {error}") from None
-
-    def save(self, path: str | Path) -> Path:
-        """Write the profile atomically to ``path``; return the path."""
-        return atomic_write_text(path, self.to_yaml())
-
-    @classmethod
-    def load(cls, path: str | Path) -> "ModelProfile":
-        """Read a profile YAML file."""
-        return cls.from_yaml(read_text(path, ProfileError), where=str(path))
 
 
 def fingerprint_of(entries: Iterable[tuple[str, tuple[int, ...], str]]) -> str:

@@ -49,3 +49,43 @@ def bundled_text(folder: str, name: str) -> str | None:
 
     resource = resources.files("memplan.profiles") / folder / f"{name}.yaml"
     return resource.read_text(encoding="utf-8") if resource.is_file() else None
+
+
+class YamlDocument:
+    """Mixin for a document class with ``to_dict``/``from_dict``: YAML text and files for it.
+
+    Subclasses set ``document_name`` (used in error messages), ``error`` (the exception type their
+    ``from_dict`` raises) and implement :meth:`yaml_header`.
+    """
+
+    document_name = "document"
+    error: type[Exception] = ValueError
+
+    def yaml_header(self) -> str:
+        """The comment line written above the document."""
+        raise NotImplementedError
+
+    def to_yaml(self) -> str:
+        """YAML text: the header comment, then the document in its own key order."""
+        return dump_yaml(self.to_dict(), self.yaml_header())  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_yaml(cls, text: str, where: str | None = None):  # type: ignore[no-untyped-def]
+        """Parse and check YAML text; errors start with ``where`` (the file, or the document's name)."""
+        where = where or cls.document_name
+        data = parse_yaml(text, where, cls.error)
+        try:
+            return cls.from_dict(data)  # type: ignore[attr-defined]
+        except cls.error as problem:
+            raise cls.error(f"{where}: {problem}") from None
+
+    def save(self, path: str | Path) -> Path:
+        """Write the document atomically to ``path``; return the path."""
+        from memplan.fileio import atomic_write_text
+
+        return atomic_write_text(path, self.to_yaml())
+
+    @classmethod
+    def load(cls, path: str | Path):  # type: ignore[no-untyped-def]
+        """Read and check a document file."""
+        return cls.from_yaml(read_text(path, cls.error), where=str(path))

@@ -38,3 +38,15 @@ def assert_state_matches_byte_model(optimizer, params, spec):
         actual = {key: (tuple(value.shape), str(value.dtype).removeprefix("torch."))
                   for key, value in optimizer.state[param].items() if isinstance(value, torch.Tensor)}
         assert actual == predicted, (spec, shape)
+
+
+def stepped(spec, shapes):
+    """One step of ``spec``'s optimizer over fresh parameters of ``shapes``: (optimizer, params)."""
+    from memplan.optim import build_optimizer
+
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
+    optimizer = build_optimizer(spec, params)
+    for param in params:
+        param.grad = torch.randn_like(param)
+    optimizer.step()
+    return optimizer, params

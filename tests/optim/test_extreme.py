@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from memplan.methods.shapes import et_index
-from memplan.optim import ETInfinity, ExtremeTensoring, build_optimizer
+from memplan.optim import ETInfinity, ExtremeTensoring
 
 from . import reference
-from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run
+from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run, stepped
 
 SHAPES = [(7,), (13,), (), (5, 7), (4, 3, 3, 3), (64, 48), (128, 64, 1, 1)]
 
@@ -82,9 +82,5 @@ def test_et_infinity_matches_the_reference_and_keeps_one_scalar():
 @pytest.mark.parametrize("spec", ["et1", "et2", "et3", "et1:momentum=0.9", "et_inf", "et2:beta2=0.99"])
 def test_state_is_exactly_what_the_byte_model_predicts(spec):
     shapes = [(30, 20), (7,), (), (4, 3, 3, 3), (512,)]
-    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
-    optimizer = build_optimizer(spec, params)
-    for param in params:
-        param.grad = torch.randn_like(param)
-    optimizer.step()
+    optimizer, params = stepped(spec, shapes)
     assert_state_matches_byte_model(optimizer, params, spec)

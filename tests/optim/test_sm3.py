@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from memplan.methods.shapes import natural_view
-from memplan.optim import SM3, build_optimizer
+from memplan.optim import SM3
 
 from . import reference
-from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run
+from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run, stepped
 
 SHAPES = [(7,), (), (5, 7), (4, 3, 3, 3), (64, 48), (1, 9)]
 
@@ -49,9 +49,5 @@ def test_chunked_and_unchunked_steps_are_bit_identical(chunk_bytes, variant):
 @pytest.mark.parametrize("spec", ["sm3", "sm3:momentum=0", "sm3:variant=I"])
 def test_state_is_exactly_what_the_byte_model_predicts(spec):
     shapes = [(30, 20), (7,), (), (4, 3, 3, 3)]
-    params = [torch.nn.Parameter(torch.randn(shape)) for shape in shapes]
-    optimizer = build_optimizer(spec, params)
-    for param in params:
-        param.grad = torch.randn_like(param)
-    optimizer.step()
+    optimizer, params = stepped(spec, shapes)
     assert_state_matches_byte_model(optimizer, params, spec)
