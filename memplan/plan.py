@@ -180,12 +180,6 @@ class Plan(YamlDocument):
                             "state_bytes": e.state_bytes} for e in self.entries],
         }
 
-    def entry(self, name: str) -> PlanEntry:
-        """The entry of parameter ``name``."""
-        for candidate in self.entries:
-            if candidate.name == name:
-                return candidate
-        raise KeyError(name)
 
     @classmethod
     def from_choice(cls, choice: "Choice", objective: str = "quality", priors: str = "bundled",
