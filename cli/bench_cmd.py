@@ -11,15 +11,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from memplan.errors import UsageError
-from memplan.methods import parse_spec, split_spec_list
+from memplan.methods import BENCH_METHODS, parse_spec, split_spec_list
 from memplan.sizes import format_size, parse_size
 from memplan.cli import output
 
 DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
 DEFAULT_PLAN_PATH = Path("plan.yaml")
-DEFAULT_METHODS_HELP = "adam,adafactor,sm3,smmf,et2,et_inf"
-"""memplan.bench.DEFAULT_METHODS, spelled out: importing memplan.bench imports torch, which every
-other command would then wait for at start-up."""
 
 
 def bench(
@@ -27,7 +24,7 @@ def bench(
                                                        "(default: the profile the last analyze saved)."),
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
                                                 help="Method specs to measure, comma-separated "
-                                                     f"(default: {DEFAULT_METHODS_HELP})."),
+                                                     f"(default: {','.join(BENCH_METHODS)})."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", "--dtype", help="Parameter dtype: float32 or bfloat16."),
     steps: int = typer.Option(5, "--steps", help="Timed steps per method."),
@@ -77,7 +74,7 @@ def bench(
         chosen, origin = calibrated, str(saved)
     model = load_profile(model_source)
     params = measurement.bench_params(model, bench_dtype)
-    entries = [measurement.method_entry(spec, params, chosen) for spec in specs or measurement.DEFAULT_METHODS]
+    entries = [measurement.method_entry(spec, params, chosen) for spec in specs or BENCH_METHODS]
     plan_path = plan if plan is not None else (DEFAULT_PLAN_PATH if DEFAULT_PLAN_PATH.is_file() else None)
     if plan_path is not None:
         from memplan.plan import Plan

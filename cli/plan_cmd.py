@@ -12,9 +12,9 @@ from memplan.cli import output
 from memplan.cli.analyze_cmd import DEFAULT_PROFILE_PATH
 from memplan.errors import SourceError
 from memplan.loaders import load_profile, source_kind
-from memplan.methods import split_spec_list
+from memplan.methods import PLAN_METHODS, split_spec_list
 from memplan.plan import Plan
-from memplan.search import DEFAULT_PLAN_METHODS, OBJECTIVES, make_plan, traffic_seconds
+from memplan.search import OBJECTIVES, make_plan, traffic_seconds
 from memplan.sizes import format_count, format_size, parse_size
 
 
@@ -22,7 +22,7 @@ def plan(
     source: Optional[str] = typer.Argument(None, help="Model source (default: the profile the last analyze wrote)."),
     budget: str = typer.Option(..., "--budget", "-b", help="Byte budget for all optimizer state, e.g. 64MiB."),
     methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
-                                                help=f"Methods to consider (default: {','.join(DEFAULT_PLAN_METHODS)})."),
+                                                help=f"Methods to consider (default: {','.join(PLAN_METHODS)})."),
     objective: str = typer.Option("quality", "--objective", help=f"{' | '.join(OBJECTIVES)}: weight of step time."),
     time_weight: Optional[float] = typer.Option(None, "--time-weight", help="Explicit time weight (overrides --objective)."),
     priors: Optional[Path] = typer.Option(None, "--priors", help="YAML file overriding the bundled quality priors."),
@@ -50,7 +50,7 @@ def plan(
         from memplan.calibrate import calibrate as measure
 
         calibration = measure(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
-    result = make_plan(profile, budget_bytes, split_spec_list(methods) if methods else DEFAULT_PLAN_METHODS,
+    result = make_plan(profile, budget_bytes, split_spec_list(methods) if methods else PLAN_METHODS,
                        priors_path=str(priors) if priors else None, objective=objective, time_weight=time_weight,
                        seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, calibration=calibration)
     path = result.save(out)

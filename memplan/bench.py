@@ -53,8 +53,6 @@ from memplan.devices import Device, DeviceProfile, keep_freed_memory, parse_devi
 from memplan.census import method_census
 from memplan.timing import predict_seconds
 
-DEFAULT_METHODS = ("adam", "adafactor", "sm3", "smmf", "et2", "et_inf")
-"""What ``memplan bench`` measures unless told otherwise."""
 
 BENCH_DTYPES = ("float32", "bfloat16")
 PARAM_SCALE = 0.02
@@ -499,6 +497,6 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     return target
 
 
-__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "DEFAULT_METHODS", "bench_params",
+__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "bench_params",
            "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "reset_values", "run_bench",
            "timed_steps", "write_csv", "write_plot"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterable, Mapping, Sequence
 
 from memplan.errors import BudgetError, SpecError
-from memplan.methods import ParamState, as_spec, get_method, param_state
+from memplan.methods import PLAN_METHODS, ParamState, as_spec, get_method, param_state
 from memplan.methods.spec import MethodSpec
 from memplan.priors import Priors
 from memplan.profile import ModelProfile, ParamSpec
@@ -31,8 +31,6 @@ if TYPE_CHECKING:
     from memplan.calibrate import Calibration
     from memplan.plan import Plan
 
-DEFAULT_PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adagrad", "adafactor", "sgd")
-"""What ``memplan plan`` searches unless told otherwise: memplan's own methods and the baselines."""
 
 OBJECTIVES = {"quality": 0.0, "balanced": 0.25, "speed": 1.0}
 """Named time weights: the penalty, in quality units, of a plan as slow as Adam's step."""
@@ -150,7 +148,7 @@ def prune(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) 
     return front
 
 
-def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = DEFAULT_PLAN_METHODS,
+def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = PLAN_METHODS,
                 priors: Priors | None = None, time_weight: float = 0.0,
                 seconds: Callable[[ParamState], float] | None = None,
                 distortions: Mapping[str, Callable[[str, ParamState], float]] | None = None) -> Choice:
@@ -357,7 +355,7 @@ def traffic_seconds(bandwidth_bytes_per_second: float = GENERIC_BANDWIDTH_BYTES_
     return lambda state: state.bytes_moved / bandwidth_bytes_per_second
 
 
-def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = DEFAULT_PLAN_METHODS,
+def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = PLAN_METHODS,
               priors_path: str | None = None, objective: str = "quality", time_weight: float | None = None,
               seconds: Callable[[ParamState], float] | None = None, device: str | None = None,
               calibration: "Calibration | None" = None) -> "Plan":

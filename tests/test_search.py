@@ -10,7 +10,8 @@ from memplan.loaders import load_profile
 from memplan.methods import param_state
 from memplan.priors import load_priors
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.search import (DEFAULT_PLAN_METHODS, candidates_for, expand_methods, make_plan, plan_search, prune,
+from memplan.methods import PLAN_METHODS
+from memplan.search import (candidates_for, expand_methods, make_plan, plan_search, prune,
                             solve_mckp, traffic_seconds)
 
 SHAPES = [(7,), (64,), (768,), (30, 20), (64, 3, 3, 3), (128, 64, 1, 1), (256, 512), (1000, 37), ()]
@@ -71,7 +72,7 @@ def test_real_candidates_on_a_small_model_match_brute_force():
     groups = []
     for spec in profile.params:
         weight = spec.numel / total
-        front = prune(candidates_for(spec, expand_methods(DEFAULT_PLAN_METHODS), priors), lambda c, w=weight: w * c.quality)
+        front = prune(candidates_for(spec, expand_methods(PLAN_METHODS), priors), lambda c, w=weight: w * c.quality)
         groups.append([(c.state_bytes, spec.numel / total * c.quality, c) for c in front])
     for budget in (100, 2000, 9000, 30000, 10**6):
         choice = plan_search(profile, budget)
@@ -81,14 +82,14 @@ def test_real_candidates_on_a_small_model_match_brute_force():
 def test_dominated_candidates_are_pruned_and_shapes_share_lists():
     choice = plan_search(load_profile("llama-7b"), 2**30)
     assert choice.shared_lists <= 8          # 291 tensors, a handful of distinct shapes
-    front = prune(candidates_for(ParamSpec("w", (256, 512)), expand_methods(DEFAULT_PLAN_METHODS), load_priors()),
+    front = prune(candidates_for(ParamSpec("w", (256, 512)), expand_methods(PLAN_METHODS), load_priors()),
                   lambda c: c.quality)
     assert [c.state_bytes for c in front] == sorted(c.state_bytes for c in front)
     assert all(b.quality > a.quality for a, b in zip(front, front[1:]))
 
 
 def test_candidates_cover_every_layout_family():
-    found = candidates_for(ParamSpec("w", (64, 3, 3, 3)), expand_methods(DEFAULT_PLAN_METHODS), load_priors())
+    found = candidates_for(ParamSpec("w", (64, 3, 3, 3)), expand_methods(PLAN_METHODS), load_priors())
     layouts = {(c.spec, c.layout) for c in found}
     assert ("et", (64, 3, 9)) in layouts and ("et", (8, 8, 3, 9)) in layouts          # ET1 and a deeper split
     assert ("smmf", (48, 36)) in layouts and ("smmf", (64, 27)) in layouts             # square and natural
@@ -110,7 +111,7 @@ def test_gpt2_at_64_mib_fits_and_spends_the_budget_sensibly():
     left = 64 * 2**20 - choice.state_bytes
     for spec in load_profile("gpt2").trainable_params:  # no single upgrade still fits and helps
         current = choice.picks[spec.name]
-        for other in candidates_for(spec, expand_methods(DEFAULT_PLAN_METHODS), load_priors()):
+        for other in candidates_for(spec, expand_methods(PLAN_METHODS), load_priors()):
             assert not (other.quality > current.quality and other.state_bytes - current.state_bytes <= left)
 
 

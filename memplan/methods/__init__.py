@@ -33,6 +33,12 @@ METHODS: dict[str, Method] = {
 ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")
 """The methods ``memplan analyze`` totals unless told otherwise."""
 
+PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adagrad", "adafactor", "sgd")
+"""The families ``memplan plan`` searches unless told otherwise: memplan's own and the baselines."""
+
+BENCH_METHODS = ("adam", "adafactor", "sm3", "smmf", "et2", "et_inf")
+"""The methods ``memplan bench`` measures unless told otherwise."""
+
 
 def get_method(name: str) -> Method:
     """The registered method called ``name``; SpecError lists the valid names otherwise."""
@@ -144,5 +150,6 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ANALYZE_METHODS", "METHODS", "Method", "MethodSpec", "ParamState", "StateTensor", "as_spec",
+__all__ = ["ANALYZE_METHODS", "BENCH_METHODS", "METHODS", "Method", "MethodSpec", "PLAN_METHODS", "ParamState",
+           "StateTensor", "as_spec",
            "defaults_table", "get_method", "param_state", "parse_spec", "split_spec_list", "state_bytes"]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from memplan.bench import DEFAULT_METHODS
+from memplan.methods import BENCH_METHODS
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.devices import DeviceProfile
 from memplan.census import method_census
@@ -33,13 +33,13 @@ def test_json_is_one_document_with_every_field(run_memplan, tmp_path, tiny_profi
     assert result.code == 0, result.stderr
     document = result.json()
     assert {"device", "torch", "results"} <= set(document) and document["device"] == "cpu"
-    assert [record["method"] for record in document["results"]] == list(DEFAULT_METHODS)
+    assert [record["method"] for record in document["results"]] == list(BENCH_METHODS)
     for record in document["results"]:
         assert JSON_FIELDS <= set(record) and record["skipped"] is False
         assert record["measured_state_bytes"] == record["predicted_state_bytes"]
         assert record["step_ms_p10"] <= record["step_ms_median"] <= record["step_ms_p90"]
     rows = list(csv.DictReader(io.StringIO((tmp_path / "results.csv").read_text())))
-    assert [row["method"] for row in rows] == list(DEFAULT_METHODS)
+    assert [row["method"] for row in rows] == list(BENCH_METHODS)
     assert [int(row["measured_state_bytes"]) for row in rows] == \
         [record["measured_state_bytes"] for record in document["results"]]
     assert "results written to results.csv" in result.stderr
@@ -118,7 +118,7 @@ def test_cuda_without_cuda_is_a_one_line_error(run_memplan, tiny_profile):
 def test_help_lists_the_default_methods(run_memplan):
     result = run_memplan("bench", "--help")
     assert result.code == 0
-    assert ",".join(DEFAULT_METHODS) in " ".join(result.stdout.split()).replace(", ", ",")
+    assert ",".join(BENCH_METHODS) in " ".join(result.stdout.split()).replace(", ", ",")
 
 
 @pytest.mark.cuda
