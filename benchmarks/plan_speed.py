@@ -18,7 +18,7 @@ import time
 
 from memplan.loaders import load_profile
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.search import make_plan
+from memplan.planner import make_plan
 
 
 def varied_profile(count: int = 2000, seed: int = 0) -> ModelProfile:

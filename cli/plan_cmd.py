@@ -14,7 +14,7 @@ from memplan.errors import SourceError
 from memplan.loaders import load_profile, source_kind
 from memplan.methods import PLAN_METHODS, split_spec_list
 from memplan.plan import Plan
-from memplan.search import OBJECTIVES, make_plan, traffic_seconds
+from memplan.planner import OBJECTIVES, make_plan, traffic_seconds
 from memplan.sizes import format_count, format_size, parse_size
 
 
@@ -45,14 +45,14 @@ def plan(
     chosen, _ = devices.resolve_device_profile(devices.parse_device(device), device_profile)
     source = source or _last_profile()
     profile = load_profile(source, entry=entry, freeze=freeze)
-    calibration = None
+    moments = None
     if calibrate:
-        from memplan.calibrate import calibrate as measure
+        from memplan.moments import measure_moments
 
-        calibration = measure(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
+        moments = measure_moments(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
     result = make_plan(profile, budget_bytes, split_spec_list(methods) if methods else PLAN_METHODS,
                        priors_path=str(priors) if priors else None, objective=objective, time_weight=time_weight,
-                       seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, calibration=calibration)
+                       seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, moments=moments)
     path = result.save(out)
     if as_json:
         output.print_json(result.summary(str(path)))

@@ -45,7 +45,7 @@ from memplan.dtypes import canonical_dtype
 from memplan.errors import MemplanError, UsageError
 from memplan.fileio import atomic_write_text
 from memplan.measure import cpu_peak_bytes, state_storage_bytes
-from memplan.methods import as_spec, param_state
+from memplan.methods import REFERENCE_FAMILY, as_spec, build, get_method, param_state
 from memplan.plan import Plan
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.sizes import format_size
@@ -153,7 +153,7 @@ class BenchReport:
     def baseline(self) -> BenchResult | None:
         """The first measured adam or adamw row, which ratios are taken against."""
         for result in self.results:
-            if not result.skipped and as_spec(result.method).name in ("adam", "adamw") and result.step_ms_median:
+            if not result.skipped and result.step_ms_median and _is_reference(result.method):
                 return result
         return None
 
@@ -197,6 +197,14 @@ class BenchReport:
 # Entries and predictions
 
 
+def _is_reference(label: str) -> bool:
+    """Whether a result's label is a spec of the reference family (Adam); a plan's label is no spec."""
+    try:
+        return get_method(as_spec(label).name).family_name == REFERENCE_FAMILY
+    except MemplanError:
+        return False
+
+
 def bench_params(profile: ModelProfile, dtype: str) -> list[ParamSpec]:
     """The trainable parameters of ``profile`` (only they get state), all in ``dtype``."""
     return [replace(spec, dtype=dtype) for spec in profile.trainable_params]
@@ -216,8 +224,6 @@ def check_dtype(dtype: str) -> str:
 def method_entry(spec: str, params: Sequence[ParamSpec], device_profile: DeviceProfile | None) -> BenchEntry:
     """The entry for a method spec: memplan's or the baseline library's optimizer, its exact
     state bytes from the byte model, and its step time and transient peak from the census."""
-    from memplan.optim import build_optimizer
-
     parsed = str(as_spec(spec))
     state_bytes = sum(param_state(parsed, param.shape, param.dtype).state_bytes for param in params)
     shapes = [(param.shape, param.dtype) for param in params]
@@ -226,10 +232,10 @@ def method_entry(spec: str, params: Sequence[ParamSpec], device_profile: DeviceP
         census = method_census(parsed, shapes, cache_bytes)
     except Exception as error:  # a third-party optimizer that cannot step on the meta device
         note = f"no census: {type(error).__name__}: {error}"
-        return BenchEntry(parsed, _builder(build_optimizer, parsed), state_bytes, None, None, note)
+        return BenchEntry(parsed, _builder(parsed), state_bytes, None, None, note)
     seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
     note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
-    return BenchEntry(parsed, _builder(build_optimizer, parsed), state_bytes, seconds,
+    return BenchEntry(parsed, _builder(parsed), state_bytes, seconds,
                       census.peak_temporary_bytes, note)
 
 
@@ -253,8 +259,8 @@ def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DevicePr
     return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)
 
 
-def _builder(build_optimizer: Callable[..., torch.optim.Optimizer], spec: str) -> OptimizerBuilder:
-    return lambda named: build_optimizer(spec, [param for _, param in named], lr=1e-3)
+def _builder(spec: str) -> OptimizerBuilder:
+    return lambda named: build(spec, [param for _, param in named], lr=1e-3)
 
 
 # ----------------------------------------------------------------------------------------

@@ -367,6 +367,7 @@ def fused_census(spec: str, params: Sequence[ShapeAndDtype]) -> StepCensus:
 def method_census(spec: str, params: Sequence[ShapeAndDtype], cache_bytes: int) -> StepCensus:
     """The census of one step of method ``spec`` over parameters of these shapes and dtypes.
 
+    How depends on the method's step structure (:meth:`memplan.methods.Method.step_structure`):
     memplan's optimizers step each parameter on its own, so each distinct shape is counted once
     and repeated; the baselines' foreach operators interleave all parameters, so they are
     counted over the whole list; fused implementations use :func:`fused_census`.
@@ -375,11 +376,11 @@ def method_census(spec: str, params: Sequence[ShapeAndDtype], cache_bytes: int) 
 
     parsed = as_spec(spec)
     method = get_method(parsed.name)
-    options = method.resolve(parsed)
+    structure = method.step_structure(method.resolve(parsed))
     key = tuple((tuple(shape), canonical_dtype(dtype)) for shape, dtype in params)
-    if options.get("impl") == "fused":
+    if structure == "fused":
         return fused_census(str(parsed), key)
-    if method.implementation != "memplan" or options.get("impl", "memplan") != "memplan":
+    if structure == "whole":
         return _cached_census(str(parsed), key, cache_bytes)
     repeats: dict[ShapeAndDtype, int] = {}
     for item in key:
@@ -392,7 +393,7 @@ def method_census(spec: str, params: Sequence[ShapeAndDtype], cache_bytes: int) 
 
 @lru_cache(maxsize=256)
 def _cached_census(spec: str, params: tuple[ShapeAndDtype, ...], cache_bytes: int) -> StepCensus:
-    from memplan.optim import build_optimizer
+    from memplan.methods import build
 
-    return census_step(lambda named: build_optimizer(spec, [param for _, param in named], lr=1e-3), params,
+    return census_step(lambda named: build(spec, [param for _, param in named], lr=1e-3), params,
                        cache_bytes)

@@ -13,57 +13,35 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 from memplan.errors import ProfileError, SpecError
 from memplan.yamlfile import YamlDocument
 from memplan.methods import get_method, param_state, parse_spec
 from memplan.profile import ModelProfile
 
-if TYPE_CHECKING:
-    from memplan.search import Choice
-
 PLAN_FORMAT = 1
-
-DEFAULT_LEARNING_RATES = {
-    "adam": 1e-3, "adamw": 1e-3, "adagrad": 1e-2, "sgd": 1e-2, "adafactor": 1e-3, "came": 2e-4,
-    "smmf": 1e-3, "sm3": 0.1, "et": 0.1, "et1": 0.1, "et2": 0.1, "et3": 0.1, "et_inf": 0.1,
-}
-"""Starting learning rates written into new plans per method (the libraries' defaults; ET and
-SM3 are AdaGrad-like and start higher). Edit the plan, or pass ``lr`` to ``from_plan``."""
-
-STATE_OPTIONS = frozenset({"beta1", "sign_bits", "vector_reshape", "momentum", "amsgrad", "impl", "variant"})
-"""Options that decide which state tensors exist: they live in each entry's method spec, never in
-the shared hyperparameters, so a plan's bytes cannot be changed behind its back."""
-
 
 
 class PlanError(ProfileError):
     """A plan that is malformed, inconsistent, or made for another model."""
 
 
-def default_hyperparameters(method: str) -> dict[str, Any]:
-    """The learning rate and the state-neutral options of ``method``, at their defaults."""
-    values: dict[str, Any] = {"lr": DEFAULT_LEARNING_RATES[method]}
-    values.update({option.name: option.default for option in get_method(method).options
-                   if option.name not in STATE_OPTIONS})
-    return values
-
-
 def check_hyperparameters(method: str, values: Mapping[str, Any]) -> None:
     """Raise PlanError for a hyperparameter ``method`` does not have, or one that changes its state."""
     known = {option.name: option for option in get_method(method).options}
+    shared = [name for name, option in known.items() if not option.variant]
     for key, value in values.items():
         if key == "lr":
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
                 raise PlanError(f"hyperparameters.{method}.lr must be a number >= 0, got {value!r}")
             continue
-        if key in STATE_OPTIONS:
+        if key in known and known[key].variant:
             raise PlanError(f"hyperparameters.{method}.{key} changes the state layout: put it in each "
                             f"parameter's method spec instead (e.g. {method}:{key}=...)")
         if key not in known:
             raise PlanError(f"hyperparameters.{method}: unknown option {key!r} "
-                            f"(valid: lr, {', '.join(n for n in known if n not in STATE_OPTIONS)})")
+                            f"(valid: lr, {', '.join(shared)})")
         try:
             known[key].validate(value)
         except SpecError as error:
@@ -180,37 +158,6 @@ class Plan(YamlDocument):
                             "state_bytes": e.state_bytes} for e in self.entries],
         }
 
-
-    @classmethod
-    def from_choice(cls, choice: "Choice", objective: str = "quality", priors: str = "bundled",
-                    calibration: Mapping[str, Any] | None = None, device: str | None = None) -> "Plan":
-        """The plan of a planner's choice, with default hyperparameters for every method it uses."""
-        entries = []
-        for spec in choice.profile.trainable_params:
-            candidate = choice.picks[spec.name]
-            entries.append(PlanEntry(
-                name=spec.name, shape=spec.shape, dtype=spec.dtype, method=candidate.spec, layout=candidate.layout,
-                momentum=candidate.momentum, state_dtype=candidate.state_dtype, state_bytes=candidate.state_bytes,
-                quality=candidate.quality, distortion=candidate.distortion))
-        methods = sorted({parse_spec(entry.method).name for entry in entries})
-        predicted: dict[str, Any] = {
-            "state_bytes": sum(entry.state_bytes for entry in entries),
-            "quality": round(choice.quality, 6),
-            "objective": round(choice.objective, 6),
-            "objective_bound": round(choice.bound, 6),
-        }
-        seconds = sum(candidate.seconds for candidate in choice.picks.values())
-        if seconds and device:
-            # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
-            predicted["traffic_ms"] = round(seconds * 1e3, 3)
-            predicted["device"] = device
-        return cls(
-            model_name=choice.profile.name, model_source=choice.profile.source,
-            fingerprint=choice.profile.fingerprint, budget_bytes=choice.budget_bytes, entries=tuple(entries),
-            objective=objective, time_weight=choice.time_weight, priors=priors,
-            hyperparameters={method: default_hyperparameters(method) for method in methods},
-            predicted=predicted, calibration=dict(calibration) if calibration else None,
-        )
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict in the file's key order."""

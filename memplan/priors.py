@@ -12,9 +12,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
-from memplan.errors import ProfileError
+from memplan.errors import ProfileError, SpecError
 from memplan.methods.base import Layout
-from memplan.methods.shapes import Shape, index_depth
+from memplan.methods.shapes import Shape
 from memplan.yamlfile import parse_yaml, read_text
 
 
@@ -27,21 +27,19 @@ class Priors:
     calibrated: Mapping[str, float]
 
     def quality(self, method: str, options: Mapping[str, Any], shape: Shape, layout: Layout) -> float:
-        """Data-free quality of ``method`` with ``options`` for a parameter of ``shape`` under ``layout``."""
-        if method in {"adam", "adamw"}:
-            return self.methods["adam"]
-        if method == "sgd":
-            return self.methods["sgd_momentum" if options["momentum"] > 0 else "sgd"]
-        if method == "adafactor":
-            return self.methods["adafactor" if options["beta1"] is None else "adafactor_momentum"]
-        if method == "smmf":
-            return self.methods["smmf_no_momentum" if options["beta1"] is None else "smmf"]
-        if method in {"et", "et1", "et2", "et3"}:
-            return self.depth_quality(index_depth(shape, layout))
-        if method == "sm3":
-            base = self.methods["sm3" if options["momentum"] > 0 or options["impl"] != "memplan" else "sm3_no_momentum"]
-            return base * self.depth_quality(index_depth(shape, layout)) / self.depth_quality(1.0)
-        return self.methods[method]
+        """Data-free quality of ``method`` with ``options`` for a parameter of ``shape`` under ``layout``
+        (each family decides how: :meth:`memplan.methods.Method.prior_quality`)."""
+        from memplan.methods import get_method
+
+        return get_method(method).prior_quality(self, options, shape, layout)
+
+    def method_quality(self, key: str, default: float | None = None) -> float:
+        """The prior called ``key``; ``default`` when there is none (SpecError without a default)."""
+        if key in self.methods:
+            return self.methods[key]
+        if default is None:
+            raise SpecError(f"no quality prior for {key!r}: add methods.{key} to a --priors file")
+        return default
 
     def depth_quality(self, depth: float) -> float:
         """The ET curve at ``depth``: linear between its points, held beyond them."""

@@ -164,7 +164,7 @@ def test_cuda_state_is_exact_and_the_allocator_rounds_to_512_bytes():
 def test_a_plan_is_one_more_entry_with_exact_bytes():
     from memplan.bench import plan_entry
     from memplan.plan import PlanError
-    from memplan.search import make_plan
+    from memplan.planner import make_plan
 
     plan = make_plan(PROFILE, 6000)
     entry = plan_entry(plan, bench_params(PROFILE, "float32"), CPU_GENERIC)

@@ -4,7 +4,7 @@ import yaml
 from memplan.loaders import load_profile
 from memplan.plan import Plan, PlanError
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.search import make_plan
+from memplan.planner import make_plan
 
 
 @pytest.fixture(scope="module")

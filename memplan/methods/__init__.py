@@ -1,4 +1,9 @@
-"""The method registry and the byte model: spec string + parameter shape -> exact state tensors.
+"""The method registry, the byte model and the optimizer factory.
+
+A spec string and a parameter shape give the exact state tensors (:func:`param_state`); a spec
+and parameters give the optimizer (:func:`build`). Everything about a family lives in its
+:class:`Method` (one module per family in this package); a new family is one more module here,
+registered in :data:`METHODS` (or with :func:`register_method`).
 
 >>> state_bytes("smmf", (30522, 768))          # 8 * (5087 + 4608) + ceil(23440896 / 8)
 3007672
@@ -10,13 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from memplan.errors import SpecError
 from memplan.methods.adafactor import ADAFACTOR
 from memplan.methods.adagrad import ADAGRAD
 from memplan.methods.adam import ADAM, ADAMW
-from memplan.methods.base import Layout, Method, StateTensor
+from memplan.methods.base import ADAM_LR, Layout, Method, StateTensor
 from memplan.methods.came import CAME
 from memplan.methods.extreme import ET, ET1, ET2, ET3, ET_INF
 from memplan.methods.sgd import SGD_METHOD
@@ -30,6 +35,9 @@ METHODS: dict[str, Method] = {
     for method in (ADAM, ADAMW, ADAGRAD, SGD_METHOD, ADAFACTOR, CAME, SM3_METHOD, SMMF_METHOD, ET, ET1, ET2, ET3, ET_INF)
 }
 
+REFERENCE_FAMILY = "adam"
+"""The family every ratio is taken against (Adam's state, Adam's step time)."""
+
 ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")
 """The methods ``memplan analyze`` totals unless told otherwise."""
 
@@ -38,6 +46,14 @@ PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adagrad", "adafactor", "
 
 BENCH_METHODS = ("adam", "adafactor", "sm3", "smmf", "et2", "et_inf")
 """The methods ``memplan bench`` measures unless told otherwise."""
+
+
+def register_method(method: Method) -> Method:
+    """Make ``method`` addressable by its spec name everywhere (analyze, plan, bench, from_plan)."""
+    if method.name in METHODS and METHODS[method.name] is not method:
+        raise SpecError(f"a method called {method.name!r} is already registered")
+    METHODS[method.name] = method
+    return method
 
 
 def get_method(name: str) -> Method:
@@ -141,6 +157,36 @@ def state_bytes(spec: str | MethodSpec, shape: Iterable[int], param_dtype: str =
     return param_state(spec, shape, param_dtype, layout).state_bytes
 
 
+def build(spec: str | MethodSpec, params: Iterable[Any], lr: float | None = None,
+          layouts: Mapping[Any, Iterable[int]] | None = None, **overrides: Any) -> Any:
+    """The optimizer ``spec`` names, over ``params`` (tensors, named parameters or param groups).
+
+    ``lr`` defaults to the method's own (:attr:`Method.default_lr`). ``layouts`` maps parameters
+    (or their names) to planned layouts, for methods whose optimizer takes them. ``overrides``
+    that are options of the method replace the spec's values (and are validated like them);
+    the rest go to the optimizer's constructor as they are (``chunk_bytes``, ``maximize``, ...),
+    and one the constructor does not take is a SpecError.
+    """
+    parsed = as_spec(spec)
+    method = get_method(parsed.name)
+    names = {option.name for option in method.options}
+    options = method.resolve(parsed)
+    for key in names & set(overrides):
+        options[key] = method.option(key).validate(overrides[key])
+    method.check_options(options)
+    params = list(params)
+    cls = method.optimizer_class(options)
+    kwargs = method.optimizer_kwargs(options, params)
+    argument = method.layout_argument(options)
+    if layouts and argument is not None:
+        kwargs[argument] = dict(layouts)
+    for key in set(overrides) - names:
+        if not method.takes(key, options):
+            raise SpecError(f"{parsed}: {cls.__name__} takes no argument {key!r}")
+        kwargs[key] = overrides[key]
+    return cls(params, lr=method.default_lr if lr is None else lr, **kwargs)
+
+
 def defaults_table() -> str:
     """A Markdown table of every method, its implementation and its options' defaults (for the README)."""
     lines = ["| spec | implementation | options (defaults) | what it keeps |", "|---|---|---|---|"]
@@ -150,6 +196,6 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ANALYZE_METHODS", "BENCH_METHODS", "METHODS", "Method", "MethodSpec", "PLAN_METHODS", "ParamState",
-           "StateTensor", "as_spec",
-           "defaults_table", "get_method", "param_state", "parse_spec", "split_spec_list", "state_bytes"]
+__all__ = ["ADAM_LR", "ANALYZE_METHODS", "BENCH_METHODS", "METHODS", "Method", "MethodSpec", "PLAN_METHODS",
+           "ParamState", "REFERENCE_FAMILY", "StateTensor", "as_spec", "build", "defaults_table", "get_method",
+           "param_state", "parse_spec", "register_method", "split_spec_list", "state_bytes"]

@@ -12,6 +12,8 @@ tensor shapes, and the byte model follows each exactly:
 
 from __future__ import annotations
 
+from typing import Any
+
 from memplan.errors import SpecError
 from memplan.methods.base import (Layout, Method, Options, StateTensor, beta_option, full_like, impl_option,
                                   weight_decay_option)
@@ -46,9 +48,12 @@ class Adafactor(Method):
     name = "adafactor"
     summary = "Adafactor, second moment factored over the last two dims"
     implementation = "torch; pytorch_optimizer when beta1 is set"
+    optimizer = "torch.optim:Adafactor"
+    extra = "baselines"
     gradient_passes = 2
+    planner_variants = ("adafactor:beta1=0.9",)
     options = (
-        beta_option("beta1", None, "first-moment decay; none keeps no first moment", nullable=True),
+        beta_option("beta1", None, "first-moment decay; none keeps no first moment", nullable=True, variant=True),
         Option("decay_rate", "float", -0.8, "second-moment decay exponent: beta2_t = 1 - t^decay_rate",
                check=lambda value: None if -1.0 <= value <= 0.0 else "must be in [-1, 0]"),
         weight_decay_option(),
@@ -74,6 +79,30 @@ class Adafactor(Method):
 
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "none" if options["beta1"] is None else "full"
+
+    def prior_key(self, options: Options) -> str:
+        return "adafactor" if options["beta1"] is None else "adafactor_momentum"
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        return "trailing_rank_one"
+
+    def optimizer_reference(self, options: Options) -> str:
+        return self.optimizer if self.resolved_impl(options) == "torch" else "pytorch_optimizer:AdaFactor"
+
+    def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
+        if self.resolved_impl(options) == "torch":
+            return {"beta2_decay": options["decay_rate"], "weight_decay": options["weight_decay"], "foreach": True}
+        first = params[0] if params else None
+        dtype = getattr(first, "dtype", None) or _float32()
+        return {"betas": (options["beta1"], 0.999), "decay_rate": options["decay_rate"],
+                "weight_decay": options["weight_decay"], "relative_step": False, "scale_parameter": False,
+                "momentum_dtype": dtype}
+
+
+def _float32() -> Any:
+    import torch
+
+    return torch.float32
 
 
 ADAFACTOR = Adafactor()

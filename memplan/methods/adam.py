@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from memplan.methods.base import (Layout, Method, Options, StateTensor, beta_option, eps_option, full_like,
-                                  impl_option, weight_decay_option)
+                                  impl_option, torch_kernel_flags, weight_decay_option)
 from memplan.methods.shapes import Shape
 from memplan.methods.spec import Option
 
@@ -12,16 +14,18 @@ class Adam(Method):
     """torch.optim.Adam / AdamW: ``exp_avg`` and ``exp_avg_sq`` (plus ``max_exp_avg_sq`` with amsgrad)."""
 
     implementation = "torch"
+    family = "adam"
 
-    def __init__(self, name: str, weight_decay: float, summary: str) -> None:
+    def __init__(self, name: str, weight_decay: float, summary: str, optimizer: str) -> None:
         self.name = name
         self.summary = summary
+        self.optimizer = optimizer
         self.options = (
-            beta_option("beta1", 0.9, "first-moment decay"),
+            beta_option("beta1", 0.9, "first-moment decay", variant=True),
             beta_option("beta2", 0.999, "second-moment decay"),
             eps_option(1e-8),
             weight_decay_option(weight_decay),
-            Option("amsgrad", "bool", False, "keep the running maximum of the second moment (+N)"),
+            Option("amsgrad", "bool", False, "keep the running maximum of the second moment (+N)", variant=True),
             impl_option(("foreach", "fused", "forloop"), "torch's multi-tensor, fused or per-tensor kernels"),
         )
 
@@ -32,6 +36,11 @@ class Adam(Method):
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full"
 
+    def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
+        return {"betas": (options["beta1"], options["beta2"]), "eps": options["eps"],
+                "weight_decay": options["weight_decay"], "amsgrad": options["amsgrad"],
+                **torch_kernel_flags(options["impl"])}
 
-ADAM = Adam("adam", 0.0, "Adam, full first and second moments")
-ADAMW = Adam("adamw", 0.01, "AdamW, decoupled weight decay")
+
+ADAM = Adam("adam", 0.0, "Adam, full first and second moments", "torch.optim:Adam")
+ADAMW = Adam("adamw", 0.01, "AdamW, decoupled weight decay", "torch.optim:AdamW")

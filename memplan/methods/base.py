@@ -1,21 +1,31 @@
-"""What every method family provides: options, a layout per parameter, and the exact state tensors.
+"""What every method family provides: the one description of it that every layer consults.
 
 A :class:`Method` answers, for one parameter shape and dtype, which tensors its optimizer keeps
 (:class:`StateTensor`: key, shape, dtype) under a given layout. State bytes are the sum of those
 tensors' bytes, so the byte model and the optimizers, which allocate from the same list, cannot
-disagree.
+disagree. It also says everything else the planner, the priors, the moment measurement, the
+census and the optimizer factory need to know about the family: its options with their ranges
+(one validation, reused by the optimizers' hyperparameter checks), candidate layouts, planner
+variants, quality prior, default learning rate relative to Adam's, how its state represents a
+second moment, how its step is structured, and a lazy ``"module:Class"`` reference to the
+optimizer that implements it (so nothing imports torch until an optimizer is built).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from memplan.dtypes import item_size
 from memplan.errors import LayoutError, SpecError
 from memplan.methods.shapes import Shape, numel
 from memplan.methods.spec import MethodSpec, Option
+
+if TYPE_CHECKING:
+    from memplan.priors import Priors
 
 Layout = tuple[int, ...] | None
 Options = Mapping[str, Any]
@@ -25,6 +35,19 @@ STATE_DTYPE = "float32"
 
 MOMENTUM_KINDS = ("none", "full", "sign_factored")
 """How a layout keeps its first moment: not at all, as a full buffer, or as SMMF's signs and factors."""
+
+MOMENT_ESTIMATES = ("exact", "scalar", "trailing_rank_one", "rank_one", "cover")
+"""What a method's state can represent of a parameter's second moment V (see memplan.moments):
+V itself, one scalar per tensor, a rank-one factorization of the last two dims per leading index,
+a rank-one factorization of the layout's view, or SM3's min of slice maxima over the layout's view."""
+
+STEP_STRUCTURES = ("per_parameter", "whole", "fused")
+"""How a step's kernels are organised, which decides how the census counts it: one parameter at
+a time (memplan's optimizers; each distinct shape is counted once and repeated), over the whole
+list at once (torch's foreach kernels interleave parameters), or one fused kernel per tensor."""
+
+ADAM_LR = 1e-3
+"""Adam's default learning rate; every method's default is this times its ``lr_ratio``."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +74,7 @@ class Method(ABC):
 
     Subclasses set the class attributes and implement :meth:`state_tensors`; those that
     reshape the parameter (SMMF, ET, SM3) also override :meth:`default_layout` and accept a
-    layout of their own.
+    layout of their own. Every other hook has a default that suits a plain full-state method.
     """
 
     name: str
@@ -59,9 +82,32 @@ class Method(ABC):
     options: tuple[Option, ...]
     implementation: str
     """Who implements the update: ``memplan`` or the library it comes from."""
+    optimizer: str
+    """The optimizer class, as ``"module:Class"``, imported only when an optimizer is built."""
+    family: str = ""
+    """The family several spec names share (``adam`` for adam and adamw, ``et`` for et1..et3);
+    the spec name itself when empty."""
+    extra: str | None = None
+    """The pip extra of memplan that installs the optimizer's library, when it is optional."""
     accepts_layout: bool = False
     gradient_passes: int = 1
     """Full passes over the gradient one step makes (for the compulsory traffic estimate)."""
+    lr_ratio: float = 1.0
+    """The default learning rate relative to Adam's (:data:`ADAM_LR`)."""
+    default_quality: float | None = None
+    """The quality prior used when the priors have no entry for :meth:`prior_key`."""
+    planner_variants: tuple[str, ...] = ()
+    """Other specs of this family the planner tries when ``--methods`` names the bare family."""
+
+    @property
+    def family_name(self) -> str:
+        """:attr:`family`, or the spec name when the method is a family of its own."""
+        return self.family or self.name
+
+    @property
+    def default_lr(self) -> float:
+        """The learning rate a new plan starts from: Adam's times :attr:`lr_ratio`."""
+        return ADAM_LR * self.lr_ratio
 
     def option(self, name: str) -> Option:
         """The declared option ``name``; SpecError lists the valid ones when unknown."""
@@ -124,6 +170,77 @@ class Method(ABC):
         return element_bytes * (2 + self.grad_passes(options)) + 2 * sum(tensor.nbytes for tensor in state)
 
 
+    # -- planning ---------------------------------------------------------------------------
+
+    def prior_key(self, options: Options) -> str:
+        """The entry of the quality priors that scores this method with these options."""
+        return self.family_name
+
+    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout) -> float:
+        """Data-free quality of this method for a parameter of ``shape`` under ``layout``."""
+        return priors.method_quality(self.prior_key(options), self.default_quality)
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        """One of :data:`MOMENT_ESTIMATES`: what this state can represent of a second moment."""
+        return "exact"
+
+    def hyperparameter_defaults(self) -> dict[str, Any]:
+        """The learning rate and every option that is not a :attr:`Option.variant`, at its default:
+        the shared hyperparameters a new plan writes for this method."""
+        values: dict[str, Any] = {"lr": self.default_lr}
+        values.update({option.name: option.default for option in self.options if not option.variant})
+        return values
+
+    # -- measuring --------------------------------------------------------------------------
+
+    def step_structure(self, options: Options) -> str:
+        """One of :data:`STEP_STRUCTURES` for the implementation these options select."""
+        if options.get("impl") == "fused":
+            return "fused"
+        return "per_parameter" if self.optimizer_reference(options).startswith("memplan.") else "whole"
+
+    # -- building the optimizer ------------------------------------------------------------
+
+    def optimizer_reference(self, options: Options) -> str:
+        """The ``"module:Class"`` of the optimizer these options select."""
+        return self.optimizer
+
+    def optimizer_class(self, options: Options) -> type:
+        """Import and return the optimizer class (SpecError naming the extra when it is missing)."""
+        module_name, _, class_name = self.optimizer_reference(options).partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            hint = f": pip install 'memplan[{self.extra}]'" if self.extra else ""
+            raise SpecError(f"{self.name} needs {module_name.split('.')[0]}{hint} ({error})") from None
+        return getattr(module, class_name)
+
+    def layout_argument(self, options: Options) -> str | None:
+        """The constructor argument that takes per-parameter layouts, when the optimizer has one."""
+        return None
+
+    def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
+        """Constructor keyword arguments (besides params and lr) that give the optimizer these
+        options; by default the options themselves, less ``impl``."""
+        return {key: value for key, value in options.items() if key != "impl"}
+
+    def takes(self, key: str, options: Options) -> bool:
+        """Whether ``key`` is an option of this method or an argument of its optimizer."""
+        if any(option.name == key for option in self.options):
+            return True
+        parameters = inspect.signature(self.optimizer_class(options)).parameters
+        return key in parameters or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+    def check_values(self, values: Mapping[str, Any]) -> None:
+        """Raise ``ValueError("Invalid <name>: ...")``, as torch.optim does, for any of this
+        method's options in ``values`` (an optimizer's param group) that is out of type or range."""
+        for option in self.options:
+            if option.name in values:
+                problem = option.problem(values[option.name])
+                if problem:
+                    raise ValueError(f"Invalid {option.name}: {values[option.name]!r} ({problem})")
+
+
 def full_like(key: str, shape: Shape, dtype: str) -> StateTensor:
     """A state tensor with the parameter's own shape (Adam's moments, a momentum buffer)."""
     return StateTensor(key, tuple(shape), dtype)
@@ -146,12 +263,13 @@ def non_negative(value: float) -> str | None:
 
 def impl_option(choices: tuple[str, ...], help_text: str) -> Option:
     """Which implementation runs the method (the first choice is the default)."""
-    return Option("impl", "str", choices[0], help_text, choices=choices)
+    return Option("impl", "str", choices[0], help_text, choices=choices, variant=True)
 
 
-def beta_option(name: str, default: float | None, help_text: str, nullable: bool = False) -> Option:
+def beta_option(name: str, default: float | None, help_text: str, nullable: bool = False,
+                variant: bool = False) -> Option:
     """A decay-rate option in [0, 1)."""
-    return Option(name, "float", default, help_text, nullable=nullable, check=in_unit_interval)
+    return Option(name, "float", default, help_text, nullable=nullable, check=in_unit_interval, variant=variant)
 
 
 def eps_option(default: float) -> Option:
@@ -162,3 +280,14 @@ def eps_option(default: float) -> Option:
 def weight_decay_option(default: float = 0.0) -> Option:
     """The usual weight-decay factor."""
     return Option("weight_decay", "float", default, "weight-decay factor", check=non_negative)
+
+
+def weight_decay_mode_option() -> Option:
+    """How memplan's optimizers apply weight decay: decoupled (adamw) or added to the gradient (adam)."""
+    return Option("weight_decay_mode", "str", "adamw", "adamw (decoupled) or adam (added to the gradient)",
+                  choices=("adamw", "adam"))
+
+
+def torch_kernel_flags(impl: str) -> dict[str, bool]:
+    """torch.optim's constructor flags for an ``impl`` of foreach, fused or forloop."""
+    return {"foreach": {"foreach": True}, "fused": {"fused": True}, "forloop": {"foreach": False}}[impl]

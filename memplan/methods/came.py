@@ -11,6 +11,8 @@ pytorch_optimizer also keeps the parameter's RMS as a 0-d tensor in the paramete
 
 from __future__ import annotations
 
+from typing import Any
+
 from memplan.methods.adafactor import factored_second_moment
 from memplan.methods.base import (Layout, Method, Options, StateTensor, beta_option, full_like, impl_option,
                                   weight_decay_option)
@@ -23,9 +25,12 @@ class Came(Method):
     name = "came"
     summary = "CAME, factored second moment and confidence plus full first moment"
     implementation = "pytorch_optimizer"
+    optimizer = "pytorch_optimizer:CAME"
+    extra = "baselines"
     gradient_passes = 3
+    lr_ratio = 0.2  # pytorch_optimizer's default, 2e-4
     options = (
-        beta_option("beta1", 0.9, "first-moment decay"),
+        beta_option("beta1", 0.9, "first-moment decay", variant=True),
         beta_option("beta2", 0.999, "second-moment decay"),
         beta_option("beta3", 0.9999, "confidence decay"),
         weight_decay_option(),
@@ -43,6 +48,13 @@ class Came(Method):
 
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full"
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        return "trailing_rank_one"
+
+    def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
+        return {"betas": (options["beta1"], options["beta2"], options["beta3"]),
+                "weight_decay": options["weight_decay"]}
 
 
 CAME = Came()

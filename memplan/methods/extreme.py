@@ -8,10 +8,18 @@ any other index. ``et_inf`` keeps one scalar per tensor: 4 bytes.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
-                                  beta_option, eps_option, full_like)
-from memplan.methods.shapes import Shape, et_index, split_indices
+                                  beta_option, eps_option, full_like, weight_decay_mode_option, weight_decay_option)
+from memplan.methods.shapes import Shape, et_index, index_depth, split_indices
 from memplan.methods.spec import Option
+
+if TYPE_CHECKING:
+    from memplan.priors import Priors
+
+PRESETS = {"et1": 1, "et2": 2, "et3": 3}
+"""The ET paper's levels by name, as ExtremeTensoring's ``index`` argument takes them."""
 
 _LEVEL_SUMMARIES = {
     None: "extreme tensoring with the tensor index a plan gives (default: ET1's)",
@@ -30,8 +38,11 @@ class ExtremeTensoring(Method):
     """ET at one of the paper's levels; accepts any tensor index as a layout."""
 
     implementation = "memplan"
+    optimizer = "memplan.optim.extreme:ExtremeTensoring"
+    family = "et"
     accepts_layout = True
     gradient_passes = 2  # slice statistics first, then the update
+    lr_ratio = 100.0  # AdaGrad-like accumulators: step sizes only shrink, so it starts high
 
     def __init__(self, level: int | None) -> None:
         self.level = level
@@ -40,8 +51,10 @@ class ExtremeTensoring(Method):
         self.options = (
             _beta2_option(),
             Option("momentum", "float", 0.0, "heavy-ball momentum (a buffer of N when > 0)",
-                   check=lambda value: None if 0.0 <= value < 1.0 else "must be in [0, 1)"),
+                   check=lambda value: None if 0.0 <= value < 1.0 else "must be in [0, 1)", variant=True),
             eps_option(1e-8),
+            weight_decay_option(),
+            weight_decay_mode_option(),
         )
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:
@@ -61,6 +74,19 @@ class ExtremeTensoring(Method):
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full" if options["momentum"] > 0 else "none"
 
+    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout) -> float:
+        """The extreme-tensoring depth curve at this index's depth (ET1 = 1, ET2 about 2, ...)."""
+        return priors.depth_quality(index_depth(shape, layout))
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        return "rank_one"
+
+    def layout_argument(self, options: Options) -> str | None:
+        return "index"
+
+    def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
+        return {**super().optimizer_kwargs(options, params), "index": f"et{self.level or 1}"}
+
 
 class ETInfinity(Method):
     """ET-infinity: one accumulated squared norm per tensor."""
@@ -68,11 +94,16 @@ class ETInfinity(Method):
     name = "et_inf"
     summary = "ET-infinity, one scalar accumulator per tensor"
     implementation = "memplan"
+    optimizer = "memplan.optim.extreme:ETInfinity"
     gradient_passes = 2  # the gradient's norm first, then the update
-    options = (_beta2_option(), eps_option(1e-8))
+    lr_ratio = 100.0
+    options = (_beta2_option(), eps_option(1e-8), weight_decay_option(), weight_decay_mode_option())
 
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
         return (StateTensor("sum_sq", (), STATE_DTYPE),)
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        return "scalar"
 
 
 ET, ET1, ET2, ET3 = (ExtremeTensoring(level) for level in (None, 1, 2, 3))

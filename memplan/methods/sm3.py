@@ -10,11 +10,16 @@ by default; a scalar is seen as (1,)), plus 4N for the momentum buffer when mome
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from memplan.errors import SpecError
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
-                                  eps_option, full_like, impl_option)
-from memplan.methods.shapes import Shape, et_index, natural_view
+                                  eps_option, full_like, impl_option, weight_decay_mode_option, weight_decay_option)
+from memplan.methods.shapes import Shape, et_index, index_depth, natural_view
 from memplan.methods.spec import Option
+
+if TYPE_CHECKING:
+    from memplan.priors import Priors
 
 
 class SM3(Method):
@@ -23,12 +28,18 @@ class SM3(Method):
     name = "sm3"
     summary = "SM3, one accumulator per slice of every axis"
     implementation = "memplan"
+    optimizer = "memplan.optim.sm3:SM3"
+    extra = "baselines"
     accepts_layout = True
+    lr_ratio = 100.0  # AdaGrad-like accumulators: step sizes only shrink, so it starts high
+    planner_variants = ("sm3:momentum=0",)
     options = (
         Option("momentum", "float", 0.9, "momentum factor (a buffer of N when > 0)",
-               check=lambda value: None if 0.0 <= value < 1.0 else "must be in [0, 1)"),
+               check=lambda value: None if 0.0 <= value < 1.0 else "must be in [0, 1)", variant=True),
         eps_option(1e-30),
-        Option("variant", "str", "II", "SM3-I or the tighter SM3-II", choices=("II", "I")),
+        Option("variant", "str", "II", "SM3-I or the tighter SM3-II", choices=("II", "I"), variant=True),
+        weight_decay_option(),
+        weight_decay_mode_option(),
         impl_option(("memplan", "pytorch_optimizer"), "memplan's SM3 or pytorch_optimizer's (SM3-II only)"),
     )
 
@@ -59,6 +70,30 @@ class SM3(Method):
 
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full" if options["momentum"] > 0 or options["impl"] == "pytorch_optimizer" else "none"
+
+    def prior_key(self, options: Options) -> str:
+        return "sm3" if self.momentum_kind(options, None) == "full" else "sm3_no_momentum"
+
+    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout) -> float:
+        """The family's prior, scaled by the extreme-tensoring depth curve's ratio for covers on
+        views finer than the natural shape."""
+        depth = index_depth(shape, layout)
+        return super().prior_quality(priors, options, shape, layout) * priors.depth_quality(depth) \
+            / priors.depth_quality(1.0)
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        return "cover"
+
+    def optimizer_reference(self, options: Options) -> str:
+        return "pytorch_optimizer:SM3" if options["impl"] == "pytorch_optimizer" else self.optimizer
+
+    def layout_argument(self, options: Options) -> str | None:
+        return "cover" if options.get("impl", "memplan") == "memplan" else None
+
+    def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
+        if options["impl"] == "pytorch_optimizer":
+            return {"momentum": options["momentum"], "eps": options["eps"]}
+        return super().optimizer_kwargs(options, params)
 
 
 def _pytorch_optimizer_tensors(shape: Shape, dtype: str) -> tuple[StateTensor, ...]:

@@ -17,7 +17,7 @@ import math
 
 from memplan.errors import LayoutError
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, beta_option, eps_option,
-                                  full_like, weight_decay_option)
+                                  full_like, weight_decay_mode_option, weight_decay_option)
 from memplan.methods.shapes import Shape, numel, square_matricization
 from memplan.methods.spec import Option
 
@@ -42,19 +42,21 @@ class SMMF(Method):
     name = "smmf"
     summary = "SMMF, rank-one factors of square-matricized moments plus sign bits"
     implementation = "memplan"
+    optimizer = "memplan.optim.smmf:SMMF"
     accepts_layout = True
+    planner_variants = ("smmf:beta1=none", "smmf:vector_reshape=false", "smmf:vector_reshape=false,beta1=none")
     options = (
-        beta_option("beta1", 0.9, "first-moment decay; none keeps no first moment", nullable=True),
-        Option("sign_bits", "int", 1, "bits per stored sign: 1 (packed) or 8 (one bool each)", choices=(1, 8)),
+        beta_option("beta1", 0.9, "first-moment decay; none keeps no first moment", nullable=True, variant=True),
+        Option("sign_bits", "int", 1, "bits per stored sign: 1 (packed) or 8 (one bool each)", choices=(1, 8),
+               variant=True),
         Option("decay_rate", "float", -0.5, "second-moment decay exponent: beta2_t = 1 - t^decay_rate",
                check=lambda value: None if -1.0 <= value <= 0.0 else "must be in [-1, 0]"),
         Option("growth_rate", "float", 0.999, "first-moment growth: beta1_t = beta1 * growth^(t-1)",
                check=lambda value: None if 0.0 < value <= 1.0 else "must be in (0, 1]"),
         eps_option(1e-8),
         weight_decay_option(),
-        Option("weight_decay_mode", "str", "adamw", "adamw (decoupled) or adam (added to the gradient)",
-               choices=("adamw", "adam")),
-        Option("vector_reshape", "bool", True, "square-matricize vectors too (false: full moments)"),
+        weight_decay_mode_option(),
+        Option("vector_reshape", "bool", True, "square-matricize vectors too (false: full moments)", variant=True),
     )
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:
@@ -62,7 +64,10 @@ class SMMF(Method):
 
     def candidate_layouts(self, shape: Shape, options: Options) -> list[Layout]:
         """The square-most matricization, and for d >= 2 the natural ones: first dim x rest and
-        rest x last dim."""
+        rest x last dim. With ``vector_reshape=false`` only vectors differ from plain SMMF, so
+        a tensor of d >= 2 gets no candidate of its own (it would repeat plain SMMF's)."""
+        if not options["vector_reshape"] and len(shape) > 1:
+            return []
         default = self.default_layout(shape, options)
         layouts = [default]
         count = numel(shape)
@@ -94,6 +99,15 @@ class SMMF(Method):
         if options["beta1"] is None:
             return "none"
         return "full" if layout is None else "sign_factored"
+
+    def prior_key(self, options: Options) -> str:
+        return "smmf_no_momentum" if options["beta1"] is None else "smmf"
+
+    def moment_estimate(self, options: Options, layout: Layout) -> str:
+        return "exact" if layout is None else "rank_one"
+
+    def layout_argument(self, options: Options) -> str | None:
+        return "matricization"
 
 
 SMMF_METHOD = SMMF()

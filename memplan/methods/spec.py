@@ -23,7 +23,10 @@ class Option:
 
     ``kind`` is ``"float"``, ``"int"``, ``"bool"`` or ``"str"``; ``nullable`` admits ``none``
     (e.g. ``beta1=none`` drops a first moment); ``choices`` restricts the values; ``check``
-    returns an error text for a value out of range, or ``None``.
+    returns an error text for a value out of range, or ``None``. ``variant`` marks an option
+    that picks the method's variant (which state tensors exist, which implementation runs): a
+    plan keeps it in each parameter's method spec, never among the shared hyperparameters, so
+    a plan's bytes cannot change behind its back.
     """
 
     name: str
@@ -33,6 +36,7 @@ class Option:
     nullable: bool = False
     choices: tuple[OptionValue, ...] = ()
     check: Callable[[Any], str | None] | None = None
+    variant: bool = False
 
     def parse(self, text: str) -> OptionValue:
         """Convert the text after ``=`` into this option's type, or raise SpecError."""
@@ -61,19 +65,39 @@ class Option:
         return self.validate(value)
 
     def validate(self, value: OptionValue) -> OptionValue:
-        """Check a typed value against ``choices`` and ``check``; return it."""
-        if value is None:
-            if not self.nullable:
-                raise SpecError(f"option {self.name} cannot be none")
-            return None
-        if self.choices and value not in self.choices:
-            allowed = ", ".join(format_value(choice) for choice in self.choices)
-            raise SpecError(f"option {self.name}={format_value(value)}: must be one of {allowed}")
-        if self.check is not None:
-            problem = self.check(value)
-            if problem:
-                raise SpecError(f"option {self.name}={format_value(value)}: {problem}")
+        """Check a typed value (type, ``choices``, ``check``); return it or raise SpecError."""
+        problem = self.problem(value)
+        if problem:
+            raise SpecError(f"option {self.name}={format_value(value)}: {problem}")
         return value
+
+    def problem(self, value: Any) -> str | None:
+        """Why ``value`` is not valid for this option, or None when it is."""
+        if value is None:
+            return None if self.nullable else "cannot be none"
+        expected = _type_problem(self.kind, value)
+        if expected:
+            return expected + (" or none" if self.nullable else "")
+        if self.choices and value not in self.choices:
+            return "must be one of " + ", ".join(format_value(choice) for choice in self.choices)
+        return self.check(value) if self.check is not None else None
+
+
+def _type_problem(kind: str, value: Any) -> str | None:
+    """``"expected ..."`` when ``value`` is not of the option kind ``kind`` (a bool is no number)."""
+    if kind == "bool":
+        return None if isinstance(value, bool) else "expected true or false"
+    if isinstance(value, bool):
+        return f"expected {_EXPECTED[kind]}"
+    if kind == "int":
+        return None if isinstance(value, int) else "expected an integer"
+    if kind == "float":
+        number = isinstance(value, (int, float)) and math.isfinite(value)
+        return None if number else "expected a finite number"
+    return None if isinstance(value, str) else "expected a word"
+
+
+_EXPECTED = {"bool": "true or false", "int": "an integer", "float": "a finite number", "str": "a word"}
 
 
 def format_value(value: OptionValue) -> str:

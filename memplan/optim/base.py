@@ -48,11 +48,8 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 
 def check_common(group: Mapping[str, Any]) -> None:
-    """Validate the hyperparameters every memplan optimizer has."""
+    """Validate the hyperparameters every memplan optimizer has that are not method options."""
     check_range("learning rate", group["lr"], low=0.0)
-    check_range("eps", group["eps"], low=0.0)
-    check_range("weight_decay", group["weight_decay"], low=0.0)
-    check_choice("weight_decay_mode", group["weight_decay_mode"], ("adamw", "adam"))
     check_choice("maximize", group["maximize"], (False, True))
     chunk = group["chunk_bytes"]
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < MIN_CHUNK_BYTES):
@@ -60,11 +57,19 @@ def check_common(group: Mapping[str, Any]) -> None:
 
 
 class MemplanOptimizer(torch.optim.Optimizer):
-    """Base class: subclasses set ``method`` and implement ``_check_group`` and ``_update``."""
+    """Base class: subclasses set ``method`` and implement ``_update``.
+
+    Hyperparameters are validated by the method's own options (:meth:`Method.check_values`), the
+    same ranges a spec string is checked against; the param-group key that holds per-parameter
+    layouts is the method's :meth:`Method.layout_argument` (``index`` for ET).
+    """
 
     method: Method
-    layout_key: str | None = None
-    """The param-group key that holds per-parameter layouts (``index`` for ET), if any."""
+
+    @property
+    def layout_key(self) -> str | None:
+        """The param-group key that holds per-parameter layouts, if the method takes any."""
+        return self.method.layout_argument(self.defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group, validating its hyperparameters and every parameter's layout."""
@@ -79,7 +84,9 @@ class MemplanOptimizer(torch.optim.Optimizer):
             self._layout(group, param, names[position] if names else None, position)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
-        """Raise ValueError for an invalid hyperparameter (see :func:`check_common`)."""
+        """Raise ValueError for an invalid hyperparameter: the method's options, then
+        :func:`check_common`."""
+        self.method.check_values(group)
         check_common(group)
 
     def _options(self, group: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,13 +22,11 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from memplan.methods.extreme import ET1, ET2, ET3, ET_INF
+from memplan.methods.extreme import ET1, ET_INF, PRESETS
 from memplan.methods.shapes import et_index
-from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_range,
-                                effective_gradient, flat_view, updating, working_copy)
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
+                                block_bytes_per_element, effective_gradient, flat_view, updating, working_copy)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
-
-PRESETS = {"et1": 1, "et2": 2, "et3": 3}
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -56,7 +54,6 @@ class ExtremeTensoring(MemplanOptimizer):
     """
 
     method = ET1
-    layout_key = "index"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
@@ -68,8 +65,6 @@ class ExtremeTensoring(MemplanOptimizer):
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         super()._check_group(group)
-        check_range("beta2", group["beta2"], low=0.0, high=1.0, high_open=True, allow_none=True)
-        check_range("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
         index = group["index"]
         if isinstance(index, str) and index not in PRESETS:
             raise ValueError(f"Invalid index: {index!r} (a preset among {', '.join(PRESETS)}, a mapping or a function)")
@@ -166,10 +161,6 @@ class ETInfinity(MemplanOptimizer):
                         chunk_bytes=chunk_bytes, maximize=maximize)
         super().__init__(params, defaults)
 
-    def _check_group(self, group: Mapping[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("beta2", group["beta2"], low=0.0, high=1.0, high_open=True, allow_none=True)
-
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:
         weights, grads = flat_view(param), flat_view(grad)
@@ -207,11 +198,4 @@ def _add_squared_norm(group: Mapping[str, Any], weights: torch.Tensor, grads: to
         total.add_(torch.dot(part, part), alpha=alpha)
 
 
-def et_optimizer(params: Iterable[Any], preset: str = "et2", **kwargs: Any) -> MemplanOptimizer:
-    """An ET optimizer for a preset name: ``et1``/``et2``/``et3`` or ``et_inf``."""
-    if preset == "et_inf":
-        return ETInfinity(params, **kwargs)
-    return ExtremeTensoring(params, index=preset, **kwargs)
-
-
-__all__ = ["ETInfinity", "ExtremeTensoring", "PRESETS", "et_optimizer", "ET2", "ET3"]
+__all__ = ["ETInfinity", "ExtremeTensoring", "PRESETS"]

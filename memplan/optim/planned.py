@@ -9,20 +9,15 @@ whose ``state`` is their state, and whose ``state_dict`` round-trips through eac
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping as MappingABC
 from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
 from memplan.errors import SpecError
-from memplan.methods import get_method, parse_spec
+from memplan.methods import build, get_method, parse_spec
 from memplan.methods.spec import MethodSpec
 from memplan.optim.base import run_closure
-from memplan.optim.baselines import build_baseline
-from memplan.optim.extreme import ETInfinity, ExtremeTensoring
-from memplan.optim.sm3 import SM3
-from memplan.optim.smmf import SMMF
 from memplan.plan import Plan, PlanError
 from memplan.profile import ModelProfile, ParamSpec
 
@@ -51,7 +46,7 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
     for spec_text, members in groups.items():
         spec = parse_spec(spec_text)
         hyperparameters = dict(plan.hyperparameters.get(spec.name, {}))
-        method_lr = lr if lr is not None else hyperparameters.pop("lr", 1e-3) * lr_scale
+        method_lr = lr if lr is not None else hyperparameters.pop("lr", get_method(spec.name).default_lr) * lr_scale
         hyperparameters.pop("lr", None)
         optimizer, accepted = _build(spec, members, method_lr, hyperparameters, overrides)
         used_overrides |= accepted
@@ -78,28 +73,24 @@ def _profile_of(named: list[tuple[str, torch.nn.Parameter]], plan: Plan) -> Mode
 
 def _build(spec: MethodSpec, members: list[tuple[torch.nn.Parameter, tuple[int, ...] | None]], lr: float,
            hyperparameters: dict[str, Any], overrides: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, set[str]]:
-    """One inner optimizer for all parameters of one spec; returns it and the overrides it took."""
-    params = [param for param, _ in members]
-    layouts = {param: layout for param, layout in members if layout is not None}
-    options = {**hyperparameters, **dict(spec.options)}
+    """One inner optimizer for all parameters of one spec; returns it and the overrides it took.
+
+    The plan's hyperparameters come first, then the spec's own options, then the overrides that
+    this method takes. An override of a variant option (one that changes which state exists) is
+    refused: the optimizer would no longer allocate what the plan predicts.
+    """
     method = get_method(spec.name)
-    if method.implementation == "memplan" and options.get("impl", "memplan") == "memplan":
-        options.pop("impl", None)
-        cls, layout_key = {"smmf": (SMMF, "matricization"), "sm3": (SM3, "cover"),
-                           "et_inf": (ETInfinity, None)}.get(spec.name, (ExtremeTensoring, "index"))
-        accepted = set(inspect.signature(cls).parameters)
-        taken = {key for key in overrides if key in accepted}
-        kwargs = {key: value for key, value in options.items() if key in accepted}
-        kwargs.update({key: overrides[key] for key in taken})
-        if layout_key:
-            kwargs[layout_key] = layouts
-        return cls(params, lr=lr, **kwargs), taken
-    known = {option.name for option in method.options}
-    taken = {key for key in overrides if key in known}
-    merged = {key: value for key, value in options.items() if key in known}
-    merged.update({key: overrides[key] for key in taken})
-    full_spec = parse_spec(str(MethodSpec(spec.name, tuple(merged.items()))))
-    return build_baseline(full_spec, params, lr=lr), taken
+    options = method.resolve(spec)
+    taken = {key for key in overrides if method.takes(key, options)}
+    for key in sorted(taken):
+        if any(option.name == key and option.variant for option in method.options):
+            raise SpecError(f"{key} changes {spec}'s state layout: edit the plan's method specs instead of "
+                            f"overriding it")
+    given = {key: value for key, value in hyperparameters.items() if key not in spec.given()}
+    given.update({key: overrides[key] for key in taken})
+    layouts = {param: layout for param, layout in members if layout is not None}
+    optimizer = build(spec, [param for param, _ in members], lr=lr, layouts=layouts, **given)
+    return optimizer, taken
 
 
 class _MergedState(MappingABC):

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.sm3 import SM3_METHOD
-from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_choice,
-                                check_range, effective_gradient, flat_view, updating, working_copy)
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
+                                block_bytes_per_element, effective_gradient, flat_view, updating, working_copy)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
 
@@ -45,7 +45,6 @@ class SM3(MemplanOptimizer):
     """
 
     method = SM3_METHOD
-    layout_key = "cover"
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, eps: float = 1e-30,
                  variant: str = "II", cover: LayoutSource = None, weight_decay: float = 0.0,
@@ -54,11 +53,6 @@ class SM3(MemplanOptimizer):
         defaults = dict(lr=lr, momentum=momentum, eps=eps, variant=variant, cover=cover, weight_decay=weight_decay,
                         weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
         super().__init__(params, defaults)
-
-    def _check_group(self, group: Mapping[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("momentum", group["momentum"], low=0.0, high=1.0, high_open=True)
-        check_choice("variant", group["variant"], ("II", "I"))
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:

@@ -26,8 +26,8 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.smmf import SMMF_METHOD
-from memplan.optim.base import (DEFAULT_CHUNK_BYTES, block_bytes_per_element, LayoutSource, MemplanOptimizer, block_budget, check_choice,
-                                check_range, flat_view, updating)
+from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
+                                block_bytes_per_element, flat_view, updating)
 from memplan.optim.blocks import Block, axis_pieces, partition, reduce_granules
 
 # Packing gathers the low bit of 8 bytes of an int64 word into one byte with shifts and ors (no
@@ -106,7 +106,6 @@ class SMMF(MemplanOptimizer):
     """
 
     method = SMMF_METHOD
-    layout_key = "matricization"
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, beta1: float | None = 0.9, eps: float = 1e-8,
                  weight_decay: float = 0.0, decay_rate: float = -0.5, growth_rate: float = 0.999,
@@ -117,14 +116,6 @@ class SMMF(MemplanOptimizer):
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode,
                         sign_bits=sign_bits, matricization=matricization, chunk_bytes=chunk_bytes, maximize=maximize)
         super().__init__(params, defaults)
-
-    def _check_group(self, group: Mapping[str, Any]) -> None:
-        super()._check_group(group)
-        check_range("beta1", group["beta1"], low=0.0, high=1.0, high_open=True, allow_none=True)
-        check_range("decay_rate", group["decay_rate"], low=-1.0, high=0.0)
-        check_range("growth_rate", group["growth_rate"], low=0.0, high=1.0, low_open=True)
-        check_choice("sign_bits", group["sign_bits"], (1, 8))
-        check_choice("vector_reshape", group["vector_reshape"], (False, True))
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:

@@ -10,7 +10,7 @@ from hypothesis import given, settings, strategies as st
 from memplan.errors import LayoutError
 from memplan.methods import METHODS, param_state, state_bytes
 from memplan.methods.shapes import et_index
-from memplan.optim.baselines import build_baseline
+from memplan.methods import build as build_baseline
 
 special_shapes = [(), (1,), (7,), (7919,), (1, 1), (13, 1), (1, 13), (3, 5, 7), (64, 3, 3, 3), (128, 64, 1, 1),
                   (30522, 768), (0,), (0, 5), (2, 1, 3, 1)]

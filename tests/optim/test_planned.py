@@ -8,7 +8,7 @@ from memplan.loaders.module import profile_from_module
 from memplan.measure import state_storage_bytes
 from memplan.optim import from_plan
 from memplan.plan import Plan, PlanError
-from memplan.search import make_plan
+from memplan.planner import make_plan
 
 
 class Net(torch.nn.Module):

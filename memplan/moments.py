@@ -1,16 +1,21 @@
-"""Data-aware quality: how far each candidate's factored second moment is from the exact one.
+"""Gradient second moments: how far each candidate's factored second moment is from the exact one.
+
+(This is ``memplan plan --calibrate``, data-aware quality; measuring a device for the cost model
+is :mod:`memplan.timing`.)
 
 Protocol: the model file defines ``calibration_loss(model) -> Tensor``, a scalar loss on a fresh
 (random or real) batch each call. memplan builds the model on the chosen device, takes K
 gradient samples and forms the exact diagonal second moment V = mean_k G_k^2 of every
-trainable parameter. Each candidate layout implies an estimate V_hat:
+trainable parameter. Each candidate layout implies an estimate V_hat, of the kind its method declares
+(:meth:`memplan.methods.Method.moment_estimate`):
 
-- full state (adam, adagrad, unfactored vectors): V itself;
-- one scalar per tensor (sgd, et_inf): the mean of V;
-- a rank-one factorization in a view (SMMF's matricization, an ET tensor index, Adafactor's and
-  CAME's last two dims per leading index): prod_i S_i / total^(p-1), with S_i the slice sums of V
-  along axis i; exactly V when V is rank-one in that view;
-- an SM3 cover: min over axes of the slice maxima of V (SM3's own estimate).
+- ``exact`` (adam, adagrad, unfactored vectors): V itself;
+- ``scalar`` (sgd, et_inf): the mean of V;
+- ``rank_one`` in the layout's view (SMMF's matricization, an ET tensor index) and
+  ``trailing_rank_one`` (Adafactor's and CAME's last two dims per leading index):
+  prod_i S_i / total^(p-1), with S_i the slice sums of V along axis i; exactly V when V is
+  rank-one in that view;
+- ``cover`` (SM3): min over axes of the slice maxima of V in the layout's view.
 
 The distortion D is the variance over elements of the log-ratio of the implied step sizes,
 0.5 * (log V - log V_hat): zero when V_hat is V up to a constant (a constant is the learning
@@ -27,18 +32,17 @@ from typing import Callable, Mapping
 import torch
 
 from memplan.errors import SourceError, SpecError
-from memplan.methods import ParamState, as_spec
-from memplan.methods.shapes import natural_view
+from memplan.methods import ParamState, as_spec, get_method
 from memplan.profile import ModelProfile
 
 CALIBRATION_FUNCTION = "calibration_loss"
 
 
-def calibrate(path: Path, entry: str | None = None, device: str = "cpu", samples: int = 8,
-              seed: int = 0) -> "Calibration":
+def measure_moments(path: Path, entry: str | None = None, device: str = "cpu", samples: int = 8,
+                    seed: int = 0) -> "GradientMoments":
     """Measure the second moments of the model in ``path`` (see :func:`second_moments`)."""
     moments = second_moments(path, entry, device, samples, seed)
-    return Calibration(moments=moments, source=str(path), samples=samples, device=device)
+    return GradientMoments(moments=moments, source=str(path), samples=samples, device=device)
 
 
 def second_moments(path: Path, entry: str | None = None, device: str = "cpu", samples: int = 8,
@@ -71,22 +75,23 @@ def second_moments(path: Path, entry: str | None = None, device: str = "cpu", sa
     return moments
 
 
-def estimate(method: str, state: ParamState, moment: torch.Tensor) -> torch.Tensor:
-    """The second moment ``method`` can represent under ``state``'s layout, in ``moment``'s shape."""
+def estimate(state: ParamState, moment: torch.Tensor) -> torch.Tensor:
+    """The second moment ``state`` can represent under its layout, in ``moment``'s shape."""
     shape = tuple(moment.shape)
-    options = dict(as_spec(state.spec).options)
-    if method in {"adam", "adamw", "adagrad"} or (method == "smmf" and state.layout is None):
+    spec = as_spec(state.spec)
+    method = get_method(spec.name)
+    kind = method.moment_estimate(method.resolve(spec), state.layout)
+    if kind == "exact":
         return moment
-    if method in {"sgd", "et_inf"}:
+    if kind == "scalar":
         return moment.mean().expand(shape)
-    if method in {"adafactor", "came"}:
+    if kind == "trailing_rank_one":
         if len(shape) < 2:
             return moment
         lead = math.prod(shape[:-2])
         return rank_one(moment.reshape(lead, shape[-2], shape[-1]), batched=True).reshape(shape)
-    if method == "sm3":
-        view = natural_view(shape) if options.get("impl") == "pytorch_optimizer" else state.layout
-        return cover_estimate(moment.reshape(view)).reshape(shape)
+    if kind == "cover":
+        return cover_estimate(moment.reshape(state.layout)).reshape(shape)
     return rank_one(moment.reshape(state.layout)).reshape(shape)
 
 
@@ -120,29 +125,29 @@ def distortion(moment: torch.Tensor, estimated: torch.Tensor) -> float:
     return float(log_ratio.var(unbiased=False)) if log_ratio.numel() > 1 else 0.0
 
 
-def distortion_function(moment: torch.Tensor) -> Callable[[str, ParamState], float]:
+def distortion_function(moment: torch.Tensor) -> Callable[[ParamState], float]:
     """For the planner: a candidate's distortion for this parameter's measured second moment."""
     cache: dict[tuple, float] = {}
 
-    def measure(method: str, state: ParamState) -> float:
-        key = (method, state.spec, state.layout)
+    def measure(state: ParamState) -> float:
+        key = (state.spec, state.layout)
         if key not in cache:
-            cache[key] = distortion(moment, estimate(method, state, moment))
+            cache[key] = distortion(moment, estimate(state, moment))
         return cache[key]
 
     return measure
 
 
 @dataclass
-class Calibration:
-    """Measured second moments of a model's trainable parameters (see :mod:`memplan.calibrate`)."""
+class GradientMoments:
+    """Measured second moments of a model's trainable parameters (see :mod:`memplan.moments`)."""
 
     moments: Mapping[str, torch.Tensor]
     source: str
     samples: int
     device: str
 
-    def distortions(self, profile: ModelProfile) -> dict[str, Callable[[str, ParamState], float]]:
+    def distortions(self, profile: ModelProfile) -> dict[str, Callable[[ParamState], float]]:
         """Per parameter, the function that measures a candidate's distortion."""
         missing = [spec.name for spec in profile.trainable_params if spec.name not in self.moments]
         if missing:

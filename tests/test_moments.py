@@ -2,10 +2,10 @@
 import pytest
 import torch
 
-from memplan.calibrate import calibrate, cover_estimate, distortion, estimate, rank_one
+from memplan.moments import cover_estimate, distortion, estimate, measure_moments, rank_one
 from memplan.errors import SourceError
 from memplan.methods import param_state
-from memplan.search import make_plan
+from memplan.planner import make_plan
 from memplan.loaders import load_profile
 
 
@@ -22,21 +22,21 @@ def rank_one_tensor(*sizes, seed=0):
 ])
 def test_a_second_moment_that_is_rank_one_in_the_layout_has_zero_distortion(spec, shape, layout):
     moment = rank_one_tensor(*layout).reshape(shape)
-    assert distortion(moment, estimate(spec.split(":")[0], param_state(spec, shape, layout=layout), moment)) < 1e-12
+    assert distortion(moment, estimate(param_state(spec, shape, layout=layout), moment)) < 1e-12
 
 
 def test_adafactor_is_rank_one_per_leading_index():
     moment = torch.stack([rank_one_tensor(5, 7, seed=s) for s in range(3)])
     state = param_state("adafactor", (3, 5, 7))
-    assert distortion(moment, estimate("adafactor", state, moment)) < 1e-12
-    assert distortion(moment, estimate("smmf", param_state("smmf", (3, 5, 7), layout=(15, 7)), moment)) > 1e-3
+    assert distortion(moment, estimate(state, moment)) < 1e-12
+    assert distortion(moment, estimate(param_state("smmf", (3, 5, 7), layout=(15, 7)), moment)) > 1e-3
 
 
 def test_full_state_is_exact_and_coarser_layouts_lose_information():
     moment = torch.rand(16, 24, generator=torch.Generator().manual_seed(3)) ** 4
-    full = distortion(moment, estimate("adam", param_state("adam", (16, 24)), moment))
-    natural = distortion(moment, estimate("et", param_state("et", (16, 24), layout=(16, 24)), moment))
-    scalar = distortion(moment, estimate("sgd", param_state("sgd", (16, 24)), moment))
+    full = distortion(moment, estimate(param_state("adam", (16, 24)), moment))
+    natural = distortion(moment, estimate(param_state("et", (16, 24), layout=(16, 24)), moment))
+    scalar = distortion(moment, estimate(param_state("sgd", (16, 24)), moment))
     assert full == 0.0 < natural < scalar
 
 
@@ -63,10 +63,10 @@ def calibration_loss(model):
 def test_calibration_measures_every_trainable_parameter_and_feeds_the_plan(tmp_path):
     path = tmp_path / "model.py"
     path.write_text(CALIBRATED_MODEL)
-    calibration = calibrate(path, samples=4)
+    calibration = measure_moments(path, samples=4)
     assert set(calibration.moments) == {"0.weight", "0.bias", "2.weight", "2.bias"}
     assert all(bool((m >= 0).all()) for m in calibration.moments.values())
-    plan = make_plan(load_profile(path), 1000, calibration=calibration)
+    plan = make_plan(load_profile(path), 1000, moments=calibration)
     assert plan.calibration["samples"] == 4
     assert all(entry.distortion is not None for entry in plan.entries)
 
@@ -82,4 +82,4 @@ def test_calibration_errors_name_the_file(tmp_path, text, message):
     path = tmp_path / "model.py"
     path.write_text(text)
     with pytest.raises(SourceError, match=message):
-        calibrate(path, samples=1)
+        measure_moments(path, samples=1)
