@@ -15,7 +15,7 @@ from rich.table import Table
 from memplan.analyze import Analysis, analyze as run_analysis, made_with
 from memplan.errors import UsageError
 from memplan.loaders import load_profile
-from memplan.methods import ANALYZE_METHODS, split_spec_list
+from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS, split_spec_list
 from memplan.sizes import format_count, format_size
 from memplan.cli import output
 
@@ -78,13 +78,13 @@ def _parameter_table(result: Analysis) -> Table:
         title += f" ({format_count(totals['trainable_numel'])} trainable)"
     table = Table(title=title, title_justify="left")
     for column, justify in (("name", "left"), ("shape", "left"), ("numel", "right"), ("dtype", "left"),
-                            ("kind", "left"), ("SMMF", "left"), ("ET1", "left")):
+                            ("kind", "left"), *((method.upper(), "left") for method in LAYOUT_COLUMNS)):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for record, spec in zip(result.parameter_records(), profile.params):
         label = record["name"] + (f" (tied: {record['aliases']})" if record["aliases"] else "")
         kind = record["kind"] + ("" if spec.trainable else ", frozen")
         table.add_row(label, record["shape"], f"{record['numel']:,}", record["dtype"], kind,
-                      record["smmf"], record["et1"], style=None if spec.trainable else "dim")
+                      *(record[method] for method in LAYOUT_COLUMNS), style=None if spec.trainable else "dim")
     return table
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable
 
-from memplan.methods import ANALYZE_METHODS, as_spec, param_state
-from memplan.methods.shapes import et_index, square_matricization
+from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS, as_spec, param_state
 from memplan.profile import ModelProfile, ParamSpec
 
 
@@ -29,7 +28,8 @@ class Analysis:
     totals: tuple[MethodTotal, ...]
 
     def parameter_records(self) -> list[dict[str, Any]]:
-        """One flat record per parameter, with its SMMF matricization and ET1 index."""
+        """One flat record per parameter, with its default layout under each of :data:`LAYOUT_COLUMNS`
+    (SMMF's matricization, ET1's index)."""
         return [parameter_record(spec) for spec in self.profile.params]
 
     def to_json(self, source: str) -> dict[str, Any]:
@@ -55,17 +55,19 @@ class Analysis:
 
 def parameter_record(spec: ParamSpec) -> dict[str, Any]:
     """A flat description of one parameter for tables and CSV."""
-    return {
+    record: dict[str, Any] = {
         "name": spec.name,
         "shape": "x".join(map(str, spec.shape)) or "scalar",
         "numel": spec.numel,
         "dtype": spec.dtype,
         "kind": spec.kind,
         "trainable": spec.trainable,
-        "smmf": "x".join(map(str, square_matricization(spec.numel))),
-        "et1": "x".join(map(str, et_index(spec.shape, 1))),
-        "aliases": " ".join(spec.aliases),
     }
+    for method in LAYOUT_COLUMNS:
+        layout = param_state(method, spec.shape, spec.dtype).layout
+        record[method] = "x".join(map(str, layout or spec.shape)) or "scalar"
+    record["aliases"] = " ".join(spec.aliases)
+    return record
 
 
 def model_state(spec: str, profile: ModelProfile) -> tuple[int, int]:

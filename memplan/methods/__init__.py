@@ -2,8 +2,10 @@
 
 A spec string and a parameter shape give the exact state tensors (:func:`param_state`); a spec
 and parameters give the optimizer (:func:`build`). Everything about a family lives in its
-:class:`Method` (one module per family in this package); a new family is one more module here,
-registered in :data:`METHODS` (or with :func:`register_method`).
+:class:`Method` (one module per family in this package). The registry, :data:`METHODS`, holds every
+:class:`Method` instance defined at the top level of this package's modules: a new family is one
+more module here, found without editing anything else (code outside the package can add one with
+:func:`register_method`).
 
 >>> state_bytes("smmf", (30522, 768))          # 8 * (5087 + 4608) + ceil(23440896 / 8)
 3007672
@@ -13,27 +15,32 @@ registered in :data:`METHODS` (or with :func:`register_method`).
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 from memplan.errors import SpecError
-from memplan.methods.adafactor import ADAFACTOR
-from memplan.methods.adagrad import ADAGRAD
-from memplan.methods.adam import ADAM, ADAMW
 from memplan.methods.base import ADAM_LR, Layout, Method, StateTensor
-from memplan.methods.came import CAME
-from memplan.methods.extreme import ET, ET1, ET2, ET3, ET_INF
-from memplan.methods.sgd import SGD_METHOD
 from memplan.methods.shapes import Shape
-from memplan.methods.sm3 import SM3_METHOD
-from memplan.methods.smmf import SMMF_METHOD
 from memplan.methods.spec import MethodSpec, format_value, split_spec
 
-METHODS: dict[str, Method] = {
-    method.name: method
-    for method in (ADAM, ADAMW, ADAGRAD, SGD_METHOD, ADAFACTOR, CAME, SM3_METHOD, SMMF_METHOD, ET, ET1, ET2, ET3, ET_INF)
-}
+
+def _discover() -> dict[str, Method]:
+    """Every Method instance at the top level of this package's modules, by spec name (modules in
+    alphabetical order, methods in the order each module defines them)."""
+    found: dict[str, Method] = {}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name):
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for value in vars(module).values():
+            if isinstance(value, Method):
+                if found.setdefault(value.name, value) is not value:
+                    raise SpecError(f"two methods are called {value.name!r} (one in {module.__name__})")
+    return found
+
+
+METHODS: dict[str, Method] = _discover()
 
 REFERENCE_FAMILY = "adam"
 """The family every ratio is taken against (Adam's state, Adam's step time)."""
@@ -43,6 +50,9 @@ ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf",
 
 PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adagrad", "adafactor", "sgd")
 """The families ``memplan plan`` searches unless told otherwise: memplan's own and the baselines."""
+
+LAYOUT_COLUMNS = ("smmf", "et1")
+"""The methods whose default layout ``memplan analyze`` lists for every parameter."""
 
 BENCH_METHODS = ("adam", "adafactor", "sm3", "smmf", "et2", "et_inf")
 """The methods ``memplan bench`` measures unless told otherwise."""
@@ -196,6 +206,6 @@ def defaults_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ADAM_LR", "ANALYZE_METHODS", "BENCH_METHODS", "METHODS", "Method", "MethodSpec", "PLAN_METHODS",
+__all__ = ["ADAM_LR", "ANALYZE_METHODS", "BENCH_METHODS", "LAYOUT_COLUMNS", "METHODS", "Method", "MethodSpec", "PLAN_METHODS",
            "ParamState", "REFERENCE_FAMILY", "StateTensor", "as_spec", "build", "defaults_table", "get_method",
            "param_state", "parse_spec", "register_method", "split_spec_list", "state_bytes"]

@@ -282,10 +282,15 @@ def weight_decay_option(default: float = 0.0) -> Option:
     return Option("weight_decay", "float", default, "weight-decay factor", check=non_negative)
 
 
+DECOUPLED_DECAY, COUPLED_DECAY = "adamw", "adam"
+"""The two weight-decay modes of memplan's optimizers, named after the optimizers that made them
+known: decoupled (W <- W (1 - lr wd), as AdamW) and coupled (G <- G + wd W, as Adam's L2)."""
+
+
 def weight_decay_mode_option() -> Option:
     """How memplan's optimizers apply weight decay: decoupled (adamw) or added to the gradient (adam)."""
-    return Option("weight_decay_mode", "str", "adamw", "adamw (decoupled) or adam (added to the gradient)",
-                  choices=("adamw", "adam"))
+    return Option("weight_decay_mode", "str", DECOUPLED_DECAY, "adamw (decoupled) or adam (added to the gradient)",
+                  choices=(DECOUPLED_DECAY, COUPLED_DECAY))
 
 
 def torch_kernel_flags(impl: str) -> dict[str, bool]:

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import torch
 
-from memplan.methods.base import Layout, Method
+from memplan.methods.base import COUPLED_DECAY, DECOUPLED_DECAY, Layout, Method
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 """The default bound on the extra memory one step may use, whatever the parameter's size."""
@@ -198,7 +198,7 @@ def block_bytes_per_element(group: Mapping[str, Any], param: torch.Tensor, own: 
     per_element = own
     if param.dtype != torch.float32:
         per_element += 8
-    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == "adam"):
+    if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == COUPLED_DECAY):
         per_element += 4
     return per_element
 
@@ -221,14 +221,14 @@ def effective_gradient(grad: torch.Tensor, weight: torch.Tensor, group: Mapping[
     gradient = working_copy(grad)
     if group["maximize"]:
         gradient = -gradient
-    if group["weight_decay"] and group["weight_decay_mode"] == "adam":
+    if group["weight_decay"] and group["weight_decay_mode"] == COUPLED_DECAY:
         gradient = gradient.add(weight, alpha=group["weight_decay"])
     return gradient
 
 
 def decay_weights(weight: torch.Tensor, group: Mapping[str, Any]) -> None:
     """Decoupled ("adamw"-mode) weight decay: W <- W * (1 - lr * wd), in place."""
-    if group["weight_decay"] and group["weight_decay_mode"] == "adamw":
+    if group["weight_decay"] and group["weight_decay_mode"] == DECOUPLED_DECAY:
         weight.mul_(1.0 - group["lr"] * group["weight_decay"])
 
 

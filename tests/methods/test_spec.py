@@ -24,7 +24,7 @@ def test_options_are_reordered_canonically_and_values_normalised():
 
 @pytest.mark.parametrize("text, message", [
     ("", "empty"),
-    ("adamx", r"unknown method 'adamx' \(valid: adam, adamw"),
+    ("adamx", r"unknown method 'adamx' \(valid: adafactor, adagrad, adam, adamw"),
     ("adam:foo=1", r"no option 'foo' \(valid: beta1, beta2"),
     ("smmf:sign_bits=4", "must be one of 1, 8"),
     ("smmf:sign_bits=one", "expected an integer"),

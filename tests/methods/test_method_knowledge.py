@@ -1,0 +1,72 @@
+"""A method's knowledge lives in memplan/methods/ and nowhere else.
+
+Outside that package no module may compare a method name to a string literal, key a dict by
+one, index by one or list them for a membership test: such code would have to be edited for
+every new family and would fail late for a missed one.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from memplan.methods import METHODS
+from tests.conftest import REPO
+
+OUTSIDE_METHODS = sorted(
+    path for folder in ("memplan", "cli") for path in (REPO / folder).rglob("*.py")
+    if (REPO / "memplan" / "methods") not in path.parents
+)
+
+
+def names_a_method(node: ast.AST) -> bool:
+    """A string constant that is a registered method name, or a spec of one (``smmf:...``)."""
+    return isinstance(node, ast.Constant) and isinstance(node.value, str) \
+        and node.value.partition(":")[0] in METHODS
+
+
+def method_literals(node: ast.AST) -> list[ast.AST]:
+    """The method-name constants ``node`` is or holds directly (a tuple, list or set of them)."""
+    if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        return [element for element in node.elts if names_a_method(element)]
+    return [node] if names_a_method(node) else []
+
+
+def offending_lines(path: Path, root: Path = REPO) -> list[str]:
+    """``path:line: code`` (relative to ``root``) for every comparison with, dict key of, or
+    index by a method name, in line order."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare):
+            for operand in (node.left, *node.comparators):
+                found += method_literals(operand)
+        elif isinstance(node, ast.Dict):
+            found += [key for key in node.keys if key is not None and names_a_method(key)]
+        elif isinstance(node, ast.Subscript):
+            found += method_literals(node.slice)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get":
+            found += [argument for argument in node.args[:1] if names_a_method(argument)]
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [f"{path.relative_to(root)}:{node.lineno}: {lines[node.lineno - 1].strip()}"
+            for node in sorted(found, key=lambda node: (node.lineno, node.col_offset))]
+
+
+@pytest.mark.parametrize("path", OUTSIDE_METHODS, ids=lambda path: str(path.relative_to(REPO)))
+def test_no_module_outside_methods_branches_on_a_method_name(path):
+    assert offending_lines(path) == []
+
+
+def test_the_check_finds_what_it_looks_for(tmp_path):
+    """Each form the check forbids is found, so the test above can fail."""
+    sample = tmp_path / "sample.py"
+    sample.write_text('if spec.name == "smmf":\n    pass\n'
+                      'x = name in ("adam", "adamw")\n'
+                      'rates = {"sm3": 0.1}\n'
+                      'y = priors["et_inf"]\n'
+                      'z = table.get("adafactor:beta1=0.9")\n'
+                      'fine = build("adam", params)\n')
+    found = [int(line.split(":")[1]) for line in offending_lines(sample, root=tmp_path)]
+    assert found == [1, 3, 3, 4, 5, 6]
