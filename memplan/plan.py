@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from memplan.errors import ProfileError, SpecError
+from memplan.errors import PlanError, SpecError
 from memplan.yamlfile import YamlDocument
 from memplan.methods import get_method, param_state, parse_spec
 from memplan.profile import ModelProfile
@@ -35,11 +35,6 @@ SM3 are AdaGrad-like and start higher). Edit the plan, or pass ``lr`` to ``from_
 STATE_OPTIONS = frozenset({"beta1", "sign_bits", "vector_reshape", "momentum", "amsgrad", "impl", "variant"})
 """Options that decide which state tensors exist: they live in each entry's method spec, never in
 the shared hyperparameters, so a plan's bytes cannot be changed behind its back."""
-
-
-
-class PlanError(ProfileError):
-    """A plan that is malformed, inconsistent, or made for another model."""
 
 
 def default_hyperparameters(method: str) -> dict[str, Any]:
