@@ -156,7 +156,7 @@ class Flag(Expected):
 
 @dataclass(frozen=True)
 class OneOf(Expected):
-    """One of a few given values, of the same type (``1`` does not stand for ``true``)."""
+    """One of a few given values (``1`` does not stand for ``true``, nor ``8.0`` for the integer 8)."""
 
     choices: tuple[Any, ...]
 
@@ -172,7 +172,7 @@ class OneOf(Expected):
         return "values among " + ", ".join(_choice_text(choice) for choice in self.choices)
 
     def problems(self, value: Any, path: str) -> list[str]:
-        if any(type(value) is type(choice) and value == choice for choice in self.choices):
+        if any(_same_value(value, choice) for choice in self.choices):
             return []
         return [mismatch(path, self.description, value)]
 
@@ -387,6 +387,15 @@ def _bound(at_least: float | None, above: float | None) -> str:
     if at_least is not None:
         return f" >= {at_least:g}"
     return ""
+
+
+def _same_value(value: Any, choice: Any) -> bool:
+    """Whether ``value`` is the allowed ``choice``: ``true`` is not 1, and 8.0 is not the integer 8 (8 is 8.0)."""
+    if isinstance(value, bool) or isinstance(choice, bool):
+        return value is choice
+    if _is_number(choice):
+        return _is_number(value) and value == choice and (isinstance(choice, float) or isinstance(value, int))
+    return type(value) is type(choice) and value == choice
 
 
 def _is_integer(value: Any) -> bool:

@@ -35,13 +35,37 @@ def tampered(plan, change):
     (lambda d: d.update(budget_bytes=10), "over the budget"),
     (lambda d: d["predicted"].update(state_bytes=5), "entries add up to"),
     (lambda d: d["hyperparameters"]["smmf"].update(beta1=None), "changes the state layout"),
-    (lambda d: d["hyperparameters"]["smmf"].update(colour=1), "unknown option 'colour'"),
-    (lambda d: d["hyperparameters"]["adam"].update(lr=-1), "lr must be a number >= 0"),
+    (lambda d: d["hyperparameters"]["smmf"].update(colour=1), r"hyperparameters.smmf.colour: unknown key \(valid: "),
+    (lambda d: d["hyperparameters"]["adam"].update(lr=-1), "hyperparameters.adam.lr: expected a number >= 0, got -1"),
+    (lambda d: d["parameters"][2].update(dtype="float3"), "transformer.h.0.ln_1.weight: unknown dtype 'float3'"),
     (lambda d: d.update(memplan_plan=7), "not a memplan plan"),
 ])
 def test_tampered_plans_are_refused_naming_the_parameter(gpt2_plan, change, message):
     with pytest.raises(PlanError, match=message):
         Plan.from_yaml(tampered(gpt2_plan, change))
+
+
+def test_a_mistyped_value_in_a_hand_edited_plan_is_one_clear_error(gpt2_plan):
+    with pytest.raises(PlanError) as error:
+        Plan.from_yaml(tampered(gpt2_plan, lambda d: d["hyperparameters"]["smmf"].update(eps="tiny")))
+    assert str(error.value) == "plan: hyperparameters.smmf.eps: expected a number, got 'tiny'"
+
+
+def test_every_problem_of_a_hand_edited_plan_is_listed_by_its_path(gpt2_plan):
+    def edit(data):
+        del data["model"]["fingerprint"]
+        data["budget_bytes"] = "64MiB"
+        data["parameters"][3]["shape"] = [768, "x"]
+        data["parameters"][4]["colour"] = "red"
+        data["hyperparameters"]["smmf"]["growth_rate"] = True
+
+    with pytest.raises(PlanError) as error:
+        Plan.from_yaml(tampered(gpt2_plan, edit))
+    assert str(error.value) == (
+        "plan: 5 problems: model.fingerprint: missing, expected a string; "
+        "budget_bytes: expected an integer >= 0, got '64MiB'; parameters[3].shape[1]: expected an integer >= 0, "
+        "got 'x'; parameters[4].colour: unknown key (valid: distortion, dtype, layout, method, momentum, name, "
+        "quality, shape, state_bytes, state_dtype); hyperparameters.smmf.growth_rate: expected a number, got true")
 
 
 def test_checking_against_another_model_names_every_mismatch(gpt2_plan):
