@@ -97,14 +97,19 @@ PLAN_ENTRY_FIELDS = Fields(
 """The keys of one ``parameters`` entry and their types; :meth:`PlanEntry.from_dict` then checks that
 the method is known, the layout fits the shape and the bytes are the byte model's."""
 
+PLAN_PREDICTION_FIELDS = Fields(
+    required={"state_bytes": Integer(at_least=0), "quality": Number(), "objective": Number(),
+              "objective_bound": Number()},
+    optional={"traffic_ms": Nullable(Number(at_least=0)), "device": Nullable(Text())},
+)
+"""The keys of a plan's ``predicted`` mapping and their types."""
+
 PLAN_FIELDS = Fields(
     required={"memplan_plan": OneOf(PLAN_FORMAT),
               "model": Fields(required={"name": Text(), "fingerprint": Text()}, optional={"source": Text()}),
-              "budget_bytes": Integer(at_least=0), "parameters": ListOf(PLAN_ENTRY_FIELDS)},
+              "budget_bytes": Integer(at_least=0), "predicted": PLAN_PREDICTION_FIELDS,
+              "parameters": ListOf(PLAN_ENTRY_FIELDS)},
     optional={"objective": Fields(optional={"name": Text(), "time_weight": Number()}), "priors": Text(),
-              "predicted": Nullable(Fields(optional={
-                  "state_bytes": Integer(at_least=0), "quality": Number(), "objective": Number(),
-                  "objective_bound": Number(), "traffic_ms": Number(), "device": Text()})),
               "calibration": Nullable(MapOf(Anything())),
               "hyperparameters": Nullable(MapOf(Anything()))},
 )
@@ -163,6 +168,43 @@ class PlanEntry:
 
 
 @dataclass(frozen=True)
+class PlanPrediction:
+    """What the planner predicted for the choice it wrote: the plan's ``predicted`` mapping.
+
+    ``quality`` is the element-weighted mean quality of the chosen states (1 = Adam everywhere),
+    ``objective`` what the search maximised (quality less the weighted step time) and
+    ``objective_bound`` the most any choice could reach. ``traffic_ms`` is one step's compulsory
+    memory traffic on the ``device`` profile named (a floor on the step time), when the planner had one.
+    """
+
+    state_bytes: int
+    quality: float
+    objective: float
+    objective_bound: float
+    traffic_ms: float | None = None
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict in the file's key order; ``traffic_ms`` and ``device`` only when known."""
+        data: dict[str, Any] = {"state_bytes": self.state_bytes, "quality": self.quality,
+                                "objective": self.objective, "objective_bound": self.objective_bound}
+        if self.traffic_ms is not None:
+            data["traffic_ms"] = self.traffic_ms
+        if self.device is not None:
+            data["device"] = self.device
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PlanPrediction":
+        """Build from :meth:`to_dict` output; PlanError names every bad key (``predicted.quality``)."""
+        check(data, PLAN_PREDICTION_FIELDS, PlanError, path="predicted")
+        traffic_ms = data.get("traffic_ms")
+        return cls(state_bytes=data["state_bytes"], quality=float(data["quality"]), objective=float(data["objective"]),
+                   objective_bound=float(data["objective_bound"]),
+                   traffic_ms=None if traffic_ms is None else float(traffic_ms), device=data.get("device"))
+
+
+@dataclass(frozen=True)
 class Plan(YamlDocument):
     """A whole plan (see the module docstring)."""
 
@@ -171,11 +213,11 @@ class Plan(YamlDocument):
     fingerprint: str
     budget_bytes: int
     entries: tuple[PlanEntry, ...]
+    predicted: PlanPrediction
     objective: str = "quality"
     time_weight: float = 0.0
     priors: str = "bundled"
     hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    predicted: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] | None = None
 
     document_name = "plan"
@@ -211,7 +253,7 @@ class Plan(YamlDocument):
             "budget_bytes": self.budget_bytes,
             "state_bytes": self.state_bytes,
             "plan_path": path,
-            "quality": self.predicted.get("quality"),
+            "quality": self.predicted.quality,
             "parameters": [{"name": e.name, "method": e.method, "layout": None if e.layout is None else list(e.layout),
                             "state_bytes": e.state_bytes} for e in self.entries],
         }
@@ -229,17 +271,13 @@ class Plan(YamlDocument):
                 momentum=candidate.momentum, state_dtype=candidate.state_dtype, state_bytes=candidate.state_bytes,
                 quality=candidate.quality, distortion=candidate.distortion))
         methods = sorted({parse_spec(entry.method).name for entry in entries})
-        predicted: dict[str, Any] = {
-            "state_bytes": sum(entry.state_bytes for entry in entries),
-            "quality": round(choice.quality, 6),
-            "objective": round(choice.objective, 6),
-            "objective_bound": round(choice.bound, 6),
-        }
         seconds = sum(candidate.seconds for candidate in choice.picks.values())
-        if seconds and device:
-            # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
-            predicted["traffic_ms"] = round(seconds * 1e3, 3)
-            predicted["device"] = device
+        # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
+        timed = bool(seconds and device)
+        predicted = PlanPrediction(
+            state_bytes=sum(entry.state_bytes for entry in entries), quality=round(choice.quality, 6),
+            objective=round(choice.objective, 6), objective_bound=round(choice.bound, 6),
+            traffic_ms=round(seconds * 1e3, 3) if timed else None, device=device if timed else None)
         return cls(
             model_name=choice.profile.name, model_source=choice.profile.source,
             fingerprint=choice.profile.fingerprint, budget_bytes=choice.budget_bytes, entries=tuple(entries),
@@ -256,7 +294,7 @@ class Plan(YamlDocument):
             "budget_bytes": self.budget_bytes,
             "objective": {"name": self.objective, "time_weight": self.time_weight},
             "priors": self.priors,
-            "predicted": dict(self.predicted),
+            "predicted": self.predicted.to_dict(),
         }
         if self.calibration is not None:
             data["calibration"] = dict(self.calibration)
@@ -297,11 +335,11 @@ class Plan(YamlDocument):
             budget_bytes=data["budget_bytes"], entries=tuple(entries), objective=objective.get("name", "quality"),
             time_weight=float(objective.get("time_weight", 0.0)), priors=data.get("priors", "bundled"),
             hyperparameters={method: dict(values) for method, values in hyperparameters.items()},
-            predicted=dict(data.get("predicted") or {}), calibration=data.get("calibration"),
+            predicted=PlanPrediction.from_dict(data["predicted"]), calibration=data.get("calibration"),
         )
-        predicted_bytes = plan.predicted.get("state_bytes")
-        if predicted_bytes is not None and predicted_bytes != plan.state_bytes:
-            raise PlanError(f"predicted state_bytes {predicted_bytes} but the entries add up to {plan.state_bytes}")
+        if plan.predicted.state_bytes != plan.state_bytes:
+            raise PlanError(f"predicted state_bytes {plan.predicted.state_bytes} but the entries add up to "
+                            f"{plan.state_bytes}")
         if plan.state_bytes > plan.budget_bytes:
             raise PlanError(f"the entries need {plan.state_bytes:,} bytes, over the budget of {plan.budget_bytes:,}")
         return plan
