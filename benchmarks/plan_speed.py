@@ -70,8 +70,8 @@ def main() -> None:
     print(f"| 2,000 tensors of varied shapes, all methods, 1 GiB | {first:.3f} | {median:.3f} | - | < 2 s |")
     plan = make_plan(load_profile("gpt2"), 64 * 2**20)
     print(f"\ngpt2 at 64 MiB: {plan.state_bytes:,} of {plan.budget_bytes:,} bytes "
-          f"({plan.state_bytes / plan.budget_bytes:.1%}), predicted quality {plan.predicted['quality']:.4f}, "
-          f"objective within {plan.predicted['objective_bound'] - plan.predicted['objective']:.1e} of the LP bound")
+          f"({plan.state_bytes / plan.budget_bytes:.1%}), predicted quality {plan.predicted.quality:.4f}, "
+          f"objective within {plan.predicted.objective_bound - plan.predicted.objective:.1e} of the LP bound")
     for row in plan.by_method():
         print(f"- {row['method']}: {row['parameters']} tensors, {row['numel']:,} elements, {row['state_bytes']:,} bytes")
 

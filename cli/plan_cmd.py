@@ -68,8 +68,8 @@ def render(result: Plan, top: int | None) -> None:
     predicted = result.predicted
     console.print(f"Plan for {result.model_name}: {format_size(result.state_bytes)} of "
                   f"{format_size(result.budget_bytes)} ({used:.1%}); predicted quality "
-                  f"{predicted.get('quality', 0):.4f} (1 = Adam everywhere), objective "
-                  f"{predicted.get('objective', 0):.5f}, at most {predicted.get('objective_bound', 0):.5f} possible",
+                  f"{predicted.quality:.4f} (1 = Adam everywhere), objective "
+                  f"{predicted.objective:.5f}, at most {predicted.objective_bound:.5f} possible",
                   markup=False)
     methods = Table(title="State by method", title_justify="left")
     for column, justify in (("method", "left"), ("parameters", "right"), ("elements", "right"), ("state", "right"),

@@ -29,6 +29,10 @@ class ProfileError(MemplanError):
     """A profile document that is malformed or inconsistent."""
 
 
+class PlanError(ProfileError):
+    """A plan that is malformed, inconsistent, or made for another model."""
+
+
 class BudgetError(MemplanError):
     """No choice of optimizer state fits the byte budget; ``minimum_bytes`` is the smallest that does."""
 

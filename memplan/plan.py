@@ -12,40 +12,87 @@ does not, and the reverse.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from memplan.errors import ProfileError, SpecError
+from memplan.errors import PlanError, ProfileError, SpecError
 from memplan.yamlfile import YamlDocument
 from memplan.methods import get_method, param_state, parse_spec
+from memplan.methods.spec import Option
 from memplan.profile import ModelProfile
+from memplan.schema import (
+    Anything, Expected, Fields, Flag, Integer, ListOf, MapOf, Nullable, Number, OneOf, Text, check, find_problems,
+    mismatch, raise_problems,
+)
 
 PLAN_FORMAT = 1
 
 
-class PlanError(ProfileError):
-    """A plan that is malformed, inconsistent, or made for another model."""
-
-
 def check_hyperparameters(method: str, values: Mapping[str, Any]) -> None:
-    """Raise PlanError for a hyperparameter ``method`` does not have, or one that changes its state."""
-    known = {option.name: option for option in get_method(method).options}
-    shared = [name for name, option in known.items() if not option.variant]
-    for key, value in values.items():
-        if key == "lr":
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise PlanError(f"hyperparameters.{method}.lr must be a number >= 0, got {value!r}")
-            continue
-        if key in known and known[key].variant:
-            raise PlanError(f"hyperparameters.{method}.{key} changes the state layout: put it in each "
-                            f"parameter's method spec instead (e.g. {method}:{key}=...)")
-        if key not in known:
-            raise PlanError(f"hyperparameters.{method}: unknown option {key!r} "
-                            f"(valid: lr, {', '.join(shared)})")
-        try:
-            known[key].validate(value)
-        except SpecError as error:
-            raise PlanError(f"hyperparameters.{method}: {error}") from None
+    """Raise one PlanError naming every hyperparameter of ``method`` that it does not have, that has the
+    wrong type or value, or that changes its state."""
+    raise_problems(_hyperparameter_problems(method, values), PlanError)
+
+
+def _hyperparameter_problems(method: str, values: Any) -> list[str]:
+    """Every problem of the ``hyperparameters.<method>`` mapping ``values``, each naming its key."""
+    path = f"hyperparameters.{method}"
+    try:
+        known = {option.name: option for option in get_method(method).options}
+    except SpecError as error:
+        return [f"{path}: {error}"]
+    if not isinstance(values, Mapping):
+        return [mismatch(path, "a mapping", values)]
+    options = {name: option for name, option in known.items() if not option.variant}
+    problems = [f"{path}.{key} changes the state layout: put it in each parameter's method spec instead "
+                f"(e.g. {method}:{key}=...)" for key in values if key in known and known[key].variant]
+    expected: dict[str, Expected] = {"lr": Number(at_least=0), **{name: _option_value(option)
+                                                                  for name, option in options.items()}}
+    given = {key: value for key, value in values.items() if key not in known or not known[key].variant}
+    problems += find_problems(given, Fields(optional=expected), path)
+    for key, value in given.items():
+        if key in options and not find_problems(value, expected[key]):
+            # the option's own range check (e.g. eps >= 0), once the type is right
+            try:
+                options[key].validate(value)
+            except SpecError as error:
+                problems.append(f"{path}: {error}")
+    return problems
+
+
+def _option_value(option: Option) -> Expected:
+    """What a plan may give for a method option: a value of its kind or one of its choices, or null when nullable."""
+    kinds: dict[str, Expected] = {"float": Number(), "int": Integer(), "bool": Flag(), "str": Text()}
+    expected = OneOf(*option.choices) if option.choices else kinds[option.kind]
+    return Nullable(expected) if option.nullable else expected
+
+
+PLAN_ENTRY_FIELDS = Fields(
+    required={"name": Text(), "shape": ListOf(Integer(at_least=0)), "dtype": Text(), "method": Text(),
+              "layout": Nullable(ListOf(Integer())), "state_bytes": Integer(at_least=0)},
+    optional={"momentum": Text(), "state_dtype": Text(), "quality": Number(), "distortion": Nullable(Number())},
+)
+"""The keys of one ``parameters`` entry and their types; :meth:`PlanEntry.from_dict` then checks that
+the method is known, the layout fits the shape and the bytes are the byte model's."""
+
+PLAN_PREDICTION_FIELDS = Fields(
+    required={"state_bytes": Integer(at_least=0), "quality": Number(), "objective": Number(),
+              "objective_bound": Number()},
+    optional={"traffic_ms": Nullable(Number(at_least=0)), "device": Nullable(Text())},
+)
+"""The keys of a plan's ``predicted`` mapping and their types."""
+
+PLAN_FIELDS = Fields(
+    required={"memplan_plan": OneOf(PLAN_FORMAT),
+              "model": Fields(required={"name": Text(), "fingerprint": Text()}, optional={"source": Text()}),
+              "budget_bytes": Integer(at_least=0), "predicted": PLAN_PREDICTION_FIELDS,
+              "parameters": ListOf(PLAN_ENTRY_FIELDS)},
+    optional={"objective": Fields(optional={"name": Text(), "time_weight": Number()}), "priors": Text(),
+              "calibration": Nullable(MapOf(Anything())),
+              "hyperparameters": Nullable(MapOf(Anything()))},
+)
+"""The keys of a plan file and their types (each method's hyperparameters are checked against its options)."""
 
 
 @dataclass(frozen=True)
@@ -76,32 +123,64 @@ class PlanEntry:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "PlanEntry":
         """Build and check one entry; errors name the parameter."""
-        if not isinstance(data, Mapping) or "name" not in data:
-            raise PlanError(f"a plan entry must be a mapping with a name, got {data!r}")
-        name = str(data["name"])
-        required = {"shape", "dtype", "method", "layout", "state_bytes"}
-        missing = sorted(required - set(data))
-        if missing:
-            raise PlanError(f"parameter {name}: missing {', '.join(missing)}")
+        name = data.get("name") if isinstance(data, Mapping) else None
+        check(data, PLAN_ENTRY_FIELDS, PlanError, where=f"parameter {name}" if isinstance(name, str) else "plan entry")
         try:
-            spec = parse_spec(str(data["method"]))
+            spec = parse_spec(data["method"])
         except SpecError as error:
             raise PlanError(f"parameter {name}: {error}") from None
-        shape = tuple(int(dim) for dim in data["shape"])
-        layout = None if data["layout"] is None else tuple(int(dim) for dim in data["layout"])
+        shape = tuple(data["shape"])
+        layout = None if data["layout"] is None else tuple(data["layout"])
         try:
-            state = param_state(spec, shape, str(data["dtype"]), layout)
-        except ValueError as error:
+            state = param_state(spec, shape, data["dtype"], layout)
+        except (ValueError, ProfileError) as error:
             raise PlanError(f"parameter {name}: {error}") from None
         if layout is not None and layout != state.layout:
             raise PlanError(f"parameter {name}: layout {list(layout)} is not what {spec} uses")
-        if int(data["state_bytes"]) != state.state_bytes:
+        if data["state_bytes"] != state.state_bytes:
             raise PlanError(f"parameter {name}: state_bytes {data['state_bytes']} but {spec} with layout "
                             f"{None if layout is None else list(layout)} keeps {state.state_bytes}")
-        return cls(name=name, shape=shape, dtype=str(data["dtype"]), method=str(spec), layout=state.layout,
-                   momentum=state.momentum, state_dtype=str(data.get("state_dtype", "")),
+        return cls(name=name, shape=shape, dtype=data["dtype"], method=str(spec), layout=state.layout,
+                   momentum=state.momentum, state_dtype=data.get("state_dtype", ""),
                    state_bytes=state.state_bytes, quality=float(data.get("quality", 0.0)),
                    distortion=None if data.get("distortion") is None else float(data["distortion"]))
+
+
+@dataclass(frozen=True)
+class PlanPrediction:
+    """What the planner predicted for the choice it wrote: the plan's ``predicted`` mapping.
+
+    ``quality`` is the element-weighted mean quality of the chosen states (1 = Adam everywhere),
+    ``objective`` what the search maximised (quality less the weighted step time) and
+    ``objective_bound`` the most any choice could reach. ``traffic_ms`` is one step's compulsory
+    memory traffic on the ``device`` profile named (a floor on the step time), when the planner had one.
+    """
+
+    state_bytes: int
+    quality: float
+    objective: float
+    objective_bound: float
+    traffic_ms: float | None = None
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict in the file's key order; ``traffic_ms`` and ``device`` only when known."""
+        data: dict[str, Any] = {"state_bytes": self.state_bytes, "quality": self.quality,
+                                "objective": self.objective, "objective_bound": self.objective_bound}
+        if self.traffic_ms is not None:
+            data["traffic_ms"] = self.traffic_ms
+        if self.device is not None:
+            data["device"] = self.device
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "PlanPrediction":
+        """Build from :meth:`to_dict` output; PlanError names every bad key (``predicted.quality``)."""
+        check(data, PLAN_PREDICTION_FIELDS, PlanError, path="predicted")
+        traffic_ms = data.get("traffic_ms")
+        return cls(state_bytes=data["state_bytes"], quality=float(data["quality"]), objective=float(data["objective"]),
+                   objective_bound=float(data["objective_bound"]),
+                   traffic_ms=None if traffic_ms is None else float(traffic_ms), device=data.get("device"))
 
 
 @dataclass(frozen=True)
@@ -113,11 +192,11 @@ class Plan(YamlDocument):
     fingerprint: str
     budget_bytes: int
     entries: tuple[PlanEntry, ...]
+    predicted: PlanPrediction
     objective: str = "quality"
     time_weight: float = 0.0
     priors: str = "bundled"
     hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
-    predicted: Mapping[str, Any] = field(default_factory=dict)
     calibration: Mapping[str, Any] | None = None
 
     document_name = "plan"
@@ -153,7 +232,7 @@ class Plan(YamlDocument):
             "budget_bytes": self.budget_bytes,
             "state_bytes": self.state_bytes,
             "plan_path": path,
-            "quality": self.predicted.get("quality"),
+            "quality": self.predicted.quality,
             "parameters": [{"name": e.name, "method": e.method, "layout": None if e.layout is None else list(e.layout),
                             "state_bytes": e.state_bytes} for e in self.entries],
         }
@@ -167,7 +246,7 @@ class Plan(YamlDocument):
             "budget_bytes": self.budget_bytes,
             "objective": {"name": self.objective, "time_weight": self.time_weight},
             "priors": self.priors,
-            "predicted": dict(self.predicted),
+            "predicted": self.predicted.to_dict(),
         }
         if self.calibration is not None:
             data["calibration"] = dict(self.calibration)
@@ -177,35 +256,42 @@ class Plan(YamlDocument):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Plan":
-        """Build and check a plan: every entry, the totals, the budget."""
+        """Build and check a plan: its keys and types, every entry, the hyperparameters, the totals, the budget.
+
+        Each stage lists all of its problems in one PlanError.
+        """
         if not isinstance(data, Mapping) or data.get("memplan_plan") != PLAN_FORMAT:
             found = data.get("memplan_plan") if isinstance(data, Mapping) else None
             raise PlanError(f"not a memplan plan of format {PLAN_FORMAT} (memplan_plan: {found!r})")
-        try:
-            model, objective = data["model"], data.get("objective", {})
-            entries = tuple(PlanEntry.from_dict(item) for item in data["parameters"])
-            plan = cls(
-                model_name=str(model["name"]), model_source=str(model.get("source", "")),
-                fingerprint=str(model["fingerprint"]), budget_bytes=int(data["budget_bytes"]), entries=entries,
-                objective=str(objective.get("name", "quality")), time_weight=float(objective.get("time_weight", 0.0)),
-                priors=str(data.get("priors", "bundled")),
-                hyperparameters={str(k): dict(v) for k, v in (data.get("hyperparameters") or {}).items()},
-                predicted=dict(data.get("predicted") or {}), calibration=data.get("calibration"),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise PlanError(f"malformed plan: {type(error).__name__}: {error}") from None
-        names = [entry.name for entry in entries]
-        if len(set(names)) != len(names):
-            duplicate = next(name for name in names if names.count(name) > 1)
-            raise PlanError(f"parameter {duplicate} appears twice in the plan")
-        unknown = sorted(set(plan.hyperparameters) - {parse_spec(e.method).name for e in entries})
-        if unknown:
-            raise PlanError(f"hyperparameters for {unknown[0]}, which no parameter uses")
-        for method, values in plan.hyperparameters.items():
-            check_hyperparameters(method, values)
-        predicted_bytes = plan.predicted.get("state_bytes")
-        if predicted_bytes is not None and int(predicted_bytes) != plan.state_bytes:
-            raise PlanError(f"predicted state_bytes {predicted_bytes} but the entries add up to {plan.state_bytes}")
+        hyperparameters = data.get("hyperparameters") or {}
+        problems = find_problems(data, PLAN_FIELDS)
+        if isinstance(hyperparameters, Mapping):
+            problems += [problem for method, values in hyperparameters.items() if isinstance(method, str)
+                         for problem in _hyperparameter_problems(method, values)]
+        raise_problems(problems, PlanError)
+        entries: list[PlanEntry] = []
+        for item in data["parameters"]:
+            try:
+                entries.append(PlanEntry.from_dict(item))
+            except PlanError as error:
+                problems.append(str(error))
+        counts = Counter(entry.name for entry in entries)
+        problems += [f"parameter {name} appears twice in the plan" for name, count in counts.items() if count > 1]
+        raise_problems(problems, PlanError)
+        used = {parse_spec(entry.method).name for entry in entries}
+        raise_problems([f"hyperparameters for {method}, which no parameter uses"
+                        for method in hyperparameters if method not in used], PlanError)
+        model, objective = data["model"], data.get("objective", {})
+        plan = cls(
+            model_name=model["name"], model_source=model.get("source", ""), fingerprint=model["fingerprint"],
+            budget_bytes=data["budget_bytes"], entries=tuple(entries), objective=objective.get("name", "quality"),
+            time_weight=float(objective.get("time_weight", 0.0)), priors=data.get("priors", "bundled"),
+            hyperparameters={method: dict(values) for method, values in hyperparameters.items()},
+            predicted=PlanPrediction.from_dict(data["predicted"]), calibration=data.get("calibration"),
+        )
+        if plan.predicted.state_bytes != plan.state_bytes:
+            raise PlanError(f"predicted state_bytes {plan.predicted.state_bytes} but the entries add up to "
+                            f"{plan.state_bytes}")
         if plan.state_bytes > plan.budget_bytes:
             raise PlanError(f"the entries need {plan.state_bytes:,} bytes, over the budget of {plan.budget_bytes:,}")
         return plan

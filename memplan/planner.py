@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 from memplan import mckp
 from memplan.errors import BudgetError, SpecError
 from memplan.methods import PLAN_METHODS, REFERENCE_FAMILY, ParamState, get_method, param_state, parse_spec
-from memplan.plan import Plan, PlanEntry
+from memplan.plan import Plan, PlanEntry, PlanPrediction
 from memplan.priors import Priors, load_priors
 from memplan.profile import ModelProfile
 from memplan.search import Candidate, candidates_for, expand_methods, prune
@@ -159,17 +159,13 @@ def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "
             momentum=candidate.momentum, state_dtype=candidate.state_dtype, state_bytes=candidate.state_bytes,
             quality=candidate.quality, distortion=candidate.distortion))
     methods = sorted({parse_spec(entry.method).name for entry in entries})
-    predicted: dict[str, object] = {
-        "state_bytes": sum(entry.state_bytes for entry in entries),
-        "quality": round(choice.quality, 6),
-        "objective": round(choice.objective, 6),
-        "objective_bound": round(choice.bound, 6),
-    }
     seconds = sum(candidate.seconds for candidate in choice.picks.values())
-    if seconds and device:
-        # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
-        predicted["traffic_ms"] = round(seconds * 1e3, 3)
-        predicted["device"] = device
+    # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
+    timed = bool(seconds and device)
+    predicted = PlanPrediction(
+        state_bytes=sum(entry.state_bytes for entry in entries), quality=round(choice.quality, 6),
+        objective=round(choice.objective, 6), objective_bound=round(choice.bound, 6),
+        traffic_ms=round(seconds * 1e3, 3) if timed else None, device=device if timed else None)
     return Plan(
         model_name=choice.profile.name, model_source=choice.profile.source,
         fingerprint=choice.profile.fingerprint, budget_bytes=choice.budget_bytes, entries=tuple(entries),

@@ -10,12 +10,29 @@ import math
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 from memplan.errors import ProfileError, SpecError
 from memplan.methods.base import Layout
 from memplan.methods.shapes import Shape
+from memplan.schema import Either, Fields, ListOf, MapOf, Nullable, Number, OneOf, Text, check
 from memplan.yamlfile import parse_yaml, read_text
+
+PRIORS_FORMAT = 1
+CALIBRATED_KEYS = ("momentum", "no_momentum", "distortion_scale")
+
+METHOD_PRIOR = Either(Number(), Fields(required={"quality": Number()}, optional={"evidence": Text()}))
+"""One method's prior: its quality, alone or with the evidence behind it."""
+
+CURVE_POINT = Fields(required={"depth": Number(), "quality": Number()}, optional={"evidence": Text()})
+"""One point of the extreme-tensoring curve: quality at an index depth."""
+
+PRIORS_FIELDS = Fields(
+    required={"methods": MapOf(METHOD_PRIOR), "extreme_tensoring": ListOf(CURVE_POINT),
+              "calibrated": Fields(required={key: Number() for key in CALIBRATED_KEYS})},
+    optional={"memplan_priors": OneOf(PRIORS_FORMAT)},
+)
+"""The keys of a complete priors document (the bundled one, or it with a user's file laid over it)."""
 
 
 @dataclass(frozen=True)
@@ -62,40 +79,42 @@ def load_priors(path: str | Path | None = None) -> Priors:
     """The bundled priors, with the entries of the YAML file at ``path`` (if any) replacing theirs."""
     bundled = resources.files("memplan.profiles") / "priors.yaml"
     data = parse_yaml(bundled.read_text(encoding="utf-8"), "bundled priors", ProfileError)
+    check(data, PRIORS_FIELDS, ProfileError, where="bundled priors")
     if path is not None:
         override = parse_yaml(read_text(path, ProfileError), str(path), ProfileError) or {}
         data = _overlay(data, override, str(path))
     return _from_dict(data, str(path or "bundled priors"))
 
 
+def _override_fields(methods: Iterable[str]) -> Fields:
+    """What a user's priors file may hold: any key of the bundled file, and any of its ``methods``."""
+    return Fields(optional={
+        "memplan_priors": OneOf(PRIORS_FORMAT),
+        "methods": Fields(optional={name: METHOD_PRIOR for name in methods}),
+        "extreme_tensoring": ListOf(CURVE_POINT),
+        "calibrated": Nullable(Fields(optional={key: Number() for key in CALIBRATED_KEYS})),
+    })
+
+
 def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
-    if not isinstance(override, dict):
-        raise ProfileError(f"{where}: priors must be a mapping with methods, extreme_tensoring or calibrated")
+    """``base`` with the entries of the user's priors ``override`` in place of its own (the curve as a whole)."""
+    check(override, _override_fields(base["methods"]), ProfileError, where=where)
     merged = dict(base)
-    unknown = set(override) - set(base)
-    if unknown:
-        raise ProfileError(f"{where}: unknown key {sorted(unknown)[0]!r} (valid: {', '.join(base)})")
     for key, value in override.items():
-        if key == "methods":
-            if not isinstance(value, dict) or set(value) - set(base["methods"]):
-                bad = sorted(set(value) - set(base["methods"])) if isinstance(value, dict) else [value]
-                raise ProfileError(f"{where}: unknown method prior {bad[0]!r} (valid: {', '.join(base['methods'])})")
-            merged["methods"] = {**base["methods"], **value}
-        elif key == "calibrated":
-            merged["calibrated"] = {**base["calibrated"], **(value or {})}
+        if key in ("methods", "calibrated"):
+            merged[key] = {**base[key], **(value or {})}
         else:
             merged[key] = value
     return merged
 
 
 def _from_dict(data: Mapping[str, Any], where: str) -> Priors:
-    try:
-        methods = {name: float(entry["quality"] if isinstance(entry, Mapping) else entry)
-                   for name, entry in data["methods"].items()}
-        curve = tuple(sorted((float(point["depth"]), float(point["quality"])) for point in data["extreme_tensoring"]))
-        calibrated = {key: float(value) for key, value in data["calibrated"].items()}
-    except (KeyError, TypeError, ValueError) as error:
-        raise ProfileError(f"{where}: malformed priors ({type(error).__name__}: {error})") from None
+    """Priors from a complete priors document; ProfileError names every bad key."""
+    check(data, PRIORS_FIELDS, ProfileError, where=where)
+    methods = {name: float(entry["quality"] if isinstance(entry, Mapping) else entry)
+               for name, entry in data["methods"].items()}
+    curve = tuple(sorted((float(point["depth"]), float(point["quality"])) for point in data["extreme_tensoring"]))
+    calibrated = {key: float(value) for key, value in data["calibrated"].items()}
     if len(curve) < 2 or len({depth for depth, _ in curve}) != len(curve):
         raise ProfileError(f"{where}: extreme_tensoring needs at least two points at distinct depths")
     return Priors(methods=methods, et_curve=curve, calibrated=calibrated)

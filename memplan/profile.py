@@ -17,10 +17,25 @@ from typing import Any, Iterable, Mapping
 
 from memplan.dtypes import canonical_dtype, item_size
 from memplan.errors import ProfileError
+from memplan.schema import Fields, Flag, Integer, ListOf, MapOf, OneOf, Text, check, raise_problems
 from memplan.yamlfile import YamlDocument
 
 PARAM_KINDS = ("embedding", "linear", "conv", "norm", "bias", "other")
 PROFILE_FORMAT = 1
+
+PARAM_FIELDS = Fields(
+    required={"name": Text(), "shape": ListOf(Integer(at_least=0))},
+    optional={"dtype": Text(), "kind": OneOf(*PARAM_KINDS), "numel": Integer(at_least=0),
+              "bytes": Integer(at_least=0), "trainable": Flag(), "aliases": ListOf(Text())},
+)
+"""The keys of one ``parameters`` entry of a profile and their types."""
+
+PROFILE_FIELDS = Fields(
+    required={"name": Text(), "parameters": ListOf(PARAM_FIELDS)},
+    optional={"memplan_profile": OneOf(PROFILE_FORMAT), "source": Text(), "made_with": Text(),
+              "fingerprint": Text(), "totals": MapOf(Integer())},
+)
+"""The keys of a profile file and their types; the fingerprint and totals must also match the parameters."""
 
 
 @dataclass(frozen=True)
@@ -87,17 +102,12 @@ class ParamSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ParamSpec":
         """Build from :meth:`to_dict` output; derived fields, when present, must agree."""
-        if not isinstance(data, Mapping):
-            raise ProfileError(f"a parameter entry must be a mapping, got {data!r}")
-        _check_keys(data, required={"name", "shape"},
-                    optional={"dtype", "kind", "numel", "bytes", "trainable", "aliases"},
-                    where=f"parameter {data.get('name', '?')}")
-        shape = data["shape"]
-        if not isinstance(shape, list):
-            raise ProfileError(f"parameter {data['name']}: shape must be a list, got {shape!r}")
+        name = data.get("name") if isinstance(data, Mapping) else None
+        where = f"parameter {name}" if isinstance(name, str) else "parameter entry"
+        check(data, PARAM_FIELDS, ProfileError, where=where)
         spec = cls(
             name=data["name"],
-            shape=tuple(shape),
+            shape=tuple(data["shape"]),
             dtype=data.get("dtype", "float32"),
             kind=data.get("kind", "other"),
             trainable=data.get("trainable", True),
@@ -189,22 +199,25 @@ class ModelProfile(YamlDocument):
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "ModelProfile":
-        """Build from :meth:`to_dict` output, checking the stored fingerprint and totals."""
-        if not isinstance(data, Mapping):
-            raise ProfileError("a profile must be a mapping with 'name', 'source' and 'parameters'")
-        _check_keys(data, required={"name", "parameters"},
-                    optional={"memplan_profile", "source", "made_with", "fingerprint", "totals"},
-                    where="profile")
-        version = data.get("memplan_profile", PROFILE_FORMAT)
+        """Build from :meth:`to_dict` output, checking the keys and types (every problem is listed),
+        each parameter, and the stored fingerprint and totals."""
+        version = data.get("memplan_profile", PROFILE_FORMAT) if isinstance(data, Mapping) else PROFILE_FORMAT
         if version != PROFILE_FORMAT:
             raise ProfileError(f"profile format {version!r} is not supported (this memplan reads {PROFILE_FORMAT})")
-        if not isinstance(data["parameters"], list):
-            raise ProfileError("profile 'parameters' must be a list")
+        check(data, PROFILE_FIELDS, ProfileError)
+        params: list[ParamSpec] = []
+        problems: list[str] = []
+        for entry in data["parameters"]:
+            try:
+                params.append(ParamSpec.from_dict(entry))
+            except ProfileError as error:
+                problems.append(str(error))
+        raise_problems(problems, ProfileError)
         profile = cls(
-            name=str(data["name"]),
-            source=str(data.get("source", "")),
-            params=tuple(ParamSpec.from_dict(entry) for entry in data["parameters"]),
-            made_with=str(data.get("made_with", "")),
+            name=data["name"],
+            source=data.get("source", ""),
+            params=tuple(params),
+            made_with=data.get("made_with", ""),
         )
         stored = data.get("fingerprint")
         if stored is not None and stored != profile.fingerprint:
@@ -236,14 +249,3 @@ def _as_dim(dim: object) -> int:
     if value < 0:
         raise ValueError(f"dimension {value} is negative")
     return value
-
-
-def _check_keys(data: Mapping[str, Any], required: set[str], optional: set[str], where: str) -> None:
-    missing = sorted(required - data.keys())
-    if missing:
-        raise ProfileError(f"{where}: missing {', '.join(missing)}")
-    unknown = sorted(set(data) - required - optional)
-    if unknown:
-        raise ProfileError(
-            f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(required | optional))})"
-        )

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from memplan.loaders import load_profile
-from memplan.plan import Plan, PlanError
+from memplan.plan import Plan, PlanError, PlanPrediction
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.planner import make_plan
 
@@ -17,7 +17,19 @@ def test_yaml_round_trip_is_identical(gpt2_plan, tmp_path):
     loaded = Plan.load(path)
     assert loaded == gpt2_plan
     assert loaded.to_yaml() == path.read_text()
-    assert loaded.state_bytes == gpt2_plan.predicted["state_bytes"] <= loaded.budget_bytes
+    assert loaded.state_bytes == gpt2_plan.predicted.state_bytes <= loaded.budget_bytes
+
+
+def test_predictions_are_a_typed_record_in_the_files_key_order(gpt2_plan):
+    predicted = gpt2_plan.predicted
+    assert isinstance(predicted, PlanPrediction) and predicted.state_bytes == gpt2_plan.state_bytes
+    assert predicted.quality <= predicted.objective_bound and predicted.traffic_ms is None and predicted.device is None
+    assert list(gpt2_plan.to_dict()["predicted"]) == ["state_bytes", "quality", "objective", "objective_bound"]
+    timed = PlanPrediction(5, 0.9, 0.8, 0.95, traffic_ms=1.5, device="h100")
+    assert list(timed.to_dict()) == ["state_bytes", "quality", "objective", "objective_bound", "traffic_ms", "device"]
+    assert PlanPrediction.from_dict(timed.to_dict()) == timed
+    with pytest.raises(PlanError, match="predicted.traffic_ms: expected a number >= 0 or null, got 'slow'"):
+        PlanPrediction.from_dict({**timed.to_dict(), "traffic_ms": "slow"})
 
 
 def tampered(plan, change):
@@ -34,14 +46,39 @@ def tampered(plan, change):
     (lambda d: d["parameters"].append(dict(d["parameters"][0])), "appears twice"),
     (lambda d: d.update(budget_bytes=10), "over the budget"),
     (lambda d: d["predicted"].update(state_bytes=5), "entries add up to"),
+    (lambda d: d.pop("predicted"), "predicted: missing, expected a mapping"),
     (lambda d: d["hyperparameters"]["smmf"].update(beta1=None), "changes the state layout"),
-    (lambda d: d["hyperparameters"]["smmf"].update(colour=1), "unknown option 'colour'"),
-    (lambda d: d["hyperparameters"]["adam"].update(lr=-1), "lr must be a number >= 0"),
+    (lambda d: d["hyperparameters"]["smmf"].update(colour=1), r"hyperparameters.smmf.colour: unknown key \(valid: "),
+    (lambda d: d["hyperparameters"]["adam"].update(lr=-1), "hyperparameters.adam.lr: expected a number >= 0, got -1"),
+    (lambda d: d["parameters"][2].update(dtype="float3"), "transformer.h.0.ln_1.weight: unknown dtype 'float3'"),
     (lambda d: d.update(memplan_plan=7), "not a memplan plan"),
 ])
 def test_tampered_plans_are_refused_naming_the_parameter(gpt2_plan, change, message):
     with pytest.raises(PlanError, match=message):
         Plan.from_yaml(tampered(gpt2_plan, change))
+
+
+def test_a_mistyped_value_in_a_hand_edited_plan_is_one_clear_error(gpt2_plan):
+    with pytest.raises(PlanError) as error:
+        Plan.from_yaml(tampered(gpt2_plan, lambda d: d["hyperparameters"]["smmf"].update(eps="tiny")))
+    assert str(error.value) == "plan: hyperparameters.smmf.eps: expected a number, got 'tiny'"
+
+
+def test_every_problem_of_a_hand_edited_plan_is_listed_by_its_path(gpt2_plan):
+    def edit(data):
+        del data["model"]["fingerprint"]
+        data["budget_bytes"] = "64MiB"
+        data["parameters"][3]["shape"] = [768, "x"]
+        data["parameters"][4]["colour"] = "red"
+        data["hyperparameters"]["smmf"]["growth_rate"] = True
+
+    with pytest.raises(PlanError) as error:
+        Plan.from_yaml(tampered(gpt2_plan, edit))
+    assert str(error.value) == (
+        "plan: 5 problems: model.fingerprint: missing, expected a string; "
+        "budget_bytes: expected an integer >= 0, got '64MiB'; parameters[3].shape[1]: expected an integer >= 0, "
+        "got 'x'; parameters[4].colour: unknown key (valid: distortion, dtype, layout, method, momentum, name, "
+        "quality, shape, state_bytes, state_dtype); hyperparameters.smmf.growth_rate: expected a number, got true")
 
 
 def test_checking_against_another_model_names_every_mismatch(gpt2_plan):

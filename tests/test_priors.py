@@ -31,10 +31,26 @@ def test_user_overrides_and_errors(tmp_path):
     assert priors.methods["adagrad"] == 0.9 and priors.calibrated["no_momentum"] == 0.5
     assert priors.methods["adam"] == 1.0
     path.write_text("methods:\n  lion: 0.9\n")
-    with pytest.raises(ProfileError, match="unknown method prior 'lion'"):
+    with pytest.raises(ProfileError, match=r"p.yaml: methods.lion: unknown key \(valid: adafactor, "):
         load_priors(path)
     path.write_text("extreme_tensoring: [{depth: 1, quality: 0.5}]\n")
     with pytest.raises(ProfileError, match="at least two points"):
         load_priors(path)
     with pytest.raises(ProfileError, match="cannot read"):
         load_priors(tmp_path / "missing.yaml")
+
+
+def test_a_mistyped_value_in_a_hand_edited_priors_file_is_one_clear_error(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("methods:\n  adagrad: high\n")
+    with pytest.raises(ProfileError) as error:
+        load_priors(path)
+    assert str(error.value) == f"{path}: methods.adagrad: expected a number or a mapping, got 'high'"
+    path.write_text("methods:\n  adagrad: {quality: high}\ncalibrated: {momentum: 1, slope: 2}\n"
+                    "extreme_tensoring: [{depth: 1, quality: 0.5}, {depth: 2}]\n")
+    with pytest.raises(ProfileError) as error:
+        load_priors(path)
+    assert str(error.value) == (
+        f"{path}: 3 problems: methods.adagrad.quality: expected a number, got 'high'; "
+        "calibrated.slope: unknown key (valid: distortion_scale, momentum, no_momentum); "
+        "extreme_tensoring[1].quality: missing, expected a number")

@@ -64,14 +64,15 @@ def test_dtype_spellings_are_canonical():
 
 @pytest.mark.parametrize("mutate, message", [
     (lambda d: d["parameters"][0].update(numel=7), "numel is 7"),
-    (lambda d: d["parameters"][0].update(shape=[3, -1]), "negative"),
-    (lambda d: d["parameters"][0].update(kind="weird"), "unknown kind"),
-    (lambda d: d["parameters"][0].update(dtype="float3"), "unknown dtype"),
-    (lambda d: d["parameters"][0].update(colour="red"), "unknown key 'colour'"),
+    (lambda d: d["parameters"][0].update(shape=[3, -1]), r"parameters\[0\].shape\[1\]: expected an integer >= 0"),
+    (lambda d: d["parameters"][0].update(kind="weird"), r"parameters\[0\].kind: expected one of embedding, .*'weird'"),
+    (lambda d: d["parameters"][0].update(dtype="float3"), "parameter w: unknown dtype"),
+    (lambda d: d["parameters"][0].update(colour="red"), r"parameters\[0\].colour: unknown key \(valid: aliases, "),
     (lambda d: d["parameters"].append(dict(d["parameters"][0])), "appears twice"),
     (lambda d: d.update(fingerprint="sha256:0000000000000000"), "fingerprint"),
     (lambda d: d.update(memplan_profile=99), "format 99"),
-    (lambda d: d.pop("parameters"), "missing parameters"),
+    (lambda d: d.pop("parameters"), "parameters: missing, expected a list of mappings"),
+    (lambda d: d.update(source=None), "source: expected a string, got null"),
 ])
 def test_inconsistent_documents_are_refused_naming_the_problem(mutate, message):
     data = ModelProfile("m", "s", (ParamSpec("w", (3, 4)),)).to_dict()
@@ -79,6 +80,21 @@ def test_inconsistent_documents_are_refused_naming_the_problem(mutate, message):
     mutate(data)
     with pytest.raises(ProfileError, match=message):
         ModelProfile.from_yaml(yaml.safe_dump(data))
+
+
+def test_a_mistyped_value_in_a_hand_edited_profile_is_one_clear_error():
+    data = ModelProfile("m", "s", (ParamSpec("w", (3, 4)), ParamSpec("b", (4,), kind="bias"))).to_dict()
+    data["parameters"][1]["trainable"] = "no"
+    with pytest.raises(ProfileError) as error:
+        ModelProfile.from_yaml(yaml.safe_dump(data, sort_keys=False))
+    assert str(error.value) == "profile: parameters[1].trainable: expected true or false, got 'no'"
+    data["parameters"][0]["shape"] = "3x4"
+    data["totals"] = None
+    with pytest.raises(ProfileError) as error:
+        ModelProfile.from_yaml(yaml.safe_dump(data, sort_keys=False))
+    assert str(error.value) == ("profile: 3 problems: totals: expected a mapping, got null; parameters[0].shape: "
+                                "expected a list of integers >= 0, got '3x4'; parameters[1].trainable: expected "
+                                "true or false, got 'no'")
 
 
 def test_hand_edited_shape_is_accepted_once_derived_fields_are_removed():

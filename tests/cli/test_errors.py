@@ -2,6 +2,9 @@
 
 import pytest
 
+from memplan.loaders import load_profile
+from memplan.planner import make_plan
+
 
 @pytest.mark.parametrize("args, code, message", [
     (["analyze", "no-such-model"], 1, "no such file or bundled profile"),
@@ -40,3 +43,14 @@ def test_version_and_help(run_memplan):
     assert run_memplan("--version").stdout.startswith("memplan ")
     helped = run_memplan("--help")
     assert helped.code == 0 and "analyze" in helped.stdout
+
+
+def test_a_mistyped_value_in_a_hand_edited_plan_names_its_key(run_memplan, tmp_path):
+    text = make_plan(load_profile("gpt2"), 64 * 2**20).to_yaml()
+    smmf_line = next(line for line in text.splitlines() if line.startswith("  smmf: {"))
+    assert "eps: 1.0e-08" in smmf_line
+    (tmp_path / "plan.yaml").write_text(text.replace(smmf_line, smmf_line.replace("eps: 1.0e-08", "eps: tiny")))
+    result = run_memplan("show", "plan.yaml")
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "memplan: error: plan.yaml: hyperparameters.smmf.eps: expected a number, got 'tiny'"], result.stderr

@@ -51,6 +51,7 @@ def test_plan_errors(run_memplan, tmp_path):
     assert not_code.code == 1 and "--calibrate needs the model's code" in not_code.stderr
     (tmp_path / "bad.yaml").write_text("memplan_plan: 1\nmodel: {name: x}\n")
     bad = run_memplan("show", "bad.yaml")
-    assert bad.code == 1 and bad.stderr.startswith("memplan: error: bad.yaml: malformed plan")
+    assert bad.code == 1 and bad.stderr.startswith("memplan: error: bad.yaml: 4 problems: budget_bytes: missing")
+    assert "model.fingerprint: missing, expected a string" in bad.stderr
     for result in (infeasible, no_profile, not_code, bad):
         assert len(result.stderr.strip().splitlines()) == 1
