@@ -48,7 +48,7 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
         hyperparameters = dict(plan.hyperparameters.get(spec.name, {}))
         method_lr = lr if lr is not None else hyperparameters.pop("lr", get_method(spec.name).default_lr) * lr_scale
         hyperparameters.pop("lr", None)
-        optimizer, accepted = _build(spec, members, method_lr, hyperparameters, overrides)
+        optimizer, accepted = _inner_optimizer(spec, members, method_lr, hyperparameters, overrides)
         used_overrides |= accepted
         for group in optimizer.param_groups:
             group["method"] = spec_text
@@ -71,7 +71,7 @@ def _profile_of(named: list[tuple[str, torch.nn.Parameter]], plan: Plan) -> Mode
     return ModelProfile(plan.model_name, "model", tuple(specs))
 
 
-def _build(spec: MethodSpec, members: list[tuple[torch.nn.Parameter, tuple[int, ...] | None]], lr: float,
+def _inner_optimizer(spec: MethodSpec, members: list[tuple[torch.nn.Parameter, tuple[int, ...] | None]], lr: float,
            hyperparameters: dict[str, Any], overrides: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, set[str]]:
     """One inner optimizer for all parameters of one spec; returns it and the overrides it took.
 
