@@ -50,13 +50,13 @@ def bench(
         raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
     memory_bytes = parse_size(memory) if memory is not None else None
     specs = [str(parse_spec(spec)) for spec in split_spec_list(methods)] if methods else None
-    from memplan import devices, timing
+    from memplan import costmodel, devices, timing
 
     target = devices.parse_device(device)
     calibrate_only = calibrate and source is None and specs is None
     model_source = None if calibrate_only else _source_or_default(source)
     if not calibrate:
-        chosen, origin = devices.resolve_device_profile(target, device_profile)
+        chosen, origin = costmodel.resolve_device_profile(target, device_profile)
     # kineto logs two "USDT" lines per profiled step below level 6 (memplan.measure's 5 lets them through)
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from memplan import bench as measurement
@@ -64,7 +64,7 @@ def bench(
 
     bench_dtype = measurement.check_dtype(dtype)
     if calibrate:
-        profile_path = Path(device_profile) if device_profile else devices.DEFAULT_DEVICE_PROFILE_PATH
+        profile_path = Path(device_profile) if device_profile else costmodel.DEFAULT_DEVICE_PROFILE_PATH
         calibrated = timing.calibrate(target, progress=lambda what: output.note(f"calibrating: {what}"))
         saved = calibrated.save(profile_path)
         output.note(f"device profile written to {saved}")

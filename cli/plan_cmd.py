@@ -40,9 +40,9 @@ def plan(
 ) -> None:
     """Choose, per parameter, the optimizer state that fits the budget at the best predicted quality."""
     budget_bytes = parse_size(budget)
-    from memplan import devices
+    from memplan import costmodel, devices
 
-    chosen, _ = devices.resolve_device_profile(devices.parse_device(device), device_profile)
+    chosen, _ = costmodel.resolve_device_profile(devices.parse_device(device), device_profile)
     source = source or _last_profile()
     profile = load_profile(source, entry=entry, freeze=freeze)
     calibration = None

@@ -49,9 +49,9 @@ from memplan.methods import as_spec, param_state
 from memplan.plan import Plan
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.sizes import format_size
-from memplan.devices import Device, DeviceProfile, keep_freed_memory, parse_device, release_freed_memory
+from memplan.devices import Device, keep_freed_memory, parse_device, release_freed_memory
 from memplan.census import method_census
-from memplan.timing import predict_seconds
+from memplan.costmodel import DeviceProfile, predict_seconds
 
 
 BENCH_DTYPES = ("float32", "bfloat16")

@@ -10,7 +10,8 @@ from memplan.bench import (BenchEntry, bench_params, check_dtype, materialize, m
                            reset_values, run_bench, write_csv, write_plot)
 from memplan.errors import UsageError
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.devices import Device, load_bundled_device
+from memplan.costmodel import load_bundled_device
+from memplan.devices import Device
 
 PROFILE = ModelProfile("tiny", "test", (
     ParamSpec("embed.weight", (100, 16), kind="embedding"),
@@ -145,7 +146,8 @@ def test_csv_and_plot_files(report, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_state_is_exact_and_the_allocator_rounds_to_512_bytes():
-    from memplan.devices import default_device_profile, parse_device
+    from memplan.costmodel import default_device_profile
+    from memplan.devices import parse_device
 
     device = parse_device("cuda")
     params = bench_params(PROFILE, "float32")

@@ -8,9 +8,9 @@ from hypothesis import given, settings, strategies as st
 
 from memplan.methods import param_state
 from memplan.optim import build_optimizer
-from memplan.devices import DeviceProfile
+from memplan.costmodel import DeviceProfile, predict_seconds
 from memplan.census import LruCache, StepCensus, census_step, fused_census, method_census
-from memplan.timing import CALIBRATION_CACHE_BYTES, predict_seconds
+from memplan.timing import CALIBRATION_CACHE_BYTES
 
 SHAPES = [((64, 32), "float32"), ((64, 32), "float32"), ((8, 4, 3, 3), "float32"), ((10,), "float32")]
 

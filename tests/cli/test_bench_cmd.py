@@ -8,9 +8,8 @@ import pytest
 
 from memplan.methods import BENCH_METHODS
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.devices import DeviceProfile
 from memplan.census import method_census
-from memplan.timing import predict_seconds
+from memplan.costmodel import DeviceProfile, predict_seconds
 
 TINY = ModelProfile("tiny", "test", (
     ParamSpec("embed.weight", (100, 16), kind="embedding"),
