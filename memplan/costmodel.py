@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
-from memplan.devices import DEVICE_KINDS, Device
+from memplan.devices import DEVICE_KINDS, Device, device_type
 from memplan.errors import ProfileError
 from memplan.yamlfile import YamlDocument, bundled_names, bundled_text
 
@@ -159,15 +159,19 @@ def describes(profile: DeviceProfile, device: Device) -> bool:
 
 
 def default_device_profile(device: Device) -> DeviceProfile | None:
-    """The bundled profile for ``device``: ``cpu-generic`` for a CPU; for a GPU the bundled profile
-    whose ``match`` names it (``NVIDIA H100 80GB HBM3`` -> ``h100``), or None when none does."""
-    if device.kind == "cpu":
-        return load_bundled_device("cpu-generic")
+    """The bundled profile for ``device``: one of its kind whose ``match`` names its model
+    (``NVIDIA H100 80GB HBM3`` -> ``h100``), else the first of its kind that names no model
+    (``cpu-generic`` for any CPU), else None."""
+    unnamed = None
     for name in bundled_device_names():
         profile = load_bundled_device(name)
-        if profile.match and describes(profile, device):
+        if profile.kind != device.kind:
+            continue
+        if not profile.match:
+            unnamed = unnamed or profile
+        elif describes(profile, device):
             return profile
-    return None
+    return unnamed
 
 
 def resolve_device_profile(device: Device, given: str | Path | None = None,
@@ -212,7 +216,7 @@ def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
     reductions = census.reduction_miss / device.effective_reduction_bandwidth
     cache = census.cache_traffic / device.effective_cache_bandwidth
     norms = census.strided_norm_bytes / device.effective_strided_norm_bandwidth
-    overhead = census.launches(device.kind) * device.kernel_overhead
+    overhead = census.launches(device_type(device.kind).foreach_kernel_per_tensor) * device.kernel_overhead
     return StepCost(memory + reductions + cache + norms + overhead, memory, reductions, cache, norms, overhead)
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from memplan.costmodel import DeviceProfile
-from memplan.devices import Device, keep_freed_memory, parse_device
+from memplan.devices import Device, parse_device
 
 
 CALIBRATION_BLOCK_ELEMENTS = 2**19
@@ -91,8 +91,8 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
 
     target = device if isinstance(device, Device) else parse_device(device)
     report = progress or (lambda message: None)
-    write_allocate = target.kind == "cpu"
-    with keep_freed_memory(target.kind == "cpu"):
+    write_allocate = target.write_allocate
+    with target.keep_freed():
         report("memory bandwidth")
         memory_bandwidth = _suite_bandwidth(target, STREAM_KERNELS, stream_bytes // 4, 1, repeats, False,
                                             write_allocate)
@@ -113,7 +113,7 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
         kernel_overhead=kernel_overhead, memory_bytes=target.total_memory(), cache_bytes=CALIBRATION_CACHE_BYTES,
         cache_bandwidth=cache_bandwidth, reduction_bandwidth=reduction_bandwidth,
         strided_norm_bandwidth=strided_norm_bandwidth,
-        write_allocate=write_allocate, threads=torch.get_num_threads() if target.kind == "cpu" else None,
+        write_allocate=write_allocate, threads=target.threads(),
         match=(target.model_name(),),
         source=(f"measured on {description} by memplan bench --calibrate: median of {repeats} runs; "
                 f"bandwidths from {kernels} over {stream_bytes // 2**20} MiB tensors (memory) and, with "

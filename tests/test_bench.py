@@ -11,7 +11,7 @@ from memplan.bench import (BenchEntry, bench_params, check_dtype, materialize, m
 from memplan.errors import UsageError
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.costmodel import load_bundled_device
-from memplan.devices import Device
+from memplan.devices import CpuDevice
 
 PROFILE = ModelProfile("tiny", "test", (
     ParamSpec("embed.weight", (100, 16), kind="embedding"),
@@ -69,15 +69,15 @@ def test_predicted_transient_peak_matches_the_profiler(report):
 
 
 def test_frozen_parameters_are_not_materialized():
-    named = materialize(bench_params(PROFILE, "bfloat16"), Device("cpu"))
+    named = materialize(bench_params(PROFILE, "bfloat16"), CpuDevice())
     assert [(name, tuple(param.shape)) for name, param in named] == \
         [(spec.name, spec.shape) for spec in PROFILE.trainable_params]
     assert all(param.dtype == torch.bfloat16 and param.grad.dtype == torch.bfloat16 for _, param in named)
 
 
 def test_every_method_starts_from_the_same_values():
-    first = materialize(bench_params(PROFILE, "float32"), Device("cpu"))
-    second = materialize(bench_params(PROFILE, "float32"), Device("cpu"))
+    first = materialize(bench_params(PROFILE, "float32"), CpuDevice())
+    second = materialize(bench_params(PROFILE, "float32"), CpuDevice())
     reset_values(first, seed=3)
     torch.optim.SGD([param for _, param in first], lr=1.0).step()
     reset_values(first, seed=3)

@@ -5,7 +5,7 @@ import pytest
 from memplan.census import StepCensus
 from memplan.costmodel import (DeviceProfile, bundled_device_names, default_device_profile, describes,
                                load_bundled_device, predict_seconds, resolve_device_profile)
-from memplan.devices import Device
+from memplan.devices import CpuDevice
 from memplan.errors import ProfileError
 
 
@@ -34,7 +34,7 @@ def test_bad_device_profiles_name_the_problem(change, message):
 
 
 def test_a_profile_describes_devices_of_its_kind_and_model():
-    cpu = Device("cpu")
+    cpu = CpuDevice()
     generic = load_bundled_device("cpu-generic")
     assert describes(generic, cpu) and default_device_profile(cpu) == generic
     assert describes(DeviceProfile("here", "cpu", 1e9, 1e-6, "test", match=(cpu.model_name(),)), cpu)
@@ -43,7 +43,7 @@ def test_a_profile_describes_devices_of_its_kind_and_model():
 
 
 def test_resolve_prefers_given_then_saved_then_bundled(tmp_path):
-    cpu = Device("cpu")
+    cpu = CpuDevice()
     saved = tmp_path / "device.yaml"
     assert resolve_device_profile(cpu, saved=saved)[1] == "bundled cpu-generic"
     DeviceProfile("mine", "cpu", 2e10, 1e-6, "test", match=(cpu.model_name(),)).save(saved)

@@ -5,7 +5,7 @@ import torch
 
 from memplan.census import census_step
 from memplan.costmodel import DeviceProfile, describes
-from memplan.devices import Device
+from memplan.devices import CpuDevice
 from memplan.timing import CALIBRATION_CACHE_BYTES, REDUCTION_KERNEL, STREAM_KERNELS, calibrate
 
 
@@ -37,4 +37,4 @@ def test_calibrate_measures_positive_figures_for_this_machine():
     assert profile.memory_bandwidth > 1e8 and profile.cache_bandwidth > 1e8 and profile.reduction_bandwidth > 1e8
     assert profile.strided_norm_bandwidth > 1e6
     assert 0 < profile.kernel_overhead < 1e-3 and profile.cache_bytes == CALIBRATION_CACHE_BYTES
-    assert describes(profile, Device("cpu")) and DeviceProfile.from_yaml(profile.to_yaml()) == profile
+    assert describes(profile, CpuDevice()) and DeviceProfile.from_yaml(profile.to_yaml()) == profile
