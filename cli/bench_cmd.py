@@ -10,22 +10,21 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH
 from memplan.errors import UsageError
 from memplan.methods import BENCH_METHODS, parse_spec, split_spec_list
 from memplan.sizes import format_size, parse_size
-from memplan.cli import output
+from memplan.cli import output, options
+from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt, JsonOpt, OptionalSourceArg,
+                                 methods_option)
 
-DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
-DEFAULT_PLAN_PATH = Path("plan.yaml")
+MethodsOpt = methods_option(BENCH_METHODS, "measure")
 
 
 def bench(
-    source: Optional[str] = typer.Argument(None, help="Model source or bundled profile name "
-                                                       "(default: the profile the last analyze saved)."),
-    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
-                                                help="Method specs to measure, comma-separated "
-                                                     f"(default: {','.join(BENCH_METHODS)})."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    source: OptionalSourceArg = None,
+    methods: MethodsOpt = None,
+    device: DeviceOpt = "cpu",
     dtype: str = typer.Option("float32", "--dtype", help="Parameter dtype: float32 or bfloat16."),
     steps: int = typer.Option(5, "--steps", help="Timed steps per method."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed steps first (the first allocates the state)."),
@@ -34,16 +33,13 @@ def bench(
                                               "(e.g. 64MiB); methods that would not fit are skipped."),
     calibrate: bool = typer.Option(False, "--calibrate",
                                    help="Measure this device's bandwidth and kernel overhead first and "
-                                        "save the device profile."),
-    device_profile: Optional[str] = typer.Option(None, "--device-profile",
-                                                 help="Device profile file to read (or, with --calibrate, "
-                                                      "to write), or a bundled name such as h100 "
-                                                      "(default: .memplan/device.yaml when present)."),
+                                        f"save the device profile (to --device-profile, or {DEFAULT_DEVICE_PROFILE_PATH})."),
+    device_profile: DeviceProfileOpt = None,
     plan: Optional[Path] = typer.Option(None, "--plan", help="Also measure the optimizer this plan builds "
-                                                             "(default: plan.yaml here, when present)."),
+                                                             f"(default: {DEFAULT_PLAN_PATH} here, when present)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as CSV."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw state memory against step time (PNG)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Run real optimizer steps of each method on the device and compare with memplan's predictions."""
     if steps < 1 or warmup < 1:
@@ -54,7 +50,7 @@ def bench(
 
     target = devices.parse_device(device)
     calibrate_only = calibrate and source is None and specs is None
-    model_source = None if calibrate_only else _source_or_default(source)
+    model_source = None if calibrate_only else options.default_source(source, "bench")
     if not calibrate:
         chosen, origin = costmodel.resolve_device_profile(target, device_profile)
     # kineto logs two "USDT" lines per profiled step below level 6 (memplan.measure's 5 lets them through)
@@ -64,7 +60,7 @@ def bench(
 
     bench_dtype = measurement.check_dtype(dtype)
     if calibrate:
-        profile_path = Path(device_profile) if device_profile else costmodel.DEFAULT_DEVICE_PROFILE_PATH
+        profile_path = Path(device_profile) if device_profile else DEFAULT_DEVICE_PROFILE_PATH
         calibrated = timing.calibrate(target, progress=lambda what: output.note(f"calibrating: {what}"))
         saved = calibrated.save(profile_path)
         output.note(f"device profile written to {saved}")
@@ -96,16 +92,6 @@ def bench(
     for entry in entries:
         if entry.prediction_note:
             output.note(f"{entry.label}: {entry.prediction_note}")
-
-
-def _source_or_default(source: str | None) -> str:
-    """SOURCE, or the profile the last ``memplan analyze`` saved."""
-    if source is not None:
-        return source
-    if DEFAULT_PROFILE_PATH.is_file():
-        return str(DEFAULT_PROFILE_PATH)
-    raise UsageError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH} here: name a model "
-                     "(e.g. memplan bench gpt2) or run memplan analyze first")
 
 
 def _run_with_progress(measurement: Any, model: Any, entries: list, target: Any, dtype: str, steps: int,

@@ -101,7 +101,7 @@ def test_bad_options_are_one_line_errors(run_memplan, tiny_profile, args, code, 
 
 def test_no_source_and_no_saved_profile_is_a_usage_error(run_memplan):
     result = run_memplan("bench")
-    assert result.code == 2 and "run memplan analyze first" in result.stderr
+    assert result.code == 2 and "run `memplan analyze SOURCE` first" in result.stderr
 
 
 def test_cuda_without_cuda_is_a_one_line_error(run_memplan, tiny_profile):
