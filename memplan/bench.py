@@ -42,13 +42,14 @@ from memplan.dtypes import canonical_dtype
 from memplan.errors import MemplanError, UsageError
 from memplan.fileio import atomic_write_text
 from memplan.measure import state_storage_bytes
-from memplan.methods import as_spec, param_state
+from memplan.loaders import load_profile
+from memplan.methods import BENCH_METHODS, as_spec, param_state
 from memplan.plan import Plan
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.sizes import format_size
 from memplan.devices import Device, parse_device
 from memplan.census import method_census
-from memplan.costmodel import DeviceProfile, predict_seconds
+from memplan.costmodel import DeviceProfile, predict_seconds, resolve_device_profile
 
 
 BENCH_DTYPES = ("float32", "bfloat16")
@@ -243,6 +244,45 @@ def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DevicePr
     seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
     note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
     return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)
+
+
+@dataclass(frozen=True)
+class BenchSetup:
+    """A benchmark ready to run: the model's profile, the device and dtype, the entries to
+    measure, and the device profile their predictions come from, with where it came from."""
+
+    model: ModelProfile
+    device: Device
+    dtype: str
+    entries: tuple[BenchEntry, ...]
+    device_profile: DeviceProfile | None
+    device_profile_origin: str
+    """A file, ``bundled NAME``, or ``none`` (see :func:`memplan.costmodel.resolve_device_profile`)."""
+
+    def run(self, steps: int = 5, warmup: int = 1, memory_bytes: int | None = None,
+            progress: ProgressCallback | None = None) -> BenchReport:
+        """Measure every entry (:func:`run_bench`)."""
+        return run_bench(self.model, self.entries, device=self.device, dtype=self.dtype, steps=steps, warmup=warmup,
+                         memory_bytes=memory_bytes, device_profile=self.device_profile, progress=progress)
+
+
+def prepare_bench(source: str | Path, specs: Sequence[str] | None = None, device: str | Device = "cpu",
+                  dtype: str = "float32", device_profile: str | Path | None = None,
+                  plan: str | Path | None = None) -> BenchSetup:
+    """The benchmark of ``source`` (any model source) on ``device``: one entry per method spec
+    (default :data:`memplan.methods.BENCH_METHODS`), then one for ``plan``, a plan file, when
+    given; predictions from ``device_profile`` (a file or a bundled name) or the profile
+    :func:`memplan.costmodel.resolve_device_profile` finds for the device."""
+    target = device if isinstance(device, Device) else parse_device(device)
+    dtype = check_dtype(dtype)
+    chosen, origin = resolve_device_profile(target, device_profile)
+    model = load_profile(source)
+    params = bench_params(model, dtype)
+    entries = [method_entry(spec, params, chosen) for spec in specs or BENCH_METHODS]
+    if plan is not None:
+        plan_path = Path(plan)
+        entries.append(plan_entry(Plan.load(plan_path), params, chosen, label=f"plan ({plan_path})"))
+    return BenchSetup(model, target, dtype, tuple(entries), chosen, origin)
 
 
 def _builder(build_optimizer: Callable[..., torch.optim.Optimizer], spec: str) -> OptimizerBuilder:
@@ -440,6 +480,6 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     return target
 
 
-__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "bench_params",
-           "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "reset_values", "run_bench",
-           "write_csv", "write_plot"]
+__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "BenchSetup", "bench_params",
+           "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "plan_entry", "prepare_bench",
+           "reset_values", "run_bench", "write_csv", "write_plot"]

@@ -175,3 +175,25 @@ def test_a_plan_is_one_more_entry_with_exact_bytes():
     assert result.predicted_step_ms is not None and result.peak_transient_bytes is not None
     with pytest.raises(PlanError, match="is bfloat16 in the model but float32 in the plan"):
         plan_entry(plan, bench_params(PROFILE, "bfloat16"), CPU_GENERIC)
+
+
+def test_prepare_bench_assembles_entries_and_the_device_profile(tmp_path, monkeypatch):
+    from memplan.bench import BenchSetup, prepare_bench
+    from memplan.methods import BENCH_METHODS
+    from memplan.search import make_plan
+
+    monkeypatch.chdir(tmp_path)
+    source = PROFILE.save(tmp_path / "tiny.yaml")
+    setup = prepare_bench(source)
+    assert isinstance(setup, BenchSetup) and setup.model == PROFILE and setup.device == CpuDevice()
+    assert [entry.label for entry in setup.entries] == list(BENCH_METHODS) and setup.dtype == "float32"
+    assert setup.device_profile == CPU_GENERIC and setup.device_profile_origin == "bundled cpu-generic"
+    make_plan(PROFILE, 6000).save(tmp_path / "plan.yaml")
+    chosen = prepare_bench(str(source), ["adam", "smmf:sign_bits=8"], "cpu", "fp32", "cpu-generic", "plan.yaml")
+    assert [entry.label for entry in chosen.entries] == ["adam", "smmf:sign_bits=8", "plan (plan.yaml)"]
+    assert chosen.dtype == "float32" and chosen.device_profile_origin == "cpu-generic"
+    assert prepare_bench(source, ["adam"], dtype="bf16").dtype == "bfloat16"
+    report = prepare_bench(source, ["sgd"]).run(steps=1)
+    assert [result.method for result in report.results] == ["sgd"] and report.device_profile == CPU_GENERIC
+    with pytest.raises(UsageError, match="--dtype must be"):
+        prepare_bench(source, dtype="float16")
