@@ -9,7 +9,7 @@ warm-up step, then `--steps` timed steps; the median is reported. The whole roun
 optimizer, in turn) is repeated `--repeats` times, interleaved, and the ratio to AdamW is taken
 within each round, so slow phases of a shared machine hit both sides of a ratio alike; the
 table gives the median over rounds. Peak extra memory is measured in a separate, profiled step
-(torch.profiler memory events; see memplan/measure.py).
+(torch.profiler memory events; see CpuDevice.peak_during in memplan/devices.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ import time
 
 import torch
 
-from memplan.measure import cpu_peak_bytes, state_storage_bytes
+from memplan.devices import CpuDevice
+from memplan.measure import state_storage_bytes
 from memplan.optim import build_optimizer
 
 SHAPES = [(50257, 768), (1024, 768)]
@@ -77,7 +78,7 @@ def main() -> None:
             rounds[spec].append(timed_steps(optimizer, args.steps))
             state[spec] = state_storage_bytes(optimizer)
             if spec not in peak:
-                peak[spec] = cpu_peak_bytes(optimizer.step)[1]
+                peak[spec] = CpuDevice().peak_during(optimizer.step)[1]
             del optimizer, params
             gc.collect()
     baseline = rounds[METHODS[0]]

@@ -18,24 +18,22 @@ from memplan.loaders import load_profile
 from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS, split_spec_list
 from memplan.sizes import format_count, format_size
 from memplan.cli import output
+from memplan.cli.options import (DEFAULT_PROFILE_PATH, EntryOpt, FreezeOpt, JsonOpt, SourceArg, StripPrefixOpt,
+                                 methods_option)
 
-DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
+MethodsOpt = methods_option(ANALYZE_METHODS, "total")
 
 
 def analyze(
-    source: str = typer.Argument(..., help="model.py, checkpoint, .safetensors, index.json, profile YAML, "
-                                            "Hugging Face folder, or a bundled profile name."),
-    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
-                                                help="Method specs to total, comma-separated "
-                                                     f"(default: {','.join(ANALYZE_METHODS)})."),
-    entry: Optional[str] = typer.Option(None, "--entry", help="model.py: the module, class or function to build."),
-    strip_prefix: Optional[str] = typer.Option(None, "--strip-prefix",
-                                               help="Checkpoints: remove this name prefix (e.g. 'module.')."),
-    freeze: Optional[str] = typer.Option(None, "--freeze", help="Regex: matching parameters are frozen (no state)."),
+    source: SourceArg,
+    methods: MethodsOpt = None,
+    entry: EntryOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    freeze: FreezeOpt = None,
     name: Optional[str] = typer.Option(None, "--name", help="Name to give the profile."),
     out: Path = typer.Option(DEFAULT_PROFILE_PATH, "--out", "-o", help="Where to write the profile YAML."),
     table_format: str = typer.Option("table", "--format", help="Parameter listing: table or csv."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    as_json: JsonOpt = False,
 ) -> None:
     """List every parameter of a model and the optimizer state each method needs; save the profile."""
     if table_format not in {"table", "csv"}:

@@ -4,28 +4,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH, DeviceProfile
+from memplan.devices import parse_device
 from memplan.errors import UsageError
 from memplan.methods import BENCH_METHODS, parse_spec, split_spec_list
 from memplan.sizes import format_size, parse_size
-from memplan.cli import output
+from memplan.cli import output, options
+from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt, JsonOpt, OptionalSourceArg,
+                                 methods_option)
 
-DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
-DEFAULT_PLAN_PATH = Path("plan.yaml")
+if TYPE_CHECKING:  # memplan.bench imports torch: the command imports it only when it runs
+    from memplan.bench import BenchReport, BenchResult, BenchSetup
+
+MethodsOpt = methods_option(BENCH_METHODS, "measure")
 
 
 def bench(
-    source: Optional[str] = typer.Argument(None, help="Model source or bundled profile name "
-                                                       "(default: the profile the last analyze saved)."),
-    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
-                                                help="Method specs to measure, comma-separated "
-                                                     f"(default: {','.join(BENCH_METHODS)})."),
-    device: str = typer.Option("cpu", "--device", help="cpu, cuda or cuda:N."),
+    source: OptionalSourceArg = None,
+    methods: MethodsOpt = None,
+    device: DeviceOpt = "cpu",
     dtype: str = typer.Option("float32", "--dtype", help="Parameter dtype: float32 or bfloat16."),
     steps: int = typer.Option(5, "--steps", help="Timed steps per method."),
     warmup: int = typer.Option(1, "--warmup", help="Untimed steps first (the first allocates the state)."),
@@ -34,82 +37,58 @@ def bench(
                                               "(e.g. 64MiB); methods that would not fit are skipped."),
     calibrate: bool = typer.Option(False, "--calibrate",
                                    help="Measure this device's bandwidth and kernel overhead first and "
-                                        "save the device profile."),
-    device_profile: Optional[str] = typer.Option(None, "--device-profile",
-                                                 help="Device profile file to read (or, with --calibrate, "
-                                                      "to write), or a bundled name such as h100 "
-                                                      "(default: .memplan/device.yaml when present)."),
+                                        f"save the device profile (to --device-profile, or {DEFAULT_DEVICE_PROFILE_PATH})."),
+    device_profile: DeviceProfileOpt = None,
     plan: Optional[Path] = typer.Option(None, "--plan", help="Also measure the optimizer this plan builds "
-                                                             "(default: plan.yaml here, when present)."),
+                                                             f"(default: {DEFAULT_PLAN_PATH} here, when present)."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as CSV."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw state memory against step time (PNG)."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Run real optimizer steps of each method on the device and compare with memplan's predictions."""
     if steps < 1 or warmup < 1:
         raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
     memory_bytes = parse_size(memory) if memory is not None else None
     specs = [str(parse_spec(spec)) for spec in split_spec_list(methods)] if methods else None
-    from memplan import devices, timing
-
-    target = devices.parse_device(device)
+    target = parse_device(device)
     calibrate_only = calibrate and source is None and specs is None
-    model_source = None if calibrate_only else _source_or_default(source)
-    if not calibrate:
-        chosen, origin = devices.resolve_device_profile(target, device_profile)
-    # kineto logs two "USDT" lines per profiled step below level 6 (memplan.measure's 5 lets them through)
+    model_source = None if calibrate_only else options.default_source(source, "bench")
+    # kineto logs two "USDT" lines per profiled step below level 6
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from memplan import bench as measurement
-    from memplan.loaders import load_profile
 
-    bench_dtype = measurement.check_dtype(dtype)
+    measurement.check_dtype(dtype)
+    profile_choice = device_profile
     if calibrate:
-        profile_path = Path(device_profile) if device_profile else devices.DEFAULT_DEVICE_PROFILE_PATH
-        calibrated = timing.calibrate(target, progress=lambda what: output.note(f"calibrating: {what}"))
-        saved = calibrated.save(profile_path)
+        from memplan.timing import calibrate as measure_device
+
+        calibrated = measure_device(target, progress=lambda what: output.note(f"calibrating: {what}"))
+        saved = calibrated.save(Path(device_profile) if device_profile else DEFAULT_DEVICE_PROFILE_PATH)
         output.note(f"device profile written to {saved}")
         if calibrate_only:
             _show_device_profile(calibrated, saved, as_json)
             return
-        chosen, origin = calibrated, str(saved)
-    model = load_profile(model_source)
-    params = measurement.bench_params(model, bench_dtype)
-    entries = [measurement.method_entry(spec, params, chosen) for spec in specs or BENCH_METHODS]
+        profile_choice = str(saved)
     plan_path = plan if plan is not None else (DEFAULT_PLAN_PATH if DEFAULT_PLAN_PATH.is_file() else None)
-    if plan_path is not None:
-        from memplan.plan import Plan
-
-        entries.append(measurement.plan_entry(Plan.load(plan_path), params, chosen, label=f"plan ({plan_path})"))
-    report = _run_with_progress(measurement, model, entries, target, bench_dtype, steps, warmup, memory_bytes,
-                                chosen)
+    setup = measurement.prepare_bench(model_source, specs, target, dtype, profile_choice, plan_path)
+    report = _run_with_progress(setup, steps, warmup, memory_bytes)
     if out is not None:
         output.note(f"results written to {measurement.write_csv(report, out)}")
     if plot is not None:
         output.note(f"plot written to {measurement.write_plot(report, plot)}")
     if as_json:
-        output.print_json({**report.to_json(), "device_profile_origin": origin})
+        output.print_json({**report.to_json(), "device_profile_origin": setup.device_profile_origin})
         return
-    output.stdout().print(_results_table(report, origin))
+    output.stdout().print(_results_table(report, setup.device_profile_origin))
     for result in report.results:
         if result.skipped:
             output.note(f"{result.method}: skipped: {result.skip_reason}")
-    for entry in entries:
+    for entry in setup.entries:
         if entry.prediction_note:
             output.note(f"{entry.label}: {entry.prediction_note}")
 
 
-def _source_or_default(source: str | None) -> str:
-    """SOURCE, or the profile the last ``memplan analyze`` saved."""
-    if source is not None:
-        return source
-    if DEFAULT_PROFILE_PATH.is_file():
-        return str(DEFAULT_PROFILE_PATH)
-    raise UsageError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH} here: name a model "
-                     "(e.g. memplan bench gpt2) or run memplan analyze first")
-
-
-def _run_with_progress(measurement: Any, model: Any, entries: list, target: Any, dtype: str, steps: int,
-                       warmup: int, memory_bytes: int | None, device_profile: Any) -> Any:
+def _run_with_progress(setup: BenchSetup, steps: int, warmup: int, memory_bytes: int | None) -> BenchReport:
     """Run the benchmark with a progress bar on standard error (when it is a terminal), redrawn
     between steps only: a refresh thread would compete with the timed steps for the cores."""
     console = output.stderr()
@@ -121,11 +100,10 @@ def _run_with_progress(measurement: Any, model: Any, entries: list, target: Any,
         def advance(label: str, done: int, total: int) -> None:
             progress.update(task, description=f"bench {label}", completed=done, total=total, refresh=True)
 
-        return measurement.run_bench(model, entries, device=target, dtype=dtype, steps=steps, warmup=warmup,
-                                     memory_bytes=memory_bytes, device_profile=device_profile, progress=advance)
+        return setup.run(steps=steps, warmup=warmup, memory_bytes=memory_bytes, progress=advance)
 
 
-def _results_table(report: Any, origin: str) -> Table:
+def _results_table(report: BenchReport, origin: str) -> Table:
     """Predicted beside measured, one row per method."""
     title = (f"{report.profile_name} on {report.device}, {report.dtype}: median of {report.steps} timed steps "
              f"after {report.warmup} warm-up")
@@ -152,7 +130,7 @@ def _results_table(report: Any, origin: str) -> Table:
     return table
 
 
-def _state_error(result: Any) -> str:
+def _state_error(result: BenchResult) -> str:
     """``exact``, or measured minus predicted in bytes."""
     if result.measured_state_bytes is None:
         return "-"
@@ -160,7 +138,7 @@ def _state_error(result: Any) -> str:
     return "exact" if difference == 0 else f"{difference:+,} B"
 
 
-def _show_device_profile(profile: Any, path: Path, as_json: bool) -> None:
+def _show_device_profile(profile: DeviceProfile, path: Path, as_json: bool) -> None:
     """Print a calibrated device profile."""
     if as_json:
         output.print_json({"device_profile": profile.to_dict(), "path": str(path)})

@@ -8,8 +8,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from memplan.cli import output
-from memplan.cli.analyze_cmd import DEFAULT_PROFILE_PATH
+from memplan.cli import output, options
+from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt, EntryOpt, FreezeOpt, JsonOpt,
+                                 OptionalSourceArg, StripPrefixOpt, methods_option)
+from memplan.costmodel import resolve_device_profile
+from memplan.devices import parse_device
 from memplan.errors import SourceError
 from memplan.loaders import load_profile, source_kind
 from memplan.methods import PLAN_METHODS, split_spec_list
@@ -18,33 +21,32 @@ from memplan.planner import OBJECTIVES, make_plan, traffic_seconds
 from memplan.sizes import format_count, format_size, parse_size
 
 
+MethodsOpt = methods_option(PLAN_METHODS, "consider")
+
+
 def plan(
-    source: Optional[str] = typer.Argument(None, help="Model source (default: the profile the last analyze wrote)."),
+    source: OptionalSourceArg = None,
     budget: str = typer.Option(..., "--budget", "-b", help="Byte budget for all optimizer state, e.g. 64MiB."),
-    methods: Optional[list[str]] = typer.Option(None, "--methods", "-m",
-                                                help=f"Methods to consider (default: {','.join(PLAN_METHODS)})."),
+    methods: MethodsOpt = None,
     objective: str = typer.Option("quality", "--objective", help=f"{' | '.join(OBJECTIVES)}: weight of step time."),
     time_weight: Optional[float] = typer.Option(None, "--time-weight", help="Explicit time weight (overrides --objective)."),
     priors: Optional[Path] = typer.Option(None, "--priors", help="YAML file overriding the bundled quality priors."),
     calibrate: bool = typer.Option(False, "--calibrate", help="Score layouts on gradients from the model file's "
                                                               "calibration_loss(model)."),
     samples: int = typer.Option(8, "--samples", help="Gradient samples for --calibrate."),
-    device: str = typer.Option("cpu", "--device", help="Device for --calibrate, and whose profile times the step."),
-    device_profile: Optional[str] = typer.Option(None, "--device-profile",
-                                                 help="Device profile for step times (default: .memplan/device.yaml "
-                                                      "when calibrated here, else the bundled one for --device)."),
-    entry: Optional[str] = typer.Option(None, "--entry", help="model.py: the module, class or function to build."),
-    freeze: Optional[str] = typer.Option(None, "--freeze", help="Regex: matching parameters are frozen (no state)."),
-    out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="Where to write the plan."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    device: DeviceOpt = "cpu",
+    device_profile: DeviceProfileOpt = None,
+    entry: EntryOpt = None,
+    freeze: FreezeOpt = None,
+    strip_prefix: StripPrefixOpt = None,
+    out: Path = typer.Option(DEFAULT_PLAN_PATH, "--out", "-o", help="Where to write the plan."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Choose, per parameter, the optimizer state that fits the budget at the best predicted quality."""
     budget_bytes = parse_size(budget)
-    from memplan import devices
-
-    chosen, _ = devices.resolve_device_profile(devices.parse_device(device), device_profile)
-    source = source or _last_profile()
-    profile = load_profile(source, entry=entry, freeze=freeze)
+    chosen, _ = resolve_device_profile(parse_device(device), device_profile)
+    source = options.default_source(source, "plan")
+    profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)
     moments = None
     if calibrate:
         from memplan.moments import measure_moments
@@ -92,13 +94,6 @@ def render(result: Plan, top: int | None) -> None:
             cells.append("-" if entry.distortion is None else f"{entry.distortion:.4f}")
         table.add_row(*cells)
     console.print(table)
-
-
-def _last_profile() -> str:
-    if not DEFAULT_PROFILE_PATH.is_file():
-        raise SourceError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH}: run `memplan analyze SOURCE` first "
-                          f"or name a source")
-    return str(DEFAULT_PROFILE_PATH)
 
 
 def _model_file(source: str, profile_source: str) -> Path:

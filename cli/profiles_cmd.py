@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import typer
 from rich.table import Table
 
 from memplan.loaders import bundled_profile_names
 from memplan.loaders.bundled import load_bundled
 from memplan.sizes import format_count, format_size
 from memplan.cli import output
+from memplan.cli.options import JsonOpt
 
 
-def profiles(as_json: bool = typer.Option(False, "--json", help="Print one JSON document on stdout.")) -> None:
+def profiles(as_json: JsonOpt = False) -> None:
     """List the bundled model profiles (usable as SOURCE by name, e.g. `memplan analyze gpt2`)."""
     rows = []
     for name in bundled_profile_names():

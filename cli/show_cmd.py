@@ -7,13 +7,14 @@ from pathlib import Path
 import typer
 
 from memplan.cli import output
+from memplan.cli.options import DEFAULT_PLAN_PATH, JsonOpt
 from memplan.cli.plan_cmd import render
 from memplan.plan import Plan
 
 
 def show(
-    path: Path = typer.Argument(Path("plan.yaml"), help="The plan to show."),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as one JSON document."),
+    path: Path = typer.Argument(DEFAULT_PLAN_PATH, help="The plan to show."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Print a plan: totals, state per method, and every parameter's method, layout and bytes."""
     loaded = Plan.load(path)

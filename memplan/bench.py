@@ -10,31 +10,28 @@ is measured in turn from the same starting values:
 - state bytes: the distinct storages in the optimizer's state after the first step
   (:func:`memplan.measure.state_storage_bytes`); on CUDA also ``memory_allocated`` after the
   first step minus before, which shows the allocator's 512-byte rounding;
-- peak transient bytes of one step: on CUDA the allocator's peak (``max_memory_allocated``
-  after ``reset_peak_memory_stats``) minus the memory held before the step; on CPU the maximum
-  of the running sum of torch.profiler's memory events (allocations minus frees) during one
-  extra, untimed step (:func:`memplan.measure.cpu_peak_bytes`);
+- peak transient bytes of one extra, untimed step, beyond the memory held before it
+  (:meth:`memplan.devices.Device.peak_during`: on CUDA the allocator's peak, on CPU the
+  maximum of the running sum of torch.profiler's memory events);
 - step time: ``warmup`` steps (the first allocates the state), then the median, 10th and 90th
-  percentile of ``steps`` timed steps (wall clock on CPU, CUDA events on a GPU, with one
-  synchronisation after the timed steps).
+  percentile of ``steps`` timed steps (:meth:`memplan.devices.Device.time_steps`: wall clock
+  on CPU, CUDA events on a GPU, with one synchronisation after the timed steps).
 
 Before a method runs, params + grads + its predicted state + its predicted transient peak are
 checked against the device's free memory (or a given ``memory_bytes``): a method that would not
-fit is reported as skipped with those figures, never run out of memory. On CPU the run keeps
-glibc from returning freed memory to the system (:func:`memplan.devices.keep_freed_memory`), so
-steps are not timed with page faults that depend on the allocator's history.
+fit is reported as skipped with those figures, never run out of memory. The run keeps freed
+memory with the process (:meth:`memplan.devices.Device.keep_freed`), so CPU steps are not timed
+with page faults that depend on the allocator's history.
 
 This module never imports typer or rich: the command line passes a progress callback.
 """
 
 from __future__ import annotations
 
-import gc
 import math
 import os
 import statistics
 import tempfile
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -44,24 +41,20 @@ import torch
 from memplan.dtypes import canonical_dtype
 from memplan.errors import MemplanError, UsageError
 from memplan.fileio import atomic_write_text
-from memplan.measure import cpu_peak_bytes, state_storage_bytes
-from memplan.methods import REFERENCE_FAMILY, as_spec, build, get_method, param_state
+from memplan.loaders import load_profile
+from memplan.measure import state_storage_bytes
+from memplan.methods import BENCH_METHODS, REFERENCE_FAMILY, as_spec, build, get_method, param_state
 from memplan.plan import Plan
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.sizes import format_size
-from memplan.devices import Device, DeviceProfile, keep_freed_memory, parse_device, release_freed_memory
+from memplan.devices import Device, parse_device
 from memplan.census import method_census
-from memplan.timing import predict_seconds
+from memplan.costmodel import DeviceProfile, predict_seconds, resolve_device_profile
 
 
 BENCH_DTYPES = ("float32", "bfloat16")
 PARAM_SCALE = 0.02
 GRAD_SCALE = 1e-3
-
-CPU_PEAK_METHOD = ("torch.profiler memory events: the maximum of the running sum of the bytes allocated minus "
-                   "freed during one extra, untimed step")
-CUDA_PEAK_METHOD = ("torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus memory_allocated "
-                    "before the step")
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(label, steps_done, steps_total)`` over the whole run."""
@@ -259,6 +252,45 @@ def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DevicePr
     return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)
 
 
+@dataclass(frozen=True)
+class BenchSetup:
+    """A benchmark ready to run: the model's profile, the device and dtype, the entries to
+    measure, and the device profile their predictions come from, with where it came from."""
+
+    model: ModelProfile
+    device: Device
+    dtype: str
+    entries: tuple[BenchEntry, ...]
+    device_profile: DeviceProfile | None
+    device_profile_origin: str
+    """A file, ``bundled NAME``, or ``none`` (see :func:`memplan.costmodel.resolve_device_profile`)."""
+
+    def run(self, steps: int = 5, warmup: int = 1, memory_bytes: int | None = None,
+            progress: ProgressCallback | None = None) -> BenchReport:
+        """Measure every entry (:func:`run_bench`)."""
+        return run_bench(self.model, self.entries, device=self.device, dtype=self.dtype, steps=steps, warmup=warmup,
+                         memory_bytes=memory_bytes, device_profile=self.device_profile, progress=progress)
+
+
+def prepare_bench(source: str | Path, specs: Sequence[str] | None = None, device: str | Device = "cpu",
+                  dtype: str = "float32", device_profile: str | Path | None = None,
+                  plan: str | Path | None = None) -> BenchSetup:
+    """The benchmark of ``source`` (any model source) on ``device``: one entry per method spec
+    (default :data:`memplan.methods.BENCH_METHODS`), then one for ``plan``, a plan file, when
+    given; predictions from ``device_profile`` (a file or a bundled name) or the profile
+    :func:`memplan.costmodel.resolve_device_profile` finds for the device."""
+    target = device if isinstance(device, Device) else parse_device(device)
+    dtype = check_dtype(dtype)
+    chosen, origin = resolve_device_profile(target, device_profile)
+    model = load_profile(source)
+    params = bench_params(model, dtype)
+    entries = [method_entry(spec, params, chosen) for spec in specs or BENCH_METHODS]
+    if plan is not None:
+        plan_path = Path(plan)
+        entries.append(plan_entry(Plan.load(plan_path), params, chosen, label=f"plan ({plan_path})"))
+    return BenchSetup(model, target, dtype, tuple(entries), chosen, origin)
+
+
 def _builder(spec: str) -> OptimizerBuilder:
     return lambda named: build(spec, [param for _, param in named], lr=1e-3)
 
@@ -274,7 +306,8 @@ def run_bench(profile: ModelProfile, entries: Sequence[BenchEntry], device: str 
     """Measure every entry on ``device`` over the trainable parameters of ``profile``.
 
     ``memory_bytes`` replaces the device's free memory in the fit check (a smaller, pretend
-    device); ``keep_freed`` keeps glibc from returning freed memory during the run (CPU).
+    device); ``keep_freed`` keeps freed memory with the process during the run
+    (:meth:`memplan.devices.Device.keep_freed`).
     """
     if steps < 1 or warmup < 1:
         raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
@@ -285,8 +318,8 @@ def run_bench(profile: ModelProfile, entries: Sequence[BenchEntry], device: str 
     steps_per_entry = warmup + steps + 1
     ticker = _Ticker(progress, steps_per_entry * len(entries))
     results = []
-    with keep_freed_memory(keep_freed and target.kind == "cpu"):
-        _free_device_memory(target)
+    with target.keep_freed(keep_freed):
+        target.release()
         available = memory_bytes if memory_bytes is not None else target.free_memory()
         named: NamedParameters | None = None
         for entry in entries:
@@ -300,12 +333,12 @@ def run_bench(profile: ModelProfile, entries: Sequence[BenchEntry], device: str 
             reset_values(named, seed)
             results.append(measure_entry(entry, named, target, steps, warmup, required, ticker))
         del named
-        _free_device_memory(target)
+        target.release()
     return BenchReport(
         device=target.torch_device, device_name=target.model_name(), torch_version=torch.__version__,
         profile_name=profile.name, dtype=dtype, steps=steps, warmup=warmup, threads=torch.get_num_threads(),
         available_bytes=available, device_profile=device_profile,
-        peak_method=CPU_PEAK_METHOD if target.kind == "cpu" else CUDA_PEAK_METHOD, results=tuple(results),
+        peak_method=target.peak_method, results=tuple(results),
     )
 
 
@@ -367,22 +400,22 @@ def reset_values(named: NamedParameters, seed: int) -> None:
 def measure_entry(entry: BenchEntry, named: NamedParameters, device: Device, steps: int, warmup: int,
                   required: int, tick: Callable[[str], None]) -> BenchResult:
     """Build the entry's optimizer, then measure its state, its step time and a step's peak."""
-    _free_device_memory(device)
-    before = _allocated(device)
+    device.release()
+    before = device.allocated()
     optimizer = entry.build(named)
     optimizer.step()
     device.synchronize()
     tick(entry.label)
     measured_state = state_storage_bytes(optimizer)
-    allocator_state = None if before is None else _allocated(device) - before
+    allocator_state = None if before is None else device.allocated() - before
     for _ in range(warmup - 1):
         optimizer.step()
         tick(entry.label)
-    times_ms = timed_steps(optimizer, device, steps, lambda: tick(entry.label))
-    peak = peak_transient_bytes(optimizer, device)
+    times_ms = device.time_steps(optimizer.step, steps, lambda: tick(entry.label))
+    _, peak = device.peak_during(optimizer.step)
     tick(entry.label)
     del optimizer
-    _free_device_memory(device)
+    device.release()
     return BenchResult(
         method=entry.label, predicted_state_bytes=entry.predicted_state_bytes, measured_state_bytes=measured_state,
         allocator_state_bytes=allocator_state, predicted_peak_transient_bytes=entry.predicted_peak_bytes,
@@ -392,41 +425,6 @@ def measure_entry(entry: BenchEntry, named: NamedParameters, device: Device, ste
     )
 
 
-def timed_steps(optimizer: torch.optim.Optimizer, device: Device, steps: int,
-                after_step: Callable[[], None] = lambda: None) -> list[float]:
-    """Milliseconds of each of ``steps`` steps: wall clock on CPU; on CUDA, events recorded around
-    each step and read after one synchronisation at the end."""
-    if device.kind == "cuda":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(steps)]
-        for start, end in zip(starts, ends):
-            start.record()
-            optimizer.step()
-            end.record()
-            after_step()
-        device.synchronize()
-        return [start.elapsed_time(end) for start, end in zip(starts, ends)]
-    times = []
-    for _ in range(steps):
-        began = time.perf_counter()
-        optimizer.step()
-        times.append((time.perf_counter() - began) * 1e3)
-        after_step()
-    return times
-
-
-def peak_transient_bytes(optimizer: torch.optim.Optimizer, device: Device) -> int:
-    """Bytes one step holds at its peak beyond what was allocated before it (see the module text)."""
-    if device.kind == "cuda":
-        device.synchronize()
-        torch.cuda.reset_peak_memory_stats(device.index)
-        before = torch.cuda.memory_allocated(device.index)
-        optimizer.step()
-        device.synchronize()
-        return torch.cuda.max_memory_allocated(device.index) - before
-    return cpu_peak_bytes(optimizer.step)[1]
-
-
 def percentile(values: Sequence[float], fraction: float) -> float:
     """The ``fraction`` quantile of ``values`` with linear interpolation between order statistics."""
     ordered = sorted(values)
@@ -434,21 +432,6 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     low = math.floor(position)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
-def _allocated(device: Device) -> int | None:
-    return torch.cuda.memory_allocated(device.index) if device.kind == "cuda" else None
-
-
-def _free_device_memory(device: Device) -> None:
-    """Collect garbage and give cached memory back, so the next method starts from a clean device."""
-    gc.collect()
-    if device.kind == "cuda":
-        device.synchronize()
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device.index)
-    else:
-        release_freed_memory()
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -503,6 +486,6 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     return target
 
 
-__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "bench_params",
-           "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "reset_values", "run_bench",
-           "timed_steps", "write_csv", "write_plot"]
+__all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "BenchSetup", "bench_params",
+           "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "plan_entry", "prepare_bench",
+           "reset_values", "run_bench", "write_csv", "write_plot"]

@@ -98,10 +98,11 @@ class StepCensus:
         """Bytes the cache serves."""
         return self.read_hit + self.write_hit
 
-    def launches(self, kind: str) -> float:
-        """Kernels launched on a device of ``kind``: per tensor for foreach operators on CPU, per
-        group of chunks on CUDA."""
-        if kind == "cpu":
+    def launches(self, foreach_per_tensor: bool) -> float:
+        """Kernels launched: foreach operators count one per tensor where ``foreach_per_tensor``
+        (torch's CPU path, :attr:`memplan.devices.Device.foreach_kernel_per_tensor`), else one per
+        group of chunks (CUDA)."""
+        if foreach_per_tensor:
             return float(self.kernels)
         return self.kernels - self.foreach_kernels + self.foreach_launches
 

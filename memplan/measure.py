@@ -1,15 +1,10 @@
-"""Measuring what a step really allocates: state bytes, and the peak of temporaries on CPU.
+"""Measuring what an optimizer really holds: the bytes of its state.
 
-On CPU there is no allocator peak counter, so the peak comes from the profiler's memory events
-(``torch.profiler`` with ``profile_memory=True`` records every allocation and free with its
-size and time): the peak is the maximum of their running sum. The profiler slows the code it
-watches, so timings are always taken in separate, unprofiled runs.
+How a device measures a step's peak and time is the device's own business
+(:meth:`memplan.devices.Device.peak_during`, :meth:`memplan.devices.Device.time_steps`).
 """
 
 from __future__ import annotations
-
-import os
-from typing import Any, Callable
 
 import torch
 
@@ -25,24 +20,3 @@ def state_storage_bytes(optimizer: torch.optim.Optimizer, skip_keys: tuple[str, 
                 identity = (str(value.device), storage.data_ptr() or id(value))
                 seen[identity] = storage.nbytes()
     return sum(seen.values())
-
-
-def cpu_peak_bytes(function: Callable[[], Any]) -> tuple[Any, int]:
-    """Run ``function`` under the profiler; return its result and the peak of bytes it held at once
-    on the CPU beyond what existed when it started."""
-    from torch.profiler import ProfilerActivity, profile
-
-    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as profiler:
-        result = function()
-    events = [
-        (event.start_ns(), event.nbytes())
-        for event in profiler.profiler.kineto_results.events()
-        if event.name() == "[memory]" and str(event.device_type()).endswith("CPU")
-    ]
-    events.sort()
-    running = peak = 0
-    for _, change in events:
-        running += change
-        peak = max(peak, running)
-    return result, peak

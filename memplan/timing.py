@@ -1,15 +1,9 @@
-"""Step-time prediction: the cost model, and the calibration that measures a device for it.
+"""Calibration: measuring this machine's device for the cost model.
 
-The cost model::
-
-    seconds = memory_traffic / memory_bandwidth + reduction_bytes / reduction_bandwidth
-              + cache_traffic / cache_bandwidth + strided_norm_bytes / strided_norm_bandwidth
-              + kernels * kernel_overhead
-
-The traffic and kernel counts come from :mod:`memplan.census`; the device figures from a
-:class:`memplan.devices.DeviceProfile`: bundled (``profiles/devices/*.yaml``: spec-sheet numbers,
-each naming its source) or measured on this machine by :func:`calibrate` with small synthetic
-kernels (``memplan bench --calibrate``).
+:func:`calibrate` times small synthetic kernels, never an optimizer, and returns the
+:class:`memplan.costmodel.DeviceProfile` the cost model (:func:`memplan.costmodel.predict_seconds`)
+reads: memory, reduction and cache bandwidths, the strided-norm rate and the per-kernel overhead
+(``memplan bench --calibrate``).
 """
 
 from __future__ import annotations
@@ -19,8 +13,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from memplan.census import StepCensus
-from memplan.devices import Device, DeviceProfile, keep_freed_memory, parse_device
+from memplan.costmodel import DeviceProfile
+from memplan.devices import Device, parse_device
 
 
 CALIBRATION_BLOCK_ELEMENTS = 2**19
@@ -38,28 +32,6 @@ CALIBRATION_STREAM_BYTES = 256 * 2**20
 
 STRIDED_NORM_SHAPE = (8192, 1024)
 """The matrix whose column norms (a reduction over axis 0) calibrate the strided-norm rate."""
-
-
-@dataclass(frozen=True)
-class StepCost:
-    """A predicted step time and the five terms it adds up (seconds)."""
-
-    seconds: float
-    memory_seconds: float
-    reduction_seconds: float
-    cache_seconds: float
-    strided_norm_seconds: float
-    overhead_seconds: float
-
-
-def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
-    """The cost model: one census on one device."""
-    memory = census.memory_traffic(device.write_allocate) / device.memory_bandwidth
-    reductions = census.reduction_miss / device.effective_reduction_bandwidth
-    cache = census.cache_traffic / device.effective_cache_bandwidth
-    norms = census.strided_norm_bytes / device.effective_strided_norm_bandwidth
-    overhead = census.launches(device.kind) * device.kernel_overhead
-    return StepCost(memory + reductions + cache + norms + overhead, memory, reductions, cache, norms, overhead)
 
 
 @dataclass(frozen=True)
@@ -119,8 +91,8 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
 
     target = device if isinstance(device, Device) else parse_device(device)
     report = progress or (lambda message: None)
-    write_allocate = target.kind == "cpu"
-    with keep_freed_memory(target.kind == "cpu"):
+    write_allocate = target.write_allocate
+    with target.keep_freed():
         report("memory bandwidth")
         memory_bandwidth = _suite_bandwidth(target, STREAM_KERNELS, stream_bytes // 4, 1, repeats, False,
                                             write_allocate)
@@ -141,7 +113,7 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
         kernel_overhead=kernel_overhead, memory_bytes=target.total_memory(), cache_bytes=CALIBRATION_CACHE_BYTES,
         cache_bandwidth=cache_bandwidth, reduction_bandwidth=reduction_bandwidth,
         strided_norm_bandwidth=strided_norm_bandwidth,
-        write_allocate=write_allocate, threads=torch.get_num_threads() if target.kind == "cpu" else None,
+        write_allocate=write_allocate, threads=target.threads(),
         match=(target.model_name(),),
         source=(f"measured on {description} by memplan bench --calibrate: median of {repeats} runs; "
                 f"bandwidths from {kernels} over {stream_bytes // 2**20} MiB tensors (memory) and, with "

@@ -10,7 +10,8 @@ from memplan.bench import (BenchEntry, bench_params, check_dtype, materialize, m
                            reset_values, run_bench, write_csv, write_plot)
 from memplan.errors import UsageError
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.devices import Device, load_bundled_device
+from memplan.costmodel import load_bundled_device
+from memplan.devices import CpuDevice
 
 PROFILE = ModelProfile("tiny", "test", (
     ParamSpec("embed.weight", (100, 16), kind="embedding"),
@@ -68,15 +69,15 @@ def test_predicted_transient_peak_matches_the_profiler(report):
 
 
 def test_frozen_parameters_are_not_materialized():
-    named = materialize(bench_params(PROFILE, "bfloat16"), Device("cpu"))
+    named = materialize(bench_params(PROFILE, "bfloat16"), CpuDevice())
     assert [(name, tuple(param.shape)) for name, param in named] == \
         [(spec.name, spec.shape) for spec in PROFILE.trainable_params]
     assert all(param.dtype == torch.bfloat16 and param.grad.dtype == torch.bfloat16 for _, param in named)
 
 
 def test_every_method_starts_from_the_same_values():
-    first = materialize(bench_params(PROFILE, "float32"), Device("cpu"))
-    second = materialize(bench_params(PROFILE, "float32"), Device("cpu"))
+    first = materialize(bench_params(PROFILE, "float32"), CpuDevice())
+    second = materialize(bench_params(PROFILE, "float32"), CpuDevice())
     reset_values(first, seed=3)
     torch.optim.SGD([param for _, param in first], lr=1.0).step()
     reset_values(first, seed=3)
@@ -145,7 +146,8 @@ def test_csv_and_plot_files(report, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_state_is_exact_and_the_allocator_rounds_to_512_bytes():
-    from memplan.devices import default_device_profile, parse_device
+    from memplan.costmodel import default_device_profile
+    from memplan.devices import parse_device
 
     device = parse_device("cuda")
     params = bench_params(PROFILE, "float32")
@@ -173,3 +175,25 @@ def test_a_plan_is_one_more_entry_with_exact_bytes():
     assert result.predicted_step_ms is not None and result.peak_transient_bytes is not None
     with pytest.raises(PlanError, match="is bfloat16 in the model but float32 in the plan"):
         plan_entry(plan, bench_params(PROFILE, "bfloat16"), CPU_GENERIC)
+
+
+def test_prepare_bench_assembles_entries_and_the_device_profile(tmp_path, monkeypatch):
+    from memplan.bench import BenchSetup, prepare_bench
+    from memplan.methods import BENCH_METHODS
+    from memplan.planner import make_plan
+
+    monkeypatch.chdir(tmp_path)
+    source = PROFILE.save(tmp_path / "tiny.yaml")
+    setup = prepare_bench(source)
+    assert isinstance(setup, BenchSetup) and setup.model == PROFILE and setup.device == CpuDevice()
+    assert [entry.label for entry in setup.entries] == list(BENCH_METHODS) and setup.dtype == "float32"
+    assert setup.device_profile == CPU_GENERIC and setup.device_profile_origin == "bundled cpu-generic"
+    make_plan(PROFILE, 6000).save(tmp_path / "plan.yaml")
+    chosen = prepare_bench(str(source), ["adam", "smmf:sign_bits=8"], "cpu", "fp32", "cpu-generic", "plan.yaml")
+    assert [entry.label for entry in chosen.entries] == ["adam", "smmf:sign_bits=8", "plan (plan.yaml)"]
+    assert chosen.dtype == "float32" and chosen.device_profile_origin == "cpu-generic"
+    assert prepare_bench(source, ["adam"], dtype="bf16").dtype == "bfloat16"
+    report = prepare_bench(source, ["sgd"]).run(steps=1)
+    assert [result.method for result in report.results] == ["sgd"] and report.device_profile == CPU_GENERIC
+    with pytest.raises(UsageError, match="--dtype must be"):
+        prepare_bench(source, dtype="float16")

@@ -8,9 +8,10 @@ from hypothesis import given, settings, strategies as st
 
 from memplan.methods import param_state
 from memplan.optim import build_optimizer
-from memplan.devices import DeviceProfile
+from memplan.costmodel import DeviceProfile, predict_seconds
+from memplan.devices import CpuDevice, CudaDevice
 from memplan.census import LruCache, StepCensus, census_step, fused_census, method_census
-from memplan.timing import CALIBRATION_CACHE_BYTES, predict_seconds
+from memplan.timing import CALIBRATION_CACHE_BYTES
 
 SHAPES = [((64, 32), "float32"), ((64, 32), "float32"), ((8, 4, 3, 3), "float32"), ((10,), "float32")]
 
@@ -71,7 +72,8 @@ def test_foreach_kernels_count_per_tensor_on_cpu_and_per_launch_on_cuda():
 
     census = census_step(foreach_step, [((100,), "float32")] * 220, cache_bytes=0)
     assert census.kernels == census.foreach_kernels == 220
-    assert census.launches("cpu") == 220 and census.launches("cuda") == pytest.approx(2.0)
+    assert census.launches(CpuDevice.foreach_kernel_per_tensor) == 220
+    assert census.launches(CudaDevice.foreach_kernel_per_tensor) == pytest.approx(2.0)
 
 
 @pytest.mark.parametrize("spec", ["smmf", "et2", "sm3", "et_inf"])

@@ -8,9 +8,8 @@ import pytest
 
 from memplan.methods import BENCH_METHODS
 from memplan.profile import ModelProfile, ParamSpec
-from memplan.devices import DeviceProfile
 from memplan.census import method_census
-from memplan.timing import predict_seconds
+from memplan.costmodel import DeviceProfile, predict_seconds
 
 TINY = ModelProfile("tiny", "test", (
     ParamSpec("embed.weight", (100, 16), kind="embedding"),
@@ -102,7 +101,7 @@ def test_bad_options_are_one_line_errors(run_memplan, tiny_profile, args, code, 
 
 def test_no_source_and_no_saved_profile_is_a_usage_error(run_memplan):
     result = run_memplan("bench")
-    assert result.code == 2 and "run memplan analyze first" in result.stderr
+    assert result.code == 2 and "run `memplan analyze SOURCE` first" in result.stderr
 
 
 def test_cuda_without_cuda_is_a_one_line_error(run_memplan, tiny_profile):

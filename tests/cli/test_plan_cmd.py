@@ -46,7 +46,7 @@ def test_plan_errors(run_memplan, tmp_path):
     assert infeasible.code == 3 and "smallest achievable state is 581,392 bytes" in infeasible.stderr
     assert not (tmp_path / "plan.yaml").exists()
     no_profile = run_memplan("plan", "--budget", "1MiB")
-    assert no_profile.code == 1 and "run `memplan analyze SOURCE` first" in no_profile.stderr
+    assert no_profile.code == 2 and "run `memplan analyze SOURCE` first" in no_profile.stderr
     not_code = run_memplan("plan", "gpt2", "--budget", "1MiB", "--calibrate")
     assert not_code.code == 1 and "--calibrate needs the model's code" in not_code.stderr
     (tmp_path / "bad.yaml").write_text("memplan_plan: 1\nmodel: {name: x}\n")

@@ -5,7 +5,8 @@ import io
 import pytest
 import torch
 
-from memplan.measure import cpu_peak_bytes, state_storage_bytes
+from memplan.devices import CpuDevice
+from memplan.measure import state_storage_bytes
 from memplan.methods import param_state
 from memplan.optim import SM3, SMMF, ETInfinity, ExtremeTensoring
 
@@ -181,5 +182,5 @@ def test_peak_extra_memory_stays_under_the_chunk(case, dtype, extra):
     optimizer = factory([param], lr=lr, chunk_bytes=chunk, **extra)
     param.grad = torch.randn_like(param)
     optimizer.step()                                             # state exists before measuring
-    _, peak = cpu_peak_bytes(optimizer.step)
+    _, peak = CpuDevice().peak_during(optimizer.step)
     assert peak <= chunk * 1.1

@@ -1,0 +1,67 @@
+"""Options every command shares, declared once so each command spells and explains them the same.
+
+A command declares ``source: OptionalSourceArg = None`` or ``as_json: JsonOpt = False``; the
+``--methods`` option names each command's own default list, so it is made by
+:func:`methods_option`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional, Sequence
+
+import typer
+
+from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH
+from memplan.errors import UsageError
+
+DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
+"""Where ``memplan analyze`` saves the profile, and where plan and bench look when no SOURCE is given."""
+
+DEFAULT_PLAN_PATH = Path("plan.yaml")
+"""Where ``memplan plan`` writes, ``memplan show`` reads and ``memplan bench`` looks for a plan."""
+
+_SOURCE_HELP = ("model.py, checkpoint, .safetensors, index.json, profile YAML, Hugging Face folder, "
+                "or a bundled profile name.")
+
+SourceArg = Annotated[str, typer.Argument(help=_SOURCE_HELP)]
+"""The model source, required."""
+
+OptionalSourceArg = Annotated[Optional[str], typer.Argument(
+    help=f"{_SOURCE_HELP} Default: the profile the last analyze saved ({DEFAULT_PROFILE_PATH}).")]
+"""The model source, defaulting to the last analyzed profile (see :func:`default_source`)."""
+
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda or cuda:N: where to measure, and whose "
+                                                         "device profile times the step.")]
+
+DeviceProfileOpt = Annotated[Optional[str], typer.Option(
+    "--device-profile",
+    help=f"Device profile for step times: a file, or a bundled name such as h100 (default: "
+         f"{DEFAULT_DEVICE_PROFILE_PATH} when it was measured on this device, else the bundled one for --device).")]
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
+
+EntryOpt = Annotated[Optional[str], typer.Option("--entry", help="model.py: the module, class or function to build.")]
+
+FreezeOpt = Annotated[Optional[str], typer.Option("--freeze", help="Regex: matching parameters are frozen (no state).")]
+
+StripPrefixOpt = Annotated[Optional[str], typer.Option(
+    "--strip-prefix", help="Checkpoints: remove this name prefix (e.g. 'module.').")]
+
+
+def methods_option(defaults: Sequence[str], purpose: str) -> Any:
+    """The ``--methods``/``-m`` option type for a command that ``purpose``s methods, its help
+    naming the command's ``defaults``."""
+    return Annotated[Optional[list[str]], typer.Option(
+        "--methods", "-m", help=f"Method specs to {purpose}, comma-separated (default: {','.join(defaults)}).")]
+
+
+def default_source(source: str | None, command: str) -> str:
+    """``source``, or the profile the last ``memplan analyze`` saved; a usage error (exit 2) that
+    says what to do when there is neither."""
+    if source is not None:
+        return source
+    if DEFAULT_PROFILE_PATH.is_file():
+        return str(DEFAULT_PROFILE_PATH)
+    raise UsageError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH} here: name a source "
+                     f"(e.g. memplan {command} gpt2) or run `memplan analyze SOURCE` first")

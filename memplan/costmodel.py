@@ -1,0 +1,225 @@
+"""The cost model of a step's time, and what it knows about devices.
+
+The cost model::
+
+    seconds = memory_traffic / memory_bandwidth + reduction_bytes / reduction_bandwidth
+              + cache_traffic / cache_bandwidth + strided_norm_bytes / strided_norm_bandwidth
+              + kernels * kernel_overhead
+
+The traffic and kernel counts come from :mod:`memplan.census`; the device figures from a
+:class:`DeviceProfile`: bundled (``profiles/devices/*.yaml``: spec-sheet numbers, each naming its
+source) or measured on this machine by :func:`memplan.timing.calibrate` (``memplan bench
+--calibrate``), which saves it at :data:`DEFAULT_DEVICE_PROFILE_PATH`.
+
+This module never imports torch: planning from a bundled profile uses it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+from memplan.devices import DEVICE_KINDS, Device, device_type
+from memplan.errors import ProfileError
+from memplan.yamlfile import YamlDocument, bundled_names, bundled_text
+
+if TYPE_CHECKING:
+    from memplan.census import StepCensus
+
+
+DEVICE_FORMAT = 1
+DEFAULT_DEVICE_PROFILE_PATH = Path(".memplan") / "device.yaml"
+"""Where ``memplan bench --calibrate`` saves the measured profile, and later runs look for it."""
+
+
+@dataclass(frozen=True)
+class DeviceProfile(YamlDocument):
+    """What the cost model knows about a device, and where the numbers come from.
+
+    Bandwidths are bytes per second and ``kernel_overhead`` is seconds per kernel launched.
+    ``cache_bytes`` of 0 or no ``cache_bandwidth`` makes every access a memory access; no
+    ``reduction_bandwidth`` or ``strided_norm_bandwidth`` means those stream at ``memory_bandwidth``.
+    """
+
+    name: str
+    kind: str
+    memory_bandwidth: float
+    kernel_overhead: float
+    source: str
+    memory_bytes: int | None = None
+    cache_bytes: int = 0
+    cache_bandwidth: float | None = None
+    reduction_bandwidth: float | None = None
+    strided_norm_bandwidth: float | None = None
+    write_allocate: bool = False
+    """Whether a write that misses the cache first reads the line (CPU caches do)."""
+    threads: int | None = None
+    """CPU threads torch used when the profile was measured."""
+    match: tuple[str, ...] = ()
+    """Substrings of the device model names this profile describes (``"H100 80GB HBM3"``); a
+    calibrated profile names the model it was measured on."""
+    made_with: str = ""
+
+    document_name = "device profile"
+    error = ProfileError
+
+    def yaml_header(self) -> str:
+        """The comment line above a device profile file."""
+        return f"memplan device profile: {self.name}"
+
+    def __post_init__(self) -> None:
+        if self.kind not in DEVICE_KINDS:
+            raise ProfileError(f"device profile {self.name}: kind must be one of {', '.join(DEVICE_KINDS)}, "
+                               f"got {self.kind!r}")
+        for name in ("memory_bandwidth", "kernel_overhead", "cache_bandwidth", "reduction_bandwidth",
+                     "strided_norm_bandwidth"):
+            value = getattr(self, name)
+            optional = name in ("cache_bandwidth", "reduction_bandwidth", "strided_norm_bandwidth")
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (value == 0 and name != "kernel_overhead"):
+                raise ProfileError(f"device profile {self.name}: {name} must be a positive number, got {value!r}")
+        for name in ("memory_bytes", "cache_bytes", "threads"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ProfileError(f"device profile {self.name}: {name} must be a non-negative integer, "
+                                   f"got {value!r}")
+        if not isinstance(self.write_allocate, bool):
+            raise ProfileError(f"device profile {self.name}: write_allocate must be true or false")
+        object.__setattr__(self, "match", tuple(str(item) for item in self.match))
+
+    @property
+    def effective_cache_bandwidth(self) -> float:
+        """The rate of cache accesses (the memory bandwidth when the profile knows no cache)."""
+        return self.cache_bandwidth if self.cache_bandwidth and self.cache_bytes else self.memory_bandwidth
+
+    @property
+    def effective_reduction_bandwidth(self) -> float:
+        """The rate reductions read memory at (the memory bandwidth when unmeasured)."""
+        return self.reduction_bandwidth or self.memory_bandwidth
+
+    @property
+    def effective_strided_norm_bandwidth(self) -> float:
+        """The rate of norms over a non-innermost axis (the memory bandwidth when unmeasured)."""
+        return self.strided_norm_bandwidth or self.memory_bandwidth
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict for YAML/JSON, the format version first."""
+        data: dict[str, Any] = {"memplan_device": DEVICE_FORMAT}
+        for item in fields(self):
+            value = getattr(self, item.name)
+            data[item.name] = list(value) if item.name == "match" else value
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DeviceProfile":
+        """Build from :meth:`to_dict` output; unknown keys and another format version are errors."""
+        if not isinstance(data, Mapping):
+            raise ProfileError("a device profile must be a mapping")
+        known = {item.name for item in fields(cls)}
+        unknown = set(data) - known - {"memplan_device"}
+        if unknown:
+            raise ProfileError(f"unknown keys {', '.join(sorted(map(str, unknown)))}")
+        version = data.get("memplan_device", DEVICE_FORMAT)
+        if version != DEVICE_FORMAT:
+            raise ProfileError(f"device profile format {version!r} is not supported (this memplan reads "
+                               f"{DEVICE_FORMAT})")
+        missing = {"name", "kind", "memory_bandwidth", "kernel_overhead", "source"} - set(data)
+        if missing:
+            raise ProfileError(f"missing keys {', '.join(sorted(missing))}")
+        values = {key: value for key, value in data.items() if key in known}
+        values["match"] = tuple(values.get("match") or ())
+        return cls(**values)
+
+
+def bundled_device_names() -> list[str]:
+    """Names of the bundled device profiles, sorted (``a100``, ``cpu-generic``, ``h100``, ...)."""
+    return bundled_names("devices")
+
+
+def load_bundled_device(name: str) -> DeviceProfile:
+    """The bundled device profile called ``name``; ProfileError lists the bundled names otherwise."""
+    text = bundled_text("devices", name)
+    if text is None:
+        raise ProfileError(f"no device profile file or bundled device {name!r} "
+                           f"(bundled: {', '.join(bundled_device_names())})")
+    return DeviceProfile.from_yaml(text, where=f"bundled device profile {name}")
+
+
+def describes(profile: DeviceProfile, device: Device) -> bool:
+    """Whether ``profile`` is about ``device``: the same kind, and a model named in ``match``
+    (a profile with no ``match``, such as cpu-generic, describes every device of its kind)."""
+    if profile.kind != device.kind:
+        return False
+    model = device.model_name().lower()
+    return not profile.match or any(token.lower() in model for token in profile.match)
+
+
+def default_device_profile(device: Device) -> DeviceProfile | None:
+    """The bundled profile for ``device``: one of its kind whose ``match`` names its model
+    (``NVIDIA H100 80GB HBM3`` -> ``h100``), else the first of its kind that names no model
+    (``cpu-generic`` for any CPU), else None."""
+    unnamed = None
+    for name in bundled_device_names():
+        profile = load_bundled_device(name)
+        if profile.kind != device.kind:
+            continue
+        if not profile.match:
+            unnamed = unnamed or profile
+        elif describes(profile, device):
+            return profile
+    return unnamed
+
+
+def resolve_device_profile(device: Device, given: str | Path | None = None,
+                           saved: str | Path = DEFAULT_DEVICE_PROFILE_PATH) -> tuple[DeviceProfile | None, str]:
+    """The device profile predictions use, and where it came from.
+
+    ``given`` (a profile file, or the name of a bundled profile) wins and must be of the
+    device's kind; else the profile ``--calibrate`` saved at ``saved``, when it describes this
+    device; else the bundled default (:func:`default_device_profile`).
+    """
+    if given is not None:
+        path = Path(given)
+        profile = DeviceProfile.load(path) if path.is_file() else load_bundled_device(str(given))
+        if profile.kind != device.kind:
+            raise ProfileError(f"device profile {given} describes a {profile.kind} device, "
+                               f"but the benchmark runs on {device.torch_device}")
+        return profile, str(given)
+    saved_path = Path(saved)
+    if saved_path.is_file():
+        profile = DeviceProfile.load(saved_path)
+        if describes(profile, device):
+            return profile, str(saved_path)
+    profile = default_device_profile(device)
+    return profile, "none" if profile is None else f"bundled {profile.name}"
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """A predicted step time and the five terms it adds up (seconds)."""
+
+    seconds: float
+    memory_seconds: float
+    reduction_seconds: float
+    cache_seconds: float
+    strided_norm_seconds: float
+    overhead_seconds: float
+
+
+def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
+    """The cost model: one census on one device."""
+    memory = census.memory_traffic(device.write_allocate) / device.memory_bandwidth
+    reductions = census.reduction_miss / device.effective_reduction_bandwidth
+    cache = census.cache_traffic / device.effective_cache_bandwidth
+    norms = census.strided_norm_bytes / device.effective_strided_norm_bandwidth
+    overhead = census.launches(device_type(device.kind).foreach_kernel_per_tensor) * device.kernel_overhead
+    return StepCost(memory + reductions + cache + norms + overhead, memory, reductions, cache, norms, overhead)
+
+
+__all__ = ["DEFAULT_DEVICE_PROFILE_PATH", "DEVICE_FORMAT", "DeviceProfile", "StepCost", "bundled_device_names",
+           "default_device_profile", "describes", "load_bundled_device", "predict_seconds",
+           "resolve_device_profile"]

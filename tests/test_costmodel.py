@@ -1,0 +1,71 @@
+"""memplan.costmodel: device profiles (bundled, saved, resolved) and the cost model."""
+
+import pytest
+
+from memplan.census import StepCensus
+from memplan.costmodel import (DeviceProfile, bundled_device_names, default_device_profile, describes,
+                               load_bundled_device, predict_seconds, resolve_device_profile)
+from memplan.devices import CpuDevice
+from memplan.errors import ProfileError
+
+
+def test_bundled_device_profiles_name_their_sources_and_round_trip():
+    names = bundled_device_names()
+    assert {"cpu-generic", "h100", "a100", "rtx3090"} <= set(names)
+    for name in names:
+        profile = load_bundled_device(name)
+        assert profile.name == name and any(char.isdigit() for char in profile.source)
+        assert DeviceProfile.from_yaml(profile.to_yaml()) == profile
+    assert load_bundled_device("h100").memory_bandwidth == 3.35e12
+    assert load_bundled_device("h100").kind == "cuda" and load_bundled_device("cpu-generic").kind == "cpu"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"kind": "tpu"}, "kind must be one of cpu, cuda"),
+    ({"memory_bandwidth": 0}, "memory_bandwidth must be a positive number"),
+    ({"cache_bytes": -1}, "cache_bytes must be a non-negative integer"),
+    ({"colour": "red"}, "unknown keys colour"),
+    ({"memplan_device": 7}, "format 7 is not supported"),
+])
+def test_bad_device_profiles_name_the_problem(change, message):
+    data = {**load_bundled_device("cpu-generic").to_dict(), **change}
+    with pytest.raises(ProfileError, match=message):
+        DeviceProfile.from_dict(data)
+
+
+def test_a_profile_describes_devices_of_its_kind_and_model():
+    cpu = CpuDevice()
+    generic = load_bundled_device("cpu-generic")
+    assert describes(generic, cpu) and default_device_profile(cpu) == generic
+    assert describes(DeviceProfile("here", "cpu", 1e9, 1e-6, "test", match=(cpu.model_name(),)), cpu)
+    assert not describes(DeviceProfile("there", "cpu", 1e9, 1e-6, "test", match=("a CPU not here",)), cpu)
+    assert not describes(load_bundled_device("h100"), cpu)
+
+
+def test_resolve_prefers_given_then_saved_then_bundled(tmp_path):
+    cpu = CpuDevice()
+    saved = tmp_path / "device.yaml"
+    assert resolve_device_profile(cpu, saved=saved)[1] == "bundled cpu-generic"
+    DeviceProfile("mine", "cpu", 2e10, 1e-6, "test", match=(cpu.model_name(),)).save(saved)
+    assert resolve_device_profile(cpu, saved=saved)[0].name == "mine"
+    DeviceProfile("other machine", "cpu", 2e10, 1e-6, "test", match=("a CPU not here",)).save(saved)
+    assert resolve_device_profile(cpu, saved=saved)[0].name == "cpu-generic"
+    assert resolve_device_profile(cpu, "cpu-generic", saved=saved)[1] == "cpu-generic"
+    with pytest.raises(ProfileError, match="describes a cuda device"):
+        resolve_device_profile(cpu, "h100", saved=saved)
+    with pytest.raises(ProfileError, match="no device profile file or bundled device 'nope'"):
+        resolve_device_profile(cpu, "nope", saved=saved)
+
+
+def test_cost_model_adds_its_five_terms():
+    census = StepCensus(read_hit=3_000, read_miss=1_000, reduction_miss=1_200, overwrite_miss=500,
+                        strided_norm_bytes=200, kernels=10)
+    device = DeviceProfile("d", "cpu", memory_bandwidth=1e3, kernel_overhead=0.5, source="test", cache_bytes=1,
+                           cache_bandwidth=3e3, reduction_bandwidth=400.0, strided_norm_bandwidth=100.0,
+                           write_allocate=True)
+    cost = predict_seconds(census, device)
+    terms = (cost.memory_seconds, cost.reduction_seconds, cost.cache_seconds, cost.strided_norm_seconds,
+             cost.overhead_seconds)
+    assert terms == pytest.approx((2.0, 3.0, 1.0, 2.0, 5.0)) and cost.seconds == pytest.approx(13.0)
+    no_cache = DeviceProfile("d", "cuda", memory_bandwidth=1e3, kernel_overhead=0.0, source="test")
+    assert predict_seconds(census, no_cache).seconds == pytest.approx((3_000 + 1_000 + 1_200 + 500 + 200) / 1e3)
