@@ -16,13 +16,13 @@ This module never imports torch: planning from a bundled profile uses it.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping
 
 from memplan.devices import DEVICE_KINDS, Device, device_type
 from memplan.errors import ProfileError
+from memplan.schema import Fields, Flag, Integer, ListOf, Nullable, Number, OneOf, Text, check
 from memplan.yamlfile import YamlDocument, bundled_names, bundled_text
 
 if TYPE_CHECKING:
@@ -30,6 +30,17 @@ if TYPE_CHECKING:
 
 
 DEVICE_FORMAT = 1
+
+DEVICE_PROFILE_FIELDS = Fields(
+    required={"name": Text(), "kind": OneOf(*DEVICE_KINDS), "memory_bandwidth": Number(above=0),
+              "kernel_overhead": Number(at_least=0), "source": Text()},
+    optional={"memplan_device": OneOf(DEVICE_FORMAT), "memory_bytes": Nullable(Integer(at_least=0)),
+              "cache_bytes": Integer(at_least=0), "cache_bandwidth": Nullable(Number(above=0)),
+              "reduction_bandwidth": Nullable(Number(above=0)), "strided_norm_bandwidth": Nullable(Number(above=0)),
+              "write_allocate": Flag(), "threads": Nullable(Integer(at_least=0)), "match": Nullable(ListOf(Text())),
+              "made_with": Text()},
+)
+"""The keys of a device profile and their types."""
 DEFAULT_DEVICE_PROFILE_PATH = Path(".memplan") / "device.yaml"
 """Where ``memplan bench --calibrate`` saves the measured profile, and later runs look for it."""
 
@@ -70,26 +81,9 @@ class DeviceProfile(YamlDocument):
         return f"memplan device profile: {self.name}"
 
     def __post_init__(self) -> None:
-        if self.kind not in DEVICE_KINDS:
-            raise ProfileError(f"device profile {self.name}: kind must be one of {', '.join(DEVICE_KINDS)}, "
-                               f"got {self.kind!r}")
-        for name in ("memory_bandwidth", "kernel_overhead", "cache_bandwidth", "reduction_bandwidth",
-                     "strided_norm_bandwidth"):
-            value = getattr(self, name)
-            optional = name in ("cache_bandwidth", "reduction_bandwidth", "strided_norm_bandwidth")
-            if value is None and optional:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value < 0 or (value == 0 and name != "kernel_overhead"):
-                raise ProfileError(f"device profile {self.name}: {name} must be a positive number, got {value!r}")
-        for name in ("memory_bytes", "cache_bytes", "threads"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ProfileError(f"device profile {self.name}: {name} must be a non-negative integer, "
-                                   f"got {value!r}")
-        if not isinstance(self.write_allocate, bool):
-            raise ProfileError(f"device profile {self.name}: write_allocate must be true or false")
-        object.__setattr__(self, "match", tuple(str(item) for item in self.match))
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        check(values, DEVICE_PROFILE_FIELDS, ProfileError, where=f"device profile {self.name}")
+        object.__setattr__(self, "match", tuple(self.match or ()))
 
     @property
     def effective_cache_bandwidth(self) -> float:
@@ -117,19 +111,12 @@ class DeviceProfile(YamlDocument):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DeviceProfile":
         """Build from :meth:`to_dict` output; unknown keys and another format version are errors."""
-        if not isinstance(data, Mapping):
-            raise ProfileError("a device profile must be a mapping")
-        known = {item.name for item in fields(cls)}
-        unknown = set(data) - known - {"memplan_device"}
-        if unknown:
-            raise ProfileError(f"unknown keys {', '.join(sorted(map(str, unknown)))}")
-        version = data.get("memplan_device", DEVICE_FORMAT)
+        version = data.get("memplan_device", DEVICE_FORMAT) if isinstance(data, Mapping) else DEVICE_FORMAT
         if version != DEVICE_FORMAT:
             raise ProfileError(f"device profile format {version!r} is not supported (this memplan reads "
                                f"{DEVICE_FORMAT})")
-        missing = {"name", "kind", "memory_bandwidth", "kernel_overhead", "source"} - set(data)
-        if missing:
-            raise ProfileError(f"missing keys {', '.join(sorted(missing))}")
+        check(data, DEVICE_PROFILE_FIELDS, ProfileError)
+        known = {item.name for item in fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
         values["match"] = tuple(values.get("match") or ())
         return cls(**values)

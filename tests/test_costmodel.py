@@ -21,10 +21,11 @@ def test_bundled_device_profiles_name_their_sources_and_round_trip():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"kind": "tpu"}, "kind must be one of cpu, cuda"),
-    ({"memory_bandwidth": 0}, "memory_bandwidth must be a positive number"),
-    ({"cache_bytes": -1}, "cache_bytes must be a non-negative integer"),
-    ({"colour": "red"}, "unknown keys colour"),
+    ({"kind": "tpu"}, "kind: expected one of cpu, cuda, got 'tpu'"),
+    ({"memory_bandwidth": 0}, "memory_bandwidth: expected a number > 0, got 0"),
+    ({"cache_bytes": -1}, "cache_bytes: expected an integer >= 0, got -1"),
+    ({"colour": "red"}, r"colour: unknown key \(valid: cache_bandwidth, "),
+    ({"threads": True}, "threads: expected an integer >= 0 or null, got true"),
     ({"memplan_device": 7}, "format 7 is not supported"),
 ])
 def test_bad_device_profiles_name_the_problem(change, message):
