@@ -319,6 +319,7 @@ def run_bench(profile: ModelProfile, entries: Sequence[BenchEntry], device: str 
     ticker = _Ticker(progress, steps_per_entry * len(entries))
     results = []
     with target.keep_freed(keep_freed):
+        target.prepare()
         target.release()
         available = memory_bytes if memory_bytes is not None else target.free_memory()
         named: NamedParameters | None = None

@@ -92,6 +92,10 @@ class Device(ABC):
         """Collect garbage and give freed memory back, so the next measurement starts from a clean device."""
         gc.collect()
 
+    def prepare(self) -> None:
+        """Create the memory that libraries allocate on first use and keep for the process, so that
+        no measurement counts it as an optimizer's (nothing on a CPU)."""
+
     @abstractmethod
     def keep_freed(self, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
         """A context in which memory freed between steps stays with the process, as torch's CUDA
@@ -300,6 +304,17 @@ class CudaDevice(Device):
         self.synchronize()
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(self.index)
+
+    def prepare(self) -> None:
+        """Create this GPU's cuBLAS workspace: torch allocates it through the caching allocator on
+        a stream's first BLAS call (32 MiB on Hopper) and keeps it, so without this the first
+        method whose step calls cuBLAS (a dot product, a norm) would seem to hold it as state."""
+        import torch
+
+        with torch.cuda.device(self.index):
+            ones = torch.ones(1, 1, device=self.torch_device)
+            torch.mm(ones, ones)
+        self.synchronize()
 
     def keep_freed(self, enabled: bool = True) -> contextlib.AbstractContextManager[None]:
         """Nothing to do: the caching allocator keeps freed blocks already."""
