@@ -48,7 +48,7 @@ REFERENCE_FAMILY = "adam"
 ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")
 """The methods ``memplan analyze`` totals unless told otherwise."""
 
-PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adagrad", "adafactor", "sgd")
+PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adamw8bit", "adamw4bit", "adagrad", "adafactor", "sgd")
 """The families ``memplan plan`` searches unless told otherwise: memplan's own and the baselines."""
 
 LAYOUT_COLUMNS = ("smmf", "et1")

@@ -10,6 +10,7 @@ from hypothesis import given, settings, strategies as st
 from memplan.errors import LayoutError
 from memplan.methods import METHODS, param_state, state_bytes
 from memplan.methods.shapes import et_index
+from memplan.measure import plain_tensors, state_storage_bytes
 from memplan.methods import build as build_baseline
 
 special_shapes = [(), (1,), (7,), (7919,), (1, 1), (13, 1), (1, 13), (3, 5, 7), (64, 3, 3, 3), (128, 64, 1, 1),
@@ -132,8 +133,8 @@ def allocated_state(optimizer):
     states = list(optimizer.state.values())
     assert len(states) <= 1
     state = states[0] if states else {}
-    return {key: (tuple(value.shape), str(value.dtype).removeprefix("torch."))
-            for key, value in state.items() if isinstance(value, torch.Tensor) and key != "step"}
+    return {name: (tuple(tensor.shape), str(tensor.dtype).removeprefix("torch."))
+            for key, value in state.items() if key != "step" for name, tensor in plain_tensors(key, value)}
 
 
 @pytest.mark.parametrize("spec", BASELINE_SPECS)
@@ -149,3 +150,33 @@ def test_predicted_tensors_are_exactly_what_the_library_allocates(spec, dtype):
         optimizer.step()
         predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape, str(dtype).removeprefix("torch.")).tensors}
         assert allocated_state(optimizer) == predicted, (spec, shape, dtype)
+
+
+LOW_BIT_SPECS = ["adamw8bit", "adamw4bit", "adamw8bit:block_size=128", "adamw4bit:block_size=64"]
+LOW_BIT_SHAPES = [(), (7,), (4095,), (4096,), (4100,), (64, 64), (4, 3, 512), (130, 128), (33, 129)]
+
+
+@pytest.mark.parametrize("spec", LOW_BIT_SPECS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_low_bit_adam_tensors_are_exactly_what_torchao_allocates(spec, dtype, monkeypatch):
+    pytest.importorskip("torchao")
+    # torchao compiles each parameter's update; the allocation is the same without compiling
+    monkeypatch.setattr(torch, "compile", lambda function, **options: function)
+    for shape in LOW_BIT_SHAPES:
+        param = torch.nn.Parameter(torch.randn(shape, dtype=dtype))
+        param.grad = torch.randn(shape, dtype=dtype)
+        optimizer = build_baseline(spec, [param])
+        optimizer.step()
+        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape, str(dtype).removeprefix("torch.")).tensors}
+        assert allocated_state(optimizer) == predicted, (spec, shape, dtype)
+        assert state_storage_bytes(optimizer) == state_bytes(spec, shape, str(dtype).removeprefix("torch."))
+
+
+def test_the_quantization_maps_have_the_lengths_the_byte_model_uses():
+    pytest.importorskip("torchao")
+    from torchao.optim import subclass_4bit, subclass_8bit
+
+    from memplan.methods.lowbit import QMAP_ENTRIES
+
+    assert len(subclass_8bit.get_qmap_signed()) == len(subclass_8bit.get_qmap_unsigned()) == QMAP_ENTRIES[8]
+    assert len(subclass_4bit.get_qmap_signed()) == len(subclass_4bit.get_qmap_unsigned()) == QMAP_ENTRIES[4]
