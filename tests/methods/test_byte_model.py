@@ -14,7 +14,7 @@ from memplan.measure import plain_tensors, state_storage_bytes
 from memplan.methods import build as build_baseline
 
 special_shapes = [(), (1,), (7,), (7919,), (1, 1), (13, 1), (1, 13), (3, 5, 7), (64, 3, 3, 3), (128, 64, 1, 1),
-                  (30522, 768), (0,), (0, 5), (2, 1, 3, 1)]
+                  (30522, 768), (0,), (0, 5), (2, 1, 3, 1), (4096,), (64, 96), (4224,)]
 shapes = st.one_of(
     st.sampled_from(special_shapes),
     st.lists(st.integers(min_value=0, max_value=300), min_size=0, max_size=4).map(tuple),
@@ -64,6 +64,10 @@ def expected_bytes(spec, shape):
         "et3": 4 * sum(et_index(shape, 3)),
         "et1:momentum=0.9": 4 * sum(et_index(shape, 1)) + 4 * n_el,
         "et_inf": 4,
+        # torchao: 2 moments, each N uint8 codes (N / 2 for 4 bits), an fp32 scale per block and a 256- or
+        # 16-entry fp32 map when N >= 4096 and the block divides N; else 2 plain fp32 moments
+        "adamw8bit": 2 * (n_el + 4 * n_el // 256 + 4 * 256) if n_el >= 4096 and n_el % 256 == 0 else 8 * n_el,
+        "adamw4bit": 2 * (n_el // 2 + 4 * n_el // 128 + 4 * 16) if n_el >= 4096 and n_el % 128 == 0 else 8 * n_el,
     }
     return formulas[spec]
 
@@ -71,7 +75,7 @@ def expected_bytes(spec, shape):
 FORMULA_SPECS = ["adam", "adam:amsgrad=true", "adamw", "adagrad", "sgd", "sgd:momentum=0.9", "adafactor",
                  "adafactor:beta1=0.9", "came", "sm3", "sm3:momentum=0", "sm3:impl=pytorch_optimizer", "smmf",
                  "smmf:sign_bits=8", "smmf:beta1=none", "smmf:vector_reshape=false", "et", "et1", "et2", "et3",
-                 "et1:momentum=0.9", "et_inf"]
+                 "et1:momentum=0.9", "et_inf", "adamw8bit", "adamw4bit"]
 
 
 @settings(max_examples=150, deadline=None)
