@@ -319,6 +319,12 @@ def flat_view(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def block_budget(group: Mapping[str, Any], fixed_bytes: int) -> int | None:
-    """The group's chunk minus the step's fixed temporaries (per-axis vectors); None when unchunked."""
+    """The group's chunk minus the step's fixed temporaries (per-axis vectors), but at least half
+    the chunk; None when unchunked.
+
+    Fixed temporaries larger than the chunk (a long vector's per-element accumulators) already
+    break the bound, and blocks shrunk to a single element would only make the step thousands of
+    times slower, so blocks keep half a chunk then.
+    """
     chunk = group["chunk_bytes"]
-    return None if chunk is None else max(1, chunk - fixed_bytes)
+    return None if chunk is None else max(chunk // 2, chunk - fixed_bytes)
