@@ -136,10 +136,18 @@ class PlannedOptimizer(torch.optim.Optimizer):
         self._link()
 
     def _link(self) -> None:
-        """Give every inner optimizer this optimizer's state and its own share of the groups (by method)."""
+        """Give every inner optimizer its own share of the groups (by method) and this optimizer's state.
+
+        Each inner optimizer's ``__setstate__`` first sees its own groups and states alone, so its
+        class's fix-ups of loaded state (torch's turn step counters into tensors, fill in newer
+        flags) apply to its parameters and no others.
+        """
         for optimizer in self.optimizers:
             method = optimizer.param_groups[0][METHOD_KEY]
-            optimizer.param_groups = [group for group in self.param_groups if group[METHOD_KEY] == method]
+            groups = [group for group in self.param_groups if group[METHOD_KEY] == method]
+            own_state = {param: self.state[param] for group in groups for param in group["params"]
+                         if param in self.state}
+            optimizer.__setstate__({"state": own_state, "param_groups": groups})
             optimizer.state = self.state
 
     def __getstate__(self) -> dict[str, Any]:
@@ -150,11 +158,13 @@ class PlannedOptimizer(torch.optim.Optimizer):
         self._link()
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group of parameters under the method spec in ``param_group["method"]``.
+        """Add a group of named parameters under the method spec in ``param_group["method"]``.
 
         The group joins the inner optimizer of that spec (one is built when the plan has none),
-        which validates its hyperparameters and layouts and fills in its defaults; a group without
-        a method spec is refused, since no method would update its parameters.
+        which validates its hyperparameters and layouts and fills in its defaults. A group without
+        a method spec is refused, since no method would update its parameters, and so is one of
+        unnamed parameters (every group of a planned optimizer names its parameters). Parameters
+        added this way are not in :attr:`plan`.
         """
         if any(param_group is group for optimizer in self.optimizers for group in optimizer.param_groups):
             self.param_groups.append(param_group)  # an inner optimizer's group, at construction
@@ -177,12 +187,14 @@ class PlannedOptimizer(torch.optim.Optimizer):
         self.param_groups.append(owner.param_groups[-1])
         self._link()
 
-    def _check_new_parameters(self, group: Mapping[str, Any]) -> None:
+    def _check_new_parameters(self, group: dict[str, Any]) -> None:
+        """Refuse unnamed parameters and parameters already in a group (``group["params"]`` becomes a list)."""
         params = group["params"]
-        params = [params] if isinstance(params, torch.Tensor) else list(params)
-        tensors = [param[1] if isinstance(param, tuple) else param for param in params]
+        group["params"] = params = [params] if isinstance(params, torch.Tensor) else list(params)
+        if not all(isinstance(param, tuple) for param in params):
+            raise ValueError("a PlannedOptimizer's groups name their parameters: add (name, parameter) pairs")
         present = {id(param) for existing in self.param_groups for param in existing["params"]}
-        if any(id(param) in present for param in tensors):
+        if any(id(param) in present for _, param in params):
             raise ValueError("some parameters appear in more than one parameter group")
 
     @property
