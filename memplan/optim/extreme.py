@@ -46,9 +46,10 @@ class ExtremeTensoring(MemplanOptimizer):
         beta2: ``None`` for AdaGrad sums; a decay in [0, 1) for moving averages.
         momentum: heavy-ball momentum in [0, 1) (a full buffer when > 0).
         index: ``"et1"``, ``"et2"`` or ``"et3"`` (the paper's levels), a mapping from parameter
-            name or tensor to a tensor index, or a function ``(name, shape) -> index``;
-            parameters the mapping does not name get ET1. Every index must have the
-            parameter's number of elements.
+            name or tensor to a tensor index, a function ``(name, shape) -> index``, or a list
+            with one index (or None) per parameter of the group; parameters given none get ET1.
+            Every index must have the parameter's number of elements. A mapping or function is
+            resolved into the list form when the group is added.
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.

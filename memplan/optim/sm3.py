@@ -38,8 +38,9 @@ class SM3(MemplanOptimizer):
         momentum: first-moment decay in [0, 1); 0 keeps no buffer.
         eps: added to nu under the root.
         variant: "II" (tighter, default) or "I".
-        cover: optional per-parameter cover views (tensor indices), keyed by name or tensor, or
-            a function ``(name, shape) -> view``; the natural shape by default.
+        cover: optional per-parameter cover views (tensor indices), keyed by name or tensor, a
+            function ``(name, shape) -> view``, or a list with one view (or None) per parameter;
+            the natural shape by default. Resolved into the list form when the group is added.
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.

@@ -103,8 +103,9 @@ class SMMF(MemplanOptimizer):
         growth_rate: beta1_t = beta1 * growth_rate^(t-1).
         vector_reshape: square-matricize vectors too; otherwise they keep full moments.
         sign_bits: 1 (8 signs per byte) or 8 (one bool per sign).
-        matricization: optional per-parameter (n, m) views, keyed by name or tensor, or a
-            function ``(name, shape) -> (n, m)``.
+        matricization: optional per-parameter (n, m) views, keyed by name or tensor, a
+            function ``(name, shape) -> (n, m)``, or a list with one view (or None) per parameter;
+            resolved into the list form when the group is added.
         chunk_bytes: bound on the extra memory of one step (None: each tensor in one piece).
         maximize: maximize the objective instead of minimizing.
     """
