@@ -16,7 +16,7 @@ wraps them in :class:`PlannedOptimizer`, a ``torch.optim.Optimizer`` that behave
 
 from __future__ import annotations
 
-from collections import defaultdict
+from functools import cache
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -111,7 +111,18 @@ def _build(spec: MethodSpec, members: list[tuple[str, torch.nn.Parameter, tuple[
     given = {key: value for key, value in hyperparameters.items() if key not in spec.given()}
     given.update(overrides)
     layouts = {name: layout for name, _, layout in members if layout is not None}
-    return build(spec, [(name, param) for name, param, _ in members], lr=lr, layouts=layouts, **given)
+    params = [(name, param) if optimizers_take_names() else param for name, param, _ in members]
+    return build(spec, params, lr=lr, layouts=layouts, **given)
+
+
+@cache
+def optimizers_take_names() -> bool:
+    """Whether this torch's optimizers take named parameters (and keep ``param_names``): 2.6 and later."""
+    try:
+        torch.optim.SGD([("probe", torch.zeros(1, requires_grad=True))], lr=0.1)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _unhooked_step(optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
@@ -188,13 +199,15 @@ class PlannedOptimizer(torch.optim.Optimizer):
         self._link()
 
     def _check_new_parameters(self, group: dict[str, Any]) -> None:
-        """Refuse unnamed parameters and parameters already in a group (``group["params"]`` becomes a list)."""
+        """Refuse unnamed parameters (where the groups name theirs) and parameters already in a group
+        (``group["params"]`` becomes a list)."""
         params = group["params"]
         group["params"] = params = [params] if isinstance(params, torch.Tensor) else list(params)
-        if not all(isinstance(param, tuple) for param in params):
+        named = all("param_names" in existing for existing in self.param_groups)
+        if named and not all(isinstance(param, tuple) for param in params):
             raise ValueError("a PlannedOptimizer's groups name their parameters: add (name, parameter) pairs")
         present = {id(param) for existing in self.param_groups for param in existing["params"]}
-        if any(id(param) in present for _, param in params):
+        if any(id(param[1] if isinstance(param, tuple) else param) in present for param in params):
             raise ValueError("some parameters appear in more than one parameter group")
 
     @property

@@ -12,7 +12,7 @@ class, one more entry); every test over the table then covers it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
@@ -128,6 +128,7 @@ OPTIMIZER_CASES = [
 IDS = [case.id for case in OPTIMIZER_CASES]
 CORE_CASES = [case for case in OPTIMIZER_CASES if not case.planned]
 CORE_IDS = [case.id for case in CORE_CASES]
+PLANNED_OPTIMIZERS = {case.optim_cls for case in OPTIMIZER_CASES if case.planned}
 
 
 # -- the same table as torch's OptimizerInfo database ---------------------------------------------
@@ -197,7 +198,7 @@ def _construction_error(kwargs: dict[str, Any], error_type: type, regex: str, de
                                error_regex=regex)
 
 
-def _common_errors(optim_cls: Any) -> list[ErrorOptimizerInput]:
+def _common_errors() -> list[ErrorOptimizerInput]:
     """What every memplan optimizer refuses, with torch-style messages."""
     return [
         _construction_error({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr"),
@@ -238,7 +239,7 @@ ERROR_INPUTS: dict[Any, list[ErrorOptimizerInput]] = {
 }
 
 
-def _plan_errors(optim_cls: Any) -> list[ErrorOptimizerInput]:
+def _plan_errors() -> list[ErrorOptimizerInput]:
     """What from_plan refuses: bad learning rates and overrides that would reach no or only some methods."""
     return [
         _construction_error({"lr": -1.0}, ValueError, "Invalid learning rate", "negative lr"),
@@ -256,9 +257,9 @@ def error_inputs_for(optim_cls: Any) -> Callable[..., list[ErrorOptimizerInput]]
     """``optim_error_inputs_func`` of an entry (fresh parameters each call)."""
 
     def error_inputs(device: Any = None, dtype: Any = None) -> list[ErrorOptimizerInput]:
-        if optim_cls in (PLAN_WITH_ADAM, PLAN_WITH_SGD):
-            return _plan_errors(optim_cls)
-        return _common_errors(optim_cls) + ERROR_INPUTS.get(optim_cls, [])
+        if optim_cls in PLANNED_OPTIMIZERS:
+            return _plan_errors()
+        return _common_errors() + ERROR_INPUTS.get(optim_cls, [])
 
     return error_inputs
 
@@ -267,8 +268,10 @@ SCHEDULERS = ([lambda optimizer: StepLR(optimizer, gamma=0.9, step_size=10),
                lambda optimizer: ReduceLROnPlateau(optimizer)],)
 
 
-def _info(optim_cls: Any, planned_optimizer: bool) -> OptimizerInfo:
-    info = OptimizerInfo(
+def _info(optim_cls: Any) -> OptimizerInfo:
+    """The entry of one optimizer: from_plan's take no param groups and have no chunk flag of their own."""
+    planned_optimizer = optim_cls in PLANNED_OPTIMIZERS
+    return OptimizerInfo(
         optim_cls,
         optim_inputs_func=optim_inputs_for(optim_cls),
         optim_error_inputs_func=error_inputs_for(optim_cls),
@@ -279,11 +282,9 @@ def _info(optim_cls: Any, planned_optimizer: bool) -> OptimizerInfo:
         supports_complex=False,
         supports_param_groups=not planned_optimizer,
     )
-    return info
 
 
-OPTIM_DB = [_info(optim_cls, planned_optimizer=optim_cls in (PLAN_WITH_ADAM, PLAN_WITH_SGD))
-            for optim_cls in dict.fromkeys(case.optim_cls for case in OPTIMIZER_CASES)]
+OPTIM_DB = [_info(optim_cls) for optim_cls in dict.fromkeys(case.optim_cls for case in OPTIMIZER_CASES)]
 """One OptimizerInfo per optimizer of the table (memplan's four classes, from_plan over two plans)."""
 
 OPTIM_INPUTS = [(info, optim_input) for info in OPTIM_DB for optim_input in info.optim_inputs_func()]
@@ -294,21 +295,3 @@ def input_id(pair: tuple[OptimizerInfo, OptimizerInput]) -> str:
     """``SMMF-smmf-8bit``, ``from_plan[...]-maximize``: the test id of one (entry, input) pair."""
     info, optim_input = pair
     return f"{info.name}-{optim_input.desc}"
-
-
-@dataclass
-class Problem:
-    """The generic tests' problem: loss (W x + b)^2 summed, over a weight and a bias."""
-
-    weight: torch.nn.Parameter
-    bias: torch.nn.Parameter
-    inputs: torch.Tensor
-    optimizer: torch.optim.Optimizer | None = field(default=None)
-
-    def loss(self) -> torch.Tensor:
-        """The loss, with fresh gradients."""
-        if self.optimizer is not None:
-            self.optimizer.zero_grad()
-        loss = (self.weight.mv(self.inputs) + self.bias).pow(2).sum()
-        loss.backward()
-        return loss
