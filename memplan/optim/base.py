@@ -290,7 +290,7 @@ def working_copy(block: torch.Tensor) -> torch.Tensor:
 
 def learning_rate(group: Mapping[str, Any]) -> float:
     """The group's learning rate as a number: a tensor learning rate is read at each step, so that
-    schedulers updating it in place take effect (on a GPU this synchronises once per tensor)."""
+    schedulers updating it in place take effect (reading one held on a GPU synchronises with it)."""
     lr = group["lr"]
     return float(lr) if isinstance(lr, torch.Tensor) else lr
 
