@@ -1,28 +1,36 @@
-"""What memplan's optimizers share: validation, lazily allocated state, fp32 math, exact state_dicts.
+"""What memplan's optimizers share: validation, lazily allocated state, the working dtype, exact state_dicts.
 
 A :class:`MemplanOptimizer` allocates each parameter's state from the tensor list that
 :mod:`memplan.methods` predicts (so measured bytes equal predicted bytes by construction), keeps
 its step count and layout as plain Python values (no host synchronisation, and a step also runs
 on the ``meta`` device), and restores every state tensor's own dtype when loading a state_dict.
+
+The math runs in the parameter's own dtype, except for bf16, fp16 and narrower types, which are
+stepped through an fp32 working copy (float64 parameters are neither rounded nor computed in fp32).
+Layouts are views of the parameter's row-major (logical) order, whatever its memory format.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import torch
 
 from memplan.methods.base import COUPLED_DECAY, DECOUPLED_DECAY, Layout, Method
+from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 """The default bound on the extra memory one step may use, whatever the parameter's size."""
 
 MIN_CHUNK_BYTES = 64 * 2**10
 
-LayoutSource = Mapping[Any, Iterable[int]] | Callable[[str | None, tuple[int, ...]], Iterable[int]] | None
-"""Per-parameter layouts: a mapping keyed by parameter name or tensor, or ``f(name, shape)``."""
+LayoutSource = (Mapping[Any, Iterable[int]] | Callable[[str | None, tuple[int, ...]], Iterable[int]]
+                | Sequence[Iterable[int] | None] | None)
+"""Per-parameter layouts: a mapping keyed by parameter name or tensor, ``f(name, shape)``, or a list
+with one entry per parameter of the group (None for the method's default). Whatever form is given,
+the group keeps the list form once it is added (see :meth:`MemplanOptimizer.add_param_group`)."""
 
 
 def check_range(name: str, value: Any, low: float | None = None, high: float | None = None,
@@ -30,6 +38,10 @@ def check_range(name: str, value: Any, low: float | None = None, high: float | N
     """Raise ``ValueError(f"Invalid {name}: ...")`` unless ``value`` lies in the given interval."""
     if value is None and allow_none:
         return
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"Invalid {name}: a tensor {name} must have one element (got shape {list(value.shape)})")
+        value = float(value)  # once, at construction, as torch.optim checks a tensor learning rate
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"Invalid {name}: {value!r} (expected a finite number)")
     too_low = low is not None and (value <= low if low_open else value < low)
@@ -48,7 +60,8 @@ def check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
 
 
 def check_common(group: Mapping[str, Any]) -> None:
-    """Validate the hyperparameters every memplan optimizer has that are not method options."""
+    """Validate the hyperparameters every memplan optimizer has that are not method options (the
+    learning rate may be a one-element tensor, as in torch.optim)."""
     check_range("learning rate", group["lr"], low=0.0)
     check_choice("maximize", group["maximize"], (False, True))
     chunk = group["chunk_bytes"]
@@ -72,7 +85,13 @@ class MemplanOptimizer(torch.optim.Optimizer):
         return self.method.layout_argument(self.defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group, validating its hyperparameters and every parameter's layout."""
+        """Add a group, validating its hyperparameters and every parameter's layout.
+
+        A layout source given as a mapping or a function is resolved here, once, into a tuple with
+        one layout per parameter (None where the method's default applies): param groups then hold
+        only small, picklable values, so state_dicts save (also with ``weights_only``), print and
+        compare like any torch optimizer's, and a resumed optimizer keeps every planned layout.
+        """
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         self._check_group(group)
@@ -81,7 +100,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
             if param.is_complex():
                 raise ValueError(f"{type(self).__name__} does not support complex parameters "
                                  f"({_describe(param, names, position)}); view them as real with torch.view_as_real")
-            self._layout(group, param, names[position] if names else None, position)
+        self._resolve_layouts(group)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
         """Raise ValueError for an invalid hyperparameter: the method's options, then
@@ -96,39 +115,79 @@ class MemplanOptimizer(torch.optim.Optimizer):
     def _default_layout(self, group: Mapping[str, Any], shape: tuple[int, ...]) -> Layout:
         return self.method.default_layout(shape, self._options(group))
 
-    def _layout(self, group: Mapping[str, Any], param: torch.Tensor, name: str | None, position: int) -> Layout:
-        """This parameter's layout: from the group's layout source, else the method's default."""
-        shape = tuple(param.shape)
-        source = group.get(self.layout_key) if self.layout_key else None
-        layout: Any = None
-        if callable(source):
-            layout = source(name, shape)
-        elif isinstance(source, Mapping):
-            if name is not None and name in source:
-                layout = source[name]
-            else:
-                layout = next((value for key, value in source.items() if key is param), None)
+    def _layout_source(self, group: Mapping[str, Any]) -> Any:
+        """The group's per-parameter layouts (a mapping, a function or a list), or None to use defaults."""
+        if self.layout_key is None:
+            return None
+        source = group.get(self.layout_key)
+        if source is None or callable(source) or isinstance(source, (Mapping, list, tuple)):
+            return source
+        raise ValueError(f"Invalid {self.layout_key}: {source!r} (a mapping, a function (name, shape) -> layout, "
+                         f"or a list with one layout per parameter)")
+
+    def _resolve_layouts(self, group: dict[str, Any]) -> None:
+        """Replace the group's layout source by one layout per parameter (see :meth:`add_param_group`)."""
+        source = self._layout_source(group)
+        if source is not None:
+            group[self.layout_key] = self._resolved_layouts(group, source)
+
+    def _resolved_layouts(self, group: Mapping[str, Any], source: Any) -> tuple[Layout, ...]:
+        """One checked layout per parameter of the group (None where ``source`` gives none)."""
+        params = group["params"]
+        names = group.get("param_names")
+        if isinstance(source, Mapping):
+            # names and tensors looked up apart: a name is never compared with a tensor
+            by_name = {key: value for key, value in source.items() if isinstance(key, str)}
+            by_identity = {id(key): value for key, value in source.items() if not isinstance(key, str)}
+            source = [by_name[names[position]] if names and names[position] in by_name else by_identity.get(id(param))
+                      for position, param in enumerate(params)]
+        elif callable(source):
+            source = [source(names[position] if names else None, tuple(param.shape))
+                      for position, param in enumerate(params)]
+        elif len(source) != len(params):
+            raise ValueError(f"{self.layout_key}: {len(source)} layouts for a group of {len(params)} parameters "
+                             f"(give one per parameter, None for the default)")
+        return tuple(self._checked_layout(layout, param, names, position)
+                     for position, (layout, param) in enumerate(zip(source, params)))
+
+    def _checked_layout(self, layout: Any, param: torch.Tensor, names: list[str] | None, position: int) -> Layout:
+        """``layout`` as a tuple of ints, checked against the parameter's shape; None stays None."""
         if layout is None:
-            return self._default_layout(group, shape)
+            return None
         try:
             layout = tuple(int(dim) for dim in layout)
-            self.method.check_layout(shape, layout)
+            self.method.check_layout(tuple(param.shape), layout)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{self.layout_key} of {_describe(param, group.get('param_names'), position)}: "
-                             f"{error}") from None
+            raise ValueError(f"{self.layout_key} of {_describe(param, names, position)}: {error}") from None
         return layout
 
+    def _layout(self, group: Mapping[str, Any], param: torch.Tensor, position: int) -> Layout:
+        """This parameter's layout: the group's, else the method's default."""
+        source = self._layout_source(group)
+        if source is None:
+            layout = None
+        elif isinstance(source, (list, tuple)) and len(source) == len(group["params"]):
+            layout = self._checked_layout(source[position], param, group.get("param_names"), position)
+        else:  # a mapping or function put into the group after it was added
+            layout = self._resolved_layouts(group, source)[position]
+        return self._default_layout(group, tuple(param.shape)) if layout is None else layout
+
     def _state(self, group: Mapping[str, Any], param: torch.Tensor, position: int) -> dict[str, Any]:
-        """The parameter's state, allocated on first use exactly as the byte model predicts."""
+        """The parameter's state, allocated as the byte model predicts for the group's current options.
+
+        State is created at the parameter's first step. A tensor that the options ask for later
+        (momentum turned on after the first step, e.g. by a cyclic scheduler) is allocated, zeroed,
+        when they first do; one they no longer ask for is kept, unused, so turning an option back
+        on resumes from it.
+        """
         state = self.state[param]
-        if not state:
-            names = group.get("param_names")
-            layout = self._layout(group, param, names[position] if names else None, position)
-            dtype_name = str(param.dtype).removeprefix("torch.")
-            for tensor in self.method.state_tensors(tuple(param.shape), dtype_name, self._options(group), layout):
-                state[tensor.key] = torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype), device=param.device)
+        if "layout" not in state:
             state["step"] = 0
-            state["layout"] = layout
+            state["layout"] = self._layout(group, param, position)
+        dtype_name = str(param.dtype).removeprefix("torch.")
+        for tensor in self.method.state_tensors(tuple(param.shape), dtype_name, self._options(group), state["layout"]):
+            if tensor.key not in state:
+                state[tensor.key] = torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype), device=param.device)
         return state
 
     @torch.no_grad()
@@ -137,17 +196,29 @@ class MemplanOptimizer(torch.optim.Optimizer):
         loss = run_closure(closure)
         for group in self.param_groups:
             for position, param in enumerate(group["params"]):
-                if param.grad is None:
+                grad = param.grad
+                if grad is None:
                     continue
-                if param.grad.is_sparse:
+                if grad.layout != torch.strided:
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
-                                       f"({_describe(param, group.get('param_names'), position)})")
+                                       f"({_describe(param, group.get('param_names'), position)}); "
+                                       f"densify them with grad.to_dense()")
                 state = self._state(group, param, position)
                 state["step"] += 1
                 if param.numel() == 0:
                     continue
-                self._update(group, param, param.grad, state)
+                self._update_row_major(group, param, grad, state)
         return loss
+
+    def _update_row_major(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
+                          state: dict[str, Any]) -> None:
+        """Step ``param`` in its row-major order: layouts and state are defined on that order, so a
+        non-contiguous parameter (channels_last, a slice of a larger tensor) steps through a
+        contiguous copy, written back afterwards, and follows the contiguous parameter's trajectory."""
+        weights = param.contiguous()
+        self._update(group, weights, grad.contiguous(), state)
+        if weights is not param:
+            param.copy_(weights)
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:
@@ -158,18 +229,10 @@ class MemplanOptimizer(torch.optim.Optimizer):
 
         torch casts floating-point state to the parameter's dtype on load, which would turn
         packed uint8 signs into floats and round fp32 state of bf16 parameters; here every
-        tensor comes back exactly as it was saved.
+        tensor comes back exactly as it was saved. Load pre-hooks (whose returned dict is the one
+        loaded) and post-hooks (which see, and may edit, the loaded state) run as in torch.
         """
-        super().load_state_dict(state_dict)
-        saved_ids = [index for group in state_dict["param_groups"] for index in group["params"]]
-        params = [param for group in self.param_groups for param in group["params"]]
-        for saved_id, param in zip(saved_ids, params):
-            saved = state_dict["state"].get(saved_id)
-            if saved is None:
-                continue
-            for key, value in saved.items():
-                if isinstance(value, torch.Tensor):
-                    self.state[param][key] = value.to(device=param.device, copy=True)
+        load_state_dict(self, state_dict, lambda param: keep_saved_dtype)
 
 
 def _describe(param: torch.Tensor, names: list[str] | None, position: int) -> str:
@@ -180,8 +243,8 @@ def _describe(param: torch.Tensor, names: list[str] | None, position: int) -> st
 @contextlib.contextmanager
 def updating(weights: torch.Tensor, grads: torch.Tensor, window: slice,
              group: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """The fp32 weight and effective gradient of one block, weight decay applied; on exit the
-    weight is written back in the parameter's dtype (a no-op for fp32, updated in place)."""
+    """The working-dtype weight and effective gradient of one block, weight decay applied; on exit
+    the weight is written back in the parameter's dtype (a no-op for fp32 and float64, updated in place)."""
     weight_block = weights[window]
     weight = working_copy(weight_block)
     gradient = effective_gradient(grads[window], weight, group)
@@ -192,14 +255,16 @@ def updating(weights: torch.Tensor, grads: torch.Tensor, window: slice,
 
 
 def block_bytes_per_element(group: Mapping[str, Any], param: torch.Tensor, own: int) -> int:
-    """Peak temporary bytes per element of one block: the method's ``own`` temporaries, plus the
-    fp32 copies of weight and gradient for low-precision parameters, plus the gradient copy that
-    ``maximize`` or coupled weight decay makes (see :func:`updating`)."""
-    per_element = own
-    if param.dtype != torch.float32:
-        per_element += 8
+    """Peak temporary bytes per element of one block: the method's ``own`` temporaries (counted in
+    fp32 elements, and scaled to the working dtype), plus the working copies of weight and gradient
+    for low-precision parameters, plus the gradient copy that ``maximize`` or coupled weight decay
+    makes (see :func:`updating`)."""
+    item = working_dtype(param.dtype).itemsize
+    per_element = own * item // 4
+    if working_dtype(param.dtype) != param.dtype:
+        per_element += 2 * item
     if group["maximize"] or (group["weight_decay"] and group["weight_decay_mode"] == COUPLED_DECAY):
-        per_element += 4
+        per_element += item
     return per_element
 
 
@@ -211,14 +276,29 @@ def run_closure(closure: Callable[[], Any] | None) -> Any:
         return closure()
 
 
+def working_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a parameter's math runs in: its own, or fp32 for bf16, fp16 and narrower types
+    (their rounding would swamp the update; float64 keeps its precision)."""
+    return torch.float32 if dtype.itemsize < 4 else dtype
+
+
 def working_copy(block: torch.Tensor) -> torch.Tensor:
-    """The block in fp32 for the math: itself when already fp32, else an fp32 copy."""
-    return block if block.dtype == torch.float32 else block.float()
+    """The block in its working dtype for the math: itself, or an fp32 copy of a low-precision block."""
+    dtype = working_dtype(block.dtype)
+    return block if block.dtype == dtype else block.to(dtype)
+
+
+def learning_rate(group: Mapping[str, Any]) -> float:
+    """The group's learning rate as a number: a tensor learning rate is read at each step, so that
+    schedulers updating it in place take effect (reading one held on a GPU synchronises with it)."""
+    lr = group["lr"]
+    return float(lr) if isinstance(lr, torch.Tensor) else lr
 
 
 def effective_gradient(grad: torch.Tensor, weight: torch.Tensor, group: Mapping[str, Any]) -> torch.Tensor:
-    """fp32 gradient block with maximize and coupled ("adam"-mode) weight decay applied."""
-    gradient = working_copy(grad)
+    """The gradient block in the weight's (working) dtype, with maximize and coupled ("adam"-mode)
+    weight decay applied."""
+    gradient = grad if grad.dtype == weight.dtype else grad.to(weight.dtype)
     if group["maximize"]:
         gradient = -gradient
     if group["weight_decay"] and group["weight_decay_mode"] == COUPLED_DECAY:
@@ -229,18 +309,22 @@ def effective_gradient(grad: torch.Tensor, weight: torch.Tensor, group: Mapping[
 def decay_weights(weight: torch.Tensor, group: Mapping[str, Any]) -> None:
     """Decoupled ("adamw"-mode) weight decay: W <- W * (1 - lr * wd), in place."""
     if group["weight_decay"] and group["weight_decay_mode"] == DECOUPLED_DECAY:
-        weight.mul_(1.0 - group["lr"] * group["weight_decay"])
+        weight.mul_(1.0 - learning_rate(group) * group["weight_decay"])
 
 
 def flat_view(tensor: torch.Tensor) -> torch.Tensor:
-    """A flat view of a contiguous tensor (parameters and gradients are updated through views)."""
-    if not tensor.is_contiguous():
-        raise ValueError("memplan optimizers need contiguous parameters and gradients "
-                         f"(got strides {tensor.stride()} for shape {list(tensor.shape)})")
+    """A flat view of a contiguous tensor (parameters and gradients are updated through views;
+    :meth:`MemplanOptimizer.step` hands ``_update`` contiguous ones)."""
     return tensor.view(-1)
 
 
 def block_budget(group: Mapping[str, Any], fixed_bytes: int) -> int | None:
-    """The group's chunk minus the step's fixed temporaries (per-axis vectors); None when unchunked."""
+    """The group's chunk minus the step's fixed temporaries (per-axis vectors), but at least half
+    the chunk; None when unchunked.
+
+    Fixed temporaries larger than the chunk (a long vector's per-element accumulators) already
+    break the bound, and blocks shrunk to a single element would only make the step thousands of
+    times slower, so blocks keep half a chunk then.
+    """
     chunk = group["chunk_bytes"]
-    return None if chunk is None else max(1, chunk - fixed_bytes)
+    return None if chunk is None else max(chunk // 2, chunk - fixed_bytes)

@@ -25,7 +25,8 @@ import torch
 from memplan.methods.extreme import ET1, ET_INF, PRESETS
 from memplan.methods.shapes import et_index
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, effective_gradient, flat_view, updating, working_copy)
+                                block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
+                                working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -45,9 +46,10 @@ class ExtremeTensoring(MemplanOptimizer):
         beta2: ``None`` for AdaGrad sums; a decay in [0, 1) for moving averages.
         momentum: heavy-ball momentum in [0, 1) (a full buffer when > 0).
         index: ``"et1"``, ``"et2"`` or ``"et3"`` (the paper's levels), a mapping from parameter
-            name or tensor to a tensor index, or a function ``(name, shape) -> index``;
-            parameters the mapping does not name get ET1. Every index must have the
-            parameter's number of elements.
+            name or tensor to a tensor index, a function ``(name, shape) -> index``, or a list
+            with one index (or None) per parameter of the group; parameters given none get ET1.
+            Every index must have the parameter's number of elements. A mapping or function is
+            resolved into the list form when the group is added.
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.
@@ -73,10 +75,8 @@ class ExtremeTensoring(MemplanOptimizer):
         index = group["index"]
         return et_index(shape, PRESETS[index] if isinstance(index, str) else 1)
 
-    def _layout(self, group: Mapping[str, Any], param: torch.Tensor, name: str | None, position: int):
-        if isinstance(group["index"], str):
-            return self._default_layout(group, tuple(param.shape))
-        return super()._layout(group, param, name, position)
+    def _layout_source(self, group: Mapping[str, Any]) -> Any:
+        return None if isinstance(group["index"], str) else super()._layout_source(group)
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:
@@ -87,7 +87,7 @@ class ExtremeTensoring(MemplanOptimizer):
         alpha = decay_accumulators(accumulators, group["beta2"])
         for block, granules in plan:
             _accumulate_block(group, weights, grads, block, granules, accumulators, alpha)
-        scaled, scale, offset = _scaled_factors(accumulators, group["eps"])
+        scaled, scale, offset = _scaled_factors(accumulators, group["eps"], working_dtype(param.dtype))
         buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
         for block, _ in plan:
             _update_block(group, weights, grads, block, scaled, scale, offset, buffer)
@@ -113,10 +113,10 @@ def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.
         product = product.add_(offset) if prefix or len(views) > 1 else product.add(offset)
         step_size = _inverse_root_(product, len(scaled)).mul_(gradient)
         if buffer is None:
-            weight.addcmul_(step_size, scale, value=-group["lr"])
+            weight.addcmul_(step_size, scale, value=-learning_rate(group))
         else:
             moving = buffer[window].mul_(group["momentum"]).addcmul_(step_size, scale)
-            weight.add_(moving, alpha=-group["lr"])
+            weight.add_(moving, alpha=-learning_rate(group))
 
 
 def _inverse_root_(values: torch.Tensor, order: int) -> torch.Tensor:
@@ -129,16 +129,17 @@ def _inverse_root_(values: torch.Tensor, order: int) -> torch.Tensor:
     return values.log_().mul_(-1.0 / (2 * order)).exp_()
 
 
-def _scaled_factors(accumulators: list[torch.Tensor], eps: float):
+def _scaled_factors(accumulators: list[torch.Tensor], eps: float, dtype: torch.dtype):
     """Per-axis accumulators divided by max(their maximum, 1), and the exact corrections.
 
     With c_k = max(max S_k, 1), C = prod c_k and s_k = S_k / c_k,
-    (eps + prod S_k)^(-1/2p) = C^(-1/2p) (eps / C + prod s_k)^(-1/2p). Returns the s_k, the 0-d
-    tensor C^(-1/2p), and the 0-d offset eps / C (at least fp32's smallest normal, so a
-    product that underflows can never give an infinite step).
+    (eps + prod S_k)^(-1/2p) = C^(-1/2p) (eps / C + prod s_k)^(-1/2p). Returns the s_k (in the
+    working ``dtype``, so the block math runs in it), the 0-d tensor C^(-1/2p), and the 0-d offset
+    eps / C (at least fp32's smallest normal, so a product that underflows can never give an
+    infinite step).
     """
     maxima = [accumulator.amax().clamp(min=1.0) for accumulator in accumulators]
-    scaled = [accumulator / maximum for accumulator, maximum in zip(accumulators, maxima)]
+    scaled = [(accumulator / maximum).to(dtype) for accumulator, maximum in zip(accumulators, maxima)]
     log_scale = torch.stack(maxima).log().sum()
     exponent = -1.0 / (2 * len(accumulators))
     scale = torch.exp(exponent * log_scale)
@@ -186,7 +187,7 @@ def decay_accumulators(accumulators: list[torch.Tensor], beta2: float | None) ->
 def _scale_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
                  inverse_root: torch.Tensor) -> None:
     with updating(weights, grads, slice(block.flat_start, block.flat_stop), group) as (weight, gradient):
-        weight.addcmul_(gradient, inverse_root, value=-group["lr"])
+        weight.addcmul_(gradient, inverse_root, value=-learning_rate(group))
 
 
 def _add_squared_norm(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,

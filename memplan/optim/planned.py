@@ -2,35 +2,49 @@
 
 :func:`from_plan` checks the plan against the model, builds one inner optimizer per method spec
 (memplan's own ones get each parameter's planned matricization, tensor index or cover), and
-wraps them in :class:`PlannedOptimizer`, a ``torch.optim.Optimizer`` whose ``param_groups`` are
-the inner optimizers' groups themselves (so LR schedulers and per-group settings reach them),
-whose ``state`` is their state, and whose ``state_dict`` round-trips through each of them.
+wraps them in :class:`PlannedOptimizer`, a ``torch.optim.Optimizer`` that behaves as one:
+
+- its ``param_groups`` are the inner optimizers' groups themselves, each with a ``method`` key (the
+  spec), so LR schedulers and per-group settings reach them;
+- its ``state`` is one dict that the inner optimizers share, so anything may be stored in it;
+- ``state_dict()`` is torch's, over those groups and that state, and holds only state tensors and
+  small values (layouts are tuples of ints); ``load_state_dict`` restores each parameter's state
+  with its inner optimizer's dtype policy, running load hooks as torch does;
+- step hooks (its own and the global ones) fire once per step, not once per inner optimizer;
+- it deep-copies, pickles and ``torch.save``-s whole, inner optimizers included.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping as MappingABC
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from functools import cache
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from memplan.errors import SpecError
 from memplan.methods import build, get_method, parse_spec
 from memplan.methods.spec import MethodSpec
-from memplan.optim.base import run_closure
+from memplan.optim.base import MemplanOptimizer, run_closure
+from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, torch_policy
 from memplan.plan import Plan, PlanError
 from memplan.profile import ModelProfile, ParamSpec
 
 NamedParameters = Iterable[tuple[str, torch.nn.Parameter]]
 
+METHOD_KEY = "method"
+"""The param-group key that names the group's method spec."""
 
-def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | str, lr: float | None = None,
-              lr_scale: float = 1.0, **overrides: Any) -> "PlannedOptimizer":
+
+def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | str,
+              lr: float | torch.Tensor | None = None, lr_scale: float = 1.0, **overrides: Any) -> "PlannedOptimizer":
     """The optimizer a plan describes, for ``model_or_params`` (a module or named parameters).
 
     Learning rates come from the plan's hyperparameters, times ``lr_scale``; ``lr`` sets one
-    learning rate for every method instead. Other ``overrides`` (e.g. ``weight_decay=0.01``)
-    go to every method that has that hyperparameter; one that no planned method has is an error.
+    learning rate for every method instead. Other ``overrides`` (e.g. ``weight_decay=0.01``,
+    ``maximize=True``) go to every planned method, and one that some planned method does not take
+    is an error naming those methods: an override never reaches only part of the model. (A
+    setting meant for some methods only is a per-group edit after construction:
+    ``group["chunk_bytes"] = ...`` for the groups that have that key.)
     """
     if isinstance(plan, str):
         plan = Plan.load(plan)
@@ -38,25 +52,42 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
                  else model_or_params)
     plan.check_model(_profile_of(named, plan))
     by_name = dict(named)
-    groups: dict[str, list[tuple[torch.nn.Parameter, tuple[int, ...] | None]]] = {}
+    groups: dict[str, list[tuple[str, torch.nn.Parameter, tuple[int, ...] | None]]] = {}
     for entry in plan.entries:
-        groups.setdefault(entry.method, []).append((by_name[entry.name], entry.layout))
-    used_overrides: set[str] = set()
+        groups.setdefault(entry.method, []).append((entry.name, by_name[entry.name], entry.layout))
+    _check_overrides(groups, overrides)
     inner = []
     for spec_text, members in groups.items():
         spec = parse_spec(spec_text)
         hyperparameters = dict(plan.hyperparameters.get(spec.name, {}))
         method_lr = lr if lr is not None else hyperparameters.pop("lr", get_method(spec.name).default_lr) * lr_scale
         hyperparameters.pop("lr", None)
-        optimizer, accepted = _inner_optimizer(spec, members, method_lr, hyperparameters, overrides)
-        used_overrides |= accepted
+        optimizer = _build(spec, members, method_lr, hyperparameters, overrides)
         for group in optimizer.param_groups:
-            group["method"] = spec_text
+            group[METHOD_KEY] = spec_text
         inner.append(optimizer)
-    unused = sorted(set(overrides) - used_overrides)
-    if unused:
-        raise SpecError(f"no planned method takes {unused[0]!r} (methods: {', '.join(groups)})")
     return PlannedOptimizer(inner, plan)
+
+
+def _check_overrides(groups: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
+    """SpecError for an override that some planned method does not take (or that changes a method's state)."""
+    for key in sorted(overrides):
+        refusing = []
+        for spec_text in groups:
+            spec = parse_spec(spec_text)
+            method = get_method(spec.name)
+            options = method.resolve(spec)
+            if not method.takes(key, options):
+                refusing.append(spec_text)
+            elif any(option.name == key and option.variant for option in method.options):
+                raise SpecError(f"{key} changes {spec}'s state layout: edit the plan's method specs instead of "
+                                f"overriding it")
+        if len(refusing) == len(groups):
+            raise SpecError(f"no planned method takes {key!r} (methods: {', '.join(groups)})")
+        if refusing:
+            raise SpecError(f"{key!r} would reach only some planned methods: {', '.join(refusing)} "
+                            f"take{'s' if len(refusing) == 1 else ''} no {key!r}; set it on the groups "
+                            f"that have it (optimizer.param_groups) instead")
 
 
 def _profile_of(named: list[tuple[str, torch.nn.Parameter]], plan: Plan) -> ModelProfile:
@@ -71,87 +102,145 @@ def _profile_of(named: list[tuple[str, torch.nn.Parameter]], plan: Plan) -> Mode
     return ModelProfile(plan.model_name, "model", tuple(specs))
 
 
-def _inner_optimizer(spec: MethodSpec, members: list[tuple[torch.nn.Parameter, tuple[int, ...] | None]], lr: float,
-           hyperparameters: dict[str, Any], overrides: Mapping[str, Any]) -> tuple[torch.optim.Optimizer, set[str]]:
-    """One inner optimizer for all parameters of one spec; returns it and the overrides it took.
-
-    The plan's hyperparameters come first, then the spec's own options, then the overrides that
-    this method takes. An override of a variant option (one that changes which state exists) is
-    refused: the optimizer would no longer allocate what the plan predicts.
-    """
-    method = get_method(spec.name)
-    options = method.resolve(spec)
-    taken = {key for key in overrides if method.takes(key, options)}
-    for key in sorted(taken):
-        if any(option.name == key and option.variant for option in method.options):
-            raise SpecError(f"{key} changes {spec}'s state layout: edit the plan's method specs instead of "
-                            f"overriding it")
+def _build(spec: MethodSpec, members: list[tuple[str, torch.nn.Parameter, tuple[int, ...] | None]],
+           lr: float | torch.Tensor, hyperparameters: dict[str, Any],
+           overrides: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """One inner optimizer for all parameters of one spec, over named parameters (so its groups
+    keep ``param_names``). The plan's hyperparameters come first, then the spec's own options,
+    then the overrides."""
     given = {key: value for key, value in hyperparameters.items() if key not in spec.given()}
-    given.update({key: overrides[key] for key in taken})
-    layouts = {param: layout for param, layout in members if layout is not None}
-    optimizer = build(spec, [param for param, _ in members], lr=lr, layouts=layouts, **given)
-    return optimizer, taken
+    given.update(overrides)
+    layouts = {name: layout for name, _, layout in members if layout is not None}
+    params = [(name, param) if optimizers_take_names() else param for name, param, _ in members]
+    return build(spec, params, lr=lr, layouts=layouts, **given)
 
 
-class _MergedState(MappingABC):
-    """The inner optimizers' state, as one mapping from parameter to state dict."""
+@cache
+def optimizers_take_names() -> bool:
+    """Whether this torch's optimizers take named parameters (and keep ``param_names``): 2.6 and later."""
+    try:
+        torch.optim.SGD([("probe", torch.zeros(1, requires_grad=True))], lr=0.1)
+    except (TypeError, ValueError):
+        return False
+    return True
 
-    def __init__(self, optimizers: list[torch.optim.Optimizer]) -> None:
-        self._owner = {param: optimizer for optimizer in optimizers for group in optimizer.param_groups
-                       for param in group["params"]}
 
-    def __getitem__(self, param: torch.Tensor) -> dict[str, Any]:
-        owner = self._owner.get(param)
-        if owner is None:
-            raise KeyError("parameter is not in this plan")
-        return owner.state[param]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return (param for param, owner in self._owner.items() if param in owner.state)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
+def _unhooked_step(optimizer: torch.optim.Optimizer) -> Callable[[], Any]:
+    """``optimizer.step`` without torch's hook wrapper: the planned optimizer's own step already ran
+    the global step hooks, which must fire once per step, not once per inner optimizer."""
+    step = type(optimizer).step
+    return getattr(step, "__wrapped__", step).__get__(optimizer)
 
 
 class PlannedOptimizer(torch.optim.Optimizer):
-    """Several optimizers behaving as one (see the module docstring)."""
+    """Several optimizers behaving as one (see the module docstring).
+
+    ``optimizers`` are the inner optimizers, one per method spec; ``plan`` the plan they follow.
+    """
 
     def __init__(self, optimizers: list[torch.optim.Optimizer], plan: Plan) -> None:
-        params = [param for optimizer in optimizers for group in optimizer.param_groups for param in group["params"]]
-        super().__init__(params, {})
-        self.optimizers = optimizers
+        self.optimizers = list(optimizers)
         self.plan = plan
+        super().__init__([group for optimizer in self.optimizers for group in optimizer.param_groups], {})
+        for optimizer in self.optimizers:
+            self.state.update(optimizer.state)
         self._link()
 
     def _link(self) -> None:
-        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
-        self.state = _MergedState(self.optimizers)  # type: ignore[assignment]
+        """Give every inner optimizer its own share of the groups (by method) and this optimizer's state.
+
+        Each inner optimizer's ``__setstate__`` first sees its own groups and states alone, so its
+        class's fix-ups of loaded state (torch's turn step counters into tensors, fill in newer
+        flags) apply to its parameters and no others.
+        """
+        for optimizer in self.optimizers:
+            method = optimizer.param_groups[0][METHOD_KEY]
+            groups = [group for group in self.param_groups if group[METHOD_KEY] == method]
+            own_state = {param: self.state[param] for group in groups for param in group["params"]
+                         if param in self.state}
+            optimizer.__setstate__({"state": own_state, "param_groups": groups})
+            optimizer.state = self.state
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "optimizers": self.optimizers, "plan": self.plan}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self._link()
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group of named parameters under the method spec in ``param_group["method"]``.
+
+        The group joins the inner optimizer of that spec (one is built when the plan has none),
+        which validates its hyperparameters and layouts and fills in its defaults. A group without
+        a method spec is refused, since no method would update its parameters, and so is one of
+        unnamed parameters (every group of a planned optimizer names its parameters). Parameters
+        added this way are not in :attr:`plan`.
+        """
+        if any(param_group is group for optimizer in self.optimizers for group in optimizer.param_groups):
+            self.param_groups.append(param_group)  # an inner optimizer's group, at construction
+            return
+        method = param_group.get(METHOD_KEY)
+        if not isinstance(method, str):
+            raise ValueError(f"a group added to a PlannedOptimizer needs '{METHOD_KEY}': the method spec that "
+                             f"updates its parameters (one of: {', '.join(self.methods)})")
+        spec_text = str(parse_spec(method))
+        group = {key: value for key, value in param_group.items() if key != METHOD_KEY}
+        owner = next((optimizer for optimizer in self.optimizers if optimizer.param_groups[0][METHOD_KEY] == spec_text),
+                     None)
+        self._check_new_parameters(group)
+        if owner is None:
+            owner = build(spec_text, [group], lr=group.get("lr"))
+            self.optimizers.append(owner)
+        else:
+            owner.add_param_group(group)
+        owner.param_groups[-1][METHOD_KEY] = spec_text
+        self.param_groups.append(owner.param_groups[-1])
+        self._link()
+
+    def _check_new_parameters(self, group: dict[str, Any]) -> None:
+        """Refuse unnamed parameters (where the groups name theirs) and parameters already in a group
+        (``group["params"]`` becomes a list)."""
+        params = group["params"]
+        group["params"] = params = [params] if isinstance(params, torch.Tensor) else list(params)
+        named = all("param_names" in existing for existing in self.param_groups)
+        if named and not all(isinstance(param, tuple) for param in params):
+            raise ValueError("a PlannedOptimizer's groups name their parameters: add (name, parameter) pairs")
+        present = {id(param) for existing in self.param_groups for param in existing["params"]}
+        if any(id(param[1] if isinstance(param, tuple) else param) in present for param in params):
+            raise ValueError("some parameters appear in more than one parameter group")
+
+    @property
+    def methods(self) -> list[str]:
+        """The method specs of the inner optimizers, in order."""
+        return [optimizer.param_groups[0][METHOD_KEY] for optimizer in self.optimizers]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` once (if given), then step every inner optimizer."""
         loss = run_closure(closure)
         for optimizer in self.optimizers:
-            optimizer.step()
+            # the label torch's hook wrapper would give, so profiles still show each inner step
+            with torch.autograd.profiler.record_function(f"Optimizer.step#{type(optimizer).__name__}.step"):
+                _unhooked_step(optimizer)()
         return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Hand each inner optimizer its share of ``state_dict`` (each keeps its own dtype rules)."""
-        saved_groups = state_dict["param_groups"]
-        if len(saved_groups) != len(self.param_groups):
-            raise PlanError(f"state_dict has {len(saved_groups)} parameter groups, this plan's optimizer "
-                            f"{len(self.param_groups)}")
-        position = 0
-        for optimizer in self.optimizers:
-            count = len(optimizer.param_groups)
-            groups = saved_groups[position:position + count]
-            position += count
-            local = {saved_id: index for index, saved_id in
-                     enumerate(saved_id for group in groups for saved_id in group["params"])}
-            optimizer.load_state_dict({
-                "state": {local[saved_id]: value for saved_id, value in state_dict["state"].items()
-                          if saved_id in local},
-                "param_groups": [{**group, "params": [local[saved_id] for saved_id in group["params"]]}
-                                 for group in groups],
-            })
-        self._link()
+        """Load a state_dict: each parameter's state comes back with its inner optimizer's dtype
+        policy (memplan's keeps saved dtypes, torch's casts to the parameter's); a saved group of
+        another method than the current one at that position is refused."""
+        owners = {param: optimizer for optimizer in self.optimizers
+                  for group in optimizer.param_groups for param in group["params"]}
+
+        def restore_for(param: torch.Tensor):
+            return keep_saved_dtype if isinstance(owners.get(param), MemplanOptimizer) else torch_policy
+
+        def check_group(index: int, group: Mapping[str, Any], saved: Mapping[str, Any]) -> None:
+            if saved.get(METHOD_KEY) != group[METHOD_KEY]:
+                raise PlanError(f"state_dict's parameter group {index} is for {saved.get(METHOD_KEY)!r}, this "
+                                f"optimizer's for {group[METHOD_KEY]!r}: it was saved from another plan")
+
+        load_state_dict(self, state_dict, restore_for, check_group)
+
+
+__all__ = ["METHOD_KEY", "PlannedOptimizer", "from_plan"]

@@ -19,7 +19,8 @@ import torch
 
 from memplan.methods.sm3 import SM3_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, effective_gradient, flat_view, updating, working_copy)
+                                block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
+                                working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
 
@@ -37,8 +38,9 @@ class SM3(MemplanOptimizer):
         momentum: first-moment decay in [0, 1); 0 keeps no buffer.
         eps: added to nu under the root.
         variant: "II" (tighter, default) or "I".
-        cover: optional per-parameter cover views (tensor indices), keyed by name or tensor, or
-            a function ``(name, shape) -> view``; the natural shape by default.
+        cover: optional per-parameter cover views (tensor indices), keyed by name or tensor, a
+            function ``(name, shape) -> view``, or a list with one view (or None) per parameter;
+            the natural shape by default. Resolved into the list form when the group is added.
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.
@@ -69,9 +71,11 @@ class SM3(MemplanOptimizer):
                 accumulator.add_(maximum)
         else:
             new_accumulators = [torch.zeros_like(accumulator) for accumulator in accumulators]
-        buffer = state["momentum_buffer"].view(-1) if "momentum_buffer" in state and group["momentum"] else None
+        buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
+        # the minima of slice accumulators are read in the working dtype (a no-op for fp32)
+        readable = [accumulator.to(working_dtype(param.dtype)) for accumulator in accumulators]
         for block, granules in plan:
-            _update_block(group, weights, grads, block, granules, accumulators, new_accumulators, buffer)
+            _update_block(group, weights, grads, block, granules, readable, new_accumulators, buffer)
         if new_accumulators is not None:
             for accumulator, new in zip(accumulators, new_accumulators):
                 accumulator.copy_(new)
@@ -100,8 +104,8 @@ def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.
             inverse_root = nu.add(group["eps"]).rsqrt_().reshape(-1)
         del nu
         if buffer is None:
-            weight.addcmul_(gradient, inverse_root, value=-group["lr"])
+            weight.addcmul_(gradient, inverse_root, value=-learning_rate(group))
         else:
             momentum = group["momentum"]
             moving = buffer[window].mul_(momentum).addcmul_(gradient, inverse_root, value=1.0 - momentum)
-            weight.add_(moving, alpha=-group["lr"])
+            weight.add_(moving, alpha=-learning_rate(group))

@@ -27,7 +27,7 @@ import torch
 
 from memplan.methods.smmf import SMMF_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, flat_view, updating)
+                                block_bytes_per_element, flat_view, learning_rate, updating)
 from memplan.optim.blocks import Block, axis_pieces, partition, reduce_granules
 
 # Packing gathers the low bit of 8 bytes of an int64 word into one byte with shifts and ors (no
@@ -67,9 +67,13 @@ def pack_signs(positive: torch.Tensor, out: torch.Tensor) -> None:
     out.copy_(words.bitwise_and_(0xFF))
 
 
+_SAME_SIZE_INTEGERS = {torch.float32: torch.int32, torch.float64: torch.int64}
+
+
 def positive_signs(values: torch.Tensor) -> torch.Tensor:
-    """1 where ``values > 0`` else 0, as uint8: an fp32's bits read as int32 are > 0 exactly then."""
-    return torch.clamp(values.view(torch.int32), 0, 1).to(torch.uint8)
+    """1 where ``values > 0`` else 0, as uint8: a float's bits read as a signed integer of the same
+    size are > 0 exactly then (fp32 or float64 values)."""
+    return torch.clamp(values.view(_SAME_SIZE_INTEGERS[values.dtype]), 0, 1).to(torch.uint8)
 
 
 def normalize_factors_(row: torch.Tensor, col: torch.Tensor) -> None:
@@ -99,8 +103,9 @@ class SMMF(MemplanOptimizer):
         growth_rate: beta1_t = beta1 * growth_rate^(t-1).
         vector_reshape: square-matricize vectors too; otherwise they keep full moments.
         sign_bits: 1 (8 signs per byte) or 8 (one bool per sign).
-        matricization: optional per-parameter (n, m) views, keyed by name or tensor, or a
-            function ``(name, shape) -> (n, m)``.
+        matricization: optional per-parameter (n, m) views, keyed by name or tensor, a
+            function ``(name, shape) -> (n, m)``, or a list with one view (or None) per parameter;
+            resolved into the list form when the group is added.
         chunk_bytes: bound on the extra memory of one step (None: each tensor in one piece).
         maximize: maximize the objective instead of minimizing.
     """
@@ -137,7 +142,7 @@ def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.
     factors (1 - beta) go back into the step size and the new row and column sums, which only
     vector-sized work touches. (1 - beta2_t) = t^decay_rate > 0 and 1 - beta1_t > 0 always.)"""
     rows, cols = state["layout"]
-    first_moment = beta1_t is not None and "row_m" in state
+    first_moment = beta1_t is not None
     v_scale = 1.0 - beta2_t
     m_scale = 1.0 - beta1_t if first_moment else 1.0
     step = _FactoredStep(
@@ -148,7 +153,7 @@ def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.
         new_v=[torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])],
         new_m=[torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])] if first_moment else [],
         eps=group["eps"] / math.sqrt(v_scale),
-        step_size=-group["lr"] * m_scale / math.sqrt(v_scale),
+        step_size=-learning_rate(group) * m_scale / math.sqrt(v_scale),
     )
     fixed_bytes = 4 * (rows + cols) * (len(step.new_v) + len(step.new_m) + len(step.scaled_v) + len(step.scaled_m))
     packed = step.signs is not None and step.signs.dtype == torch.uint8
@@ -237,7 +242,7 @@ def _update_full(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tens
     """Vectors kept unfactored (vector_reshape=False): Adam-like moments with SMMF's schedules."""
     weights, grads = flat_view(param), flat_view(grad)
     exp_avg_sq = state["exp_avg_sq"].view(-1)
-    exp_avg = state["exp_avg"].view(-1) if "exp_avg" in state and beta1_t is not None else None
+    exp_avg = state["exp_avg"].view(-1) if beta1_t is not None else None
     for block, _ in partition((weights.numel(),), block_budget(group, 0), 16):
         _full_block(group, weights, grads, exp_avg, exp_avg_sq, block, beta1_t, beta2_t)
 
@@ -247,5 +252,5 @@ def _full_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Te
     window = slice(block.flat_start, block.flat_stop)
     with updating(weights, grads, window, group) as (weight, gradient):
         second = exp_avg_sq[window].mul_(beta2_t).addcmul_(gradient, gradient, value=1.0 - beta2_t)
-        first = gradient if exp_avg is None else exp_avg[window].lerp_(gradient, 1.0 - beta1_t)
-        weight.addcdiv_(first, second.sqrt().add_(group["eps"]), value=-group["lr"])
+        first = gradient if exp_avg is None else exp_avg[window].mul_(beta1_t).add_(gradient, alpha=1.0 - beta1_t)
+        weight.addcdiv_(first, second.sqrt().add_(group["eps"]), value=-learning_rate(group))

@@ -55,7 +55,7 @@ def test_mappings_by_name_and_by_tensor_and_errors_naming_the_parameter():
     assert [optimizer.state[model.weight][f"acc_{i}"].shape[0] for i in range(2)] == [2, 12]
     assert optimizer.state[model.bias]["layout"] == (4,)
     by_tensor = ExtremeTensoring(model.parameters(), index={model.weight: (24,)})
-    assert by_tensor._layout(by_tensor.param_groups[0], model.weight, None, 0) == (24,)
+    assert by_tensor.param_groups[0]["index"] == ((24,), None)
     with pytest.raises(ValueError, match=r"index of parameter 'weight' of shape \[4, 6\]: .*has 25 elements"):
         ExtremeTensoring(model.named_parameters(), index={"weight": (5, 5)})
     with pytest.raises(ValueError, match="Invalid index: 'et9'"):

@@ -1,4 +1,5 @@
 import io
+from copy import deepcopy
 
 import pytest
 import torch
@@ -108,3 +109,107 @@ def test_named_parameters_and_plan_paths_are_accepted(tmp_path):
     give_gradients(model, 0)
     optimizer.step()
     assert state_storage_bytes(optimizer) == Plan.load(path).state_bytes
+
+
+class Wide(torch.nn.Module):
+    """Parameters much larger than any plan's state: a checkpoint that held them would show."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(256, 128)
+        self.head = torch.nn.Linear(128, 10)
+
+
+def saved_bytes(obj) -> int:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def test_a_checkpoint_holds_only_state_and_small_metadata():
+    torch.manual_seed(0)
+    model = Wide()
+    optimizer = from_plan(model, plan_for(model, 4096, methods=["smmf", "adam", "sm3", "et"]))
+    give_gradients(model, 0)
+    optimizer.step()
+    state_tensors = [value for state in optimizer.state.values() for key, value in state.items()
+                     if isinstance(value, torch.Tensor) and key != "step"]
+    parameter_bytes = sum(param.numel() * param.element_size() for param in model.parameters())
+    checkpoint = saved_bytes(optimizer.state_dict())
+    assert state_storage_bytes(optimizer) == sum(t.numel() * t.element_size() for t in state_tensors) <= 4096
+    # the state tensors saved alone, plus a few KiB of hyperparameters, names, layouts and counters
+    assert checkpoint <= saved_bytes(state_tensors) + 4096 < parameter_bytes / 10
+
+
+def test_state_takes_any_key_like_a_torch_optimizers():
+    model = Net()
+    optimizer = from_plan(model, plan_for(model, 3000))
+    optimizer.state["note"] = {"epoch": 3}
+    give_gradients(model, 0)
+    optimizer.step()
+    assert optimizer.state_dict()["state"]["note"] == {"epoch": 3}
+    assert all(optimizer.state is inner.state for inner in optimizer.optimizers)
+
+
+def test_resuming_keeps_the_planned_layouts_of_parameters_without_state():
+    """A parameter with no state when the checkpoint was saved still gets its planned layout."""
+    torch.manual_seed(0)
+    model = Net()
+    plan = plan_for(model, 3000, methods=["smmf", "sm3", "et"])
+    optimizer = from_plan(model, plan)
+    give_gradients(model, 0)
+    model.conv.weight.grad = None   # no state for it at save time
+    optimizer.step()
+    buffer = io.BytesIO()
+    torch.save(optimizer.state_dict(), buffer)
+    buffer.seek(0)
+    resumed_model = Net()
+    resumed = from_plan(resumed_model, plan)
+    resumed.load_state_dict(torch.load(buffer, weights_only=True))
+    give_gradients(resumed_model, 1)
+    resumed.step()
+    planned = {entry.name: entry.layout for entry in plan.entries}
+    assert resumed.state[resumed_model.conv.weight]["layout"] == planned["conv.weight"]
+    assert state_storage_bytes(resumed) == plan.state_bytes
+
+
+def test_added_groups_need_a_method_and_are_updated_by_it():
+    model = Net()
+    optimizer = from_plan(model, plan_for(model, 10**6))
+    extra, other = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(4, 6))
+    with pytest.raises(ValueError, match="needs 'method'"):
+        optimizer.add_param_group({"params": [("extra", extra)]})
+    with pytest.raises(ValueError, match="more than one parameter group"):
+        optimizer.add_param_group({"params": [("conv.weight", model.conv.weight)], "method": "sgd"})
+    planned_method = optimizer.param_groups[0]["method"]
+    with pytest.raises(ValueError, match=r"\(name, parameter\) pairs"):
+        optimizer.add_param_group({"params": [extra], "method": planned_method})
+    optimizer.add_param_group({"params": [("extra", extra)], "method": planned_method, "lr": 0.1})
+    optimizer.add_param_group({"params": [("other", other)], "method": "smmf", "lr": 0.1, "matricization": [(24, 1)]})
+    assert [group["method"] for group in optimizer.param_groups[-2:]] == [planned_method, "smmf"]
+    extra.grad, other.grad = torch.ones(3), torch.ones(4, 6)
+    optimizer.step()
+    assert (extra < 1).all() and (other < 1).all()
+    assert optimizer.state[other]["layout"] == (24, 1)
+    resumed = deepcopy(optimizer)
+    resumed.load_state_dict(optimizer.state_dict())
+    assert len(resumed.param_groups) == len(optimizer.param_groups)
+
+
+def test_an_override_reaches_every_planned_method_or_none():
+    model = Net()
+    plan = plan_for(model, 3000, methods=["smmf", "sgd", "adam"])
+    optimizer = from_plan(model, plan, maximize=True)
+    assert len(optimizer.optimizers) > 1 and all(group["maximize"] for group in optimizer.param_groups)
+    if any("chunk_bytes" not in group for group in optimizer.param_groups):
+        with pytest.raises(SpecError, match="would reach only some planned methods"):
+            from_plan(model, plan, chunk_bytes=2**20)
+
+
+def test_a_state_dict_of_another_plan_is_refused():
+    model = Net()
+    optimizer = from_plan(model, plan_for(model, 3000))
+    state_dict = optimizer.state_dict()
+    state_dict["param_groups"][0]["method"] = "sgd:momentum=0.5"
+    with pytest.raises(PlanError, match="saved from another plan"):
+        optimizer.load_state_dict(state_dict)
