@@ -15,11 +15,11 @@ from rich.table import Table
 from memplan.analyze import Analysis, analyze as run_analysis, made_with
 from memplan.errors import UsageError
 from memplan.loaders import load_profile
-from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS, split_spec_list
+from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS
 from memplan.sizes import format_count, format_size
 from memplan.cli import output
 from memplan.cli.options import (DEFAULT_PROFILE_PATH, EntryOpt, FreezeOpt, JsonOpt, SourceArg, StripPrefixOpt,
-                                 methods_option)
+                                 method_specs, methods_option)
 
 MethodsOpt = methods_option(ANALYZE_METHODS, "total")
 
@@ -38,7 +38,7 @@ def analyze(
     """List every parameter of a model and the optimizer state each method needs; save the profile."""
     if table_format not in {"table", "csv"}:
         raise UsageError(f"--format must be table or csv, got {table_format!r}")
-    specs = split_spec_list(methods) if methods else list(ANALYZE_METHODS)
+    specs = method_specs(methods, ANALYZE_METHODS)
     profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)
     if name:
         profile = replace(profile, name=name)

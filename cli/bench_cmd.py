@@ -13,7 +13,7 @@ from rich.table import Table
 from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH, DeviceProfile
 from memplan.devices import parse_device
 from memplan.errors import UsageError
-from memplan.methods import BENCH_METHODS, parse_spec, split_spec_list
+from memplan.methods import BENCH_METHODS, parse_spec
 from memplan.sizes import format_size, parse_size
 from memplan.cli import output, options
 from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt, JsonOpt, OptionalSourceArg,
@@ -48,8 +48,8 @@ def bench(
     """Run real optimizer steps of each method on the device and compare with memplan's predictions."""
     if steps < 1 or warmup < 1:
         raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
-    memory_bytes = parse_size(memory) if memory is not None else None
-    specs = [str(parse_spec(spec)) for spec in split_spec_list(methods)] if methods else None
+    memory_bytes = options.parse_option("--memory", parse_size, memory) if memory is not None else None
+    specs = [str(parse_spec(spec)) for spec in options.method_specs(methods, ())] if methods else None
     target = parse_device(device)
     calibrate_only = calibrate and source is None and specs is None
     model_source = None if calibrate_only else options.default_source(source, "bench")

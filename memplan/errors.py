@@ -51,3 +51,7 @@ class UsageError(MemplanError, ValueError):
 
 class DeviceError(MemplanError):
     """A device that is not available here, or a device name memplan does not understand."""
+
+
+class UnknownDeviceError(DeviceError, UsageError):
+    """A device name memplan does not understand (``tpu``, ``cuda:x``): a usage error (exit 2)."""

@@ -84,10 +84,10 @@ def test_source_defaults_to_the_last_analyzed_profile(run_memplan, tiny_profile)
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--methods", "adamx"], 1, "unknown method 'adamx'"),
+    (["--methods", "adamx"], 2, "unknown method 'adamx'"),
     (["--dtype", "float16"], 2, "--dtype must be float32 or bfloat16"),
-    (["--device", "tpu"], 1, "unknown device 'tpu'"),
-    (["--memory", "64M"], 1, "ambiguous unit"),
+    (["--device", "tpu"], 2, "unknown device 'tpu'"),
+    (["--memory", "64M"], 2, "ambiguous unit"),
     (["--steps", "0"], 2, "--steps and --warmup must be at least 1"),
     (["--device-profile", "nowhere"], 1, "no device profile file or bundled device 'nowhere'"),
 ])

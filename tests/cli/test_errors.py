@@ -9,8 +9,8 @@ from memplan.planner import make_plan
 @pytest.mark.parametrize("args, code, message", [
     (["analyze", "no-such-model"], 1, "no such file or bundled profile"),
     (["analyze", "missing.pt"], 1, "missing.pt: no such file or folder"),
-    (["analyze", "gpt2", "--methods", "adamx"], 1, "unknown method 'adamx'"),
-    (["analyze", "gpt2", "--methods", "smmf:sign_bits=3"], 1, "must be one of 1, 8"),
+    (["analyze", "gpt2", "--methods", "adamx"], 2, "unknown method 'adamx'"),
+    (["analyze", "gpt2", "--methods", "smmf:sign_bits=3"], 2, "must be one of 1, 8"),
     (["analyze", "gpt2", "--format", "xml"], 2, "--format must be table or csv"),
     (["analyze", "gpt2", "--entry", "x"], 2, "--entry applies to a model.py"),
     (["analyze", "gpt2", "--bogus"], 2, "No such option"),
