@@ -14,6 +14,7 @@ from rich.table import Table
 
 from memplan.analyze import Analysis, analyze as run_analysis, made_with
 from memplan.errors import UsageError
+from memplan.fileio import check_writable
 from memplan.loaders import load_profile
 from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS
 from memplan.sizes import format_count, format_size
@@ -39,6 +40,7 @@ def analyze(
     if table_format not in {"table", "csv"}:
         raise UsageError(f"--format must be table or csv, got {table_format!r}")
     specs = method_specs(methods, ANALYZE_METHODS)
+    check_writable(out)
     profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)
     if name:
         profile = replace(profile, name=name)

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH, DeviceProfile
 from memplan.devices import parse_device
-from memplan.errors import UsageError
+from memplan.errors import MemplanError, OutputError, UsageError
+from memplan.fileio import check_writable
 from memplan.methods import BENCH_METHODS, parse_spec
 from memplan.sizes import format_size, parse_size
 from memplan.cli import output, options
@@ -40,7 +41,7 @@ def bench(
                                         f"save the device profile (to --device-profile, or {DEFAULT_DEVICE_PROFILE_PATH})."),
     device_profile: DeviceProfileOpt = None,
     plan: Optional[Path] = typer.Option(None, "--plan", help="Also measure the optimizer this plan builds "
-                                                             f"(default: {DEFAULT_PLAN_PATH} here, when present)."),
+                                                             f"(e.g. {DEFAULT_PLAN_PATH})."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as CSV."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw state memory against step time (PNG)."),
     as_json: JsonOpt = False,
@@ -53,11 +54,16 @@ def bench(
     target = parse_device(device)
     calibrate_only = calibrate and source is None and specs is None
     model_source = None if calibrate_only else options.default_source(source, "bench")
+    for path in (out, plot, Path(device_profile) if calibrate and device_profile else None):
+        if path is not None:
+            check_writable(path)
     # kineto logs two "USDT" lines per profiled step below level 6
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from memplan import bench as measurement
 
     measurement.check_dtype(dtype)
+    if plot is not None:
+        measurement.check_plot_support()
     profile_choice = device_profile
     if calibrate:
         from memplan.timing import calibrate as measure_device
@@ -69,23 +75,39 @@ def bench(
             _show_device_profile(calibrated, saved, as_json)
             return
         profile_choice = str(saved)
-    plan_path = plan if plan is not None else (DEFAULT_PLAN_PATH if DEFAULT_PLAN_PATH.is_file() else None)
-    setup = measurement.prepare_bench(model_source, specs, target, dtype, profile_choice, plan_path)
+    setup = measurement.prepare_bench(model_source, specs, target, dtype, profile_choice, plan)
     report = _run_with_progress(setup, steps, warmup, memory_bytes)
-    if out is not None:
-        output.note(f"results written to {measurement.write_csv(report, out)}")
-    if plot is not None:
-        output.note(f"plot written to {measurement.write_plot(report, plot)}")
+    failures = _write_outputs(report, out, plot)
     if as_json:
         output.print_json({**report.to_json(), "device_profile_origin": setup.device_profile_origin})
-        return
-    output.stdout().print(_results_table(report, setup.device_profile_origin))
-    for result in report.results:
-        if result.skipped:
-            output.note(f"{result.method}: skipped: {result.skip_reason}")
-    for entry in setup.entries:
-        if entry.prediction_note:
-            output.note(f"{entry.label}: {entry.prediction_note}")
+    else:
+        output.stdout().print(_results_table(report, setup.device_profile_origin))
+        for result in report.results:
+            if result.skipped:
+                output.note(f"{result.method}: skipped: {result.skip_reason}")
+        for entry in setup.entries:
+            if entry.prediction_note:
+                output.note(f"{entry.label}: {entry.prediction_note}")
+    for warning in report.noise_warnings():
+        output.note(f"warning: {warning}")
+    if failures:
+        raise OutputError("; ".join(failures))
+
+
+def _write_outputs(report: BenchReport, out: Path | None, plot: Path | None) -> list[str]:
+    """Write the CSV and the plot that were asked for, each on its own: one that fails does not
+    stop the other, nor the table. Returns the failures' messages."""
+    from memplan import bench as measurement
+
+    failures: list[str] = []
+    for path, write, what in ((out, measurement.write_csv, "results"), (plot, measurement.write_plot, "plot")):
+        if path is None:
+            continue
+        try:
+            output.note(f"{what} written to {write(report, path)}")
+        except (MemplanError, OSError) as error:
+            failures.append(str(error) if isinstance(error, MemplanError) else f"cannot write {path}: {error}")
+    return failures
 
 
 def _run_with_progress(setup: BenchSetup, steps: int, warmup: int, memory_bytes: int | None) -> BenchReport:

@@ -22,7 +22,7 @@ DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
 """Where ``memplan analyze`` saves the profile, and where plan and bench look when no SOURCE is given."""
 
 DEFAULT_PLAN_PATH = Path("plan.yaml")
-"""Where ``memplan plan`` writes, ``memplan show`` reads and ``memplan bench`` looks for a plan."""
+"""Where ``memplan plan`` writes and ``memplan show`` reads (``memplan bench`` measures a plan only with ``--plan``)."""
 
 _SOURCE_HELP = ("model.py, checkpoint, .safetensors, index.json, profile YAML, Hugging Face folder, "
                 "or a bundled profile name.")

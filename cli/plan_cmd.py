@@ -14,6 +14,7 @@ from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt,
 from memplan.costmodel import resolve_device_profile
 from memplan.devices import parse_device
 from memplan.errors import SourceError, UsageError
+from memplan.fileio import check_writable
 from memplan.loaders import load_profile, source_kind
 from memplan.methods import PLAN_METHODS
 from memplan.plan import Plan
@@ -48,6 +49,7 @@ def plan(
     if time_weight is None and objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     chosen, _ = resolve_device_profile(parse_device(device), device_profile)
+    check_writable(out)
     source = options.default_source(source, "plan")
     profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)
     moments = None

@@ -33,6 +33,11 @@ class PlanError(ProfileError):
     """A plan that is malformed, inconsistent, or made for another model."""
 
 
+class OutputError(MemplanError, OSError):
+    """A file memplan was asked to write that cannot be written (a read-only folder, a parent
+    path that is a file, a target that is a folder)."""
+
+
 class BudgetError(MemplanError):
     """No choice of optimizer state fits the byte budget; ``minimum_bytes`` is the smallest that does."""
 

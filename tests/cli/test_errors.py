@@ -54,3 +54,18 @@ def test_a_mistyped_value_in_a_hand_edited_plan_names_its_key(run_memplan, tmp_p
     assert result.code == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
         "memplan: error: plan.yaml: hyperparameters.smmf.eps: expected a number, got 'tiny'"], result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "gpt2", "--budget", "64MiB", "--out", "/proc/plan.yaml"],
+    ["plan", "gpt2", "--budget", "64MiB", "--out", "afile/plan.yaml"],
+    ["analyze", "gpt2", "--out", "afile/profile.yaml"],
+    ["analyze", "gpt2", "--out", "."],
+])
+def test_an_output_that_cannot_be_written_is_one_line(run_memplan, tmp_path, args):
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    result = run_memplan(*args)
+    assert result.code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memplan: error: cannot write "), result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
