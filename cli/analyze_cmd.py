@@ -33,12 +33,14 @@ def analyze(
     freeze: FreezeOpt = None,
     name: Optional[str] = typer.Option(None, "--name", help="Name to give the profile."),
     out: Path = typer.Option(DEFAULT_PROFILE_PATH, "--out", "-o", help="Where to write the profile YAML."),
-    table_format: str = typer.Option("table", "--format", help="Parameter listing: table or csv."),
+    table_format: Optional[str] = typer.Option(None, "--format", help="Parameter listing: table (default) or csv."),
     as_json: JsonOpt = False,
 ) -> None:
     """List every parameter of a model and the optimizer state each method needs; save the profile."""
-    if table_format not in {"table", "csv"}:
+    if table_format not in {None, "table", "csv"}:
         raise UsageError(f"--format must be table or csv, got {table_format!r}")
+    if as_json and table_format is not None:
+        raise UsageError("--format and --json do not go together: --json prints one JSON document")
     specs = method_specs(methods, ANALYZE_METHODS)
     check_writable(out)
     profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)

@@ -140,8 +140,13 @@ class PlanEntry:
         if data["state_bytes"] != state.state_bytes:
             raise PlanError(f"parameter {name}: state_bytes {data['state_bytes']} but {spec} with layout "
                             f"{None if layout is None else list(layout)} keeps {state.state_bytes}")
+        for key, derived in (("momentum", state.momentum), ("state_dtype", state.state_dtype)):
+            if data.get(key) not in (None, "", derived):
+                raise PlanError(f"parameter {name}: {key} {data[key]!r} is not what {spec} keeps ({derived!r}); "
+                                f"{key} follows from the method: edit the method spec instead (options in "
+                                f"docs/methods.md)")
         return cls(name=name, shape=shape, dtype=data["dtype"], method=str(spec), layout=state.layout,
-                   momentum=state.momentum, state_dtype=data.get("state_dtype", ""),
+                   momentum=state.momentum, state_dtype=state.state_dtype,
                    state_bytes=state.state_bytes, quality=float(data.get("quality", 0.0)),
                    distortion=None if data.get("distortion") is None else float(data["distortion"]))
 

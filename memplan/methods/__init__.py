@@ -136,6 +136,12 @@ class ParamState:
         """Exact bytes of persistent state (step counters excluded)."""
         return sum(tensor.nbytes for tensor in self.tensors)
 
+    @property
+    def state_dtype(self) -> str:
+        """The dtypes of the state tensors, in order, joined by ``+`` (``float32+uint8``); ``none``."""
+        dtypes = list(dict.fromkeys(tensor.dtype for tensor in self.tensors))
+        return "+".join(dtypes) if dtypes else "none"
+
 
 def param_state(spec: str | MethodSpec, shape: Iterable[int], param_dtype: str = "float32",
                 layout: Iterable[int] | None = None) -> ParamState:
