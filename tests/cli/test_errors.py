@@ -69,3 +69,11 @@ def test_an_output_that_cannot_be_written_is_one_line(run_memplan, tmp_path, arg
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("memplan: error: cannot write "), result.stderr
     assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_text_file_named_pt_is_not_a_checkpoint(run_memplan, tmp_path):
+    (tmp_path / "x.pt").write_text("hello, not a checkpoint\n")
+    result = run_memplan("analyze", "x.pt")
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("memplan: error: x.pt: not a PyTorch checkpoint (torch.save writes a zip "
+                                     "archive or a pickle; this file starts with 'hello, n')")
