@@ -81,7 +81,8 @@ def bench(
     if as_json:
         output.print_json({**report.to_json(), "device_profile_origin": setup.device_profile_origin})
     else:
-        output.stdout().print(_results_table(report, setup.device_profile_origin))
+        console = output.stdout()
+        console.print(_results_table(report, setup.device_profile_origin, console.width))
         for result in report.results:
             if result.skipped:
                 output.note(f"{result.method}: skipped: {result.skip_reason}")
@@ -125,30 +126,49 @@ def _run_with_progress(setup: BenchSetup, steps: int, warmup: int, memory_bytes:
         return setup.run(steps=steps, warmup=warmup, memory_bytes=memory_bytes, progress=advance)
 
 
-def _results_table(report: BenchReport, origin: str) -> Table:
-    """Predicted beside measured, one row per method."""
+NARROW_WIDTH = 130
+"""Below this many columns the results table keeps only the essential columns."""
+
+
+def _results_table(report: BenchReport, origin: str, width: int) -> Table:
+    """Predicted beside measured, one row per method; on a narrow terminal only the essential
+    columns, so that no header or figure is cut."""
+    narrow = width < NARROW_WIDTH
     title = (f"{report.profile_name} on {report.device}, {report.dtype}: median of {report.steps} timed steps "
              f"after {report.warmup} warm-up")
     caption = (f"{report.device_name}; torch {report.torch_version}, {report.threads} threads; predictions from "
                f"{origin}; peak transient: {report.peak_method}")
+    if narrow:
+        caption += "; a wider terminal (or --json, --out) shows predicted state, peak transient and p10-p90"
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for column in ("method", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
-                   "measured ms (p10-p90)", "time error", "vs AdamW"):
-        table.add_column(column, justify="left" if column == "method" else "right")
+    columns = (("method", "state", "state error", "pred. ms", "measured ms", "time error", "vs AdamW") if narrow else
+               ("method", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
+                "measured ms (p10-p90)", "time error", "vs AdamW"))
+    for column in columns:
+        header = column.replace(" ", "\n", 1) if narrow and column != "method" else column
+        if column == "method":
+            table.add_column(header, overflow="fold", min_width=12)
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
     for result in report.results:
         ratio = report.ratio_to_adamw(result)
-        table.add_row(
-            result.method,
-            format_size(result.predicted_state_bytes),
-            "skipped" if result.skipped else format_size(result.measured_state_bytes),
-            _state_error(result),
-            "-" if result.peak_transient_bytes is None else format_size(result.peak_transient_bytes),
-            "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.1f}",
-            "-" if result.step_ms_median is None else
-            f"{result.step_ms_median:.1f} ({result.step_ms_p10:.1f}-{result.step_ms_p90:.1f})",
-            "-" if result.step_error is None else f"{100 * result.step_error:+.0f}%",
-            "-" if ratio is None else f"{ratio:.2f}x",
-        )
+        measured_ms = "-" if result.step_ms_median is None else f"{result.step_ms_median:.1f}"
+        if not narrow and result.step_ms_median is not None:
+            measured_ms += f" ({result.step_ms_p10:.1f}-{result.step_ms_p90:.1f})"
+        cells = {
+            "method": result.method,
+            "pred. state": format_size(result.predicted_state_bytes),
+            "measured state": "skipped" if result.skipped else format_size(result.measured_state_bytes),
+            "state": "skipped" if result.skipped else format_size(result.measured_state_bytes),
+            "state error": _state_error(result),
+            "peak transient": "-" if result.peak_transient_bytes is None else format_size(result.peak_transient_bytes),
+            "pred. ms": "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.1f}",
+            "measured ms": measured_ms,
+            "measured ms (p10-p90)": measured_ms,
+            "time error": "-" if result.step_error is None else f"{100 * result.step_error:+.0f}%",
+            "vs AdamW": "-" if ratio is None else f"{ratio:.2f}x",
+        }
+        table.add_row(*(cells[column] for column in columns))
     return table
 
 

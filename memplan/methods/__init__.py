@@ -48,6 +48,27 @@ REFERENCE_FAMILY = "adam"
 ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")
 """The methods ``memplan analyze`` totals unless told otherwise."""
 
+STATE_OPTIONS = ("beta1", "momentum", "amsgrad", "sign_bits", "variant")
+"""Options that decide which state tensors a method keeps (shown beside its bytes)."""
+
+
+def state_options(spec: str) -> str:
+    """The options of ``spec``, defaults resolved, that decide what state it keeps, as
+    ``key=value`` text (``sm3`` -> ``momentum=0.9,variant=II``); empty when it has none."""
+    parsed = parse_spec(spec)
+    resolved = get_method(parsed.name).resolve(parsed)
+    shown = [f"{key}={_option_text(resolved[key])}" for key in STATE_OPTIONS if key in resolved]
+    return ",".join(shown)
+
+
+def _option_text(value: Any) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
 PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adagrad", "adafactor", "sgd")
 """The families ``memplan plan`` searches unless told otherwise: memplan's own and the baselines."""
 
