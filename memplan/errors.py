@@ -60,3 +60,8 @@ class DeviceError(MemplanError):
 
 class UnknownDeviceError(DeviceError, UsageError):
     """A device name memplan does not understand (``tpu``, ``cuda:x``): a usage error (exit 2)."""
+
+
+class AssumptionWarning(UserWarning):
+    """Something memplan assumed while reading a source (a default dtype, a substitute class); the
+    command line prints it as one ``memplan: note:`` line on stderr."""
