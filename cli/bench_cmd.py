@@ -12,8 +12,9 @@ from rich.table import Table
 
 from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH, DeviceProfile
 from memplan.devices import parse_device
-from memplan.errors import UsageError
-from memplan.methods import BENCH_METHODS, parse_spec, split_spec_list
+from memplan.errors import MemplanError, OutputError, UsageError
+from memplan.fileio import check_writable
+from memplan.methods import BENCH_METHODS, parse_spec
 from memplan.sizes import format_size, parse_size
 from memplan.cli import output, options
 from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt, JsonOpt, OptionalSourceArg,
@@ -40,7 +41,7 @@ def bench(
                                         f"save the device profile (to --device-profile, or {DEFAULT_DEVICE_PROFILE_PATH})."),
     device_profile: DeviceProfileOpt = None,
     plan: Optional[Path] = typer.Option(None, "--plan", help="Also measure the optimizer this plan builds "
-                                                             f"(default: {DEFAULT_PLAN_PATH} here, when present)."),
+                                                             f"(e.g. {DEFAULT_PLAN_PATH})."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as CSV."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw state memory against step time (PNG)."),
     as_json: JsonOpt = False,
@@ -48,16 +49,21 @@ def bench(
     """Run real optimizer steps of each method on the device and compare with memplan's predictions."""
     if steps < 1 or warmup < 1:
         raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
-    memory_bytes = parse_size(memory) if memory is not None else None
-    specs = [str(parse_spec(spec)) for spec in split_spec_list(methods)] if methods else None
+    memory_bytes = options.parse_option("--memory", parse_size, memory) if memory is not None else None
+    specs = [str(parse_spec(spec)) for spec in options.method_specs(methods, ())] if methods else None
     target = parse_device(device)
     calibrate_only = calibrate and source is None and specs is None
     model_source = None if calibrate_only else options.default_source(source, "bench")
+    for path in (out, plot, Path(device_profile) if calibrate and device_profile else None):
+        if path is not None:
+            check_writable(path)
     # kineto logs two "USDT" lines per profiled step below level 6
     os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     from memplan import bench as measurement
 
     measurement.check_dtype(dtype)
+    if plot is not None:
+        measurement.check_plot_support()
     profile_choice = device_profile
     if calibrate:
         from memplan.timing import calibrate as measure_device
@@ -69,23 +75,40 @@ def bench(
             _show_device_profile(calibrated, saved, as_json)
             return
         profile_choice = str(saved)
-    plan_path = plan if plan is not None else (DEFAULT_PLAN_PATH if DEFAULT_PLAN_PATH.is_file() else None)
-    setup = measurement.prepare_bench(model_source, specs, target, dtype, profile_choice, plan_path)
+    setup = measurement.prepare_bench(model_source, specs, target, dtype, profile_choice, plan)
     report = _run_with_progress(setup, steps, warmup, memory_bytes)
-    if out is not None:
-        output.note(f"results written to {measurement.write_csv(report, out)}")
-    if plot is not None:
-        output.note(f"plot written to {measurement.write_plot(report, plot)}")
+    failures = _write_outputs(report, out, plot)
     if as_json:
         output.print_json({**report.to_json(), "device_profile_origin": setup.device_profile_origin})
-        return
-    output.stdout().print(_results_table(report, setup.device_profile_origin))
-    for result in report.results:
-        if result.skipped:
-            output.note(f"{result.method}: skipped: {result.skip_reason}")
-    for entry in setup.entries:
-        if entry.prediction_note:
-            output.note(f"{entry.label}: {entry.prediction_note}")
+    else:
+        console = output.stdout()
+        console.print(_results_table(report, setup.device_profile_origin, console.width))
+        for result in report.results:
+            if result.skipped:
+                output.note(f"{result.method}: skipped: {result.skip_reason}")
+        for entry in setup.entries:
+            if entry.prediction_note:
+                output.note(f"{entry.label}: {entry.prediction_note}")
+    for warning in report.noise_warnings():
+        output.note(f"warning: {warning}")
+    if failures:
+        raise OutputError("; ".join(failures))
+
+
+def _write_outputs(report: BenchReport, out: Path | None, plot: Path | None) -> list[str]:
+    """Write the CSV and the plot that were asked for, each on its own: one that fails does not
+    stop the other, nor the table. Returns the failures' messages."""
+    from memplan import bench as measurement
+
+    failures: list[str] = []
+    for path, write, what in ((out, measurement.write_csv, "results"), (plot, measurement.write_plot, "plot")):
+        if path is None:
+            continue
+        try:
+            output.note(f"{what} written to {write(report, path)}")
+        except (MemplanError, OSError) as error:
+            failures.append(str(error) if isinstance(error, MemplanError) else f"cannot write {path}: {error}")
+    return failures
 
 
 def _run_with_progress(setup: BenchSetup, steps: int, warmup: int, memory_bytes: int | None) -> BenchReport:
@@ -103,30 +126,49 @@ def _run_with_progress(setup: BenchSetup, steps: int, warmup: int, memory_bytes:
         return setup.run(steps=steps, warmup=warmup, memory_bytes=memory_bytes, progress=advance)
 
 
-def _results_table(report: BenchReport, origin: str) -> Table:
-    """Predicted beside measured, one row per method."""
+NARROW_WIDTH = 130
+"""Below this many columns the results table keeps only the essential columns."""
+
+
+def _results_table(report: BenchReport, origin: str, width: int) -> Table:
+    """Predicted beside measured, one row per method; on a narrow terminal only the essential
+    columns, so that no header or figure is cut."""
+    narrow = width < NARROW_WIDTH
     title = (f"{report.profile_name} on {report.device}, {report.dtype}: median of {report.steps} timed steps "
              f"after {report.warmup} warm-up")
     caption = (f"{report.device_name}; torch {report.torch_version}, {report.threads} threads; predictions from "
                f"{origin}; peak transient: {report.peak_method}")
+    if narrow:
+        caption += "; a wider terminal (or --json, --out) shows predicted state, peak transient and p10-p90"
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
-    for column in ("method", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
-                   "measured ms (p10-p90)", "time error", "vs AdamW"):
-        table.add_column(column, justify="left" if column == "method" else "right")
+    columns = (("method", "state", "state error", "pred. ms", "measured ms", "time error", "vs AdamW") if narrow else
+               ("method", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
+                "measured ms (p10-p90)", "time error", "vs AdamW"))
+    for column in columns:
+        header = column.replace(" ", "\n", 1) if narrow and column != "method" else column
+        if column == "method":
+            table.add_column(header, overflow="fold", min_width=12)
+        else:
+            table.add_column(header, justify="right", no_wrap=True)
     for result in report.results:
         ratio = report.ratio_to_adamw(result)
-        table.add_row(
-            result.method,
-            format_size(result.predicted_state_bytes),
-            "skipped" if result.skipped else format_size(result.measured_state_bytes),
-            _state_error(result),
-            "-" if result.peak_transient_bytes is None else format_size(result.peak_transient_bytes),
-            "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.1f}",
-            "-" if result.step_ms_median is None else
-            f"{result.step_ms_median:.1f} ({result.step_ms_p10:.1f}-{result.step_ms_p90:.1f})",
-            "-" if result.step_error is None else f"{100 * result.step_error:+.0f}%",
-            "-" if ratio is None else f"{ratio:.2f}x",
-        )
+        measured_ms = "-" if result.step_ms_median is None else f"{result.step_ms_median:.1f}"
+        if not narrow and result.step_ms_median is not None:
+            measured_ms += f" ({result.step_ms_p10:.1f}-{result.step_ms_p90:.1f})"
+        cells = {
+            "method": result.method,
+            "pred. state": format_size(result.predicted_state_bytes),
+            "measured state": "skipped" if result.skipped else format_size(result.measured_state_bytes),
+            "state": "skipped" if result.skipped else format_size(result.measured_state_bytes),
+            "state error": _state_error(result),
+            "peak transient": "-" if result.peak_transient_bytes is None else format_size(result.peak_transient_bytes),
+            "pred. ms": "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.1f}",
+            "measured ms": measured_ms,
+            "measured ms (p10-p90)": measured_ms,
+            "time error": "-" if result.step_error is None else f"{100 * result.step_error:+.0f}%",
+            "vs AdamW": "-" if ratio is None else f"{ratio:.2f}x",
+        }
+        table.add_row(*(cells[column] for column in columns))
     return table
 
 

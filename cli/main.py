@@ -6,13 +6,15 @@ line) or ``MEMPLAN_DEBUG=1`` shows the traceback instead of the one-line message
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
 
 import typer
 
 from memplan import __version__
-from memplan.errors import MemplanError
+from memplan.errors import AssumptionWarning, MemplanError
 from memplan.cli import analyze_cmd, bench_cmd, plan_cmd, profiles_cmd, show_cmd
 
 # typer may vendor click; reach its exception types through typer's public BadParameter.
@@ -48,8 +50,27 @@ def root(
     """memplan: which optimizer state can this model afford, and what does it cost?"""
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):  # type: ignore[no-untyped-def]
+    """memplan's assumptions as one ``memplan: note:`` line on stderr; other warnings as Python shows them."""
+    if issubclass(category, AssumptionWarning):
+        print(f"memplan: note: {' '.join(str(message).split())}", file=sys.stderr)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return (and, as a console script, exit with) the exit code."""
+    # Libraries memplan imports (torchao, through transformers too) log warnings about optional
+    # kernels their build lacks and about torch deprecations they trigger at import (through
+    # torch's own pytree logger); nothing a memplan user can act on, on the stderr where this
+    # command promises one line per error and notes of its own only.
+    logging.getLogger().addHandler(logging.NullHandler())
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    warnings.showwarning = _show_warning
+    warnings.simplefilter("always", AssumptionWarning)
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("MEMPLAN_DEBUG") == "1"
     args = [arg for arg in args if arg != "--debug"]

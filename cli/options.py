@@ -8,18 +8,21 @@ A command declares ``source: OptionalSourceArg = None`` or ``as_json: JsonOpt = 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional, Sequence
+from typing import Annotated, Any, Callable, Optional, Sequence, TypeVar
 
 import typer
 
 from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH
-from memplan.errors import UsageError
+from memplan.errors import MemplanError, UsageError
+from memplan.methods import parse_spec, split_spec_list
+
+T = TypeVar("T")
 
 DEFAULT_PROFILE_PATH = Path(".memplan") / "profile.yaml"
 """Where ``memplan analyze`` saves the profile, and where plan and bench look when no SOURCE is given."""
 
 DEFAULT_PLAN_PATH = Path("plan.yaml")
-"""Where ``memplan plan`` writes, ``memplan show`` reads and ``memplan bench`` looks for a plan."""
+"""Where ``memplan plan`` writes and ``memplan show`` reads (``memplan bench`` measures a plan only with ``--plan``)."""
 
 _SOURCE_HELP = ("model.py, checkpoint, .safetensors, index.json, profile YAML, Hugging Face folder, "
                 "or a bundled profile name.")
@@ -65,3 +68,23 @@ def default_source(source: str | None, command: str) -> str:
         return str(DEFAULT_PROFILE_PATH)
     raise UsageError(f"no SOURCE given and no {DEFAULT_PROFILE_PATH} here: name a source "
                      f"(e.g. memplan {command} gpt2) or run `memplan analyze SOURCE` first")
+
+
+def parse_option(option: str, parse: Callable[[str], T], value: str) -> T:
+    """``parse(value)`` for the command-line option ``option``; a value the parser refuses (a
+    malformed size, an unknown method, ...) is a usage error (exit 2) that names the option."""
+    try:
+        return parse(value)
+    except UsageError:
+        raise
+    except MemplanError as error:
+        raise UsageError(f"{option}: {error}") from error
+
+
+def method_specs(methods: Sequence[str] | None, defaults: Sequence[str]) -> list[str]:
+    """The ``--methods`` list (or ``defaults``), each spec checked: an unknown method or option is
+    a usage error (exit 2). The specs come back as given."""
+    specs = split_spec_list(methods) if methods else list(defaults)
+    for spec in specs:
+        parse_option("--methods", parse_spec, spec)
+    return specs

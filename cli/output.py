@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -12,8 +13,9 @@ _MIN_PIPE_WIDTH = 160  # rich assumes 80 columns when not on a terminal; tables 
 
 
 def _console(stream: Any) -> Console:
+    """A console as wide as the terminal (or ``COLUMNS``); at least 160 columns into a pipe."""
     console = Console(file=stream, highlight=False, soft_wrap=False)
-    if not console.is_terminal:
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
         console = Console(file=stream, highlight=False, width=max(console.width, _MIN_PIPE_WIDTH))
     return console
 

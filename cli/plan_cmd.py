@@ -13,9 +13,10 @@ from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt,
                                  OptionalSourceArg, StripPrefixOpt, methods_option)
 from memplan.costmodel import resolve_device_profile
 from memplan.devices import parse_device
-from memplan.errors import SourceError
+from memplan.errors import SourceError, UsageError
+from memplan.fileio import check_writable
 from memplan.loaders import load_profile, source_kind
-from memplan.methods import PLAN_METHODS, split_spec_list
+from memplan.methods import PLAN_METHODS
 from memplan.plan import Plan
 from memplan.planner import OBJECTIVES, make_plan, traffic_seconds
 from memplan.sizes import format_count, format_size, parse_size
@@ -43,8 +44,12 @@ def plan(
     as_json: JsonOpt = False,
 ) -> None:
     """Choose, per parameter, the optimizer state that fits the budget at the best predicted quality."""
-    budget_bytes = parse_size(budget)
+    budget_bytes = options.parse_option("--budget", parse_size, budget)
+    specs = options.method_specs(methods, PLAN_METHODS)
+    if time_weight is None and objective not in OBJECTIVES:
+        raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
     chosen, _ = resolve_device_profile(parse_device(device), device_profile)
+    check_writable(out)
     source = options.default_source(source, "plan")
     profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)
     moments = None
@@ -52,7 +57,7 @@ def plan(
         from memplan.moments import measure_moments
 
         moments = measure_moments(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
-    result = make_plan(profile, budget_bytes, split_spec_list(methods) if methods else PLAN_METHODS,
+    result = make_plan(profile, budget_bytes, specs,
                        priors_path=str(priors) if priors else None, objective=objective, time_weight=time_weight,
                        seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, moments=moments)
     path = result.save(out)

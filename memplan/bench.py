@@ -29,9 +29,7 @@ This module never imports typer or rich: the command line passes a progress call
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -40,7 +38,7 @@ import torch
 
 from memplan.dtypes import canonical_dtype
 from memplan.errors import MemplanError, UsageError
-from memplan.fileio import atomic_write_text
+from memplan.fileio import atomic_write, atomic_write_text
 from memplan.loaders import load_profile
 from memplan.measure import state_storage_bytes
 from memplan.methods import BENCH_METHODS, REFERENCE_FAMILY, as_spec, build, get_method, param_state
@@ -55,6 +53,8 @@ from memplan.costmodel import DeviceProfile, predict_seconds, resolve_device_pro
 BENCH_DTYPES = ("float32", "bfloat16")
 PARAM_SCALE = 0.02
 GRAD_SCALE = 1e-3
+NOISY_SPREAD = 2.0
+"""A step-time p90 above this multiple of the median marks a measurement as noisy."""
 
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``progress(label, steps_done, steps_total)`` over the whole run."""
@@ -156,6 +156,15 @@ class BenchReport:
         if baseline is None or result.step_ms_median is None:
             return None
         return result.step_ms_median / baseline.step_ms_median
+
+    def noise_warnings(self) -> list[str]:
+        """One line per measured entry whose step times spread too widely to judge a prediction:
+        a 90th percentile more than :data:`NOISY_SPREAD` times the median."""
+        return [f"{result.method}: step times are noisy (p90 {result.step_ms_p90 / result.step_ms_median:.1f}x "
+                f"the median): its time error is not reliable; rerun with more --steps on an idle machine"
+                for result in self.results
+                if result.step_ms_median and result.step_ms_p90 and
+                result.step_ms_p90 > NOISY_SPREAD * result.step_ms_median]
 
     def records(self) -> list[dict[str, Any]]:
         """One flat record per result, with the ratio to AdamW (JSON results and CSV rows)."""
@@ -449,8 +458,44 @@ def write_csv(report: BenchReport, path: str | Path) -> Path:
 
 
 def write_plot(report: BenchReport, path: str | Path) -> Path:
-    """State memory against step time, one labelled point per measured entry, both axes
-    logarithmic; written to a temporary name beside ``path`` and renamed into place."""
+    """State memory against step time, one labelled point per measured entry with its p10-p90
+    spread as a horizontal bar, both axes logarithmic, the state axis in KiB/MiB/GiB; written
+    atomically with the usual file mode."""
+    pyplot = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
+    points = [result for result in report.results if not result.skipped and result.step_ms_median]
+    figure, axes = pyplot.subplots(figsize=(7, 5))
+    for result in points:
+        # a state of 0 bytes (sgd) sits on the axis floor of a logarithmic plot
+        state = max(result.measured_state_bytes or 0, 1)
+        median = result.step_ms_median
+        spread = [[median - (result.step_ms_p10 or median)], [(result.step_ms_p90 or median) - median]]
+        axes.errorbar(median, state, xerr=spread, fmt="o", capsize=3)
+        axes.annotate(result.method, (median, state), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: format_size(int(round(value)))))
+    axes.set_xlabel(f"step time (ms): median of {report.steps} steps, bar from p10 to p90")
+    axes.set_ylabel("optimizer state (measured)")
+    axes.set_title(f"Optimizer state vs step time: {report.profile_name}\n"
+                   f"{report.device_name} ({report.device}), {report.dtype} parameters", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    target = Path(path)
+    image_format = target.suffix.lstrip(".").lower() or "png"
+    try:
+        return atomic_write(target, lambda name: figure.savefig(name, format=image_format, dpi=120,
+                                                                 bbox_inches="tight"))
+    finally:
+        pyplot.close(figure)
+
+
+def check_plot_support() -> None:
+    """MemplanError unless matplotlib (the ``plot`` extra) can be imported; called before a run."""
+    _pyplot()
+
+
+def _pyplot() -> Any:
     try:
         import matplotlib
 
@@ -458,35 +503,9 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
         from matplotlib import pyplot
     except ImportError:
         raise MemplanError("--plot needs matplotlib: pip install 'memplan[plot]'") from None
-    points = [(result.method, result.step_ms_median, result.measured_state_bytes) for result in report.results
-              if not result.skipped and result.step_ms_median]
-    figure, axes = pyplot.subplots(figsize=(7, 5))
-    for label, step_ms, state_bytes in points:
-        # a state of 0 bytes (sgd) sits on the axis floor of a logarithmic plot
-        axes.scatter(step_ms, max(state_bytes, 1))
-        axes.annotate(label, (step_ms, max(state_bytes, 1)), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("step time, median (ms)")
-    axes.set_ylabel("optimizer state (bytes)")
-    axes.set_title(f"{report.profile_name} on {report.device} ({report.dtype})")
-    axes.grid(True, which="both", alpha=0.3)
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".png",
-                                         dir=target.parent)
-    os.close(handle)
-    try:
-        figure.savefig(temp_name, dpi=120, bbox_inches="tight")
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    finally:
-        pyplot.close(figure)
-    return target
+    return pyplot
 
 
 __all__ = ["BENCH_DTYPES", "BenchEntry", "BenchReport", "BenchResult", "BenchSetup", "bench_params",
-           "check_dtype", "materialize", "measure_entry", "method_entry", "percentile", "plan_entry", "prepare_bench",
+           "check_dtype", "check_plot_support", "materialize", "measure_entry", "method_entry", "percentile", "plan_entry", "prepare_bench",
            "reset_values", "run_bench", "write_csv", "write_plot"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
-from memplan.errors import DeviceError
+from memplan.errors import DeviceError, UnknownDeviceError
 
 Result = TypeVar("Result")
 
@@ -336,7 +336,7 @@ def device_type(kind: str) -> type[Device]:
     try:
         return DEVICE_TYPES[kind]
     except KeyError:
-        raise DeviceError(f"unknown device kind {kind!r} (use {' or '.join(DEVICE_KINDS)})") from None
+        raise UnknownDeviceError(f"unknown device kind {kind!r} (use {' or '.join(DEVICE_KINDS)})") from None
 
 
 def parse_device(text: str) -> Device:
@@ -346,7 +346,7 @@ def parse_device(text: str) -> Device:
         return CpuDevice()
     kind, _, index_text = name.partition(":")
     if kind != "cuda" or (index_text and not index_text.isdigit()):
-        raise DeviceError(f"unknown device {text!r} (use cpu, cuda or cuda:N)")
+        raise UnknownDeviceError(f"unknown device {text!r} (use cpu, cuda or cuda:N)")
     import torch
 
     if not torch.cuda.is_available():

@@ -33,6 +33,11 @@ class PlanError(ProfileError):
     """A plan that is malformed, inconsistent, or made for another model."""
 
 
+class OutputError(MemplanError, OSError):
+    """A file memplan was asked to write that cannot be written (a read-only folder, a parent
+    path that is a file, a target that is a folder)."""
+
+
 class BudgetError(MemplanError):
     """No choice of optimizer state fits the byte budget; ``minimum_bytes`` is the smallest that does."""
 
@@ -51,3 +56,12 @@ class UsageError(MemplanError, ValueError):
 
 class DeviceError(MemplanError):
     """A device that is not available here, or a device name memplan does not understand."""
+
+
+class UnknownDeviceError(DeviceError, UsageError):
+    """A device name memplan does not understand (``tpu``, ``cuda:x``): a usage error (exit 2)."""
+
+
+class AssumptionWarning(UserWarning):
+    """Something memplan assumed while reading a source (a default dtype, a substitute class); the
+    command line prints it as one ``memplan: note:`` line on stderr."""

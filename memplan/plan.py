@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from memplan.errors import PlanError, ProfileError, SpecError
 from memplan.yamlfile import YamlDocument
@@ -140,8 +140,13 @@ class PlanEntry:
         if data["state_bytes"] != state.state_bytes:
             raise PlanError(f"parameter {name}: state_bytes {data['state_bytes']} but {spec} with layout "
                             f"{None if layout is None else list(layout)} keeps {state.state_bytes}")
+        for key, derived in (("momentum", state.momentum), ("state_dtype", state.state_dtype)):
+            if data.get(key) not in (None, "", derived):
+                raise PlanError(f"parameter {name}: {key} {data[key]!r} is not what {spec} keeps ({derived!r}); "
+                                f"{key} follows from the method: edit the method spec instead (options in "
+                                f"docs/methods.md)")
         return cls(name=name, shape=shape, dtype=data["dtype"], method=str(spec), layout=state.layout,
-                   momentum=state.momentum, state_dtype=data.get("state_dtype", ""),
+                   momentum=state.momentum, state_dtype=state.state_dtype,
                    state_bytes=state.state_bytes, quality=float(data.get("quality", 0.0)),
                    distortion=None if data.get("distortion") is None else float(data["distortion"]))
 
@@ -181,6 +186,58 @@ class PlanPrediction:
         return cls(state_bytes=data["state_bytes"], quality=float(data["quality"]), objective=float(data["objective"]),
                    objective_bound=float(data["objective_bound"]),
                    traffic_ms=None if traffic_ms is None else float(traffic_ms), device=data.get("device"))
+
+
+MISMATCHES_SHOWN = 4
+"""How many mismatching parameters a plan/model mismatch error names."""
+
+WRAPPER_PREFIX = "module."
+"""The prefix DistributedDataParallel, DataParallel and FSDP(1) wrappers put before every name."""
+
+
+def mismatch_cause(planned: Sequence[str], trainable: Sequence[str], frozen: set[str],
+                   retyped: set[tuple[str, str]]) -> str:
+    """The likeliest reason a model's trainable parameter names (``trainable``; ``frozen`` the
+    others) and dtypes do not match a plan's (``planned``), in words a user can act on."""
+    planned_set, trainable_set = set(planned), set(trainable)
+    if trainable and all(name.startswith(WRAPPER_PREFIX) for name in trainable) and \
+            {name[len(WRAPPER_PREFIX):] for name in trainable} == planned_set:
+        return (f"every name in the model has a {WRAPPER_PREFIX!r} prefix the plan lacks: pass model.module "
+                f"(a DDP/FSDP wrapper adds {WRAPPER_PREFIX!r})")
+    if planned and all(name.startswith(WRAPPER_PREFIX) for name in planned) and \
+            {name[len(WRAPPER_PREFIX):] for name in planned} == trainable_set:
+        return (f"every name in the plan has a {WRAPPER_PREFIX!r} prefix the model lacks: plan the unwrapped "
+                f"model (or the checkpoint with --strip-prefix {WRAPPER_PREFIX})")
+    now_frozen = planned_set & frozen
+    now_trainable = trainable_set - planned_set
+    if (now_frozen or now_trainable) and planned_set - now_frozen <= trainable_set and \
+            trainable_set - now_trainable <= planned_set:
+        parts = []
+        if now_trainable:
+            parts.append(f"{len(now_trainable)} parameter(s) trainable in the model were frozen (or absent) when "
+                         f"planned")
+        if now_frozen:
+            parts.append(f"{len(now_frozen)} parameter(s) planned are frozen in the model")
+        return " and ".join(parts) + ": freeze the same parameters as when planning (--freeze), or plan again"
+    if len(retyped) == 1 and planned_set == trainable_set:
+        model_dtype, plan_dtype = next(iter(retyped))
+        return (f"the model's parameters are {model_dtype}, the plan's {plan_dtype}: plan the model in the dtype "
+                f"it trains in")
+    shared = planned_set & trainable_set
+    if len(shared) < min(len(planned_set), len(trainable_set)) / 2:
+        return (f"it is another model: {len(shared)} of the plan's {len(planned_set)} parameter names are "
+                f"trainable parameters of this model")
+    return "the model changed since it was planned: plan it again"
+
+
+def _round_robin(groups: Sequence[Sequence[str]], limit: int) -> list[str]:
+    """Up to ``limit`` items taken from each group in turn, so every kind of problem is shown."""
+    taken: list[str] = []
+    for index in range(max((len(group) for group in groups), default=0)):
+        for group in groups:
+            if index < len(group) and len(taken) < limit:
+                taken.append(group[index])
+    return taken
 
 
 @dataclass(frozen=True)
@@ -300,21 +357,33 @@ class Plan(YamlDocument):
         """Raise PlanError unless ``profile``'s trainable parameters are exactly the plan's.
 
         A different fingerprint alone is not an error (a frozen layer changes it); missing,
-        extra, reshaped or re-typed parameters are, and every one of them is named.
+        extra, reshaped or re-typed parameters are. The message leads with the likely cause
+        (a wrapper's ``module.`` prefix, frozen/trainable swaps, one dtype for all, another
+        model) and names at most :data:`MISMATCHES_SHOWN` parameters.
         """
         planned = {entry.name: entry for entry in self.entries}
         trainable = {spec.name: spec for spec in profile.trainable_params}
-        problems = [f"{name} is in the plan but not a trainable parameter of the model"
-                    for name in planned if name not in trainable]
-        problems += [f"{name} {list(spec.shape)} has no plan entry" for name, spec in trainable.items()
-                     if name not in planned]
-        for name in planned.keys() & trainable.keys():
+        frozen = {spec.name for spec in profile.params if not spec.trainable}
+        unplanned = [name for name in trainable if name not in planned]
+        untrained = [name for name in planned if name not in trainable]
+        missing = [f"{name} is in the plan but " + ("frozen in the model" if name in frozen else
+                                                    "not a trainable parameter of the model")
+                   for name in untrained]
+        extra = [f"{name} {list(trainable[name].shape)} is trainable in the model but has no plan entry"
+                 for name in unplanned]
+        changed: list[str] = []
+        retyped: set[tuple[str, str]] = set()
+        for name in (name for name in planned if name in trainable):
             entry, spec = planned[name], trainable[name]
             if entry.shape != spec.shape:
-                problems.append(f"{name} is {list(spec.shape)} in the model but {list(entry.shape)} in the plan")
+                changed.append(f"{name} is {list(spec.shape)} in the model but {list(entry.shape)} in the plan")
             elif entry.dtype != spec.dtype:
-                problems.append(f"{name} is {spec.dtype} in the model but {entry.dtype} in the plan")
-        if problems:
-            shown = "; ".join(problems[:8]) + (f"; and {len(problems) - 8} more" if len(problems) > 8 else "")
-            raise PlanError(f"plan for {self.model_name} ({self.fingerprint}) does not fit this model "
-                            f"({profile.fingerprint}): {shown}")
+                retyped.add((spec.dtype, entry.dtype))
+                changed.append(f"{name} is {spec.dtype} in the model but {entry.dtype} in the plan")
+        count = len(missing) + len(extra) + len(changed)
+        if not count:
+            return
+        cause = mismatch_cause(sorted(planned), sorted(trainable), frozen, retyped)
+        examples = _round_robin([missing, extra, changed], MISMATCHES_SHOWN)
+        shown = "; ".join(examples) + (f"; and {count - len(examples)} more" if count > len(examples) else "")
+        raise PlanError(f"plan for {self.model_name} does not fit this model: {cause} ({shown})")

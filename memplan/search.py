@@ -70,14 +70,9 @@ def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Prio
                        else priors.quality(spec.name, options, param.shape, state.layout))
             found[key] = Candidate(
                 spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
-                momentum=state.momentum, state_dtype=_state_dtype(state), quality=quality,
+                momentum=state.momentum, state_dtype=state.state_dtype, quality=quality,
                 seconds=seconds(state) if seconds else 0.0, distortion=measured)
     return list(found.values())
-
-
-def _state_dtype(state: ParamState) -> str:
-    dtypes = list(dict.fromkeys(tensor.dtype for tensor in state.tensors))
-    return "+".join(dtypes) if dtypes else "none"
 
 
 def prune(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) -> list[Candidate]:

@@ -47,9 +47,10 @@ def parse_size(text: str | int) -> int:
     if unit_text and unit_text not in UNITS:
         if unit_text in {"k", "m", "g", "t", "p"}:
             upper = unit_text.upper()
+            power = "kmgtp".index(unit_text) + 1
             raise SizeError(
-                f"ambiguous unit in {text!r}: write {upper}iB (binary, 2^10 steps) "
-                f"or {upper}B (decimal, 10^3 steps)"
+                f"ambiguous unit in {text!r}: write {upper}iB (binary, 1 {upper}iB = 2^{10 * power} bytes) "
+                f"or {upper}B (decimal, 1 {upper}B = 10^{3 * power} bytes)"
             )
         valid = ", ".join(["B", "KB", "MB", "GB", "TB", "PB", "KiB", "MiB", "GiB", "TiB", "PiB"])
         raise SizeError(f"unknown unit {match['unit']!r} in {text!r} (valid: {valid})")

@@ -203,3 +203,15 @@ def test_prepare_bench_assembles_entries_and_the_device_profile(tmp_path, monkey
     assert [result.method for result in report.results] == ["sgd"] and report.device_profile == CPU_GENERIC
     with pytest.raises(UsageError, match="--dtype must be"):
         prepare_bench(source, dtype="float16")
+
+
+def test_noisy_step_times_are_warned_about():
+    from memplan.bench import BenchReport, BenchResult
+
+    def result(method: str, median: float, p90: float) -> BenchResult:
+        return BenchResult(method, 0, 0, None, None, None, None, median, median * 0.9, p90, 0)
+
+    report = BenchReport("cpu", "cpu", "2", "tiny", "float32", 5, 1, 1, 0, None, "",
+                         (result("adam", 10.0, 12.0), result("sm3", 2.0, 52.0)))
+    warnings = report.noise_warnings()
+    assert len(warnings) == 1 and warnings[0].startswith("sm3: step times are noisy (p90 26.0x the median)")

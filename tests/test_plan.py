@@ -93,10 +93,10 @@ def test_checking_against_another_model_names_every_mismatch(gpt2_plan):
         gpt2_plan.check_model(other)
     text = str(error.value)
     assert "transformer.wte.weight is [50258, 768] in the model but [50257, 768] in the plan" in text
-    assert "transformer.wpe.weight is in the plan but not a trainable parameter" in text
-    assert "transformer.wpe.extra [1024, 768] has no plan entry" in text
+    assert "transformer.wpe.weight is in the plan but not a trainable parameter of the model" in text
+    assert "transformer.wpe.extra [1024, 768] is trainable in the model but has no plan entry" in text
     assert "transformer.h.0.ln_1.weight is bfloat16 in the model but float32 in the plan" in text
-    with pytest.raises(PlanError, match="not a trainable parameter"):
+    with pytest.raises(PlanError, match="it is another model: 0 of the plan's"):
         gpt2_plan.check_model(load_profile("resnet50"))
 
 
@@ -105,3 +105,29 @@ def test_summary_and_per_method_rows(gpt2_plan):
     assert set(summary) >= {"budget_bytes", "state_bytes", "plan_path", "parameters"}
     assert sum(row["state_bytes"] for row in gpt2_plan.by_method()) == gpt2_plan.state_bytes
     assert gpt2_plan.largest(1)[0].name == "transformer.wte.weight"
+
+
+def test_a_wrapped_model_is_told_to_pass_its_module():
+    import torch
+
+    from memplan.optim import from_plan
+    from memplan.planner import make_plan
+    from memplan.profile import ParamSpec as Spec
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.Linear(4, 2))
+    profile = ModelProfile("seq", "test", tuple(Spec(name, tuple(param.shape)) for name, param in
+                                                model.named_parameters()))
+    plan = make_plan(profile, 10**6)
+
+    class Wrapper(torch.nn.Module):  # what DistributedDataParallel does to the names
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    with pytest.raises(PlanError) as error:
+        from_plan(Wrapper(model), plan)
+    message = str(error.value)
+    assert message.startswith("plan for seq does not fit this model: every name in the model has a 'module.' "
+                              "prefix the plan lacks: pass model.module (a DDP/FSDP wrapper adds 'module.')")
+    assert message.count(" is trainable in the model but has no plan entry") <= 2 and "and 4 more" in message
+    from_plan(model, plan)

@@ -8,6 +8,7 @@ checkpoint that would run code when unpickled is refused before anything runs. W
 from __future__ import annotations
 
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +26,7 @@ def load_checkpoint(path: Path, strip_prefix: str | None = None) -> ModelProfile
     """Read the parameter shapes of a checkpoint file (a state dict, possibly nested)."""
     import torch
 
+    _check_checkpoint_format(path)
     try:
         try:
             loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -45,6 +47,24 @@ def load_checkpoint(path: Path, strip_prefix: str | None = None) -> ModelProfile
     state_dict = _find_state_dict(loaded, path, trail="")
     entries = [_entry(name, tensor) for name, tensor in state_dict.items() if isinstance(tensor, torch.Tensor)]
     return profile_from_entries(entries, name=path.stem, source=str(path), strip_prefix=strip_prefix)
+
+
+PICKLE_PROTOCOL_OPCODE = 0x80
+"""The first byte of a pickle of protocol 2 or later, which legacy (pre-zip) torch files are."""
+
+
+def _check_checkpoint_format(path: Path) -> None:
+    """SourceError unless ``path`` looks like what torch.save writes: a zip archive, or a pickle."""
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(8)
+    except OSError as error:
+        raise SourceError(f"{path}: cannot be read: {error.strerror or error}") from None
+    if zipfile.is_zipfile(path) or (head and head[0] == PICKLE_PROTOCOL_OPCODE):
+        return
+    shown = head.decode("ascii", "replace") if head.isascii() else head.hex(" ")
+    raise SourceError(f"{path}: not a PyTorch checkpoint (torch.save writes a zip archive or a pickle; "
+                      f"this file starts with {shown!r})")
 
 
 def _find_state_dict(obj: Any, path: Path, trail: str) -> Mapping[str, Any]:

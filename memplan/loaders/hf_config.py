@@ -7,18 +7,35 @@ remote code is trusted.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import os
+import warnings
 from pathlib import Path
 
-from memplan.errors import SourceError
+from memplan.errors import AssumptionWarning, SourceError
 from memplan.loaders.module import profile_from_module
 from memplan.profile import ModelProfile
+
+if TYPE_CHECKING:
+    import torch
 
 
 def load_hf_config(folder: Path) -> ModelProfile:
     """Build the model that ``folder/config.json`` describes on ``meta`` and list its parameters."""
     model = build_hf_model(folder, device="meta")
     return profile_from_module(model, name=folder.resolve().name, source=str(folder))
+
+
+def config_dtype(config: object) -> "torch.dtype | None":
+    """The floating dtype config.json names (``dtype``, or the older ``torch_dtype``), if any."""
+    import torch
+
+    # recent transformers call it dtype (and warn when torch_dtype is read); older ones torch_dtype
+    named = getattr(config, "dtype") if hasattr(config, "dtype") else getattr(config, "torch_dtype", None)
+    if isinstance(named, str):
+        named = getattr(torch, named, None)
+    return named if isinstance(named, torch.dtype) and named.is_floating_point else None
 
 
 def build_hf_model(folder: Path, device: str = "meta") -> object:
@@ -39,11 +56,15 @@ def build_hf_model(folder: Path, device: str = "meta") -> object:
         raise SourceError(f"{folder / 'config.json'}: {' '.join(str(error).split())}") from None
     architectures = getattr(config, "architectures", None) or []
     model_class = getattr(transformers, architectures[0], None) if architectures else None
+    if architectures and model_class is None:
+        warnings.warn(AssumptionWarning(
+            f"{folder / 'config.json'}: transformers {transformers.__version__} has no {architectures[0]}: "
+            f"built its base model for model_type {config.model_type!r}, without any task head"), stacklevel=2)
+    dtype = config_dtype(config)
     try:
         with torch.device(device):
-            if model_class is not None:
-                return model_class(config)
-            return transformers.AutoModel.from_config(config)
+            model = model_class(config) if model_class is not None else transformers.AutoModel.from_config(config)
+        return model.to(dtype) if dtype is not None else model
     except Exception as error:  # transformers raises many types for configs it cannot build
         raise SourceError(
             f"{folder / 'config.json'}: cannot build {architectures[0] if architectures else config.model_type}: "

@@ -48,6 +48,17 @@ REFERENCE_FAMILY = "adam"
 ANALYZE_METHODS = ("adam", "adagrad", "sgd", "adafactor", "came", "sm3", "smmf", "et1", "et2", "et3", "et_inf")
 """The methods ``memplan analyze`` totals unless told otherwise."""
 
+def state_options(spec: str) -> str:
+    """The options of ``spec``, defaults resolved, that pick its variant (which state it keeps,
+    :attr:`Option.variant`), as ``key=value`` text (``sm3`` -> ``momentum=0.9,variant=II``); the
+    implementation choice is left out. Empty when there are none."""
+    parsed = parse_spec(spec)
+    method = get_method(parsed.name)
+    resolved = method.resolve(parsed)
+    return ",".join(f"{option.name}={format_value(resolved[option.name])}" for option in method.options
+                    if option.variant and option.name != "impl")
+
+
 PLAN_METHODS = ("smmf", "et", "sm3", "et_inf", "adam", "adamw8bit", "adamw4bit", "adagrad", "adafactor", "sgd")
 """The families ``memplan plan`` searches unless told otherwise: memplan's own and the baselines."""
 
@@ -135,6 +146,12 @@ class ParamState:
     def state_bytes(self) -> int:
         """Exact bytes of persistent state (step counters excluded)."""
         return sum(tensor.nbytes for tensor in self.tensors)
+
+    @property
+    def state_dtype(self) -> str:
+        """The dtypes of the state tensors, in order, joined by ``+`` (``float32+uint8``); ``none``."""
+        dtypes = list(dict.fromkeys(tensor.dtype for tensor in self.tensors))
+        return "+".join(dtypes) if dtypes else "none"
 
 
 def param_state(spec: str | MethodSpec, shape: Iterable[int], param_dtype: str = "float32",

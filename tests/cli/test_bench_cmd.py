@@ -84,10 +84,10 @@ def test_source_defaults_to_the_last_analyzed_profile(run_memplan, tiny_profile)
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["--methods", "adamx"], 1, "unknown method 'adamx'"),
+    (["--methods", "adamx"], 2, "unknown method 'adamx'"),
     (["--dtype", "float16"], 2, "--dtype must be float32 or bfloat16"),
-    (["--device", "tpu"], 1, "unknown device 'tpu'"),
-    (["--memory", "64M"], 1, "ambiguous unit"),
+    (["--device", "tpu"], 2, "unknown device 'tpu'"),
+    (["--memory", "64M"], 2, "ambiguous unit"),
     (["--steps", "0"], 2, "--steps and --warmup must be at least 1"),
     (["--device-profile", "nowhere"], 1, "no device profile file or bundled device 'nowhere'"),
 ])
@@ -133,13 +133,60 @@ def test_cuda_bench_runs_and_state_is_exact(run_memplan, tiny_profile):
         assert record["allocator_state_bytes"] % 512 == 0
 
 
-def test_a_plan_yaml_here_is_benchmarked_beside_the_methods(run_memplan, tmp_path, tiny_profile):
+def test_a_plan_is_benchmarked_only_when_given(run_memplan, tmp_path, tiny_profile):
     assert run_memplan("plan", tiny_profile, "--budget", "4KiB").code == 0
-    result = run_memplan("bench", tiny_profile, "--methods", "adam", "--steps", "2", "--json")
+    result = run_memplan("bench", tiny_profile, "--methods", "adam", "--steps", "2", "--plan", "plan.yaml", "--json")
     assert result.code == 0, result.stderr
     records = {record["method"]: record for record in result.json()["results"]}
     assert set(records) == {"adam", "plan (plan.yaml)"}
     planned = records["plan (plan.yaml)"]
     assert planned["measured_state_bytes"] == planned["predicted_state_bytes"] <= 4096
-    other = run_memplan("bench", "resnet18-cifar", "--methods", "adam", "--steps", "1")
-    assert other.code == 1 and "does not fit this model" in other.stderr
+    # a plan.yaml left in the working directory (the README's set-up writes one) is not picked up
+    other = run_memplan("bench", "resnet18-cifar", "--methods", "sgd", "--steps", "1", "--json")
+    assert other.code == 0, other.stderr
+    assert [record["method"] for record in other.json()["results"]] == ["sgd"]
+    mismatched = run_memplan("bench", "resnet18-cifar", "--methods", "sgd", "--steps", "1", "--plan", "plan.yaml")
+    assert mismatched.code == 1 and "does not fit this model" in mismatched.stderr
+
+
+def test_a_plan_benched_without_an_adam_row_has_no_ratios(run_memplan, tiny_profile):
+    assert run_memplan("plan", tiny_profile, "--budget", "4KiB").code == 0
+    result = run_memplan("bench", tiny_profile, "--methods", "sgd,smmf", "--steps", "1", "--plan", "plan.yaml",
+                         "--json")
+    assert result.code == 0, result.stderr
+    records = result.json()["results"]
+    assert [record["method"] for record in records] == ["sgd", "smmf", "plan (plan.yaml)"]
+    assert all(record["ratio_to_adamw"] is None for record in records)
+    table = run_memplan("bench", tiny_profile, "--methods", "sgd", "--steps", "1", "--plan", "plan.yaml")
+    assert table.code == 0 and "plan (plan.yaml)" in table.stdout, table.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["--out", "/proc/results.csv"],
+    ["--out", "afile/results.csv"],
+    ["--plot", "afile/bench.png"],
+    ["--out", "."],
+])
+def test_an_output_that_cannot_be_written_fails_before_measuring(run_memplan, tmp_path, tiny_profile, args):
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    result = run_memplan("bench", tiny_profile, "--steps", "1", *args)
+    assert result.code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memplan: error: cannot write "), result.stderr
+    assert "internal error" not in result.stderr
+
+
+def test_outputs_go_into_new_folders_with_the_usual_mode(run_memplan, tmp_path, tiny_profile):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        result = run_memplan("bench", tiny_profile, "--methods", "sgd,adam", "--steps", "2",
+                             "--out", "new/results.csv", "--plot", "new/bench.png")
+    finally:
+        os.umask(previous)
+    assert result.code == 0, result.stderr
+    assert "sgd" in result.stdout
+    for name in ("results.csv", "bench.png"):
+        assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o644
+    assert sorted(path.name for path in (tmp_path / "new").iterdir()) == ["bench.png", "results.csv"]

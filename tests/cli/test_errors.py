@@ -9,8 +9,8 @@ from memplan.planner import make_plan
 @pytest.mark.parametrize("args, code, message", [
     (["analyze", "no-such-model"], 1, "no such file or bundled profile"),
     (["analyze", "missing.pt"], 1, "missing.pt: no such file or folder"),
-    (["analyze", "gpt2", "--methods", "adamx"], 1, "unknown method 'adamx'"),
-    (["analyze", "gpt2", "--methods", "smmf:sign_bits=3"], 1, "must be one of 1, 8"),
+    (["analyze", "gpt2", "--methods", "adamx"], 2, "unknown method 'adamx'"),
+    (["analyze", "gpt2", "--methods", "smmf:sign_bits=3"], 2, "must be one of 1, 8"),
     (["analyze", "gpt2", "--format", "xml"], 2, "--format must be table or csv"),
     (["analyze", "gpt2", "--entry", "x"], 2, "--entry applies to a model.py"),
     (["analyze", "gpt2", "--bogus"], 2, "No such option"),
@@ -54,3 +54,26 @@ def test_a_mistyped_value_in_a_hand_edited_plan_names_its_key(run_memplan, tmp_p
     assert result.code == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
         "memplan: error: plan.yaml: hyperparameters.smmf.eps: expected a number, got 'tiny'"], result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["plan", "gpt2", "--budget", "64MiB", "--out", "/proc/plan.yaml"],
+    ["plan", "gpt2", "--budget", "64MiB", "--out", "afile/plan.yaml"],
+    ["analyze", "gpt2", "--out", "afile/profile.yaml"],
+    ["analyze", "gpt2", "--out", "."],
+])
+def test_an_output_that_cannot_be_written_is_one_line(run_memplan, tmp_path, args):
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    result = run_memplan(*args)
+    assert result.code == 1 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("memplan: error: cannot write "), result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["afile"]
+
+
+def test_a_text_file_named_pt_is_not_a_checkpoint(run_memplan, tmp_path):
+    (tmp_path / "x.pt").write_text("hello, not a checkpoint\n")
+    result = run_memplan("analyze", "x.pt")
+    assert result.code == 1 and result.stdout == ""
+    assert result.stderr.strip() == ("memplan: error: x.pt: not a PyTorch checkpoint (torch.save writes a zip "
+                                     "archive or a pickle; this file starts with 'hello, n')")
