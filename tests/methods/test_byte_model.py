@@ -148,12 +148,20 @@ def test_predicted_tensors_are_exactly_what_the_library_allocates(spec, dtype):
     for shape in REAL_SHAPES:
         if spec.startswith(("came", "adafactor", "sm3")) and 0 in shape:
             continue  # these libraries divide by numel: they cannot step an empty tensor at all
-        param = torch.nn.Parameter(torch.randn(shape, dtype=dtype))
-        param.grad = torch.randn(shape, dtype=dtype)
-        optimizer = build_baseline(spec, [param])
-        optimizer.step()
-        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape, str(dtype).removeprefix("torch.")).tensors}
-        assert allocated_state(optimizer) == predicted, (spec, shape, dtype)
+        assert_allocation_is_predicted(spec, shape, dtype)
+
+
+def assert_allocation_is_predicted(spec, shape, dtype):
+    """One step of ``spec``'s library optimizer on one parameter allocates exactly the predicted
+    tensors (key, shape, dtype), and their storages add up to the predicted bytes."""
+    param = torch.nn.Parameter(torch.randn(shape, dtype=dtype))
+    param.grad = torch.randn(shape, dtype=dtype)
+    optimizer = build_baseline(spec, [param])
+    optimizer.step()
+    dtype_name = str(dtype).removeprefix("torch.")
+    predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape, dtype_name).tensors}
+    assert allocated_state(optimizer) == predicted, (spec, shape, dtype)
+    assert state_storage_bytes(optimizer) == state_bytes(spec, shape, dtype_name), (spec, shape, dtype)
 
 
 LOW_BIT_SPECS = ["adamw8bit", "adamw4bit", "adamw8bit:block_size=128", "adamw4bit:block_size=64"]
@@ -167,13 +175,7 @@ def test_low_bit_adam_tensors_are_exactly_what_torchao_allocates(spec, dtype, mo
     # torchao compiles each parameter's update; the allocation is the same without compiling
     monkeypatch.setattr(torch, "compile", lambda function, **options: function)
     for shape in LOW_BIT_SHAPES:
-        param = torch.nn.Parameter(torch.randn(shape, dtype=dtype))
-        param.grad = torch.randn(shape, dtype=dtype)
-        optimizer = build_baseline(spec, [param])
-        optimizer.step()
-        predicted = {t.key: (t.shape, t.dtype) for t in param_state(spec, shape, str(dtype).removeprefix("torch.")).tensors}
-        assert allocated_state(optimizer) == predicted, (spec, shape, dtype)
-        assert state_storage_bytes(optimizer) == state_bytes(spec, shape, str(dtype).removeprefix("torch."))
+        assert_allocation_is_predicted(spec, shape, dtype)
 
 
 def test_the_quantization_maps_have_the_lengths_the_byte_model_uses():
