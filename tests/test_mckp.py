@@ -10,6 +10,7 @@ from memplan.mckp import Infeasible, Option, solve, upper_hull
 
 
 def brute_force(groups, budget):
+    """The exact optimum of a small instance: every combination tried."""
     best = -math.inf
     for combo in itertools.product(*[range(len(group)) for group in groups]):
         cost = sum(groups[i][j].bytes for i, j in enumerate(combo))

@@ -1,5 +1,3 @@
-import itertools
-
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -11,6 +9,7 @@ from memplan.priors import load_priors
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.planner import make_plan, plan_search, traffic_seconds
 from memplan.search import candidates_for, expand_methods, prune
+from tests.test_mckp import brute_force
 
 SHAPES = [(7,), (64,), (768,), (30, 20), (64, 3, 3, 3), (128, 64, 1, 1), (256, 512), (1000, 37), ()]
 
@@ -32,15 +31,6 @@ def test_the_budget_is_never_exceeded_and_bytes_are_the_byte_models(profile, bud
         candidate = choice.picks[spec.name]
         assert candidate.state_bytes == param_state(candidate.spec, spec.shape, spec.dtype, candidate.layout).state_bytes
     assert choice.objective <= choice.bound + 1e-12
-
-
-def brute_force(groups, budget):
-    """The exact optimum of a small instance: every combination tried."""
-    best = float("-inf")
-    for combo in itertools.product(*[range(len(group)) for group in groups]):
-        if sum(groups[i][j].bytes for i, j in enumerate(combo)) <= budget:
-            best = max(best, sum(groups[i][j].value for i, j in enumerate(combo)))
-    return best
 
 
 def test_real_candidates_on_a_small_model_match_brute_force():
