@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 
 from memplan.dtypes import canonical_dtype, item_size
 from memplan.errors import ProfileError
+from memplan.roles import role_of
 from memplan.schema import Fields, Flag, Integer, ListOf, MapOf, OneOf, Text, check, raise_problems
 from memplan.yamlfile import YamlDocument
 
@@ -73,6 +74,11 @@ class ParamSpec:
         if not isinstance(self.trainable, bool):
             raise ProfileError(f"parameter {self.name}: trainable must be true or false")
         object.__setattr__(self, "aliases", tuple(str(alias) for alias in self.aliases))
+
+    @property
+    def role(self) -> str:
+        """The parameter's role for measured quality (:func:`memplan.roles.role_of`)."""
+        return role_of(self.name, self.shape, self.kind)
 
     @property
     def numel(self) -> int:
