@@ -10,16 +10,16 @@ bytes within the budget.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from memplan import mckp
 from memplan.errors import BudgetError, SpecError
-from memplan.methods import PLAN_METHODS, REFERENCE_FAMILY, ParamState, get_method, param_state, parse_spec
+from memplan.methods import ADAM_LR, PLAN_METHODS, REFERENCE_FAMILY, ParamState, get_method, param_state, parse_spec
 from memplan.plan import Plan, PlanEntry, PlanPrediction
 from memplan.priors import Priors, load_priors
 from memplan.profile import ModelProfile
-from memplan.search import Candidate, candidates_for, expand_methods, prune
+from memplan.search import Candidate, candidates_for, expand_methods, prune, within_noise
 
 if TYPE_CHECKING:
     from memplan.moments import GradientMoments
@@ -45,6 +45,8 @@ class Choice:
     seconds_taken: float = 0.0
     shared_lists: int = 0
     notes: list[str] = field(default_factory=list)
+    priors: Priors | None = None
+    """The priors the qualities came from (their learning-rate ratios go into the plan)."""
 
     @property
     def state_bytes(self) -> int:
@@ -74,7 +76,8 @@ def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str]
     variants = expand_methods(methods)
     params = profile.trainable_params
     if not params:
-        return Choice(profile, budget_bytes, {}, 0.0, 0.0, time_weight, 0, time.perf_counter() - started)
+        return Choice(profile, budget_bytes, {}, 0.0, 0.0, time_weight, 0, time.perf_counter() - started,
+                      priors=priors)
     total_numel = sum(param.numel for param in params) or 1
     reference_seconds = sum(seconds(param_state(REFERENCE_FAMILY, p.shape, p.dtype)) for p in params) \
         if seconds and time_weight else 0
@@ -97,7 +100,7 @@ def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str]
             if not found:
                 raise SpecError(f"no candidate state for {param.name}: check --methods")
             considered += len(found)
-            front = prune(found, value)
+            front = prune(within_noise(found), value)
             if measured is None:
                 shared[key] = front
         groups.append([mckp.Option(candidate.state_bytes, value(candidate), candidate) for candidate in front])
@@ -107,7 +110,7 @@ def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str]
         raise _budget_error(error, groups, [param.name for param in params]) from None
     picks = {param.name: groups[i][solution.picks[i]].payload for i, param in enumerate(params)}
     return Choice(profile, budget_bytes, picks, solution.value, solution.bound, time_weight, considered,
-                  time.perf_counter() - started, shared_lists=len(shared))
+                  time.perf_counter() - started, shared_lists=len(shared), priors=priors)
 
 
 def _budget_error(error: mckp.Infeasible, groups: Sequence[Sequence[mckp.Option]], names: list[str]) -> BudgetError:
@@ -148,6 +151,16 @@ def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] =
                             calibration=moments.summary() if moments else None, device=device)
 
 
+def learning_rate_ratios(specs: Sequence[str], priors: Priors) -> dict[str, float]:
+    """Each spec's learning rate over Adam's (measured in ``priors``, else its method's default)."""
+    ratios = {}
+    for text in dict.fromkeys(specs):
+        spec = parse_spec(text)
+        method = get_method(spec.name)
+        ratios[text] = method.learning_rate_ratio(priors, method.resolve(spec))
+    return ratios
+
+
 def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "bundled",
                      calibration: Mapping[str, object] | None = None, device: str | None = None) -> Plan:
     """The plan of a planner's choice, with default hyperparameters for every method it uses."""
@@ -159,6 +172,7 @@ def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "
             momentum=candidate.momentum, state_dtype=candidate.state_dtype, state_bytes=candidate.state_bytes,
             quality=candidate.quality, distortion=candidate.distortion))
     methods = sorted({parse_spec(entry.method).name for entry in entries})
+    priors_used = choice.priors or load_priors()
     seconds = sum(candidate.seconds for candidate in choice.picks.values())
     # compulsory traffic over the device's bandwidth: a floor; memplan bench predicts the full step
     timed = bool(seconds and device)
@@ -171,5 +185,30 @@ def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "
         fingerprint=choice.profile.fingerprint, budget_bytes=choice.budget_bytes, entries=tuple(entries),
         objective=objective, time_weight=choice.time_weight, priors=priors,
         hyperparameters={method: get_method(method).hyperparameter_defaults() for method in methods},
+        learning_rate=priors_used.adam_lr or ADAM_LR,
+        lr_ratios=learning_rate_ratios([entry.method for entry in entries], priors_used),
         predicted=predicted, calibration=dict(calibration) if calibration else None,
     )
+
+
+def assigned_plan(profile: ModelProfile, specs: Callable[[str], str], learning_rate: float = ADAM_LR,
+                  lr_ratios: Mapping[str, float] | None = None, priors: Priors | None = None) -> Plan:
+    """A plan that gives each trainable parameter of ``profile`` the method spec ``specs(name)``, in
+    its default layout, with no budget beyond its own bytes (``memplan trial``'s probes and uniform
+    baselines). ``lr_ratios`` (by spec) replace the ratios ``priors`` give."""
+    priors = priors or load_priors()
+    picks = {}
+    for param in profile.trainable_params:
+        spec = parse_spec(specs(param.name))
+        method = get_method(spec.name)
+        options = method.resolve(spec)
+        state = param_state(spec, param.shape, param.dtype)
+        picks[param.name] = Candidate(
+            spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
+            momentum=state.momentum, state_dtype=state.state_dtype,
+            quality=method.prior_quality(priors, options, param.shape, state.layout, param.role))
+    choice = Choice(profile, sum(c.state_bytes for c in picks.values()), picks, 0.0, 0.0, 0.0, len(picks),
+                    priors=priors)
+    plan = plan_from_choice(choice, priors="assigned")
+    ratios = {**plan.lr_ratios, **(lr_ratios or {})}
+    return replace(plan, learning_rate=learning_rate, lr_ratios={spec: ratios[spec] for spec in plan.lr_ratios})

@@ -1,13 +1,25 @@
-"""Predicted quality of each candidate state layout: data-free priors, or calibrated from distortion.
+"""Predicted quality of each candidate state layout, and each method's learning rate relative to Adam's.
 
-The numbers live in ``profiles/priors.yaml`` (bundled, with the evidence behind each), not in
-code; ``load_priors(path)`` overlays a user's file on them.
+The numbers live in ``profiles/priors.yaml`` (bundled, measured with ``memplan trial`` on the
+project's benchmark workloads, each entry citing its run), not in code; ``load_priors(path)``
+overlays a user's file (typically one ``memplan trial`` wrote for their own model) on them.
+
+Quality is on one scale: 1 = Adam, 0 = SGD without momentum, each at its best learning rate.
+A method's entry may hold, besides its ``quality``:
+
+- ``std``: the standard error of that quality over seeds; the planner treats a method whose
+  quality is within this noise of a cheaper candidate's as no better than it;
+- ``lr_ratio``: its best learning rate over Adam's, which plans record so that one
+  Adam-equivalent learning rate trains a mixed plan;
+- ``roles``: the quality measured with Adam everywhere except on one role's parameters
+  (:mod:`memplan.roles`), on the same scale as if the whole model were that role; a parameter of a
+  role with an entry scores that instead of the method's uniform quality.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -15,14 +27,24 @@ from typing import Any, Iterable, Mapping
 from memplan.errors import ProfileError, SpecError
 from memplan.methods.base import Layout
 from memplan.methods.shapes import Shape
+from memplan.roles import ROLES
 from memplan.schema import Either, Fields, ListOf, MapOf, Nullable, Number, OneOf, Text, check
 from memplan.yamlfile import parse_yaml, read_text
 
-PRIORS_FORMAT = 1
+PRIORS_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+"""Formats this version reads: 1 has qualities only; 2 adds std, lr_ratio, roles and adam_lr."""
 CALIBRATED_KEYS = ("momentum", "no_momentum", "distortion_scale")
 
-METHOD_PRIOR = Either(Number(), Fields(required={"quality": Number()}, optional={"evidence": Text()}))
-"""One method's prior: its quality, alone or with the evidence behind it."""
+MEASURED = Either(Number(), Fields(required={"quality": Number()}, optional={"std": Number(at_least=0)}))
+"""A measured quality, alone or with its standard error."""
+
+METHOD_PRIOR = Either(Number(), Fields(optional={
+    "quality": Number(), "std": Number(at_least=0), "lr_ratio": Number(above=0),
+    "roles": Fields(optional={role: MEASURED for role in ROLES}), "evidence": Text(),
+}))
+"""One method's prior: its quality alone, or with its spread, learning-rate ratio, per-role
+qualities and the evidence behind them."""
 
 CURVE_POINT = Fields(required={"depth": Number(), "quality": Number()}, optional={"evidence": Text()})
 """One point of the extreme-tensoring curve: quality at an index depth."""
@@ -30,33 +52,72 @@ CURVE_POINT = Fields(required={"depth": Number(), "quality": Number()}, optional
 PRIORS_FIELDS = Fields(
     required={"methods": MapOf(METHOD_PRIOR), "extreme_tensoring": ListOf(CURVE_POINT),
               "calibrated": Fields(required={key: Number() for key in CALIBRATED_KEYS})},
-    optional={"memplan_priors": OneOf(PRIORS_FORMAT)},
+    optional={"memplan_priors": OneOf(*READABLE_FORMATS), "adam_lr": Nullable(Number(above=0)),
+              "evidence": Text()},
 )
 """The keys of a complete priors document (the bundled one, or it with a user's file laid over it)."""
 
 
 @dataclass(frozen=True)
-class Priors:
-    """Quality per method family, the ET depth curve, and the calibrated-quality constants."""
+class MethodPrior:
+    """What is known of one prior key: quality (None: the method's default), its spread, its
+    learning-rate ratio and per-role (quality, std) pairs."""
 
-    methods: Mapping[str, float]
+    quality: float | None = None
+    std: float = 0.0
+    lr_ratio: float | None = None
+    roles: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Priors:
+    """Per-key method priors, the ET depth curve, the calibrated-quality constants, and the Adam
+    learning rate the priors were measured at (None for the bundled, model-independent ones)."""
+
+    methods: Mapping[str, MethodPrior]
     et_curve: tuple[tuple[float, float], ...]
     calibrated: Mapping[str, float]
+    adam_lr: float | None = None
 
-    def quality(self, method: str, options: Mapping[str, Any], shape: Shape, layout: Layout) -> float:
-        """Data-free quality of ``method`` with ``options`` for a parameter of ``shape`` under ``layout``
-        (each family decides how: :meth:`memplan.methods.Method.prior_quality`)."""
+    def quality(self, method: str, options: Mapping[str, Any], shape: Shape, layout: Layout,
+                role: str | None = None) -> float:
+        """Data-free quality of ``method`` with ``options`` for a parameter of ``shape`` and ``role``
+        under ``layout`` (each family decides how: :meth:`memplan.methods.Method.prior_quality`)."""
         from memplan.methods import get_method
 
-        return get_method(method).prior_quality(self, options, shape, layout)
+        return get_method(method).prior_quality(self, options, shape, layout, role)
 
-    def method_quality(self, key: str, default: float | None = None) -> float:
-        """The prior called ``key``; ``default`` when there is none (SpecError without a default)."""
-        if key in self.methods:
-            return self.methods[key]
+    def method_quality(self, key: str, default: float | None = None, role: str | None = None) -> float:
+        """The prior called ``key`` (for ``role`` when measured per role); ``default`` when there is
+        none (SpecError without a default)."""
+        entry = self.methods.get(key)
+        if entry is not None and role in entry.roles:
+            return entry.roles[role][0]
+        if entry is not None and entry.quality is not None:
+            return entry.quality
         if default is None:
             raise SpecError(f"no quality prior for {key!r}: add methods.{key} to a --priors file")
         return default
+
+    def role_adjusted(self, key: str, quality: float, role: str | None) -> float:
+        """``quality`` (from a curve, say) moved by what ``role`` measured against the uniform
+        quality of the entry ``key``: unchanged without such a measurement."""
+        entry = self.methods.get(key)
+        if entry is None or entry.quality is None or role not in entry.roles:
+            return quality
+        return quality + entry.roles[role][0] - entry.quality
+
+    def quality_std(self, key: str, role: str | None = None) -> float:
+        """The standard error recorded with the prior ``key`` (for ``role`` when measured); 0 if none."""
+        entry = self.methods.get(key)
+        if entry is None:
+            return 0.0
+        return entry.roles[role][1] if role in entry.roles else entry.std
+
+    def lr_ratio(self, key: str) -> float | None:
+        """The measured learning-rate ratio to Adam of the prior ``key``, or None."""
+        entry = self.methods.get(key)
+        return None if entry is None else entry.lr_ratio
 
     def depth_quality(self, depth: float) -> float:
         """The ET curve at ``depth``: linear between its points, held beyond them."""
@@ -77,19 +138,27 @@ class Priors:
 
 def load_priors(path: str | Path | None = None) -> Priors:
     """The bundled priors, with the entries of the YAML file at ``path`` (if any) replacing theirs."""
-    bundled = resources.files("memplan.profiles") / "priors.yaml"
-    data = parse_yaml(bundled.read_text(encoding="utf-8"), "bundled priors", ProfileError)
-    check(data, PRIORS_FIELDS, ProfileError, where="bundled priors")
+    data = bundled_priors_document()
     if path is not None:
         override = parse_yaml(read_text(path, ProfileError), str(path), ProfileError) or {}
         data = _overlay(data, override, str(path))
     return _from_dict(data, str(path or "bundled priors"))
 
 
+def bundled_priors_document() -> dict[str, Any]:
+    """The bundled priors file as a checked mapping."""
+    bundled = resources.files("memplan.profiles") / "priors.yaml"
+    data = parse_yaml(bundled.read_text(encoding="utf-8"), "bundled priors", ProfileError)
+    check(data, PRIORS_FIELDS, ProfileError, where="bundled priors")
+    return data
+
+
 def _override_fields(methods: Iterable[str]) -> Fields:
     """What a user's priors file may hold: any key of the bundled file, and any of its ``methods``."""
     return Fields(optional={
-        "memplan_priors": OneOf(PRIORS_FORMAT),
+        "memplan_priors": OneOf(*READABLE_FORMATS),
+        "adam_lr": Nullable(Number(above=0)),
+        "evidence": Text(),
         "methods": Fields(optional={name: METHOD_PRIOR for name in methods}),
         "extreme_tensoring": ListOf(CURVE_POINT),
         "calibrated": Nullable(Fields(optional={key: Number() for key in CALIBRATED_KEYS})),
@@ -108,13 +177,33 @@ def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
     return merged
 
 
+def _measured(entry: Any) -> tuple[float, float]:
+    """(quality, std) of a :data:`MEASURED` value."""
+    if isinstance(entry, Mapping):
+        return float(entry["quality"]), float(entry.get("std", 0.0))
+    return float(entry), 0.0
+
+
+def _method_prior(entry: Any) -> MethodPrior:
+    """A :class:`MethodPrior` from a :data:`METHOD_PRIOR` value."""
+    if not isinstance(entry, Mapping):
+        return MethodPrior(quality=float(entry))
+    quality = entry.get("quality")
+    ratio = entry.get("lr_ratio")
+    return MethodPrior(
+        quality=None if quality is None else float(quality), std=float(entry.get("std", 0.0)),
+        lr_ratio=None if ratio is None else float(ratio),
+        roles={role: _measured(value) for role, value in (entry.get("roles") or {}).items()})
+
+
 def _from_dict(data: Mapping[str, Any], where: str) -> Priors:
     """Priors from a complete priors document; ProfileError names every bad key."""
     check(data, PRIORS_FIELDS, ProfileError, where=where)
-    methods = {name: float(entry["quality"] if isinstance(entry, Mapping) else entry)
-               for name, entry in data["methods"].items()}
+    methods = {name: _method_prior(entry) for name, entry in data["methods"].items()}
     curve = tuple(sorted((float(point["depth"]), float(point["quality"])) for point in data["extreme_tensoring"]))
     calibrated = {key: float(value) for key, value in data["calibrated"].items()}
     if len(curve) < 2 or len({depth for depth, _ in curve}) != len(curve):
         raise ProfileError(f"{where}: extreme_tensoring needs at least two points at distinct depths")
-    return Priors(methods=methods, et_curve=curve, calibrated=calibrated)
+    adam_lr = data.get("adam_lr")
+    return Priors(methods=methods, et_curve=curve, calibrated=calibrated,
+                  adam_lr=None if adam_lr is None else float(adam_lr))

@@ -9,7 +9,8 @@ its exact state bytes, its traffic per step and a predicted quality. Dominated c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
 from memplan.methods import ParamState, as_spec, get_method, param_state
@@ -31,6 +32,8 @@ class Candidate:
     quality: float
     seconds: float = 0.0
     distortion: float | None = None
+    quality_std: float = 0.0
+    """The standard error of ``quality`` when it was measured over seeds (0: no spread known)."""
 
 
 def expand_methods(texts: Iterable[str]) -> list[MethodSpec]:
@@ -66,13 +69,35 @@ def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Prio
             if key in found:
                 continue
             measured = distortion(state) if distortion else None
-            quality = (priors.calibrated_quality(state.momentum, measured) if measured is not None
-                       else priors.quality(spec.name, options, param.shape, state.layout))
+            if measured is not None:
+                quality, spread = priors.calibrated_quality(state.momentum, measured), 0.0
+            else:
+                quality = method.prior_quality(priors, options, param.shape, state.layout, param.role)
+                spread = method.prior_std(priors, options, param.role)
             found[key] = Candidate(
                 spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
                 momentum=state.momentum, state_dtype=state.state_dtype, quality=quality,
-                seconds=seconds(state) if seconds else 0.0, distortion=measured)
+                seconds=seconds(state) if seconds else 0.0, distortion=measured, quality_std=spread)
     return list(found.values())
+
+
+def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candidate]:
+    """The candidates with each one's quality capped at that of any cheaper candidate it does not
+    beat by more than ``z`` combined standard errors: a method within noise of a cheaper one
+    should lose to it, and after the cap :func:`prune` drops it (ties go to fewer bytes).
+    Candidates without a recorded spread compare as before."""
+    ordered = sorted(candidates, key=lambda c: c.state_bytes)
+    settled: list[Candidate] = []
+    for candidate in ordered:
+        quality = candidate.quality
+        for cheaper in settled:
+            if cheaper.state_bytes >= candidate.state_bytes:
+                continue
+            noise = z * math.hypot(candidate.quality_std, cheaper.quality_std)
+            if noise > 0 and candidate.quality - cheaper.quality <= noise:
+                quality = min(quality, cheaper.quality)
+        settled.append(candidate if quality == candidate.quality else replace(candidate, quality=quality))
+    return settled
 
 
 def prune(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) -> list[Candidate]:

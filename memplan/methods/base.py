@@ -176,20 +176,34 @@ class Method(ABC):
         """The entry of the quality priors that scores this method with these options."""
         return self.family_name
 
-    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout) -> float:
-        """Data-free quality of this method for a parameter of ``shape`` under ``layout``."""
-        return priors.method_quality(self.prior_key(options), self.default_quality)
+    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
+                      role: str | None = None) -> float:
+        """Predicted quality of this method for a parameter of ``shape`` and ``role`` under ``layout``."""
+        return priors.method_quality(self.prior_key(options), self.default_quality, role)
+
+    def prior_std(self, priors: "Priors", options: Options, role: str | None = None) -> float:
+        """The standard error the priors record for :meth:`prior_quality` (0 when unmeasured)."""
+        return priors.quality_std(self.prior_key(options), role)
+
+    def prior_depth(self, shape: Shape, options: Options) -> float | None:
+        """Where a measured quality of this method lands on the priors' extreme-tensoring depth curve
+        for a parameter of ``shape`` (None: the method has a priors entry of its own, not a curve point)."""
+        return None
+
+    def learning_rate_ratio(self, priors: "Priors", options: Options) -> float:
+        """This method's learning rate over Adam's: measured in the priors, else :attr:`lr_ratio`."""
+        measured = priors.lr_ratio(self.prior_key(options))
+        return self.lr_ratio if measured is None else measured
 
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         """One of :data:`MOMENT_ESTIMATES`: what this state can represent of a second moment."""
         return "exact"
 
     def hyperparameter_defaults(self) -> dict[str, Any]:
-        """The learning rate and every option that is not a :attr:`Option.variant`, at its default:
-        the shared hyperparameters a new plan writes for this method."""
-        values: dict[str, Any] = {"lr": self.default_lr}
-        values.update({option.name: option.default for option in self.options if not option.variant})
-        return values
+        """Every option that is not a :attr:`Option.variant`, at its default: the shared
+        hyperparameters a new plan writes for this method (its learning rate is the plan's
+        Adam-equivalent rate times its ratio, see :class:`memplan.plan.Plan`)."""
+        return {option.name: option.default for option in self.options if not option.variant}
 
     # -- measuring --------------------------------------------------------------------------
 

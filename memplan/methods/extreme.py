@@ -74,12 +74,17 @@ class ExtremeTensoring(Method):
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full" if options["momentum"] > 0 else "none"
 
-    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout) -> float:
-        """The extreme-tensoring depth curve at this index's depth (ET1 = 1, ET2 about 2, ...)."""
-        return priors.depth_quality(index_depth(shape, layout))
+    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
+                      role: str | None = None) -> float:
+        """The extreme-tensoring depth curve at this index's depth (ET1 = 1, ET2 about 2, ...),
+        moved by what ``role`` measured under the family's entry."""
+        return priors.role_adjusted(self.family_name, priors.depth_quality(index_depth(shape, layout)), role)
 
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         return "rank_one"
+
+    def prior_depth(self, shape: Shape, options: Options) -> float | None:
+        return index_depth(shape, self.default_layout(shape, options))
 
     def layout_argument(self, options: Options) -> str | None:
         return "index"

@@ -77,6 +77,9 @@ class LowBitAdamW(Method):
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full"
 
+    def prior_key(self, options: Options) -> str:
+        return self.name  # 8 and 4 bits are measured apart
+
     def optimizer_class(self, options: Options) -> type:
         # importing torchao logs a warning for every optional kernel library its build lacks
         # (CUDA-only ones on a CPU build): noise to a user who only wants its optimizers

@@ -74,11 +74,12 @@ class SM3(Method):
     def prior_key(self, options: Options) -> str:
         return "sm3" if self.momentum_kind(options, None) == "full" else "sm3_no_momentum"
 
-    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout) -> float:
+    def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
+                      role: str | None = None) -> float:
         """The family's prior, scaled by the extreme-tensoring depth curve's ratio for covers on
         views finer than the natural shape."""
         depth = index_depth(shape, layout)
-        return super().prior_quality(priors, options, shape, layout) * priors.depth_quality(depth) \
+        return super().prior_quality(priors, options, shape, layout, role) * priors.depth_quality(depth) \
             / priors.depth_quality(1.0)
 
     def moment_estimate(self, options: Options, layout: Layout) -> str:
