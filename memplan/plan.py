@@ -1,7 +1,8 @@
 """plan.yaml: the contract between the planner and the optimizer, and a file people read and edit.
 
 A plan holds a format version, the model's identity (name, source, fingerprint), the budget and
-the predicted totals, the objective, the hyperparameter defaults per method, and one entry per
+the predicted totals, the objective, its Adam-equivalent learning rate and each method spec's
+learning-rate ratio to Adam, the hyperparameter defaults per method, and one entry per
 trainable parameter: name, shape, dtype, method spec, layout, momentum kind, state dtype,
 predicted state bytes, quality (and measured distortion when calibrated). Loading checks every
 entry (known method, layout fits the shape, bytes equal the byte model's) and names the
@@ -18,7 +19,7 @@ from typing import Any, Mapping, Sequence
 
 from memplan.errors import PlanError, ProfileError, SpecError
 from memplan.yamlfile import YamlDocument
-from memplan.methods import get_method, param_state, parse_spec
+from memplan.methods import ADAM_LR, get_method, param_state, parse_spec
 from memplan.methods.spec import Option
 from memplan.profile import ModelProfile
 from memplan.schema import (
@@ -90,6 +91,7 @@ PLAN_FIELDS = Fields(
               "parameters": ListOf(PLAN_ENTRY_FIELDS)},
     optional={"objective": Fields(optional={"name": Text(), "time_weight": Number()}), "priors": Text(),
               "calibration": Nullable(MapOf(Anything())),
+              "learning_rate": Number(above=0), "lr_ratios": MapOf(Number(above=0)),
               "hyperparameters": Nullable(MapOf(Anything()))},
 )
 """The keys of a plan file and their types (each method's hyperparameters are checked against its options)."""
@@ -255,6 +257,10 @@ class Plan(YamlDocument):
     priors: str = "bundled"
     hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     calibration: Mapping[str, Any] | None = None
+    learning_rate: float = ADAM_LR
+    """The Adam-equivalent learning rate the plan trains at unless ``from_plan`` is given one."""
+    lr_ratios: Mapping[str, float] = field(default_factory=dict)
+    """Per method spec, its learning rate over Adam's (a spec without one uses its method's default)."""
 
     document_name = "plan"
     error = PlanError
@@ -267,6 +273,24 @@ class Plan(YamlDocument):
     def state_bytes(self) -> int:
         """Total predicted state bytes."""
         return sum(entry.state_bytes for entry in self.entries)
+
+    def lr_ratio(self, spec_text: str) -> float:
+        """The learning rate of ``spec_text`` over Adam's: the plan's, else its method's default."""
+        if spec_text in self.lr_ratios:
+            return self.lr_ratios[spec_text]
+        return get_method(parse_spec(spec_text).name).lr_ratio
+
+    def learning_rate_for(self, spec_text: str, adam_lr: Any = None) -> Any:
+        """The learning rate of the groups of ``spec_text``: ``adam_lr`` (an Adam-equivalent rate,
+        a float or a tensor) times the spec's ratio; without it, the plan's own rate, which is an
+        ``lr`` written in ``hyperparameters`` for the method, else :attr:`learning_rate` times the ratio."""
+        if adam_lr is None:
+            own = self.hyperparameters.get(parse_spec(spec_text).name, {}).get("lr")
+            if own is not None:
+                return own
+            adam_lr = self.learning_rate
+        ratio = self.lr_ratio(spec_text)
+        return adam_lr if ratio == 1.0 else adam_lr * ratio
 
     def by_method(self) -> list[dict[str, Any]]:
         """Per method spec: how many parameters, elements and state bytes it got (most bytes first)."""
@@ -307,6 +331,8 @@ class Plan(YamlDocument):
         }
         if self.calibration is not None:
             data["calibration"] = dict(self.calibration)
+        data["learning_rate"] = self.learning_rate
+        data["lr_ratios"] = {spec: self.lr_ratio(spec) for spec in dict.fromkeys(e.method for e in self.entries)}
         data["hyperparameters"] = {name: dict(values) for name, values in self.hyperparameters.items()}
         data["parameters"] = [entry.to_dict() for entry in self.entries]
         return data
@@ -338,6 +364,16 @@ class Plan(YamlDocument):
         used = {parse_spec(entry.method).name for entry in entries}
         raise_problems([f"hyperparameters for {method}, which no parameter uses"
                         for method in hyperparameters if method not in used], PlanError)
+        specs = {entry.method for entry in entries}
+        lr_ratios = {}
+        for text, ratio in (data.get("lr_ratios") or {}).items():
+            try:
+                lr_ratios[str(parse_spec(text))] = ratio
+            except SpecError as error:
+                problems.append(f"lr_ratios.{text}: {error}")
+        raise_problems(problems, PlanError)
+        raise_problems([f"lr_ratios.{spec}: no parameter uses this method spec (used: {', '.join(sorted(specs))})"
+                        for spec in lr_ratios if spec not in specs], PlanError)
         model, objective = data["model"], data.get("objective", {})
         plan = cls(
             model_name=model["name"], model_source=model.get("source", ""), fingerprint=model["fingerprint"],
@@ -345,6 +381,8 @@ class Plan(YamlDocument):
             time_weight=float(objective.get("time_weight", 0.0)), priors=data.get("priors", "bundled"),
             hyperparameters={method: dict(values) for method, values in hyperparameters.items()},
             predicted=PlanPrediction.from_dict(data["predicted"]), calibration=data.get("calibration"),
+            learning_rate=float(data.get("learning_rate", ADAM_LR)),
+            lr_ratios={spec: float(ratio) for spec, ratio in lr_ratios.items()},
         )
         if plan.predicted.state_bytes != plan.state_bytes:
             raise PlanError(f"predicted state_bytes {plan.predicted.state_bytes} but the entries add up to "

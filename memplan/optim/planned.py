@@ -39,8 +39,10 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
               lr: float | torch.Tensor | None = None, lr_scale: float = 1.0, **overrides: Any) -> "PlannedOptimizer":
     """The optimizer a plan describes, for ``model_or_params`` (a module or named parameters).
 
-    Learning rates come from the plan's hyperparameters, times ``lr_scale``; ``lr`` sets one
-    learning rate for every method instead. Other ``overrides`` (e.g. ``weight_decay=0.01``,
+    ``lr`` is an Adam-equivalent learning rate: the parameters of each method spec train at ``lr``
+    times that spec's ratio in the plan (``plan.lr_ratios``; 1 for Adam), so one number trains a
+    mixed plan, and a learning rate tuned for Adam carries over. Without ``lr`` each spec trains at
+    the plan's own rate (:meth:`memplan.plan.Plan.learning_rate_for`), times ``lr_scale``. Other ``overrides`` (e.g. ``weight_decay=0.01``,
     ``maximize=True``) go to every planned method, and one that some planned method does not take
     is an error naming those methods: an override never reaches only part of the model. (A
     setting meant for some methods only is a per-group edit after construction:
@@ -60,8 +62,10 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
     for spec_text, members in groups.items():
         spec = parse_spec(spec_text)
         hyperparameters = dict(plan.hyperparameters.get(spec.name, {}))
-        method_lr = lr if lr is not None else hyperparameters.pop("lr", get_method(spec.name).default_lr) * lr_scale
         hyperparameters.pop("lr", None)
+        method_lr = plan.learning_rate_for(spec_text, lr)
+        if lr is None and lr_scale != 1.0:
+            method_lr = method_lr * lr_scale
         optimizer = _build(spec, members, method_lr, hyperparameters, overrides)
         for group in optimizer.param_groups:
             group[METHOD_KEY] = spec_text

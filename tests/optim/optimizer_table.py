@@ -123,7 +123,7 @@ OPTIMIZER_CASES = [
     Case("sm3", SM3, {"momentum": 0.9}, 0.3, "sm3"),
     Case("sm3-I", SM3, {"variant": "I", "momentum": 0.0}, 0.1, "sm3:momentum=0,variant=I"),
     Case("plan-smmf-adam-et2-sm3", PLAN_WITH_ADAM, {}, 1e-2, None),
-    Case("plan-sgd-et-adagrad-sm3", PLAN_WITH_SGD, {}, 0.1, None),
+    Case("plan-sgd-et-adagrad-sm3", PLAN_WITH_SGD, {}, 1e-2, None),  # Adam-equivalent: 0.1 for sgd and adagrad, 1 for et and sm3
 ]
 IDS = [case.id for case in OPTIMIZER_CASES]
 CORE_CASES = [case for case in OPTIMIZER_CASES if not case.planned]
