@@ -170,11 +170,21 @@ def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
     check(override, _override_fields(base["methods"]), ProfileError, where=where)
     merged = dict(base)
     for key, value in override.items():
-        if key in ("methods", "calibrated"):
+        if key == "methods":
+            merged[key] = {**base[key], **{name: _merge_entry(base[key].get(name), entry)
+                                           for name, entry in (value or {}).items()}}
+        elif key == "calibrated":
             merged[key] = {**base[key], **(value or {})}
         else:
             merged[key] = value
     return merged
+
+
+def _merge_entry(base: Any, override: Any) -> Any:
+    """A method entry with the fields the user gave in place of the bundled ones (a bare number
+    is a quality): a file that measured only a learning-rate ratio keeps the bundled quality."""
+    as_mapping = lambda entry: dict(entry) if isinstance(entry, Mapping) else ({} if entry is None else {"quality": entry})
+    return {**as_mapping(base), **as_mapping(override)}
 
 
 def _measured(entry: Any) -> tuple[float, float]:

@@ -4,17 +4,48 @@ from memplan.errors import ProfileError
 from memplan.priors import load_priors
 
 
-def test_bundled_priors_follow_the_et_paper_numbers():
+def test_bundled_priors_are_on_the_adam_sgd_scale_and_keep_their_structure():
     priors = load_priors()
     assert priors.quality("adam", {}, (10, 10), None) == 1.0
-    assert priors.depth_quality(1.0) == pytest.approx((49.80 - 39.84) / (49.80 - 38.47), abs=1e-3)
-    assert priors.depth_quality(2.0) == pytest.approx((49.80 - 42.10) / (49.80 - 38.47), abs=1e-3)
-    assert priors.depth_quality(3.5) == pytest.approx((49.80 - 45.19) / (49.80 - 38.47), abs=1e-3)
-    assert priors.methods["adagrad"] == pytest.approx((49.80 - 41.18) / (49.80 - 38.47), abs=1e-3)
+    assert priors.quality("sgd", {"momentum": 0.0}, (10, 10), None) == 0.0
+    assert priors.adam_lr is None  # model-independent: plans start from Adam's default rate
     assert priors.depth_quality(1.5) == pytest.approx((priors.depth_quality(1) + priors.depth_quality(2)) / 2)
-    assert priors.depth_quality(100) == priors.quality("et_inf", {}, (3,), None)
     assert priors.quality("et", {}, (64, 64, 3, 3), (64, 64, 9)) == priors.depth_quality(1.0)
-    assert priors.quality("smmf", {"beta1": None}, (3, 3), (3, 3)) < priors.quality("smmf", {"beta1": 0.9}, (3, 3), (3, 3))
+    for key, entry in priors.methods.items():
+        assert entry.lr_ratio is None or entry.lr_ratio > 0, key
+
+
+def test_a_format_1_file_still_reads(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("memplan_priors: 1\nmethods:\n  adagrad: {quality: 0.7, evidence: a paper}\n")
+    priors = load_priors(path)
+    assert priors.methods["adagrad"].quality == 0.7 and priors.methods["adagrad"].lr_ratio is None
+
+
+def test_measured_entries_give_roles_spreads_and_ratios(tmp_path):
+    path = tmp_path / "measured.yaml"
+    path.write_text("adam_lr: 0.003\nmethods:\n"
+                    "  smmf: {quality: 0.8, std: 0.05, lr_ratio: 2.5, roles: {embedding: {quality: 0.2, std: 0.1}, "
+                    "vector: 0.4}}\n"
+                    "  et: {quality: 0.5, roles: {matrix: 0.3}}\n")
+    priors = load_priors(path)
+    assert priors.adam_lr == 0.003
+    assert priors.quality("smmf", {"beta1": 0.9}, (10, 10), (10, 10)) == 0.8
+    assert priors.quality("smmf", {"beta1": 0.9}, (10, 10), (10, 10), role="embedding") == 0.2
+    assert priors.quality("smmf", {"beta1": 0.9}, (10,), (2, 5), role="vector") == 0.4
+    assert priors.quality("smmf", {"beta1": 0.9}, (10, 10), (10, 10), role="matrix") == 0.8  # not probed
+    assert priors.quality_std("smmf", "embedding") == 0.1 and priors.quality_std("smmf") == 0.05
+    assert priors.lr_ratio("smmf") == 2.5 and priors.lr_ratio("adam") is None
+    # ET takes its quality from the depth curve, moved by what a role measured against the family's entry
+    curve = priors.depth_quality(1.0)
+    assert priors.quality("et", {}, (8, 8), (8, 8), role="matrix") == pytest.approx(curve - 0.2)
+    assert priors.quality("et", {}, (8, 8), (8, 8), role="head") == curve
+    path.write_text("methods:\n  smmf: {roles: {everything: 0.5}}\n")
+    with pytest.raises(ProfileError, match="methods.smmf.roles.everything: unknown key"):
+        load_priors(path)
+    path.write_text("methods:\n  smmf: {lr_ratio: 0}\n")
+    with pytest.raises(ProfileError, match="methods.smmf.lr_ratio: expected a number > 0"):
+        load_priors(path)
 
 
 def test_calibrated_quality_falls_with_distortion():
@@ -28,8 +59,8 @@ def test_user_overrides_and_errors(tmp_path):
     path = tmp_path / "p.yaml"
     path.write_text("methods:\n  adagrad: 0.9\ncalibrated:\n  no_momentum: 0.5\n")
     priors = load_priors(path)
-    assert priors.methods["adagrad"] == 0.9 and priors.calibrated["no_momentum"] == 0.5
-    assert priors.methods["adam"] == 1.0
+    assert priors.methods["adagrad"].quality == 0.9 and priors.calibrated["no_momentum"] == 0.5
+    assert priors.methods["adam"].quality == 1.0
     path.write_text("methods:\n  lion: 0.9\n")
     with pytest.raises(ProfileError, match=r"p.yaml: methods.lion: unknown key \(valid: adafactor, "):
         load_priors(path)

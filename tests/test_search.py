@@ -98,3 +98,36 @@ def test_make_plan_writes_the_objective_and_priors(tmp_path):
     plan = make_plan(load_profile("gpt2"), 64 * 2**20, priors_path=str(priors))
     assert plan.priors == str(priors)
     assert not any(entry.method == "smmf" for entry in plan.entries)
+
+
+def test_a_candidate_within_noise_of_a_cheaper_one_loses_to_it():
+    from memplan.search import Candidate, prune, within_noise
+
+    def candidate(spec, state_bytes, quality, spread):
+        return Candidate(spec, None, state_bytes, 0, "none", "float32", quality, quality_std=spread)
+
+    cheap, dear, clearly_better = candidate("a", 10, 0.80, 0.05), candidate("b", 20, 0.84, 0.05), \
+        candidate("c", 40, 0.95, 0.01)
+    settled = {c.spec: c.quality for c in within_noise([dear, clearly_better, cheap])}
+    assert settled == {"a": 0.80, "b": 0.80, "c": 0.95}
+    front = prune(within_noise([cheap, dear, clearly_better]), lambda c: c.quality)
+    assert [c.spec for c in front] == ["a", "c"]
+    # without a recorded spread nothing changes: a better quality is a better quality
+    exact = [candidate("a", 10, 0.80, 0.0), candidate("b", 20, 0.84, 0.0)]
+    assert [c.quality for c in within_noise(exact)] == [0.80, 0.84]
+
+
+def test_measured_noise_changes_the_plan(tmp_path):
+    from memplan.loaders import load_profile
+    from memplan.planner import make_plan
+
+    profile = load_profile("gpt2")
+    quiet, noisy = tmp_path / "quiet.yaml", tmp_path / "noisy.yaml"
+    quiet.write_text("methods:\n  smmf: {quality: 0.9}\n  smmf_no_momentum: {quality: 0.88}\n")
+    noisy.write_text("methods:\n  smmf: {quality: 0.9, std: 0.03}\n  smmf_no_momentum: {quality: 0.88, std: 0.03}\n")
+    budget = 64 * 2**20
+    precise = make_plan(profile, budget, methods=["smmf"], priors_path=str(quiet))
+    uncertain = make_plan(profile, budget, methods=["smmf"], priors_path=str(noisy))
+    assert any(entry.method == "smmf" and entry.layout is not None for entry in precise.entries)
+    # within noise of each other, the cheaper state (no first moment) wins wherever the layouts compete
+    assert uncertain.state_bytes < precise.state_bytes
