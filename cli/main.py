@@ -15,7 +15,7 @@ import typer
 
 from memplan import __version__
 from memplan.errors import AssumptionWarning, MemplanError
-from memplan.cli import analyze_cmd, bench_cmd, plan_cmd, profiles_cmd, show_cmd
+from memplan.cli import analyze_cmd, bench_cmd, plan_cmd, profiles_cmd, show_cmd, trial_cmd
 
 # typer may vendor click; reach its exception types through typer's public BadParameter.
 _USAGE_ERROR = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "UsageError")
@@ -34,6 +34,7 @@ app.command("profiles")(profiles_cmd.profiles)
 app.command("plan")(plan_cmd.plan)
 app.command("show")(show_cmd.show)
 app.command("bench")(bench_cmd.bench)
+app.command("trial")(trial_cmd.trial)
 
 
 def _version(value: bool) -> None:

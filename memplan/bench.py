@@ -461,7 +461,7 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
     """State memory against step time, one labelled point per measured entry with its p10-p90
     spread as a horizontal bar, both axes logarithmic, the state axis in KiB/MiB/GiB; written
     atomically with the usual file mode."""
-    pyplot = _pyplot()
+    pyplot = load_pyplot()
     from matplotlib.ticker import FuncFormatter
 
     points = [result for result in report.results if not result.skipped and result.step_ms_median]
@@ -492,10 +492,10 @@ def write_plot(report: BenchReport, path: str | Path) -> Path:
 
 def check_plot_support() -> None:
     """MemplanError unless matplotlib (the ``plot`` extra) can be imported; called before a run."""
-    _pyplot()
+    load_pyplot()
 
 
-def _pyplot() -> Any:
+def load_pyplot() -> Any:
     try:
         import matplotlib
 

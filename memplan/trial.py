@@ -1,0 +1,497 @@
+"""``memplan trial``: measured quality on the user's own model.
+
+A trial trains short matched runs (:mod:`memplan.training`: the same initial weights and the same
+batches per seed) and puts every method on one scale: 1 = Adam, 0 = SGD without momentum, each
+at its best learning rate. It runs, within a budget of steps, seeds and wall time:
+
+1. **uniform sweeps**: every method everywhere, at a few learning rates around a start (Adam's
+   best times the method's ratio in the priors), widened while the best rate is at an edge;
+   further seeds rerun the best rate, so each quality has a seed spread;
+2. **per-role probes**: Adam everywhere except one role (:mod:`memplan.roles`) under a compressed
+   method, at the two methods' best rates, so that the sensitivity of embeddings, the output head,
+   vectors and hidden matrices is measured, not guessed;
+3. with a plan, the plan itself (``from_plan`` with an Adam-equivalent learning rate, swept)
+   beside every uniform method that fits its budget.
+
+:func:`priors_document` turns the result into a ``--priors`` file for ``memplan plan``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+
+from memplan.errors import MemplanError, SourceError
+from memplan.methods import ADAM_LR, REFERENCE_FAMILY, build, get_method, param_state, parse_spec
+from memplan.plan import Plan
+from memplan.priors import PRIORS_FORMAT, Priors, load_priors
+from memplan.profile import ModelProfile
+from memplan.roles import ROLES
+from memplan.training import RunResult, Schedule, Workload, train
+
+SGD_REFERENCE = "sgd"
+"""The quality scale's zero: SGD without momentum."""
+
+TRIAL_METHODS = ("adam", "sgd", "sgd:momentum=0.9", "smmf", "smmf:beta1=none", "adafactor", "adafactor:beta1=0.9", "came",
+                 "sm3", "sm3:momentum=0", "adagrad", "et1", "et2", "et3", "et_inf", "adamw8bit", "adamw4bit")
+"""What a trial measures by default (methods whose extra is not installed are left out with a note)."""
+
+COMPRESSED_SHARE = 0.5
+"""A method is compressed (a probe candidate) when its state is at most this share of Adam's."""
+
+
+@dataclass(frozen=True)
+class TrialSettings:
+    """How much a trial trains and how: steps and schedule, seeds, the learning-rate grid, probes
+    and a wall-time limit (None: none)."""
+
+    schedule: Schedule
+    seeds: int = 1
+    lr_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)
+    widen: int = 2
+    probes: int = 2
+    probe_methods: tuple[str, ...] | None = None
+    time_limit: float | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.seeds < 1:
+            raise SourceError(f"--seeds must be at least 1, got {self.seeds}")
+        if not self.lr_factors or any(not factor > 0 for factor in self.lr_factors):
+            raise SourceError("--lr-factors must be positive numbers")
+        if self.probes < 0:
+            raise SourceError(f"--probes must be >= 0, got {self.probes}")
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One thing a trial trains: a method everywhere (``uniform``), Adam except ``role`` under
+    ``spec`` (``probe``), or a plan (``plan``). Probes and plans take an Adam-equivalent rate."""
+
+    label: str
+    kind: str
+    spec: str | None = None
+    role: str | None = None
+    plan: Plan | None = None
+
+
+@dataclass
+class TrialResult:
+    """Every run, and the tables built from them."""
+
+    source: str
+    settings: TrialSettings
+    profile: ModelProfile
+    runs: list[dict[str, Any]] = field(default_factory=list)
+    best_lr: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    complete: bool = True
+
+    def runs_frame(self) -> pd.DataFrame:
+        """One row per run: arm, kind, spec, role, seed, lr, loss, diverged, steps, seconds, state bytes."""
+        return pd.DataFrame(self.runs, columns=["arm", "kind", "spec", "role", "seed", "lr", "loss", "diverged",
+                                                "steps_run", "seconds", "state_bytes"])
+
+    def best_runs(self, label: str) -> dict[int, float]:
+        """Per seed, the loss of ``label`` at its best learning rate (empty when never trained)."""
+        lr = self.best_lr.get(label)
+        return {run["seed"]: run["loss"] for run in self.runs if run["arm"] == label and run["lr"] == lr}
+
+    def quality(self, label: str) -> tuple[float, float | None]:
+        """Mean quality of ``label`` over the seeds trained with the references, and its standard
+        error (None from one seed). NaN when the references are missing or tie."""
+        values = []
+        adam, sgd, own = self.best_runs(REFERENCE_FAMILY), self.best_runs(SGD_REFERENCE), self.best_runs(label)
+        for seed, loss in own.items():
+            if seed in adam and seed in sgd and math.isfinite(adam[seed]) and math.isfinite(sgd[seed]) \
+                    and sgd[seed] != adam[seed]:
+                values.append((sgd[seed] - loss) / (sgd[seed] - adam[seed]) if math.isfinite(loss) else -math.inf)
+        if not values:
+            return math.nan, None
+        mean = statistics.fmean(values) if all(math.isfinite(v) for v in values) else -math.inf
+        spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 and math.isfinite(mean) else None
+        return mean, spread
+
+    def table(self) -> pd.DataFrame:
+        """Per uniform method and plan: state bytes, best lr, its ratio to Adam's, loss (mean, std over
+        seeds), quality and its standard error, seeds."""
+        rows = []
+        adam_lr = self.best_lr.get(REFERENCE_FAMILY)
+        for label in dict.fromkeys(run["arm"] for run in self.runs if run["kind"] in ("uniform", "plan")):
+            losses = list(self.best_runs(label).values())
+            kind = next(run["kind"] for run in self.runs if run["arm"] == label)
+            quality, spread = self.quality(label)
+            lr = self.best_lr.get(label)
+            rows.append({
+                "method": label, "kind": kind, "state_bytes": self._state_bytes(label), "best_lr": lr,
+                "lr_ratio": lr / adam_lr if lr and adam_lr and kind == "uniform" else None,
+                "loss": statistics.fmean(losses) if losses else math.nan,
+                "loss_std": statistics.stdev(losses) if len(losses) > 1 and all(map(math.isfinite, losses)) else None,
+                "quality": quality, "quality_se": spread, "seeds": len(losses),
+            })
+        return pd.DataFrame(rows, columns=["method", "kind", "state_bytes", "best_lr", "lr_ratio", "loss", "loss_std",
+                                           "quality", "quality_se", "seeds"])
+
+    def probe_table(self) -> pd.DataFrame:
+        """Per probe (method, role): the role's share of the elements, the probe's quality (Adam
+        elsewhere) and the role's quality as if the whole model were that role."""
+        shares = role_shares(self.profile)
+        rows = []
+        for label in dict.fromkeys(run["arm"] for run in self.runs if run["kind"] == "probe"):
+            first = next(run for run in self.runs if run["arm"] == label)
+            quality, spread = self.quality(label)
+            share = shares[first["role"]]
+            rows.append({"method": first["spec"], "role": first["role"], "share": share, "probe_quality": quality,
+                         "role_quality": 1.0 - (1.0 - quality) / share if math.isfinite(quality) else quality,
+                         "role_quality_se": None if spread is None else spread / share})
+        return pd.DataFrame(rows, columns=["method", "role", "share", "probe_quality", "role_quality",
+                                           "role_quality_se"])
+
+    def _state_bytes(self, label: str) -> int | None:
+        sizes = [run["state_bytes"] for run in self.runs if run["arm"] == label and run["state_bytes"] is not None]
+        return sizes[0] if sizes else None
+
+
+def role_shares(profile: ModelProfile) -> dict[str, float]:
+    """Each role's share of the trainable elements (roles without parameters are absent)."""
+    total = sum(param.numel for param in profile.trainable_params) or 1
+    shares: dict[str, float] = {}
+    for param in profile.trainable_params:
+        shares[param.role] = shares.get(param.role, 0.0) + param.numel / total
+    return {role: share for role, share in shares.items() if share > 0}
+
+
+def uniform_state_bytes(profile: ModelProfile, spec: str) -> int:
+    """Predicted state bytes of ``spec`` on every trainable parameter."""
+    return sum(param_state(spec, param.shape, param.dtype).state_bytes for param in profile.trainable_params)
+
+
+class _OutOfTime(Exception):
+    """The trial's time limit is spent."""
+
+
+class Trial:
+    """Runs a trial (see the module docstring); ``progress(done, label)`` is called after each run."""
+
+    def __init__(self, path: Path, entry: str | None, methods: Sequence[str], settings: TrialSettings,
+                 priors: Priors | None = None, plan: Plan | None = None,
+                 progress: Callable[[int, str], None] | None = None) -> None:
+        from memplan.loaders.module import profile_from_module
+
+        self.path, self.entry, self.settings = path, entry, settings
+        self.priors = priors or load_priors()
+        self.plan = plan
+        self.progress = progress or (lambda done, label: None)
+        self.workloads: dict[int, Workload] = {0: Workload.load(path, entry, settings.device, seed=0)}
+        profile = profile_from_module(self.workloads[0].model, name=entry or path.stem, source=str(path))
+        if plan is not None:
+            plan.check_model(profile)
+        self.result = TrialResult(source=str(path), settings=settings, profile=profile)
+        self.methods = self._available([REFERENCE_FAMILY, SGD_REFERENCE, *methods])
+        self.started = time.perf_counter()
+
+    def run(self) -> TrialResult:
+        """Train every arm (stopping cleanly at the time limit) and return the result."""
+        try:
+            self._uniform()
+            if self.plan is not None:
+                self._plan_arm()
+            else:
+                self._probes()
+        except _OutOfTime:
+            self.result.complete = False
+            self.result.notes.append(f"stopped at the time limit ({self.settings.time_limit:g} s): "
+                                     f"{len(self.result.runs)} runs finished")
+        return self.result
+
+    # -- what is trained ---------------------------------------------------------------------
+
+    def _available(self, methods: Sequence[str]) -> list[str]:
+        """``methods`` as canonical specs, without those whose extra is missing (with a note)."""
+        from importlib.util import find_spec
+
+        kept = []
+        for text in dict.fromkeys(str(parse_spec(text)) for text in methods):
+            method = get_method(parse_spec(text).name)
+            module = method.optimizer_reference(method.resolve(parse_spec(text))).partition(":")[0]
+            if find_spec(module.partition(".")[0]) is None:
+                self.result.notes.append(f"{text} left out: it needs {module} (pip install 'memplan[{method.extra}]')")
+                continue
+            kept.append(text)
+        return kept
+
+    def _uniform(self) -> None:
+        adam = Arm(REFERENCE_FAMILY, "uniform", REFERENCE_FAMILY)
+        start = self.priors.adam_lr or ADAM_LR
+        self._sweep_and_seed(adam, start)
+        adam_lr = self.result.best_lr.get(REFERENCE_FAMILY)
+        if adam_lr is None:
+            raise SourceError(f"{self.path}: Adam diverged at every learning rate tried: check loss(model, batch)")
+        budget = self.plan.budget_bytes if self.plan is not None else None
+        for spec in self.methods[1:]:
+            if budget is not None and spec != SGD_REFERENCE and uniform_state_bytes(self.result.profile, spec) > budget:
+                continue
+            method = get_method(parse_spec(spec).name)
+            ratio = method.learning_rate_ratio(self.priors, method.resolve(parse_spec(spec)))
+            self._sweep_and_seed(Arm(spec, "uniform", spec), adam_lr * ratio)
+
+    def _probes(self) -> None:
+        probes = self.settings.probe_methods
+        if probes is None:
+            probes = self._probe_candidates()[:self.settings.probes]
+        adam_lr = self.result.best_lr[REFERENCE_FAMILY]
+        shares = role_shares(self.result.profile)
+        for spec in (str(parse_spec(text)) for text in probes):
+            if spec not in self.result.best_lr:
+                method = get_method(parse_spec(spec).name)
+                self._sweep_and_seed(Arm(spec, "uniform", spec),
+                                     adam_lr * method.learning_rate_ratio(self.priors, method.resolve(parse_spec(spec))))
+            if spec not in self.result.best_lr:
+                continue
+            ratios = {REFERENCE_FAMILY: 1.0, spec: self.result.best_lr[spec] / adam_lr}
+            for role in (role for role in ROLES if role in shares):
+                roles = {param.name: param.role for param in self.result.profile.trainable_params}
+                plan = _assigned(self.result.profile, lambda name: spec if roles[name] == role else REFERENCE_FAMILY,
+                                 adam_lr, ratios, self.priors)
+                arm = Arm(f"{spec} on {role}", "probe", spec, role, plan)
+                for seed in range(self.settings.seeds):
+                    self._run(arm, adam_lr, seed)
+                self.result.best_lr[arm.label] = adam_lr
+
+    def _probe_candidates(self) -> list[str]:
+        """Compressed methods measured so far, best quality first."""
+        adam_bytes = uniform_state_bytes(self.result.profile, REFERENCE_FAMILY)
+        scored = []
+        for spec in self.result.best_lr:
+            if spec in (REFERENCE_FAMILY, SGD_REFERENCE):
+                continue
+            quality, _ = self.result.quality(spec)
+            if uniform_state_bytes(self.result.profile, spec) <= COMPRESSED_SHARE * adam_bytes and math.isfinite(quality):
+                scored.append((quality, spec))
+        return [spec for _, spec in sorted(scored, reverse=True)]
+
+    def _plan_arm(self) -> None:
+        self.add_plan(self.plan, "plan")
+
+    def add_plan(self, plan: Plan, label: str) -> None:
+        """Train ``plan`` as the arm ``label``: its Adam-equivalent learning rate swept around Adam's
+        best, the best rate on every seed (after :meth:`run`, which measured Adam)."""
+        plan.check_model(self.result.profile)
+        self._sweep_and_seed(Arm(label, "plan", plan=plan), self.result.best_lr[REFERENCE_FAMILY])
+
+    # -- sweeps and runs -----------------------------------------------------------------------
+
+    def _sweep_and_seed(self, arm: Arm, start: float) -> None:
+        """Sweep ``arm``'s learning rate on seed 0 (widening past an edge that wins), then train
+        the best rate on the other seeds."""
+        tried: dict[float, float] = {}
+        factors = sorted(self.settings.lr_factors)
+        for factor in factors:
+            tried[start * factor] = self._run(arm, start * factor, 0).loss
+        step = factors[-1] / factors[-2] if len(factors) > 1 else 3.0
+        for _ in range(self.settings.widen):
+            best = min(tried, key=lambda lr: (tried[lr], lr))
+            if not math.isfinite(tried[best]):
+                lower = min(tried) / step  # everything diverged: only smaller rates can help
+            elif best == max(tried):
+                lower = best * step
+            elif best == min(tried):
+                lower = best / step
+            else:
+                break
+            tried[lower] = self._run(arm, lower, 0).loss
+        best = min(tried, key=lambda lr: (tried[lr], lr))
+        if not math.isfinite(tried[best]):
+            self.result.notes.append(f"{arm.label} diverged at every learning rate tried")
+            return
+        self.result.best_lr[arm.label] = best
+        for seed in range(1, self.settings.seeds):
+            self._run(arm, best, seed)
+
+    def _workload(self, seed: int) -> Workload:
+        if seed not in self.workloads:
+            self.workloads[seed] = Workload.load(self.path, self.entry, self.settings.device, seed=seed)
+        return self.workloads[seed]
+
+    def _run(self, arm: Arm, lr: float, seed: int) -> RunResult:
+        limit = self.settings.time_limit
+        if limit is not None and time.perf_counter() - self.started > limit:
+            raise _OutOfTime
+        workload = self._workload(seed)
+        result = train(workload, lambda model: self._optimizer(arm, model, lr), self.settings.schedule)
+        self.result.runs.append({
+            "arm": arm.label, "kind": arm.kind, "spec": arm.spec, "role": arm.role, "seed": seed, "lr": lr,
+            "loss": result.loss, "diverged": result.diverged, "steps_run": result.steps_run,
+            "seconds": round(result.seconds, 3), "state_bytes": result.state_bytes})
+        self.progress(len(self.result.runs), f"{arm.label} lr={lr:.3g} seed={seed}")
+        return result
+
+    @staticmethod
+    def _optimizer(arm: Arm, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        from memplan.optim.planned import from_plan
+
+        if arm.plan is not None:
+            return from_plan(model, arm.plan, lr=lr)
+        named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+        return build(arm.spec, named, lr=lr)
+
+
+def _assigned(profile: ModelProfile, specs: Callable[[str], str], adam_lr: float, ratios: dict[str, float],
+              priors: Priors) -> Plan:
+    from memplan.planner import assigned_plan
+
+    return assigned_plan(profile, specs, learning_rate=adam_lr, lr_ratios=ratios, priors=priors)
+
+
+def run_trial(path: Path, entry: str | None = None, methods: Sequence[str] = TRIAL_METHODS[2:],
+              settings: TrialSettings | None = None, priors: Priors | None = None, plan: Plan | None = None,
+              progress: Callable[[int, str], None] | None = None) -> TrialResult:
+    """Run a trial of the model file ``path`` (see the module docstring); Adam and SGD always run."""
+    settings = settings or TrialSettings(schedule=Schedule(steps=200))
+    return Trial(path, entry, methods, settings, priors, plan, progress).run()
+
+
+# -- priors ----------------------------------------------------------------------------------------
+
+
+def priors_document(result: TrialResult, evidence: str) -> dict[str, Any]:
+    """A ``--priors`` file from a trial: per prior key its quality, standard error, learning-rate
+    ratio and per-role qualities, and the extreme-tensoring curve points it measured."""
+    if REFERENCE_FAMILY not in result.best_lr:
+        raise MemplanError("no Adam run finished: the trial has no reference to write priors against")
+    table = result.table().set_index("method")
+    probes = result.probe_table()
+    speakers: dict[str, str] = {}  # prior key -> the spec whose measurement it records
+    curve: list[dict[str, Any]] = []
+    for spec in table.index:
+        row = table.loc[spec]
+        if row["kind"] != "uniform" or not math.isfinite(row["quality"]):
+            continue
+        parsed = parse_spec(spec)
+        method = get_method(parsed.name)
+        options = method.resolve(parsed)
+        key = method.prior_key(options)
+        depth = _mean_depth(result.profile, method, options)
+        if depth is not None and all(point["depth"] != round(depth, 3) for point in curve):
+            curve.append({"depth": round(depth, 3), "quality": round(float(row["quality"]), 4),
+                          "evidence": f"{spec}: {evidence}"})
+        # the first spec of a key speaks for it, unless a later one was probed
+        if key not in speakers or (spec in set(probes["method"]) and speakers[key] not in set(probes["method"])):
+            speakers[key] = spec
+    methods = {key: _method_entry(spec, table.loc[spec], probes, evidence) for key, spec in speakers.items()}
+    document: dict[str, Any] = {"memplan_priors": PRIORS_FORMAT, "evidence": evidence,
+                                "adam_lr": float(f"{result.best_lr[REFERENCE_FAMILY]:.3g}"), "methods": methods}
+    if len({point["depth"] for point in curve}) >= 2:
+        document["extreme_tensoring"] = sorted(curve, key=lambda point: point["depth"])
+    return document
+
+
+def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str) -> dict[str, Any]:
+    """One ``methods`` entry of a priors file from a spec's row of the trial table and its probes."""
+    entry: dict[str, Any] = {"quality": round(float(row["quality"]), 4)}
+    if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
+        entry["std"] = round(float(row["quality_se"]), 4)
+    if row["lr_ratio"] is not None and not pd.isna(row["lr_ratio"]):
+        entry["lr_ratio"] = float(f"{row['lr_ratio']:.3g}")
+    roles = {}
+    for _, probe in probes[probes["method"] == spec].iterrows():
+        if math.isfinite(probe["role_quality"]):
+            measured: dict[str, float] = {"quality": round(float(probe["role_quality"]), 4)}
+            if probe["role_quality_se"] is not None and not pd.isna(probe["role_quality_se"]):
+                measured["std"] = round(float(probe["role_quality_se"]), 4)
+            roles[probe["role"]] = measured
+    if roles:
+        entry["roles"] = roles
+    entry["evidence"] = f"{spec}: {evidence}"
+    return entry
+
+
+def _mean_depth(profile: ModelProfile, method: Any, options: dict[str, Any]) -> float | None:
+    """The element-weighted mean depth of ``method`` over the model's parameters, or None."""
+    total, weighted = 0, 0.0
+    for param in profile.trainable_params:
+        depth = method.prior_depth(param.shape, options)
+        if depth is None:
+            return None
+        total += param.numel
+        weighted += depth * param.numel
+    return weighted / total if total else None
+
+
+def trial_evidence(source: str, settings: TrialSettings) -> str:
+    """The line a priors entry cites: the command's settings and the date."""
+    schedule = settings.schedule
+    return (f"memplan trial {source} --steps {schedule.steps} --seeds {settings.seeds} --schedule {schedule.shape} "
+            f"--warmup {schedule.warmup} --clip {schedule.clip} on {settings.device}, {date.today().isoformat()}")
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+
+
+def write_csv(result: TrialResult, path: str | Path) -> Path:
+    """Write every run as CSV (pandas), atomically."""
+    from memplan.fileio import atomic_write_text
+
+    return atomic_write_text(path, result.runs_frame().to_csv(index=False))
+
+
+def write_priors(result: TrialResult, path: str | Path, evidence: str) -> Path:
+    """Write the priors file the trial measured (see :func:`priors_document`), atomically."""
+    import yaml
+
+    from memplan.fileio import atomic_write_text
+
+    header = "# memplan priors measured by memplan trial: use with memplan plan --priors THIS_FILE\n"
+    return atomic_write_text(path, header + yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
+
+
+def write_plot(result: TrialResult, path: str | Path) -> Path:
+    """Loss against state bytes: one point per method (and plan) with its seed spread as a bar, the
+    Pareto front (the lowest loss at each state size or less) as a step line; state axis
+    logarithmic in KiB/MiB/GiB. Written atomically."""
+    from matplotlib.ticker import FuncFormatter
+
+    from memplan.bench import load_pyplot
+    from memplan.fileio import atomic_write
+    from memplan.sizes import format_size
+
+    pyplot = load_pyplot()
+    table = result.table()
+    table = table[table["loss"].apply(math.isfinite) & table["state_bytes"].notna()]
+    figure, axes = pyplot.subplots(figsize=(7, 5))
+    for row in table.itertuples(index=False):
+        state = max(int(row.state_bytes), 1)  # a state of 0 bytes (sgd) sits on the axis floor
+        spread = 0.0 if row.loss_std is None or pd.isna(row.loss_std) else row.loss_std
+        axes.errorbar(state, row.loss, yerr=spread, fmt="s" if row.kind == "plan" else "o", capsize=3)
+        axes.annotate(row.method, (state, row.loss), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    front_x, front_y, best = [], [], math.inf
+    for row in table.sort_values(["state_bytes", "loss"]).itertuples(index=False):
+        if row.loss < best:
+            best = row.loss
+            front_x.append(max(int(row.state_bytes), 1))
+            front_y.append(best)
+    if front_x:
+        axes.step(front_x, front_y, where="post", alpha=0.4, label="best loss at this state or less")
+        axes.legend(fontsize=8)
+    axes.set_xscale("log")
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda value, _: format_size(int(round(value)))))
+    schedule = result.settings.schedule
+    axes.set_xlabel("optimizer state (measured)")
+    axes.set_ylabel(f"loss after {schedule.steps} steps (mean over seeds, bar: std)")
+    axes.set_title(f"Loss vs optimizer state: {Path(result.source).name}\n"
+                   f"{result.settings.seeds} seed(s), each method at its best learning rate", fontsize=10)
+    axes.grid(True, which="both", alpha=0.3)
+    target = Path(path)
+    try:
+        return atomic_write(target, lambda name: figure.savefig(name, format=target.suffix.lstrip(".").lower() or "png",
+                                                                dpi=120, bbox_inches="tight"))
+    finally:
+        pyplot.close(figure)

@@ -1,0 +1,57 @@
+import yaml
+
+from memplan.priors import load_priors
+from tests.conftest import REPO
+
+TINY = REPO / "tests" / "fixtures" / "tiny_trainable.py"
+
+
+def test_trial_writes_its_table_runs_plot_and_priors_that_plan_reads(run_memplan, tmp_path):
+    result = run_memplan("trial", TINY, "--methods", "smmf,et2", "--steps", "8", "--seeds", "2", "--probes", "1",
+                         "--threads", "1")
+    assert result.code == 0, result.stderr
+    assert "Methods" in result.stdout and "smmf" in result.stdout and "Per-role probes" in result.stdout
+    for name in ("trial.csv", "trial.png", "priors.yaml"):
+        assert (tmp_path / ".memplan" / name).stat().st_size > 0
+    assert yaml.safe_load((tmp_path / ".memplan" / "priors.yaml").read_text())["memplan_priors"] == 2
+    load_priors(tmp_path / ".memplan" / "priors.yaml")
+    planned = run_memplan("plan", TINY, "--budget", "2KiB", "--priors", ".memplan/priors.yaml")
+    assert planned.code == 0, planned.stderr
+
+
+def test_trial_json_is_one_document(run_memplan):
+    result = run_memplan("trial", TINY, "--methods", "smmf", "--steps", "3", "--probes", "0", "--no-plot", "--json")
+    assert result.code == 0, result.stderr
+    import json
+
+    document = json.loads(result.stdout)
+    assert [row["method"] for row in document["methods"]] == ["adam", "sgd", "smmf"]
+    assert document["complete"] is True and document["probes"] == []
+
+
+def test_trial_verifies_a_plan(run_memplan, tmp_path):
+    assert run_memplan("plan", TINY, "--budget", "1KiB", "--out", "plan.yaml").code == 0
+    result = run_memplan("trial", TINY, "--plan", "plan.yaml", "--methods", "smmf,et2,adagrad", "--steps", "3",
+                         "--no-plot")
+    assert result.code == 0, result.stderr
+    rows = [line.split("│")[1].strip() for line in result.stdout.splitlines() if line.count("│") > 3]
+    assert "plan" in rows and "adagrad" not in rows
+    assert not (tmp_path / ".memplan" / "priors.yaml").exists()
+
+
+def test_bad_trial_inputs_are_one_line_each(run_memplan, tmp_path):
+    plain = tmp_path / "plain.py"
+    plain.write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
+    cases = [
+        (("trial", plain, "--steps", "2"), 1, "memplan trial needs training_batch() and loss()"),
+        (("trial", "gpt2"), 2, "trial needs a model.py"),
+        (("trial", TINY, "--lr-factors", "a,b"), 2, "--lr-factors must be comma-separated numbers"),
+        (("trial", TINY, "--steps", "0"), 1, "--steps must be at least 1"),
+        (("trial", TINY, "--methods", "adam,lion"), 2, "unknown method"),
+        (("trial", TINY, "--out-dir", "/proc/x"), 1, "/proc/x"),
+    ]
+    for args, code, message in cases:
+        result = run_memplan(*args)
+        assert result.code == code, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (args, result.stderr)

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import yaml
+
+from memplan.errors import MemplanError
+
+from memplan.loaders import load_profile
+from memplan.planner import make_plan
+from memplan.priors import load_priors
+from memplan.training import Schedule
+from memplan.trial import (REFERENCE_FAMILY, TrialSettings, priors_document, role_shares, run_trial,
+                           uniform_state_bytes, write_priors)
+from tests.conftest import REPO
+
+TINY = REPO / "tests" / "fixtures" / "tiny_trainable.py"
+
+
+@pytest.fixture(scope="module")
+def trial():
+    settings = TrialSettings(schedule=Schedule(steps=12, warmup=1), seeds=2, lr_factors=(0.3, 1.0, 3.0), widen=1, probes=1)
+    return run_trial(TINY, methods=["smmf", "sm3:momentum=0", "et2"], settings=settings)
+
+
+def test_the_trial_sweeps_each_method_and_puts_it_on_the_adam_sgd_scale(trial):
+    table = trial.table().set_index("method")
+    assert list(table.index) == ["adam", "sgd", "smmf", "sm3:momentum=0", "et2"]
+    assert table.loc["adam", "quality"] == 1.0 and table.loc["sgd", "quality"] == 0.0
+    runs = trial.runs_frame()
+    for method in table.index:
+        swept = runs[(runs["arm"] == method) & (runs["seed"] == 0)]
+        assert len(swept) >= 3  # the grid, widened while an edge won
+        best = swept.loc[swept["loss"].idxmin(), "lr"]
+        assert table.loc[method, "best_lr"] == best
+        assert table.loc[method, "seeds"] == 2 and table.loc[method, "quality_se"] is not None
+        # the state each run held is the byte model's
+        assert set(runs[runs["arm"] == method]["state_bytes"]) == {uniform_state_bytes(trial.profile, method)}
+    assert table.loc["smmf", "lr_ratio"] == pytest.approx(table.loc["smmf", "best_lr"] / table.loc["adam", "best_lr"])
+
+
+def test_probes_measure_every_role_of_the_best_compressed_method(trial):
+    probes = trial.probe_table()
+    shares = role_shares(trial.profile)
+    assert set(probes["role"]) == set(shares) == {"embedding", "matrix", "vector", "head"}
+    assert len(set(probes["method"])) == 1
+    for row in probes.itertuples():
+        assert row.role_quality == pytest.approx(1 - (1 - row.probe_quality) / shares[row.role])
+
+
+def test_the_priors_file_it_writes_is_what_plan_reads(trial, tmp_path):
+    path = write_priors(trial, tmp_path / "priors.yaml", "test run")
+    document = yaml.safe_load(path.read_text())
+    priors = load_priors(path)
+    table = trial.table().set_index("method")
+    assert priors.adam_lr == pytest.approx(table.loc["adam", "best_lr"], rel=1e-2)
+    smmf = priors.methods["smmf"]
+    assert smmf.quality == pytest.approx(table.loc["smmf", "quality"], abs=1e-4)
+    assert smmf.lr_ratio == pytest.approx(table.loc["smmf", "lr_ratio"], rel=1e-2) and smmf.std > 0
+    assert "et" in document["methods"] and document["methods"]["sm3_no_momentum"]["evidence"].endswith("test run")
+    probed = trial.probe_table()["method"].iloc[0]
+    assert set(document["methods"][{"smmf": "smmf", "sm3:momentum=0": "sm3_no_momentum", "et2": "et"}[probed]]
+               ["roles"]) == {"embedding", "matrix", "vector", "head"}
+    # a plan made with these priors scores each parameter with the measured quality of its role
+    profile = load_profile(str(TINY))
+    plan = make_plan(profile, uniform_state_bytes(profile, "smmf"), methods=["smmf:beta1=0.9"], priors_path=str(path))
+    for entry in plan.entries:
+        role = next(param.role for param in profile.trainable_params if param.name == entry.name)
+        assert entry.quality == pytest.approx(priors.method_quality("smmf", role=role))
+    assert plan.learning_rate == priors.adam_lr and plan.lr_ratios[plan.entries[0].method] == smmf.lr_ratio
+
+
+def test_a_plan_is_trained_beside_the_uniform_methods_that_fit_its_budget(tmp_path):
+    profile = load_profile(str(TINY))
+    plan = make_plan(profile, uniform_state_bytes(profile, "smmf"), methods=["smmf", "et"])
+    settings = TrialSettings(schedule=Schedule(steps=10), probes=0)
+    result = run_trial(TINY, methods=["smmf", "et2", "adagrad"], settings=settings, plan=plan)
+    table = result.table().set_index("method")
+    assert "plan" in table.index and table.loc["plan", "kind"] == "plan"
+    assert "adagrad" not in table.index  # its state does not fit the plan's budget
+    assert {"adam", "sgd", "smmf", "et2"} <= set(table.index)
+    assert table.loc["plan", "state_bytes"] == plan.state_bytes
+    assert math.isfinite(table.loc["plan", "loss"])
+
+
+def test_the_time_limit_stops_cleanly():
+    settings = TrialSettings(schedule=Schedule(steps=5), time_limit=0.0)
+    result = run_trial(TINY, methods=["smmf"], settings=settings)
+    assert not result.complete and len(result.runs) == 0 and "time limit" in result.notes[0]
+    with pytest.raises(MemplanError, match="no Adam run finished"):
+        priors_document(result, "x")
+
+
+def test_ratios_of_the_priors_start_the_sweep(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("adam_lr: 0.01\nmethods:\n  smmf: {lr_ratio: 2.0}\n")
+    settings = TrialSettings(schedule=Schedule(steps=3), lr_factors=(1.0,), widen=0)
+    result = run_trial(TINY, methods=["smmf"], settings=settings, priors=load_priors(path))
+    runs = result.runs_frame().set_index("arm")
+    assert runs.loc["adam", "lr"] == 0.01 and runs.loc["smmf", "lr"] == pytest.approx(0.02)
+    assert priors_document(result, "x")["adam_lr"] == 0.01
+    assert REFERENCE_FAMILY == "adam"
