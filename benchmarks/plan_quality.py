@@ -1,0 +1,173 @@
+"""Plans that train well, measured: priors from a trial, plans at 1% and 5% of Adam's state, and
+those plans trained beside every uniform method that fits the same budget.
+
+For each workload in ``benchmarks/workloads/`` this script
+
+1. runs ``memplan trial`` (every default method swept, per-role probes, several seeds) and writes
+   its runs, its table and the priors file it fits (``benchmarks/results/<workload>.*``);
+2. plans the model at 1% and 5% of Adam's state bytes with those priors, and trains each plan
+   (an Adam-equivalent learning rate, swept) on the same seeds as the uniform runs;
+3. reports, per budget, the plan's loss beside the best uniform method whose state fits the budget,
+   and Adam's, with the spread over seeds.
+
+``--summary`` then reads every workload's results and reports the cross-workload check: the
+Spearman rank correlation between one workload's priors and the other's measured qualities.
+
+Usage (each workload in its own process, one thread each, so that both cores work)::
+
+    python benchmarks/plan_quality.py char_lm --steps 200 --seeds 3 &
+    python benchmarks/plan_quality.py digits_cnn --steps 200 --seeds 3 &
+    wait; python benchmarks/plan_quality.py --summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from memplan.planner import make_plan
+from memplan.priors import load_priors
+from memplan.training import Schedule
+from memplan.trial import (REFERENCE_FAMILY, TRIAL_METHODS, Trial, TrialSettings, priors_document, trial_evidence,
+                           uniform_state_bytes)
+
+HERE = Path(__file__).resolve().parent
+WORKLOADS = HERE / "workloads"
+RESULTS = HERE / "results"
+BUDGET_SHARES = (0.01, 0.05)
+
+
+def run_workload(name: str, steps: int, seeds: int, probes: int) -> None:
+    """Trial, priors, plans and their training for one workload; writes benchmarks/results/<name>.*."""
+    torch.set_num_threads(1)
+    RESULTS.mkdir(exist_ok=True)
+    path = WORKLOADS / f"{name}.py"
+    settings = TrialSettings(schedule=Schedule(steps=steps, warmup=max(1, steps // 20)), seeds=seeds, probes=probes)
+    started = time.perf_counter()
+    trial = Trial(path, None, TRIAL_METHODS[2:], settings,
+                  progress=lambda done, label: print(f"[{name} {time.perf_counter() - started:7.0f}s] {done:4d} {label}",
+                                                     flush=True))
+    result = trial.run()
+    trial_seconds = time.perf_counter() - started
+    evidence = trial_evidence(f"benchmarks/workloads/{name}.py", settings) + " (benchmarks/plan_quality.py)"
+    priors_path = RESULTS / f"{name}_priors.yaml"
+    priors_path.write_text(yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
+    priors = load_priors(priors_path)
+    profile = result.profile
+    adam_bytes = uniform_state_bytes(profile, REFERENCE_FAMILY)
+    plans = {}
+    for share in BUDGET_SHARES:
+        plan = make_plan(profile, int(adam_bytes * share), priors_path=str(priors_path))
+        label = f"plan {share:.0%}"
+        trial.add_plan(plan, label)
+        plans[label] = {"budget_bytes": plan.budget_bytes, "state_bytes": plan.state_bytes,
+                        "methods": plan.by_method(), "predicted_quality": plan.predicted.quality}
+    result.runs_frame().to_csv(RESULTS / f"{name}_runs.csv", index=False)
+    table = result.table()
+    table.to_csv(RESULTS / f"{name}_table.csv", index=False)
+    result.probe_table().to_csv(RESULTS / f"{name}_probes.csv", index=False)
+    (RESULTS / f"{name}_summary.json").write_text(json.dumps({
+        "workload": name, "steps": steps, "seeds": seeds, "trial_seconds": round(trial_seconds, 1),
+        "total_seconds": round(time.perf_counter() - started, 1), "adam_state_bytes": adam_bytes,
+        "plans": plans, "comparison": compare(result, plans), "notes": result.notes,
+        "parameters": sum(param.numel for param in profile.trainable_params),
+        "priors_adam_lr": priors.adam_lr,
+    }, indent=2, default=str))
+
+
+def compare(result, plans: dict) -> list[dict]:
+    """Per plan: its loss, the best uniform method that fits its budget, Adam's loss, with spreads."""
+    table = result.table().set_index("method")
+    rows = []
+    for label, plan in plans.items():
+        fitting = table[(table["kind"] == "uniform") & (table["state_bytes"] <= plan["budget_bytes"])]
+        fitting = fitting[fitting["loss"].apply(math.isfinite)]
+        best = fitting["loss"].idxmin() if len(fitting) else None
+        plan_losses = list(result.best_runs(label).values())
+        best_losses = list(result.best_runs(best).values()) if best else []
+        adam_losses = list(result.best_runs(REFERENCE_FAMILY).values())
+        rows.append({
+            "plan": label, "budget_bytes": plan["budget_bytes"], "plan_loss": _mean(plan_losses),
+            "plan_loss_std": _std(plan_losses), "best_uniform": best, "best_uniform_loss": _mean(best_losses),
+            "best_uniform_loss_std": _std(best_losses), "adam_loss": _mean(adam_losses),
+            "adam_loss_std": _std(adam_losses),
+            "plan_vs_best_uniform": _mean(plan_losses) / _mean(best_losses) - 1 if best_losses else None,
+            "plan_vs_adam": _mean(plan_losses) / _mean(adam_losses) - 1,
+        })
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _std(values: list[float]) -> float | None:
+    return statistics.stdev(values) if len(values) > 1 and all(map(math.isfinite, values)) else None
+
+
+def summary() -> None:
+    """Cross-workload Spearman correlations and the plan comparisons, as Markdown."""
+    tables = {path.name.removesuffix("_table.csv"): pd.read_csv(path) for path in sorted(RESULTS.glob("*_table.csv"))}
+    for name, table in tables.items():
+        info = json.loads((RESULTS / f"{name}_summary.json").read_text())
+        print(f"\n### {name}: {info['parameters']:,} parameters, {info['steps']} steps, {info['seeds']} seeds, "
+              f"trial {info['trial_seconds']:.0f} s, all {info['total_seconds']:.0f} s\n")
+        shown = table[["method", "state_bytes", "best_lr", "lr_ratio", "loss", "loss_std", "quality", "quality_se"]]
+        print(markdown(shown))
+        print()
+        print(markdown(pd.DataFrame(info["comparison"])))
+    names = list(tables)
+    for fitted in names:
+        for measured in names:
+            if fitted == measured:
+                continue
+            merged = _qualities(tables[fitted]).join(_qualities(tables[measured]), lsuffix="_fit", rsuffix="_test",
+                                                     how="inner").dropna()
+            rho = merged["quality_fit"].rank().corr(merged["quality_test"].rank())
+            print(f"\nSpearman (priors of {fitted} vs measured on {measured}, {len(merged)} methods): {rho:.3f}")
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    """A Markdown table of ``frame`` (numbers to 4 significant digits)."""
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if math.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(frame.columns) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def _qualities(table: pd.DataFrame) -> pd.DataFrame:
+    uniform = table[table["kind"] == "uniform"].set_index("method")
+    return uniform[["quality"]].replace([math.inf, -math.inf], math.nan)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("workload", nargs="?", help="a file name in benchmarks/workloads/ without .py")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--probes", type=int, default=2)
+    parser.add_argument("--summary", action="store_true", help="report every workload's results")
+    args = parser.parse_args()
+    if args.summary:
+        summary()
+    elif args.workload:
+        run_workload(args.workload, args.steps, args.seeds, args.probes)
+    else:
+        parser.error("name a workload or give --summary")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
