@@ -267,7 +267,8 @@ def _quiet_meta_loads() -> Iterator[None]:
 
     with warnings.catch_warnings():
         if torch.get_default_device().type == "meta":
-            warnings.filterwarnings("ignore", message=r"for .*: copying from a non-meta parameter", category=UserWarning)
+            warnings.filterwarnings("ignore", message=r"for .*: copying from a non-meta parameter",
+                                    category=UserWarning)
         yield
 
 

@@ -70,10 +70,12 @@ def test_a_malformed_entry_is_a_usage_error(run_memplan, tmp_path, entry, messag
 
 @pytest.mark.parametrize("moved", ["Net().to(device)", "Net().cuda()", 'Net().to("cuda")'])
 def test_a_model_moved_to_a_device_at_import_is_told_about_the_meta_device(run_memplan, tmp_path, moved):
-    text = _write(tmp_path, HELPER_AND_MODEL + f"\nimport torch\ndevice = torch.device('cpu')\nmodel = {moved}\n").read_text()
+    text = HELPER_AND_MODEL + f"\nimport torch\ndevice = torch.device('cpu')\nmodel = {moved}\n"
+    _write(tmp_path, text)
     line = _one_error_line(run_memplan("analyze", "model.py"), 1)
     moving_line = text.splitlines().index(f"model = {moved}") + 1
-    assert line.startswith(f"memplan: error: model.py:{moving_line}: failed while importing it: the file moves the model")
+    assert line.startswith(f"memplan: error: model.py:{moving_line}: failed while importing it: "
+                           f"the file moves the model")
     assert "meta device" in line and "def build_model()" in line and "--entry" in line
 
 
