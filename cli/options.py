@@ -44,7 +44,9 @@ DeviceProfileOpt = Annotated[Optional[str], typer.Option(
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout.")]
 
-EntryOpt = Annotated[Optional[str], typer.Option("--entry", help="model.py: the module, class or function to build.")]
+EntryOpt = Annotated[Optional[str], typer.Option(
+    "--entry", help="model.py: the module, class or function to build; with literal arguments if it needs them, "
+                    "e.g. 'Net(width=256)'.")]
 
 FreezeOpt = Annotated[Optional[str], typer.Option("--freeze", help="Regex: matching parameters are frozen (no state).")]
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import json
 import os
 import warnings
 from pathlib import Path
@@ -64,9 +65,51 @@ def build_hf_model(folder: Path, device: str = "meta") -> object:
     try:
         with torch.device(device):
             model = model_class(config) if model_class is not None else transformers.AutoModel.from_config(config)
-        return model.to(dtype) if dtype is not None else model
+        model = model.to(dtype) if dtype is not None else model
     except Exception as error:  # transformers raises many types for configs it cannot build
         raise SourceError(
             f"{folder / 'config.json'}: cannot build {architectures[0] if architectures else config.model_type}: "
             f"{type(error).__name__}: {' '.join(str(error).split())}"
         ) from None
+    _note_forced_tying(folder, model, transformers.__version__)
+    _note_fused_experts(folder, model, transformers.__version__)
+    return model
+
+
+def _note_forced_tying(folder: Path, model: "torch.nn.Module", version: str) -> None:
+    """A note when config.json asks for untied word embeddings and transformers ties them anyway
+    (T5's config class forces ``tie_word_embeddings`` to true, whatever the file says)."""
+    try:
+        asked = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("tie_word_embeddings")
+        inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    except Exception:  # a config or model without word embeddings: nothing to say
+        return
+    if asked is not False or inputs is None or outputs is None:
+        return
+    weight = getattr(outputs, "weight", None)
+    if weight is None or weight is not getattr(inputs, "weight", None):
+        return
+    names = [name for name, param in model.named_parameters(remove_duplicate=False) if param is weight]
+    output_name = next((f"{name}.weight" for name, module in model.named_modules() if module is outputs), names[-1])
+    warnings.warn(AssumptionWarning(
+        f"{folder / 'config.json'}: tie_word_embeddings is false, but transformers {version} ties "
+        f"{output_name} to {names[0]} anyway: counted once, as {names[0]}"), stacklevel=3)
+
+
+def _note_fused_experts(folder: Path, model: "torch.nn.Module", version: str) -> None:
+    """A note when transformers holds a mixture of experts' weights fused, one 3-D parameter per
+    projection for all experts (``experts.gate_up_proj``), where checkpoints often store each
+    expert apart (``experts.0.w1.weight``): the profile's names and shapes are the modules'."""
+    fused = [
+        (f"{name}.{param_name}", tuple(param.shape))
+        for name, module in model.named_modules() if name.rsplit(".", 1)[-1] == "experts"
+        for param_name, param in module.named_parameters(recurse=False) if param.dim() >= 3
+    ]
+    if not fused:
+        return
+    name, shape = fused[0]
+    warnings.warn(AssumptionWarning(
+        f"{folder / 'config.json'}: transformers {version} holds the {shape[0]} experts of each MoE layer fused in "
+        f"3-D parameters ({name} {'x'.join(map(str, shape))} and {len(fused) - 1} more), where a checkpoint's "
+        f"safetensors may store each expert apart: the profile, and a plan made from it, use transformers' "
+        f"module names and shapes"), stacklevel=3)
