@@ -1,7 +1,8 @@
-"""A small model for memplan's examples, with a calibration loss.
+"""A small model for memplan's examples, with a calibration loss and the trial protocol.
 
     memplan analyze examples/model.py
     memplan plan examples/model.py --budget 64KiB --calibrate
+    memplan trial examples/model.py --steps 100
     python examples/train_with_plan.py plan.yaml
 
 The task is synthetic and learnable: a sequence of CONTEXT tokens is labelled by its first token
@@ -50,3 +51,19 @@ def calibration_loss(model: nn.Module) -> torch.Tensor:
     device = next(model.parameters()).device
     tokens, labels = synthetic_batch(device=device)
     return nn.functional.cross_entropy(model(tokens), labels)
+
+
+def training_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """memplan trial's protocol: the batch of training step ``step`` (memplan seeds torch's generator)."""
+    return synthetic_batch()
+
+
+def eval_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Held-out batches for memplan trial, fixed by their own generator."""
+    return [synthetic_batch(generator=torch.Generator().manual_seed(index)) for index in range(4)]
+
+
+def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """memplan trial's protocol: the scalar loss of ``model`` on ``batch``."""
+    tokens, labels = batch
+    return nn.functional.cross_entropy(model(tokens.to(next(model.parameters()).device)), labels.to(tokens.device))

@@ -63,6 +63,9 @@ SMALLER_BENCH_MODEL = {"gpt2": "model.py", "resnet50": "model.py"}
 """``bench`` measures real steps of every method: here on the README's tiny model.py (36 k
 parameters), for one timed step, rather than on GPT-2 or ResNet-50."""
 
+SMALLER_TRIAL_MODEL = {"benchmarks/workloads/char_lm.py": "model.py"}
+"""``trial`` trains: here the README's model.py for two steps of smmf beside Adam and SGD."""
+
 NEEDS_TRANSFORMERS = {"memplan analyze path/to/hf-folder"}
 
 
@@ -157,6 +160,14 @@ def test_a_newcomer_can_run_every_readme_command_in_order(tmp_path, monkeypatch)
         args, stdout_file = command[1:], None
         if ">" in args:
             args, stdout_file = args[:args.index(">")], args[args.index(">") + 1]
+        if args[0] == "trial":
+            # a few steps of two methods on the README's model.py, rather than a full trial
+            args = [SMALLER_TRIAL_MODEL.get(arg, arg) for arg in args]
+            for option, value in (("--steps", "2"), ("--methods", "smmf"), ("--probes", "1"), ("--seeds", "1")):
+                if option in args:
+                    args[args.index(option) + 1] = value
+                else:
+                    args += [option, value]
         if args[0] == "bench":
             args = [SMALLER_BENCH_MODEL.get(arg, arg) for arg in args]
             if "--steps" in args:
