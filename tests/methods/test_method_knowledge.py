@@ -70,3 +70,18 @@ def test_the_check_finds_what_it_looks_for(tmp_path):
                       'fine = build("adam", params)\n')
     found = [int(line.split(":")[1]) for line in offending_lines(sample, root=tmp_path)]
     assert found == [1, 3, 3, 4, 5, 6]
+
+
+def test_the_documented_learning_rate_ratios_are_the_methods_defaults():
+    import re
+
+    from memplan.methods import METHODS
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "methods.md").read_text()
+    section = text[text.index("## Learning rates relative to Adam's"):]
+    documented = {}
+    for names, ratio in re.findall(r"^\| ([a-z0-9_, ]+) \| ([\d.]+) \|", section, re.M):
+        for name in names.split(", "):
+            documented[name] = float(ratio)
+    assert documented == {name: method.lr_ratio for name, method in METHODS.items()}
