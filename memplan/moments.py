@@ -4,7 +4,8 @@
 is :mod:`memplan.timing`.)
 
 Protocol: the model file defines ``calibration_loss(model) -> Tensor``, a scalar loss on a fresh
-(random or real) batch each call. memplan builds the model on the chosen device, takes K
+(random or real) batch each call, or ``memplan trial``'s ``training_batch(step)`` and
+``loss(model, batch)`` (the batches of steps 0, 1, ... are used). memplan builds the model on the chosen device, takes K
 gradient samples and forms the exact diagonal second moment V = mean_k G_k^2 of every
 trainable parameter. Each candidate layout implies an estimate V_hat, of the kind its method declares
 (:meth:`memplan.methods.Method.moment_estimate`):
@@ -55,9 +56,17 @@ def second_moments(path: Path, entry: str | None = None, device: str = "cpu", sa
         raise SourceError(f"--samples must be at least 1, got {samples}")
     module, model = load_model_file(path, entry, device)
     loss_function = getattr(module, CALIBRATION_FUNCTION, None)
+    batch, batch_loss = getattr(module, "training_batch", None), getattr(module, "loss", None)
+    if not callable(loss_function) and callable(batch) and callable(batch_loss):
+        # memplan trial's protocol serves too: the loss on the batches of steps 0, 1, ...
+        steps = iter(range(samples))
+
+        def loss_function(model: torch.nn.Module) -> torch.Tensor:
+            return batch_loss(model, batch(next(steps)))
     if not callable(loss_function):
         raise SourceError(f"{path}: --calibrate needs a function {CALIBRATION_FUNCTION}(model) -> Tensor "
-                          f"returning a scalar loss on a fresh batch")
+                          f"returning a scalar loss on a fresh batch (or memplan trial's training_batch(step) "
+                          f"and loss(model, batch))")
     torch.manual_seed(seed)
     named = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
     moments = {name: torch.zeros(param.shape, dtype=torch.float32, device=param.device) for name, param in named}

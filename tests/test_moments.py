@@ -83,3 +83,13 @@ def test_calibration_errors_name_the_file(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(SourceError, match=message):
         measure_moments(path, samples=1)
+
+
+def test_the_trial_protocol_serves_calibration_too():
+    from memplan.moments import measure_moments
+    from tests.conftest import REPO
+
+    moments = measure_moments(REPO / "tests" / "fixtures" / "tiny_trainable.py", samples=2)
+    assert set(moments.moments) == {"embed.weight", "hidden.weight", "hidden.bias", "norm.weight", "norm.bias",
+                                    "head.weight", "head.bias"}
+    assert all(float(moment.sum()) > 0 for moment in moments.moments.values())
