@@ -2,8 +2,8 @@
 
 scikit-learn's ``load_digits`` holds 1,797 8x8 grey images of handwritten digits (the UCI
 optical-recognition set), bundled in the package, so the workload needs no download. 1,500 images
-train, the remaining 297 are held out. Three 3x3 convolutions with batch norm, then a linear
-classifier (``fc``, the output head). Needs ``pip install scikit-learn``.
+train, the remaining 297 are held out. Two 3x3 convolutions, then a linear classifier (``fc``, the
+output head). Needs ``pip install scikit-learn``.
 """
 
 from __future__ import annotations
@@ -27,17 +27,15 @@ IMAGES, LABELS = _images()
 
 
 class DigitsNet(nn.Module):
-    """conv 1->16, conv 16->32, 2x2 max-pool, conv 32->32, global average pool, linear 32->10."""
+    """conv 1->16, 2x2 max-pool, conv 16->32, linear 512->10 (no normalisation layer: with one, SGD
+    matches Adam on this small task and the quality scale loses its meaning)."""
 
     def __init__(self, width: int = 16) -> None:
         super().__init__()
-
-        def stage(inputs: int, outputs: int) -> list[nn.Module]:
-            return [nn.Conv2d(inputs, outputs, 3, padding=1, bias=False), nn.BatchNorm2d(outputs), nn.ReLU()]
-
-        self.features = nn.Sequential(*stage(1, width), *stage(width, 2 * width), nn.MaxPool2d(2),
-                                      *stage(2 * width, 2 * width), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(2 * width, 10)
+        self.features = nn.Sequential(
+            nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.Flatten())
+        self.fc = nn.Linear(2 * width * 16, 10)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(images))
