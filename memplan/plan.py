@@ -21,6 +21,7 @@ from memplan.yamlfile import YamlDocument
 from memplan.methods import get_method, param_state, parse_spec
 from memplan.methods.spec import Option
 from memplan.profile import ModelProfile
+from memplan.sharding import SHARDINGS, Sharding
 from memplan.schema import (
     Anything, Expected, Fields, Flag, Integer, ListOf, MapOf, Nullable, Number, OneOf, Text, check, find_problems,
     mismatch, raise_problems,
@@ -89,6 +90,8 @@ PLAN_FIELDS = Fields(
               "budget_bytes": Integer(at_least=0), "predicted": PLAN_PREDICTION_FIELDS,
               "parameters": ListOf(PLAN_ENTRY_FIELDS)},
     optional={"objective": Fields(optional={"name": Text(), "time_weight": Number()}), "priors": Text(),
+              "sharding": Fields(required={"kind": OneOf(*SHARDINGS), "world_size": Integer(at_least=1)},
+                                 optional={"rank_state_bytes": ListOf(Integer(at_least=0))}),
               "calibration": Nullable(MapOf(Anything())),
               "hyperparameters": Nullable(MapOf(Anything()))},
 )
@@ -255,6 +258,8 @@ class Plan(YamlDocument):
     priors: str = "bundled"
     hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     calibration: Mapping[str, Any] | None = None
+    sharding: Sharding | None = None
+    """The data-parallel layout planned for (None: one device); the budget is then per rank."""
 
     document_name = "plan"
     error = PlanError
@@ -265,8 +270,17 @@ class Plan(YamlDocument):
 
     @property
     def state_bytes(self) -> int:
-        """Total predicted state bytes."""
+        """Total predicted state bytes (over all ranks' shards, for a sharded plan: the model's state)."""
         return sum(entry.state_bytes for entry in self.entries)
+
+    @property
+    def rank_state_bytes(self) -> list[int]:
+        """Each rank's predicted state bytes under :attr:`sharding` (one device: the total)."""
+        if self.sharding is None:
+            return [self.state_bytes]
+        return self.sharding.rank_state_bytes([(entry.shape, param_state(entry.method, entry.shape, entry.dtype,
+                                                                         entry.layout).tensors)
+                                               for entry in self.entries])
 
     def by_method(self) -> list[dict[str, Any]]:
         """Per method spec: how many parameters, elements and state bytes it got (most bytes first)."""
@@ -288,6 +302,8 @@ class Plan(YamlDocument):
         return {
             "budget_bytes": self.budget_bytes,
             "state_bytes": self.state_bytes,
+            **({"sharding": {**self.sharding.to_dict(), "rank_state_bytes": self.rank_state_bytes}}
+               if self.sharding else {}),
             "plan_path": path,
             "quality": self.predicted.quality,
             "parameters": [{"name": e.name, "method": e.method, "layout": None if e.layout is None else list(e.layout),
@@ -307,6 +323,8 @@ class Plan(YamlDocument):
         }
         if self.calibration is not None:
             data["calibration"] = dict(self.calibration)
+        if self.sharding is not None:
+            data["sharding"] = {**self.sharding.to_dict(), "rank_state_bytes": self.rank_state_bytes}
         data["hyperparameters"] = {name: dict(values) for name, values in self.hyperparameters.items()}
         data["parameters"] = [entry.to_dict() for entry in self.entries]
         return data
@@ -345,13 +363,31 @@ class Plan(YamlDocument):
             time_weight=float(objective.get("time_weight", 0.0)), priors=data.get("priors", "bundled"),
             hyperparameters={method: dict(values) for method, values in hyperparameters.items()},
             predicted=PlanPrediction.from_dict(data["predicted"]), calibration=data.get("calibration"),
+            sharding=Sharding(data["sharding"]["kind"], data["sharding"]["world_size"]) if "sharding" in data else None,
         )
         if plan.predicted.state_bytes != plan.state_bytes:
             raise PlanError(f"predicted state_bytes {plan.predicted.state_bytes} but the entries add up to "
                             f"{plan.state_bytes}")
-        if plan.state_bytes > plan.budget_bytes:
-            raise PlanError(f"the entries need {plan.state_bytes:,} bytes, over the budget of {plan.budget_bytes:,}")
+        ranks = plan.rank_state_bytes
+        given = data.get("sharding", {}).get("rank_state_bytes")
+        if given is not None and list(given) != ranks:
+            raise PlanError(f"sharding.rank_state_bytes {list(given)} but the entries give {ranks} per rank")
+        if max(ranks) > plan.budget_bytes:
+            per_rank = " on one rank" if plan.sharding else ""
+            raise PlanError(f"the entries need {max(ranks):,} bytes{per_rank}, over the budget of "
+                            f"{plan.budget_bytes:,}")
         return plan
+
+    def check_world(self, world_size: int, shardings: tuple[str, ...]) -> None:
+        """Raise PlanError unless the plan was made for ``world_size`` ranks sharded as one of
+        ``shardings`` (what the running job can be). A plan without sharding fits any job: no
+        rank holds more than the whole state."""
+        if self.sharding is None:
+            return
+        if self.sharding.world_size != world_size or self.sharding.kind not in shardings:
+            running = "one process" if world_size == 1 else f"{' or '.join(shardings)} over {world_size} ranks"
+            raise PlanError(f"plan made for {self.sharding.kind} over {self.sharding.world_size} ranks, but this job "
+                            f"runs {running}: plan again with --world-size and --sharding to match")
 
     def check_model(self, profile: ModelProfile) -> None:
         """Raise PlanError unless ``profile``'s trainable parameters are exactly the plan's.

@@ -16,6 +16,7 @@ from memplan.methods import ParamState, as_spec, get_method, param_state
 from memplan.methods.spec import MethodSpec
 from memplan.priors import Priors
 from memplan.profile import ParamSpec
+from memplan.sharding import Sharding
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,13 @@ class Candidate:
     quality: float
     seconds: float = 0.0
     distortion: float | None = None
+    rank_bytes: int | None = None
+    """Under sharding, the bytes the per-rank budget counts (see :meth:`memplan.sharding.Sharding.budgeted_bytes`)."""
+
+    @property
+    def charged_bytes(self) -> int:
+        """The bytes the budget counts: :attr:`rank_bytes` under sharding, else :attr:`state_bytes`."""
+        return self.state_bytes if self.rank_bytes is None else self.rank_bytes
 
 
 def expand_methods(texts: Iterable[str]) -> list[MethodSpec]:
@@ -50,16 +58,19 @@ def expand_methods(texts: Iterable[str]) -> list[MethodSpec]:
 
 def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Priors,
                    seconds: Callable[[ParamState], float] | None = None,
-                   distortion: Callable[[ParamState], float] | None = None) -> list[Candidate]:
+                   distortion: Callable[[ParamState], float] | None = None,
+                   sharding: Sharding | None = None) -> list[Candidate]:
     """Every candidate state of ``param`` under ``methods`` (not yet pruned).
 
     ``distortion`` (from measured gradient moments) replaces the data-free prior by a measured
-    quality.
+    quality; ``sharding`` makes each candidate's budgeted bytes what one rank holds.
     """
     found: dict[tuple[str, tuple[int, ...] | None], Candidate] = {}
     for spec in methods:
         method = get_method(spec.name)
         options = method.resolve(spec)
+        if sharding is not None and sharding.splits_parameters and method.sharded_alternative(options) is not None:
+            continue  # its optimizer cannot step FSDP2's DTensors
         for layout in method.candidate_layouts(param.shape, options):
             state = param_state(spec, param.shape, param.dtype, layout)
             key = (state.spec, state.layout)
@@ -71,14 +82,15 @@ def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Prio
             found[key] = Candidate(
                 spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
                 momentum=state.momentum, state_dtype=state.state_dtype, quality=quality,
-                seconds=seconds(state) if seconds else 0.0, distortion=measured)
+                seconds=seconds(state) if seconds else 0.0, distortion=measured,
+                rank_bytes=sharding.budgeted_bytes(state.tensors, param.shape) if sharding else None)
     return list(found.values())
 
 
 def prune(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) -> list[Candidate]:
     """Drop every candidate that another beats: no more bytes and more value (ties: fewer bytes,
-    then the earlier one). Returns the Pareto front, cheapest first."""
-    ordered = sorted(candidates, key=lambda c: (c.state_bytes, -value(c)))
+    then the earlier one). Returns the Pareto front, cheapest first (bytes as the budget counts them)."""
+    ordered = sorted(candidates, key=lambda c: (c.charged_bytes, -value(c)))
     front: list[Candidate] = []
     for candidate in ordered:
         if not front or value(candidate) > value(front[-1]) + 1e-15:

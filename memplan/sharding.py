@@ -13,9 +13,10 @@ Nothing here imports torch: planning per rank stays as fast as planning for one 
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Iterable, Sequence
 
+from memplan.errors import SpecError
 from memplan.methods.base import StateTensor
 from memplan.methods.shapes import Shape, numel
 
@@ -84,4 +85,77 @@ def rank_state_tensors(tensors: Iterable[StateTensor], shape: Shape, shards: int
     return local_state_tensors(tensors, shape, row_range(shape[0], shards, rank), shards)
 
 
-__all__ = ["rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape", "local_state_tensors", "row_range"]
+@dataclass(frozen=True)
+class Sharding:
+    """How a data-parallel job of ``world_size`` ranks holds parameters and optimizer state.
+
+    For ``hsdp``, ``world_size`` is the number of shards within one replica group (the ranks of
+    one replica hold what fsdp2 over that many ranks would). ``zero1`` places each parameter's
+    whole state on one rank, chosen as ``torch.distributed.optim.ZeroRedundancyOptimizer`` does.
+    """
+
+    kind: str
+    world_size: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in SHARDINGS:
+            raise SpecError(f"unknown sharding {self.kind!r} (valid: {', '.join(SHARDINGS)})")
+        if isinstance(self.world_size, bool) or not isinstance(self.world_size, int) or self.world_size < 1:
+            raise SpecError(f"world size must be an integer >= 1, got {self.world_size!r}")
+
+    @property
+    def splits_parameters(self) -> bool:
+        """Whether parameters are DTensors split into row ranges (fsdp2, hsdp)."""
+        return self.kind in SHARDED
+
+    @property
+    def shards(self) -> int:
+        """Into how many row ranges each parameter is split (1: whole on every rank that holds it)."""
+        return self.world_size if self.kind in SHARDED else 1
+
+    def rank_tensors(self, tensors: Iterable[StateTensor], shape: Shape, rank: int) -> tuple[StateTensor, ...]:
+        """The state tensors rank ``rank`` holds of a parameter it steps (for zero1: the owner)."""
+        return rank_state_tensors(tensors, shape, self.shards, rank)
+
+    def budgeted_bytes(self, tensors: Iterable[StateTensor], shape: Shape) -> int:
+        """A parameter's state bytes as the per-rank budget counts them: the most any rank holds
+        (rank 0 for a sharded parameter: the first chunks are the full ones; everything on the
+        owning rank for ddp and zero1)."""
+        return sum(tensor.nbytes for tensor in self.rank_tensors(tensors, shape, 0))
+
+    def rank_state_bytes(self, params: Sequence[tuple[Shape, Sequence[StateTensor]]]) -> list[int]:
+        """Every rank's state bytes for ``params`` (shape and state tensors of each, in model order)."""
+        if self.kind == "zero1":
+            totals = [0] * self.world_size
+            for rank, (_, tensors) in zip(zero1_owners([shape for shape, _ in params], self.world_size), params):
+                totals[rank] += sum(tensor.nbytes for tensor in tensors)
+            return totals
+        return [sum(sum(tensor.nbytes for tensor in self.rank_tensors(tensors, shape, rank))
+                    for shape, tensors in params) for rank in range(self.world_size)]
+
+    def rank_param_elements(self, shape: Shape) -> int:
+        """Elements of a parameter (and of its gradient) that each rank stores: FSDP2 pads dim 0
+        to a multiple of the shard count, so every rank allocates a full chunk; ddp and zero1 keep
+        the whole parameter on every rank."""
+        if self.kind not in SHARDED or not shape:
+            return numel(shape)
+        return math.ceil(shape[0] / self.shards) * numel(shape[1:])
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plan file's ``sharding`` mapping."""
+        return {"kind": self.kind, "world_size": self.world_size}
+
+
+def zero1_owners(shapes: Sequence[Shape], world_size: int) -> list[int]:
+    """The rank that keeps each parameter's state under ZeroRedundancyOptimizer (one param group):
+    parameters by decreasing size (stable), each to the rank holding the fewest elements so far."""
+    owners = [0] * len(shapes)
+    sizes = [0] * world_size
+    for position in sorted(range(len(shapes)), key=lambda index: -numel(shapes[index])):
+        rank = sizes.index(min(sizes))
+        owners[position] = rank
+        sizes[rank] += numel(shapes[position])
+    return owners
+
+
+__all__ = ["Sharding", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape", "local_state_tensors", "row_range"]

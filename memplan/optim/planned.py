@@ -25,7 +25,7 @@ from memplan.errors import SpecError
 from memplan.methods import build, get_method, parse_spec
 from memplan.methods.spec import MethodSpec
 from memplan.optim.base import MemplanOptimizer, run_closure
-from memplan.optim.sharding import PartialReductions
+from memplan.optim.sharding import PartialReductions, running_sharding
 from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, torch_policy
 from memplan.plan import Plan, PlanError
 from memplan.profile import ModelProfile, ParamSpec
@@ -52,6 +52,7 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
     named = list(model_or_params.named_parameters() if isinstance(model_or_params, torch.nn.Module)
                  else model_or_params)
     plan.check_model(_profile_of(named, plan))
+    plan.check_world(*running_sharding([param for _, param in named]))
     by_name = dict(named)
     groups: dict[str, list[tuple[str, torch.nn.Parameter, tuple[int, ...] | None]]] = {}
     for entry in plan.entries:

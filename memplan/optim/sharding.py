@@ -118,6 +118,24 @@ def distributed_like(local: torch.Tensor, param: torch.Tensor, shard_kind: str) 
     return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=shape, stride=stride)
 
 
+def running_sharding(params: list[torch.Tensor]) -> tuple[int, tuple[str, ...]]:
+    """The world size and the shardings (:data:`memplan.sharding.SHARDINGS`) that ``params`` and the
+    process group can be: fsdp2 or hsdp (by the mesh) for DTensors, with the shard count; ddp or
+    zero1 for plain tensors in a process group of several ranks; one process otherwise."""
+    from torch.distributed.tensor import Replicate
+
+    for param in params:
+        if is_distributed(param):
+            placements = tuple(param.placements)
+            shards = math.prod(param.device_mesh.size(dim) for dim, placement in enumerate(placements)
+                               if placement.is_shard())
+            replicated = any(isinstance(placement, Replicate) for placement in placements)
+            return shards, ("hsdp",) if replicated else ("fsdp2",)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_world_size(), ("ddp", "zero1")
+    return 1, ("ddp", "zero1", "fsdp2", "hsdp")
+
+
 @dataclass
 class PartialReductions:
     """Partial statistics of one step's sharded parameters, all-reduced together.
@@ -158,4 +176,4 @@ class PartialReductions:
 
 
 __all__ = ["PartialReductions", "SHARDING_MODES", "Shard", "distributed_like", "is_distributed", "local_tensor",
-           "shard_of"]
+           "running_sharding", "shard_of"]

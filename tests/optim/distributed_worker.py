@@ -128,6 +128,32 @@ def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
     return {"difference": max_difference(sharded, reference), "communication": distributed.last_communication()}
 
 
+def check_plan_per_rank(mesh, world: int, rank: int) -> dict[str, Any]:
+    """A plan made for fsdp2 over 2 ranks: each rank measures what the plan predicts for it; a plan
+    for another world size is refused by from_plan."""
+    from dataclasses import replace
+
+    from memplan.errors import PlanError
+    from memplan.measure import state_storage_bytes
+    from memplan.optim import from_plan
+    from memplan.sharding import Sharding
+    from tests.optim.optimizer_table import mixed_plan
+
+    reference, sharded = models(mesh)
+    plan = mixed_plan(list(reference.named_parameters()), ("smmf", "et2", "sm3:momentum=0.9", "adam",
+                                                           "smmf:sign_bits=8"))
+    planned = replace(plan, sharding=Sharding("fsdp2", world))
+    optimizer = from_plan(sharded, planned, lr=LR)
+    train(sharded, optimizer, range(2))
+    refusal = None
+    try:
+        from_plan(sharded, replace(plan, sharding=Sharding("fsdp2", 4)), lr=LR)
+    except PlanError as error:
+        refusal = str(error)
+    return {"measured": state_storage_bytes(optimizer), "predicted": planned.rank_state_bytes[rank],
+            "refusal": refusal}
+
+
 def check_local(mesh, world: int, rank: int) -> dict[str, Any]:
     reference, sharded = models(mesh)
     optimizer = build("smmf", sharded, sharding="local")
@@ -184,8 +210,13 @@ def check_zero(mesh, world: int, rank: int) -> dict[str, Any]:
     distributed = ZeroRedundancyOptimizer(wrapped.module.parameters(), optimizer_class=SMMF, lr=LR)
     train(reference, single)
     train(wrapped, distributed)
-    owned = sum(1 for state in distributed.optim.state.values() if state)
-    return {"difference": max_difference(wrapped.module, reference), "owned": owned}
+    from memplan.sharding import zero1_owners
+
+    params = list(wrapped.module.parameters())
+    owned = [position for position, param in enumerate(params) if distributed.optim.state.get(param)]
+    predicted = [position for position, owner in enumerate(zero1_owners([tuple(p.shape) for p in params], world))
+                 if owner == rank]
+    return {"difference": max_difference(wrapped.module, reference), "owned": owned, "predicted_owned": predicted}
 
 
 def check_checkpoint(mesh, world: int, rank: int, directory: str) -> dict[str, Any]:
@@ -218,7 +249,7 @@ def check_checkpoint(mesh, world: int, rank: int, directory: str) -> dict[str, A
 def checks(directory: str) -> dict[str, Callable[..., Any]]:
     table: dict[str, Callable[..., Any]] = {f"exact/{spec}": (lambda spec: lambda *a: check_exact(spec, *a))(spec)
                                             for spec in EXACT_SPECS}
-    table.update({"plan": check_plan, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
+    table.update({"plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
                   "zero": check_zero, "checkpoint": lambda *a: check_checkpoint(*a, directory)})
     return table
 

@@ -83,10 +83,19 @@ def test_ddp_trains_like_single_process(results):
 
 
 def test_zero_redundancy_optimizer_with_smmf(results):
+    """ZeRO-1 trains like one process; each rank keeps the state of the parameters that
+    memplan.sharding.zero1_owners (the per-rank planner's model) assigns it."""
     per_rank = ranks(results, "zero")
     for result in per_rank:
         assert result["difference"] == 0.0
-    assert sum(result["owned"] for result in per_rank) == 5   # every parameter's state on one rank
+        assert result["owned"] == result["predicted_owned"]
+    assert sorted(sum((result["owned"] for result in per_rank), [])) == list(range(5))
+
+
+def test_a_per_rank_plan_predicts_every_ranks_state_bytes_and_checks_the_world_size(results):
+    for result in ranks(results, "plan_per_rank"):
+        assert result["measured"] == result["predicted"]
+        assert "plan made for fsdp2 over 4 ranks, but this job runs fsdp2 over 2 ranks" in result["refusal"]
 
 
 def test_dcp_save_and_resume_is_bit_identical(results):
