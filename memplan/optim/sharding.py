@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from memplan.methods.shapes import numel
+from memplan.sharding import row_range
 
 SHARDING_MODES = ("exact", "local")
 """How memplan's optimizers treat a sharded parameter: as the whole tensor it is a shard of
@@ -81,7 +82,6 @@ def shard_of(param: torch.Tensor, mode: str = "exact") -> Shard:
     if mode == "local":
         return Shard(0, local.numel(), tuple(local.shape))
     from torch.distributed.tensor import Replicate, Shard as ShardPlacement
-    from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
     placements = tuple(param.placements)
     shard_dims = [mesh_dim for mesh_dim, placement in enumerate(placements) if isinstance(placement, ShardPlacement)]
@@ -93,13 +93,15 @@ def shard_of(param: torch.Tensor, mode: str = "exact") -> Shard:
     shape = tuple(param.shape)
     if not shard_dims:
         return Shard(0, numel(shape), shape)
-    _, offset = compute_local_shape_and_global_offset(param.shape, param.device_mesh, param.placements)
-    first_row = offset[0] if local.shape[0] else 0
-    rows = (first_row, first_row + local.shape[0])
+    mesh, mesh_dim = param.device_mesh, shard_dims[0]
+    shards = mesh.size(mesh_dim)
+    # Shard(0) splits dim 0 as torch.chunk does (memplan.sharding.row_range; tested against DTensor)
+    rows = row_range(shape[0], shards, mesh.get_local_rank(mesh_dim))
+    if rows[1] - rows[0] != local.shape[0]:
+        raise ValueError(f"a shard of {rows[1] - rows[0]} rows was expected, the local tensor has {local.shape[0]}: "
+                         f"pass sharding='local' for this layout")
     per_row = numel(shape[1:])
-    mesh_dim = shard_dims[0]
-    return Shard(rows[0] * per_row, rows[1] * per_row, shape, rows, param.device_mesh.size(mesh_dim),
-                 param.device_mesh.get_group(mesh_dim))
+    return Shard(rows[0] * per_row, rows[1] * per_row, shape, rows, shards, mesh.get_group(mesh_dim))
 
 
 def distributed_like(local: torch.Tensor, param: torch.Tensor, shard_kind: str) -> torch.Tensor:

@@ -116,6 +116,21 @@ def check_exact(spec: str, mesh, world: int, rank: int) -> dict[str, Any]:
             "replicated": predicted_rank_bytes(spec, sharded, world, rank, replicated=True)}
 
 
+def check_hsdp(mesh, world: int, rank: int) -> dict[str, Any]:
+    """HSDP's 2-D mesh (1 replica group x 2 shards here): placements (Replicate(), Shard(0)); the
+    statistics are reduced over the shard dimension's group."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    hsdp_mesh = init_device_mesh("cpu", (1, world), mesh_dim_names=("replicate", "shard"))
+    reference, sharded = models(hsdp_mesh)
+    placements = [str(placement) for placement in sharded.c.placements]
+    single, distributed = build("smmf", reference), build("smmf", sharded)
+    train(reference, single)
+    train(sharded, distributed)
+    return {"difference": max_difference(sharded, reference), "placements": placements,
+            "communication": distributed.last_communication()}
+
+
 def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
     from memplan.optim import from_plan
     from tests.optim.optimizer_table import mixed_plan
@@ -249,7 +264,7 @@ def check_checkpoint(mesh, world: int, rank: int, directory: str) -> dict[str, A
 def checks(directory: str) -> dict[str, Callable[..., Any]]:
     table: dict[str, Callable[..., Any]] = {f"exact/{spec}": (lambda spec: lambda *a: check_exact(spec, *a))(spec)
                                             for spec in EXACT_SPECS}
-    table.update({"plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
+    table.update({"hsdp": check_hsdp, "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
                   "zero": check_zero, "checkpoint": lambda *a: check_checkpoint(*a, directory)})
     return table
 

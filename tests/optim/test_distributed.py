@@ -55,6 +55,12 @@ def test_per_rank_state_bytes_equal_the_prediction(results, spec):
         assert result["measured"] == result["predicted"]
 
 
+def test_hsdp_reduces_over_the_shard_dimension(results):
+    for result in ranks(results, "hsdp"):
+        assert result["placements"] == ["R", "S(0)"]   # str() of Replicate() and Shard(0)
+        assert result["difference"] <= 1e-6 and result["communication"][0] == 1
+
+
 def test_mixed_plan_is_exact_with_one_collective_per_reduction(results):
     """smmf + et2 + sm3 + adam through from_plan: sums (smmf, et2) and maxima (sm3) are two buffers."""
     for result in ranks(results, "plan"):
