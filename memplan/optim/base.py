@@ -227,9 +227,12 @@ class MemplanOptimizer(torch.optim.Optimizer):
 
     def begin_step(self, reductions: PartialReductions) -> list[Callable[[], None]]:
         """The first half of a step: every parameter's range updated (or its statistics gathered),
-        its partial statistics added to ``reductions``; returns what finishes each parameter once
-        they are reduced (:class:`~memplan.optim.planned.PlannedOptimizer` reduces several
-        optimizers' statistics together this way)."""
+        its partial statistics added to ``reductions``; returns what finishes each sharded
+        parameter once they are reduced (:class:`~memplan.optim.planned.PlannedOptimizer` reduces
+        several optimizers' statistics together this way). A parameter this rank holds whole is
+        finished at once, so a single-device step keeps one parameter's temporaries at a time;
+        a sharded step keeps every sharded parameter's partial vectors (the size of the replicated
+        state) until the all-reduce."""
         finishers = []
         for group in self.param_groups:
             mode = group.get("sharding", "exact")
@@ -247,8 +250,13 @@ class MemplanOptimizer(torch.optim.Optimizer):
                 if math.prod(shard.shape) == 0:
                     continue
                 finish = self._step_shard(group, param, grad, state, shard, reductions)
-                if finish is not None:
+                if finish is None:
+                    continue
+                if shard.sharded:
                     finishers.append(finish)
+                else:
+                    finish()  # nothing to reduce: finished now, as a single-device step is
+                finish = None  # so its vectors are freed before the next parameter allocates its own
         return finishers
 
     def _step_shard(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
