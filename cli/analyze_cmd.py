@@ -19,8 +19,9 @@ from memplan.loaders import load_profile
 from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS, state_options
 from memplan.sizes import format_count, format_size
 from memplan.cli import output
-from memplan.cli.options import (DEFAULT_PROFILE_PATH, EntryOpt, FreezeOpt, JsonOpt, SourceArg, StripPrefixOpt,
-                                 method_specs, methods_option)
+from memplan.cli import options
+from memplan.cli.options import (DEFAULT_PROFILE_PATH, EntryOpt, FreezeOpt, JsonOpt, ShardingOpt, SourceArg,
+                                 StripPrefixOpt, WorldSizeOpt, method_specs, methods_option)
 
 MethodsOpt = methods_option(ANALYZE_METHODS, "total")
 
@@ -34,6 +35,8 @@ def analyze(
     entry: EntryOpt = None,
     strip_prefix: StripPrefixOpt = None,
     freeze: FreezeOpt = None,
+    world_size: WorldSizeOpt = None,
+    sharding_kind: ShardingOpt = None,
     name: Optional[str] = typer.Option(None, "--name", help="Name to give the profile."),
     out: Path = typer.Option(DEFAULT_PROFILE_PATH, "--out", "-o", help="Where to write the profile YAML."),
     table_format: Optional[str] = typer.Option(None, "--format", help="Parameter listing: table (default) or csv."),
@@ -47,13 +50,14 @@ def analyze(
     if as_json and table_format is not None:
         raise UsageError("--format and --json do not go together: --json prints one JSON document")
     specs = method_specs(methods, ANALYZE_METHODS)
+    sharding = options.sharding(world_size, sharding_kind)
     check_writable(out)
     profile = load_profile(source, entry=entry, strip_prefix=strip_prefix, freeze=freeze)
     if name:
         profile = replace(profile, name=name)
     if not profile.made_with:
         profile = replace(profile, made_with=made_with(["memplan", "analyze", *sys.argv[2:]]))
-    result = run_analysis(profile, specs)
+    result = run_analysis(profile, specs, sharding)
     saved = profile.save(out)
     if as_json:
         output.print_json(result.to_json(source))
@@ -85,6 +89,9 @@ def _summary(result: Analysis) -> str:
             f"({totals['numel']:,}), {format_size(totals['param_bytes'])}")
     if totals["trainable_numel"] != totals["numel"]:
         line += f" ({format_count(totals['trainable_numel'])} trainable)"
+    if result.sharding is not None:
+        line += (f"; each of {result.sharding.world_size} ranks ({result.sharding.kind}) stores "
+                 f"{format_size(result.rank_param_bytes())} of parameters and as much gradient")
     return line
 
 
@@ -114,7 +121,11 @@ def _method_table(result: Analysis) -> Table:
     table.add_column("state", justify="right")
     table.add_column("bytes", justify="right")
     table.add_column("vs adam", justify="right")
+    if result.sharding is not None:
+        table.add_column(f"per rank ({result.sharding.kind} x{result.sharding.world_size}, max)", justify="right")
     for total in result.totals:
         ratio = "-" if total.ratio_to_adam is None else f"{100 * total.ratio_to_adam:.3g}%"
-        table.add_row(total.spec, state_options(total.spec) or "-", format_size(total.state_bytes), f"{total.state_bytes:,}", ratio)
+        per_rank = [f"{max(total.rank_state_bytes):,}"] if total.rank_state_bytes else []
+        table.add_row(total.spec, state_options(total.spec) or "-", format_size(total.state_bytes),
+                      f"{total.state_bytes:,}", ratio, *per_rank)
     return table

@@ -44,11 +44,18 @@ def bench(
                                                              f"(e.g. {DEFAULT_PLAN_PATH})."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the results as CSV."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Draw state memory against step time (PNG)."),
+    world_size: Optional[int] = typer.Option(None, "--world-size",
+                                             help="Spawn this many ranks and measure every method under FSDP2 "
+                                                  "(gloo on CPU, NCCL on CUDA): per-rank state, peak and step time."),
     as_json: JsonOpt = False,
 ) -> None:
     """Run real optimizer steps of each method on the device and compare with memplan's predictions."""
     if steps < 1 or warmup < 1:
         raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
+    if world_size is not None:
+        _bench_ranks(source, methods, device, world_size, plan, steps, warmup, device_profile, as_json,
+                     dtype, memory, calibrate, out, plot)
+        return
     memory_bytes = options.parse_option("--memory", parse_size, memory) if memory is not None else None
     specs = [str(parse_spec(spec)) for spec in options.method_specs(methods, ())] if methods else None
     target = parse_device(device)
@@ -93,6 +100,43 @@ def bench(
         output.note(f"warning: {warning}")
     if failures:
         raise OutputError("; ".join(failures))
+
+
+def _bench_ranks(source: Optional[str], methods: Optional[list[str]], device: str, world_size: int,
+                 plan: Optional[Path], steps: int, warmup: int, device_profile: Optional[str], as_json: bool,
+                 dtype: str, memory: Optional[str], calibrate: bool, out: Optional[Path], plot: Optional[Path]) -> None:
+    """``--world-size N``: spawn the ranks, then print predicted and measured figures per rank."""
+    unsupported = [name for name, given in (("--dtype", dtype != "float32"), ("--memory", memory), ("--calibrate", calibrate),
+                                            ("--out", out), ("--plot", plot)) if given]
+    if unsupported:
+        raise UsageError(f"{', '.join(unsupported)} do(es) not go with --world-size yet")
+    specs = [str(parse_spec(spec)) for spec in options.method_specs(methods, ())] if methods else None
+    parse_device(device)
+    model_source = options.default_source(source, "bench")
+    from memplan.bench_ranks import run_ranks_bench
+
+    output.note(f"spawning {world_size} ranks ...")
+    report = run_ranks_bench(model_source, world_size, specs, device, plan, steps, warmup, device_profile)
+    if as_json:
+        output.print_json(report.to_json())
+        return
+    table = Table(title=f"{report.profile_name} under FSDP2 on {report.world_size} ranks ({report.backend}); "
+                        f"all-reduce: {report.collective.latency * 1e6:.0f} us + "
+                        f"{report.collective.bandwidth / 1e9:.2f} GB/s (measured)", title_justify="left")
+    for column in ("method", "state predicted (max rank)", "measured (max rank)", "every rank exact", "peak",
+                   "step ms (max rank)", "predicted ms", "collectives x bytes"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for result in report.results:
+        if result.skip_reason:
+            table.add_row(result.method, *["-"] * 7)
+            output.note(f"{result.method}: skipped: {result.skip_reason}")
+            continue
+        table.add_row(result.method, f"{max(result.predicted_state_bytes):,}", f"{max(result.measured_state_bytes):,}",
+                      "yes" if result.exact else "NO", format_size(max(result.peak_transient_bytes)),
+                      f"{max(result.step_ms_median):.3f}",
+                      "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.3f}",
+                      f"{result.collectives} x {result.reduced_bytes:,}")
+    output.stdout().print(table)
 
 
 def _write_outputs(report: BenchReport, out: Path | None, plot: Path | None) -> list[str]:

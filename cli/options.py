@@ -15,6 +15,7 @@ import typer
 from memplan.costmodel import DEFAULT_DEVICE_PROFILE_PATH
 from memplan.errors import MemplanError, UsageError
 from memplan.methods import parse_spec, split_spec_list
+from memplan.sharding import Sharding
 
 T = TypeVar("T")
 
@@ -52,6 +53,27 @@ FreezeOpt = Annotated[Optional[str], typer.Option("--freeze", help="Regex: match
 
 StripPrefixOpt = Annotated[Optional[str], typer.Option(
     "--strip-prefix", help="Checkpoints: remove this name prefix (e.g. 'module.').")]
+
+
+WorldSizeOpt = Annotated[Optional[int], typer.Option(
+    "--world-size", help="Ranks of a data-parallel job: bytes (and --budget) become per rank.")]
+
+ShardingOpt = Annotated[Optional[str], typer.Option(
+    "--sharding", help="With --world-size: fsdp2 (default), hsdp (--world-size = shards per replica group), "
+                       "ddp or zero1.")]
+
+
+def sharding(world_size: int | None, kind: str | None) -> Sharding | None:
+    """The :class:`~memplan.sharding.Sharding` the options name (None for one device); a usage
+    error for a bad world size or sharding, or --sharding without --world-size."""
+    if world_size is None:
+        if kind is not None:
+            raise UsageError("--sharding needs --world-size")
+        return None
+    try:
+        return Sharding(kind or "fsdp2", world_size)
+    except MemplanError as error:
+        raise UsageError(f"--world-size/--sharding: {error}") from error
 
 
 def methods_option(defaults: Sequence[str], purpose: str) -> Any:

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from memplan.cli import output, options
 from memplan.cli.options import (DEFAULT_PLAN_PATH, DeviceOpt, DeviceProfileOpt, EntryOpt, FreezeOpt, JsonOpt,
-                                 OptionalSourceArg, StripPrefixOpt, methods_option)
+                                 OptionalSourceArg, ShardingOpt, StripPrefixOpt, WorldSizeOpt, methods_option)
 from memplan.costmodel import resolve_device_profile
 from memplan.devices import parse_device
 from memplan.errors import SourceError, UsageError
@@ -27,7 +27,8 @@ MethodsOpt = methods_option(PLAN_METHODS, "consider")
 
 def plan(
     source: OptionalSourceArg = None,
-    budget: str = typer.Option(..., "--budget", "-b", help="Byte budget for all optimizer state, e.g. 64MiB."),
+    budget: str = typer.Option(..., "--budget", "-b", help="Byte budget for all optimizer state, e.g. 64MiB "
+                                                           "(with --world-size: per device)."),
     methods: MethodsOpt = None,
     objective: str = typer.Option("quality", "--objective", help=f"{' | '.join(OBJECTIVES)}: weight of step time."),
     time_weight: Optional[float] = typer.Option(None, "--time-weight", help="Explicit time weight (overrides --objective)."),
@@ -40,11 +41,14 @@ def plan(
     entry: EntryOpt = None,
     freeze: FreezeOpt = None,
     strip_prefix: StripPrefixOpt = None,
+    world_size: WorldSizeOpt = None,
+    sharding_kind: ShardingOpt = None,
     out: Path = typer.Option(DEFAULT_PLAN_PATH, "--out", "-o", help="Where to write the plan."),
     as_json: JsonOpt = False,
 ) -> None:
     """Choose, per parameter, the optimizer state that fits the budget at the best predicted quality."""
     budget_bytes = options.parse_option("--budget", parse_size, budget)
+    sharding = options.sharding(world_size, sharding_kind)
     specs = options.method_specs(methods, PLAN_METHODS)
     if time_weight is None and objective not in OBJECTIVES:
         raise UsageError(f"--objective must be one of {', '.join(OBJECTIVES)}, got {objective!r}")
@@ -59,7 +63,8 @@ def plan(
         moments = measure_moments(_model_file(source, profile.source), entry=entry, device=device, samples=samples)
     result = make_plan(profile, budget_bytes, specs,
                        priors_path=str(priors) if priors else None, objective=objective, time_weight=time_weight,
-                       seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, moments=moments)
+                       seconds=traffic_seconds(chosen.memory_bandwidth), device=chosen.name, moments=moments,
+                       sharding=sharding)
     path = result.save(out)
     if as_json:
         output.print_json(result.summary(str(path)))
@@ -71,13 +76,20 @@ def plan(
 def render(result: Plan, top: int | None) -> None:
     """Print a plan: totals, bytes per method, and the largest parameters with what they got."""
     console = output.stdout()
-    used = result.state_bytes / result.budget_bytes if result.budget_bytes else 0.0
+    held = max(result.rank_state_bytes)
+    used = held / result.budget_bytes if result.budget_bytes else 0.0
     predicted = result.predicted
-    console.print(f"Plan for {result.model_name}: {format_size(result.state_bytes)} of "
-                  f"{format_size(result.budget_bytes)} ({used:.1%}); predicted quality "
+    per_rank = " per rank" if result.sharding else ""
+    console.print(f"Plan for {result.model_name}: {format_size(held)} of "
+                  f"{format_size(result.budget_bytes)}{per_rank} ({used:.1%}); predicted quality "
                   f"{predicted.quality:.4f} (1 = Adam everywhere), objective "
                   f"{predicted.objective:.5f}, at most {predicted.objective_bound:.5f} possible",
                   markup=False)
+    if result.sharding is not None:
+        ranks = result.rank_state_bytes
+        console.print(f"{result.sharding.kind} over {result.sharding.world_size} ranks: they hold "
+                      f"{', '.join(f'{value:,}' for value in ranks)} bytes of optimizer state "
+                      f"({format_size(result.state_bytes)} unsharded; the budget is per device)", markup=False)
     methods = Table(title="State by method", title_justify="left")
     for column, justify in (("method", "left"), ("parameters", "right"), ("elements", "right"), ("state", "right"),
                             ("bytes", "right")):

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from memplan.methods import ANALYZE_METHODS, LAYOUT_COLUMNS, as_spec, param_state
+from memplan.dtypes import item_size
 from memplan.profile import ModelProfile, ParamSpec
+from memplan.sharding import Sharding
 
 
 @dataclass(frozen=True)
@@ -18,6 +20,8 @@ class MethodTotal:
     bytes_moved: int
     ratio_to_adam: float | None
     """state_bytes / Adam's state bytes; None when Adam would keep no state (nothing trainable)."""
+    rank_state_bytes: tuple[int, ...] | None = None
+    """Each rank's state bytes under the analysis's sharding (None without one)."""
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,15 @@ class Analysis:
 
     profile: ModelProfile
     totals: tuple[MethodTotal, ...]
+    sharding: Sharding | None = None
+
+    def rank_param_bytes(self) -> int | None:
+        """Bytes of the trainable parameters each rank stores under the sharding (gradients take as
+        many); None without one."""
+        if self.sharding is None:
+            return None
+        return sum(self.sharding.rank_param_elements(param.shape) * item_size(param.dtype)
+                   for param in self.profile.trainable_params)
 
     def parameter_records(self) -> list[dict[str, Any]]:
         """One flat record per parameter, with its default layout under each of :data:`LAYOUT_COLUMNS`
@@ -47,9 +60,12 @@ class Analysis:
                        "param_bytes": totals["param_bytes"], "trainable_numel": totals["trainable_numel"]},
             "methods": {
                 total.spec: {"state_bytes": total.state_bytes, "ratio_to_adam": total.ratio_to_adam,
-                             "bytes_moved_per_step": total.bytes_moved}
+                             "bytes_moved_per_step": total.bytes_moved,
+                             **({"rank_state_bytes": list(total.rank_state_bytes)} if self.sharding else {})}
                 for total in self.totals
             },
+            **({"sharding": {**self.sharding.to_dict(), "rank_param_bytes": self.rank_param_bytes()}}
+               if self.sharding else {}),
         }
 
 
@@ -80,16 +96,22 @@ def model_state(spec: str, profile: ModelProfile) -> tuple[int, int]:
     return state_bytes, bytes_moved
 
 
-def analyze(profile: ModelProfile, specs: Iterable[str] = ANALYZE_METHODS) -> Analysis:
-    """Total every method's state over ``profile``; specs are validated and printed canonically."""
+def analyze(profile: ModelProfile, specs: Iterable[str] = ANALYZE_METHODS,
+            sharding: Sharding | None = None) -> Analysis:
+    """Total every method's state over ``profile`` (and per rank under ``sharding``); specs are
+    validated and printed canonically."""
     canonical = list(dict.fromkeys(str(as_spec(spec)) for spec in specs))
     adam_bytes = model_state("adam", profile)[0]
     totals = []
     for spec in canonical:
         state_bytes, bytes_moved = model_state(spec, profile)
         ratio = state_bytes / adam_bytes if adam_bytes else None
-        totals.append(MethodTotal(spec, state_bytes, bytes_moved, ratio))
-    return Analysis(profile=profile, totals=tuple(totals))
+        ranks = None
+        if sharding is not None:
+            ranks = tuple(sharding.rank_state_bytes([(param.shape, param_state(spec, param.shape, param.dtype).tensors)
+                                                     for param in profile.trainable_params]))
+        totals.append(MethodTotal(spec, state_bytes, bytes_moved, ratio, ranks))
+    return Analysis(profile=profile, totals=tuple(totals), sharding=sharding)
 
 
 def made_with(command: list[str]) -> str:

@@ -22,6 +22,7 @@ from memplan.yamlfile import YamlDocument
 from memplan.methods import ADAM_LR, get_method, param_state, parse_spec
 from memplan.methods.spec import Option
 from memplan.profile import ModelProfile
+from memplan.sharding import SHARDINGS, Sharding
 from memplan.schema import (
     Anything, Expected, Fields, Flag, Integer, ListOf, MapOf, Nullable, Number, OneOf, Text, check, find_problems,
     mismatch, raise_problems,
@@ -90,6 +91,8 @@ PLAN_FIELDS = Fields(
               "budget_bytes": Integer(at_least=0), "predicted": PLAN_PREDICTION_FIELDS,
               "parameters": ListOf(PLAN_ENTRY_FIELDS)},
     optional={"objective": Fields(optional={"name": Text(), "time_weight": Number()}), "priors": Text(),
+              "sharding": Fields(required={"kind": OneOf(*SHARDINGS), "world_size": Integer(at_least=1)},
+                                 optional={"rank_state_bytes": ListOf(Integer(at_least=0))}),
               "calibration": Nullable(MapOf(Anything())),
               "learning_rate": Number(above=0), "lr_ratios": MapOf(Number(above=0)),
               "hyperparameters": Nullable(MapOf(Anything()))},
@@ -261,6 +264,8 @@ class Plan(YamlDocument):
     """The Adam-equivalent learning rate the plan trains at unless ``from_plan`` is given one."""
     lr_ratios: Mapping[str, float] = field(default_factory=dict)
     """Per method spec, its learning rate over Adam's (a spec without one uses its method's default)."""
+    sharding: Sharding | None = None
+    """The data-parallel layout planned for (None: one device); the budget is then per rank."""
 
     document_name = "plan"
     error = PlanError
@@ -271,7 +276,7 @@ class Plan(YamlDocument):
 
     @property
     def state_bytes(self) -> int:
-        """Total predicted state bytes."""
+        """Total predicted state bytes (over all ranks' shards, for a sharded plan: the model's state)."""
         return sum(entry.state_bytes for entry in self.entries)
 
     def lr_ratio(self, spec_text: str) -> float:
@@ -291,6 +296,15 @@ class Plan(YamlDocument):
             adam_lr = self.learning_rate
         ratio = self.lr_ratio(spec_text)
         return adam_lr if ratio == 1.0 else adam_lr * ratio
+
+    @property
+    def rank_state_bytes(self) -> list[int]:
+        """Each rank's predicted state bytes under :attr:`sharding` (one device: the total)."""
+        if self.sharding is None:
+            return [self.state_bytes]
+        return self.sharding.rank_state_bytes([(entry.shape, param_state(entry.method, entry.shape, entry.dtype,
+                                                                         entry.layout).tensors)
+                                               for entry in self.entries])
 
     def by_method(self) -> list[dict[str, Any]]:
         """Per method spec: how many parameters, elements and state bytes it got (most bytes first)."""
@@ -312,6 +326,8 @@ class Plan(YamlDocument):
         return {
             "budget_bytes": self.budget_bytes,
             "state_bytes": self.state_bytes,
+            **({"sharding": {**self.sharding.to_dict(), "rank_state_bytes": self.rank_state_bytes}}
+               if self.sharding else {}),
             "plan_path": path,
             "quality": self.predicted.quality,
             "parameters": [{"name": e.name, "method": e.method, "layout": None if e.layout is None else list(e.layout),
@@ -333,6 +349,8 @@ class Plan(YamlDocument):
             data["calibration"] = dict(self.calibration)
         data["learning_rate"] = self.learning_rate
         data["lr_ratios"] = {spec: self.lr_ratio(spec) for spec in dict.fromkeys(e.method for e in self.entries)}
+        if self.sharding is not None:
+            data["sharding"] = {**self.sharding.to_dict(), "rank_state_bytes": self.rank_state_bytes}
         data["hyperparameters"] = {name: dict(values) for name, values in self.hyperparameters.items()}
         data["parameters"] = [entry.to_dict() for entry in self.entries]
         return data
@@ -383,13 +401,31 @@ class Plan(YamlDocument):
             predicted=PlanPrediction.from_dict(data["predicted"]), calibration=data.get("calibration"),
             learning_rate=float(data.get("learning_rate", ADAM_LR)),
             lr_ratios={spec: float(ratio) for spec, ratio in lr_ratios.items()},
+            sharding=Sharding(data["sharding"]["kind"], data["sharding"]["world_size"]) if "sharding" in data else None,
         )
         if plan.predicted.state_bytes != plan.state_bytes:
             raise PlanError(f"predicted state_bytes {plan.predicted.state_bytes} but the entries add up to "
                             f"{plan.state_bytes}")
-        if plan.state_bytes > plan.budget_bytes:
-            raise PlanError(f"the entries need {plan.state_bytes:,} bytes, over the budget of {plan.budget_bytes:,}")
+        ranks = plan.rank_state_bytes
+        given = data.get("sharding", {}).get("rank_state_bytes")
+        if given is not None and list(given) != ranks:
+            raise PlanError(f"sharding.rank_state_bytes {list(given)} but the entries give {ranks} per rank")
+        if max(ranks) > plan.budget_bytes:
+            per_rank = " on one rank" if plan.sharding else ""
+            raise PlanError(f"the entries need {max(ranks):,} bytes{per_rank}, over the budget of "
+                            f"{plan.budget_bytes:,}")
         return plan
+
+    def check_world(self, world_size: int, shardings: tuple[str, ...]) -> None:
+        """Raise PlanError unless the plan was made for ``world_size`` ranks sharded as one of
+        ``shardings`` (what the running job can be). A plan without sharding fits any job: no
+        rank holds more than the whole state."""
+        if self.sharding is None:
+            return
+        if self.sharding.world_size != world_size or self.sharding.kind not in shardings:
+            running = "one process" if world_size == 1 else f"{' or '.join(shardings)} over {world_size} ranks"
+            raise PlanError(f"plan made for {self.sharding.kind} over {self.sharding.world_size} ranks, but this job "
+                            f"runs {running}: plan again with --world-size and --sharding to match")
 
     def check_model(self, profile: ModelProfile) -> None:
         """Raise PlanError unless ``profile``'s trainable parameters are exactly the plan's.

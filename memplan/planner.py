@@ -20,6 +20,7 @@ from memplan.plan import Plan, PlanEntry, PlanPrediction
 from memplan.priors import Priors, load_priors
 from memplan.profile import ModelProfile
 from memplan.search import Candidate, candidates_for, expand_methods, prune, within_noise
+from memplan.sharding import Sharding, zero1_owners
 
 if TYPE_CHECKING:
     from memplan.moments import GradientMoments
@@ -64,11 +65,15 @@ class Choice:
 def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = PLAN_METHODS,
                 priors: Priors | None = None, time_weight: float = 0.0,
                 seconds: Callable[[ParamState], float] | None = None,
-                distortions: Mapping[str, Callable[[ParamState], float]] | None = None) -> Choice:
+                distortions: Mapping[str, Callable[[ParamState], float]] | None = None,
+                sharding: Sharding | None = None) -> Choice:
     """Choose one candidate per trainable parameter: best total value with state <= budget.
 
     ``seconds`` predicts a candidate's step time (needed when ``time_weight`` > 0);
     ``distortions`` maps parameter names to measured-distortion functions (gradient moments).
+    With ``sharding`` the budget is per rank: what rank 0 holds (the most any rank does) for
+    fsdp2, hsdp and ddp; for zero1, which places each parameter's whole state on a rank chosen
+    by the parameter's size, one knapsack per rank over the parameters it owns.
     Raises BudgetError when even the smallest state of every parameter exceeds the budget.
     """
     started = time.perf_counter()
@@ -96,20 +101,33 @@ def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str]
         if measured is None and key in shared:
             front = shared[key]
         else:
-            found = candidates_for(param, variants, priors, seconds, measured)
+            found = candidates_for(param, variants, priors, seconds, measured, sharding)
             if not found:
                 raise SpecError(f"no candidate state for {param.name}: check --methods")
             considered += len(found)
             front = prune(within_noise(found), value)
             if measured is None:
                 shared[key] = front
-        groups.append([mckp.Option(candidate.state_bytes, value(candidate), candidate) for candidate in front])
-    try:
-        solution = mckp.solve(groups, budget_bytes)
-    except mckp.Infeasible as error:
-        raise _budget_error(error, groups, [param.name for param in params]) from None
-    picks = {param.name: groups[i][solution.picks[i]].payload for i, param in enumerate(params)}
-    return Choice(profile, budget_bytes, picks, solution.value, solution.bound, time_weight, considered,
+        groups.append([mckp.Option(candidate.charged_bytes, value(candidate), candidate) for candidate in front])
+    names = [param.name for param in params]
+    if sharding is not None and sharding.kind == "zero1":
+        # ZeRO-1 assigns parameters to ranks by size alone: one knapsack per rank, each within the budget
+        owners = zero1_owners([param.shape for param in params], sharding.world_size)
+        members = [[i for i, owner in enumerate(owners) if owner == rank] for rank in range(sharding.world_size)]
+    else:
+        members = [list(range(len(params)))]
+    picks: dict[str, Candidate] = {}
+    objective = bound = 0.0
+    for indices in members:
+        try:
+            solution = mckp.solve([groups[i] for i in indices], budget_bytes)
+        except mckp.Infeasible as error:
+            raise _budget_error(error, [groups[i] for i in indices], [names[i] for i in indices]) from None
+        picks.update({names[i]: groups[i][solution.picks[k]].payload for k, i in enumerate(indices)})
+        objective += solution.value
+        bound += solution.bound
+    picks = {name: picks[name] for name in names}
+    return Choice(profile, budget_bytes, picks, objective, bound, time_weight, considered,
                   time.perf_counter() - started, shared_lists=len(shared), priors=priors)
 
 
@@ -130,7 +148,7 @@ def traffic_seconds(bandwidth_bytes_per_second: float = GENERIC_BANDWIDTH_BYTES_
 def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] = PLAN_METHODS,
               priors_path: str | None = None, objective: str = "quality", time_weight: float | None = None,
               seconds: Callable[[ParamState], float] | None = None, device: str | None = None,
-              moments: "GradientMoments | None" = None) -> Plan:
+              moments: "GradientMoments | None" = None, sharding: Sharding | None = None) -> Plan:
     """Plan ``profile`` under ``budget_bytes`` and return the :class:`memplan.plan.Plan`.
 
     ``objective`` names a time weight (:data:`OBJECTIVES`) unless ``time_weight`` is given;
@@ -145,10 +163,12 @@ def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] =
         raise SpecError(f"--time-weight must be >= 0, got {weight}")
     priors = load_priors(priors_path)
     distortions = moments.distortions(profile) if moments else None
-    choice = plan_search(profile, budget_bytes, methods, priors, weight, seconds or traffic_seconds(), distortions)
-    return plan_from_choice(choice, objective=objective if time_weight is None else "custom",
+    choice = plan_search(profile, budget_bytes, methods, priors, weight, seconds or traffic_seconds(), distortions,
+                         sharding)
+    plan = plan_from_choice(choice, objective=objective if time_weight is None else "custom",
                             priors=str(priors_path or "bundled"),
-                            calibration=moments.summary() if moments else None, device=device)
+                            calibration=moments.summary() if moments else None, device=device, sharding=sharding)
+    return plan
 
 
 def learning_rate_ratios(specs: Sequence[str], priors: Priors) -> dict[str, float]:
@@ -162,8 +182,10 @@ def learning_rate_ratios(specs: Sequence[str], priors: Priors) -> dict[str, floa
 
 
 def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "bundled",
-                     calibration: Mapping[str, object] | None = None, device: str | None = None) -> Plan:
-    """The plan of a planner's choice, with default hyperparameters for every method it uses."""
+                     calibration: Mapping[str, object] | None = None, device: str | None = None,
+                     sharding: Sharding | None = None) -> Plan:
+    """The plan of a planner's choice, with default hyperparameters for every method it uses (and
+    the sharding it was planned for)."""
     entries = []
     for spec in choice.profile.trainable_params:
         candidate = choice.picks[spec.name]
@@ -187,7 +209,7 @@ def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "
         hyperparameters={method: get_method(method).hyperparameter_defaults() for method in methods},
         learning_rate=priors_used.adam_lr or ADAM_LR,
         lr_ratios=learning_rate_ratios([entry.method for entry in entries], priors_used),
-        predicted=predicted, calibration=dict(calibration) if calibration else None,
+        predicted=predicted, calibration=dict(calibration) if calibration else None, sharding=sharding,
     )
 
 

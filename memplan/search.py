@@ -17,6 +17,7 @@ from memplan.methods import ParamState, as_spec, get_method, param_state
 from memplan.methods.spec import MethodSpec
 from memplan.priors import Priors
 from memplan.profile import ParamSpec
+from memplan.sharding import Sharding
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,13 @@ class Candidate:
     distortion: float | None = None
     quality_std: float = 0.0
     """The standard error of ``quality`` when it was measured over seeds (0: no spread known)."""
+    rank_bytes: int | None = None
+    """Under sharding, the bytes the per-rank budget counts (see :meth:`memplan.sharding.Sharding.budgeted_bytes`)."""
+
+    @property
+    def charged_bytes(self) -> int:
+        """The bytes the budget counts: :attr:`rank_bytes` under sharding, else :attr:`state_bytes`."""
+        return self.state_bytes if self.rank_bytes is None else self.rank_bytes
 
 
 def expand_methods(texts: Iterable[str]) -> list[MethodSpec]:
@@ -53,16 +61,19 @@ def expand_methods(texts: Iterable[str]) -> list[MethodSpec]:
 
 def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Priors,
                    seconds: Callable[[ParamState], float] | None = None,
-                   distortion: Callable[[ParamState], float] | None = None) -> list[Candidate]:
+                   distortion: Callable[[ParamState], float] | None = None,
+                   sharding: Sharding | None = None) -> list[Candidate]:
     """Every candidate state of ``param`` under ``methods`` (not yet pruned).
 
     ``distortion`` (from measured gradient moments) replaces the data-free prior by a measured
-    quality.
+    quality; ``sharding`` makes each candidate's budgeted bytes what one rank holds.
     """
     found: dict[tuple[str, tuple[int, ...] | None], Candidate] = {}
     for spec in methods:
         method = get_method(spec.name)
         options = method.resolve(spec)
+        if sharding is not None and sharding.splits_parameters and method.sharded_alternative(options) is not None:
+            continue  # its optimizer cannot step FSDP2's DTensors
         for layout in method.candidate_layouts(param.shape, options):
             state = param_state(spec, param.shape, param.dtype, layout)
             key = (state.spec, state.layout)
@@ -77,7 +88,8 @@ def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Prio
             found[key] = Candidate(
                 spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
                 momentum=state.momentum, state_dtype=state.state_dtype, quality=quality,
-                seconds=seconds(state) if seconds else 0.0, distortion=measured, quality_std=spread)
+                seconds=seconds(state) if seconds else 0.0, distortion=measured, quality_std=spread,
+                rank_bytes=sharding.budgeted_bytes(state.tensors, param.shape) if sharding else None)
     return list(found.values())
 
 
@@ -86,12 +98,12 @@ def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candid
     beat by more than ``z`` combined standard errors: a method within noise of a cheaper one
     should lose to it, and after the cap :func:`prune` drops it (ties go to fewer bytes).
     Candidates without a recorded spread compare as before."""
-    ordered = sorted(candidates, key=lambda c: c.state_bytes)
+    ordered = sorted(candidates, key=lambda c: c.charged_bytes)
     settled: list[Candidate] = []
     for candidate in ordered:
         quality = candidate.quality
         for cheaper in settled:
-            if cheaper.state_bytes >= candidate.state_bytes:
+            if cheaper.charged_bytes >= candidate.charged_bytes:
                 continue
             noise = z * math.hypot(candidate.quality_std, cheaper.quality_std)
             if noise > 0 and candidate.quality - cheaper.quality <= noise:
@@ -102,8 +114,8 @@ def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candid
 
 def prune(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) -> list[Candidate]:
     """Drop every candidate that another beats: no more bytes and more value (ties: fewer bytes,
-    then the earlier one). Returns the Pareto front, cheapest first."""
-    ordered = sorted(candidates, key=lambda c: (c.state_bytes, -value(c)))
+    then the earlier one). Returns the Pareto front, cheapest first (bytes as the budget counts them)."""
+    ordered = sorted(candidates, key=lambda c: (c.charged_bytes, -value(c)))
     front: list[Candidate] = []
     for candidate in ordered:
         if not front or value(candidate) > value(front[-1]) + 1e-15:

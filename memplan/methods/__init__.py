@@ -22,7 +22,7 @@ from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
 from memplan.errors import SpecError
-from memplan.methods.base import ADAM_LR, Layout, Method, StateTensor
+from memplan.methods.base import ADAM_LR, Layout, Method, StateTensor, is_sharded, tensors_of
 from memplan.methods.shapes import Shape
 from memplan.methods.spec import MethodSpec, format_value, split_spec
 
@@ -202,6 +202,10 @@ def build(spec: str | MethodSpec, params: Iterable[Any], lr: float | None = None
         options[key] = method.option(key).validate(overrides[key])
     method.check_options(options)
     params = list(params)
+    alternative = method.sharded_alternative(options)
+    if alternative is not None and any(is_sharded(param) for param in tensors_of(params)):
+        raise SpecError(f"{parsed}: {method.implementation}'s optimizer cannot step sharded (DTensor) parameters; "
+                        f"use {alternative} instead")
     cls = method.optimizer_class(options)
     kwargs = method.optimizer_kwargs(options, params)
     argument = method.layout_argument(options)

@@ -89,6 +89,11 @@ class Adafactor(Method):
     def optimizer_reference(self, options: Options) -> str:
         return self.optimizer if self.resolved_impl(options) == "torch" else "pytorch_optimizer:AdaFactor"
 
+    def sharded_alternative(self, options: Options) -> str | None:
+        # torch 2.13's Adafactor updates its factors in place, which DTensor refuses for the
+        # column factor (a partial norm); pytorch_optimizer's mixes DTensors and plain tensors
+        return "smmf:beta1=none (factored second moment)" if options["beta1"] is None else "smmf"
+
     def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
         if self.resolved_impl(options) == "torch":
             return {"beta2_decay": options["decay_rate"], "weight_decay": options["weight_decay"], "foreach": True}

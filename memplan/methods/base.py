@@ -17,7 +17,7 @@ import importlib
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from memplan.dtypes import item_size
 from memplan.errors import LayoutError, SpecError
@@ -41,6 +41,12 @@ MOMENT_ESTIMATES = ("exact", "scalar", "trailing_rank_one", "rank_one", "cover")
 V itself, one scalar per tensor, a rank-one factorization of the last two dims per leading index,
 a rank-one factorization of the layout's view, or SM3's min of slice maxima over the layout's view."""
 
+SHARD_KINDS = ("replicated", "elements", "bits")
+"""How a state tensor is held when its parameter is sharded across ranks: whole on every rank
+(factors, accumulators, scalars), or split like the parameter with one element ("elements":
+momentum buffers, full moments, one bool per sign) or one bit ("bits": packed signs) per parameter
+element of the rank's own range (see :mod:`memplan.sharding`)."""
+
 STEP_STRUCTURES = ("per_parameter", "whole", "fused")
 """How a step's kernels are organised, which decides how the census counts it: one parameter at
 a time (memplan's optimizers; each distinct shape is counted once and repeated), over the whole
@@ -57,6 +63,8 @@ class StateTensor:
     key: str
     shape: Shape
     dtype: str
+    shard: str = "replicated"
+    """How a sharded parameter's ranks hold it (see :data:`SHARD_KINDS`)."""
 
     @property
     def numel(self) -> int:
@@ -229,6 +237,11 @@ class Method(ABC):
             raise SpecError(f"{self.name} needs {module_name.split('.')[0]}{hint} ({error})") from None
         return getattr(module, class_name)
 
+    def sharded_alternative(self, options: Options) -> str | None:
+        """None when this method's optimizer steps sharded (DTensor) parameters, as memplan's and
+        torch's do; otherwise the spec of a method to use instead under FSDP2."""
+        return None
+
     def layout_argument(self, options: Options) -> str | None:
         """The constructor argument that takes per-parameter layouts, when the optimizer has one."""
         return None
@@ -255,9 +268,24 @@ class Method(ABC):
                     raise ValueError(f"Invalid {option.name}: {values[option.name]!r} ({problem})")
 
 
+def tensors_of(params: list[Any]) -> Iterator[Any]:
+    """The tensors in an optimizer's ``params`` (tensors, (name, tensor) pairs or param groups)."""
+    for item in params:
+        if isinstance(item, dict):
+            group = item["params"]
+            yield from tensors_of([group] if hasattr(group, "shape") else list(group))
+        else:
+            yield item[1] if isinstance(item, tuple) else item
+
+
+def is_sharded(tensor: Any) -> bool:
+    """Whether ``tensor`` is a DTensor (told apart without importing torch.distributed)."""
+    return hasattr(tensor, "device_mesh") and hasattr(tensor, "placements")
+
+
 def full_like(key: str, shape: Shape, dtype: str) -> StateTensor:
-    """A state tensor with the parameter's own shape (Adam's moments, a momentum buffer)."""
-    return StateTensor(key, tuple(shape), dtype)
+    """A state tensor with the parameter's own shape (Adam's moments, a momentum buffer), sharded like it."""
+    return StateTensor(key, tuple(shape), dtype, shard="elements")
 
 
 def axis_accumulators(view: Shape) -> tuple[StateTensor, ...]:

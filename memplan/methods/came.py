@@ -52,6 +52,9 @@ class Came(Method):
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         return "trailing_rank_one"
 
+    def sharded_alternative(self, options: Options) -> str | None:
+        return "smmf"  # pytorch_optimizer's CAME mixes DTensors with plain tensors
+
     def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
         return {"betas": (options["beta1"], options["beta2"], options["beta3"]),
                 "weight_decay": options["weight_decay"]}

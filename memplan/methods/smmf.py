@@ -25,8 +25,8 @@ from memplan.methods.spec import Option
 def sign_tensor(rows: int, cols: int, sign_bits: int) -> StateTensor:
     """Storage of an n x m sign matrix: packed bits (uint8, ceil(nm/8)) or one bool per element."""
     if sign_bits == 1:
-        return StateTensor("sign", (math.ceil(rows * cols / 8),), "uint8")
-    return StateTensor("sign", (rows, cols), "bool")
+        return StateTensor("sign", (math.ceil(rows * cols / 8),), "uint8", shard="bits")
+    return StateTensor("sign", (rows, cols), "bool", shard="elements")
 
 
 def smmf_layout(shape: Shape, vector_reshape: bool = True) -> Layout:

@@ -19,7 +19,10 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from memplan.methods.base import COUPLED_DECAY, DECOUPLED_DECAY, Layout, Method
+from memplan.optim.sharding import (SHARDING_MODES, PartialReductions, Shard, distributed_like, local_tensor,
+                                    shard_of)
 from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict
+from memplan.sharding import local_state_tensors
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20
 """The default bound on the extra memory one step may use, whatever the parameter's size."""
@@ -64,6 +67,7 @@ def check_common(group: Mapping[str, Any]) -> None:
     learning rate may be a one-element tensor, as in torch.optim)."""
     check_range("learning rate", group["lr"], low=0.0)
     check_choice("maximize", group["maximize"], (False, True))
+    check_choice("sharding", group.get("sharding", "exact"), SHARDING_MODES)
     chunk = group["chunk_bytes"]
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < MIN_CHUNK_BYTES):
         raise ValueError(f"Invalid chunk_bytes: {chunk!r} (must be None or an integer >= {MIN_CHUNK_BYTES})")
@@ -172,29 +176,66 @@ class MemplanOptimizer(torch.optim.Optimizer):
             layout = self._resolved_layouts(group, source)[position]
         return self._default_layout(group, tuple(param.shape)) if layout is None else layout
 
-    def _state(self, group: Mapping[str, Any], param: torch.Tensor, position: int) -> dict[str, Any]:
+    def _state(self, group: Mapping[str, Any], param: torch.Tensor, position: int, shard: Shard) -> dict[str, Any]:
         """The parameter's state, allocated as the byte model predicts for the group's current options.
 
         State is created at the parameter's first step. A tensor that the options ask for later
         (momentum turned on after the first step, e.g. by a cyclic scheduler) is allocated, zeroed,
         when they first do; one they no longer ask for is kept, unused, so turning an option back
-        on resumes from it.
+        on resumes from it. For a shard, per-element state covers this rank's range only
+        (:func:`memplan.sharding.local_state_tensors`), held as a DTensor placed like the
+        parameter; in local sharding mode the shard is a tensor of its own, with the method's
+        default layout for its shape.
         """
         state = self.state[param]
         if "layout" not in state:
             state["step"] = 0
-            state["layout"] = self._layout(group, param, position)
+            local_mode = shard.shape != tuple(param.shape)
+            state["layout"] = (self._default_layout(group, shard.shape) if local_mode
+                               else self._layout(group, param, position))
         dtype_name = str(param.dtype).removeprefix("torch.")
-        for tensor in self.method.state_tensors(tuple(param.shape), dtype_name, self._options(group), state["layout"]):
+        tensors = self.method.state_tensors(shard.shape, dtype_name, self._options(group), state["layout"])
+        if shard.sharded:
+            tensors = local_state_tensors(tensors, shard.shape, shard.rows, shard.shards)
+        device = local_tensor(param).device
+        for tensor in tensors:
             if tensor.key not in state:
-                state[tensor.key] = torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype), device=param.device)
+                zeros = torch.zeros(tensor.shape, dtype=getattr(torch, tensor.dtype), device=device)
+                sharded = shard.sharded and tensor.shard != "replicated"
+                state[tensor.key] = distributed_like(zeros, param, tensor.shard) if sharded else zeros
         return state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """One optimization step; ``closure`` re-evaluates the model and returns the loss."""
+        """One optimization step; ``closure`` re-evaluates the model and returns the loss.
+
+        Sharded parameters reduce their partial statistics in one packed all-reduce per step
+        (see :mod:`memplan.optim.sharding`); :meth:`last_communication` tells what it moved.
+        """
         loss = run_closure(closure)
+        reductions = PartialReductions()
+        finishers = self.begin_step(reductions)
+        reductions.all_reduce()
+        for finish in finishers:
+            finish()
+        self._communication = (reductions.collectives, reductions.bytes_reduced)
+        return loss
+
+    def last_communication(self) -> tuple[int, int]:
+        """The collectives and the bytes (this rank's buffers) that the last step's reduction moved."""
+        return getattr(self, "_communication", (0, 0))
+
+    def begin_step(self, reductions: PartialReductions) -> list[Callable[[], None]]:
+        """The first half of a step: every parameter's range updated (or its statistics gathered),
+        its partial statistics added to ``reductions``; returns what finishes each sharded
+        parameter once they are reduced (:class:`~memplan.optim.planned.PlannedOptimizer` reduces
+        several optimizers' statistics together this way). A parameter this rank holds whole is
+        finished at once, so a single-device step keeps one parameter's temporaries at a time;
+        a sharded step keeps every sharded parameter's partial vectors (the size of the replicated
+        state) until the all-reduce."""
+        finishers = []
         for group in self.param_groups:
+            mode = group.get("sharding", "exact")
             for position, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
@@ -203,22 +244,57 @@ class MemplanOptimizer(torch.optim.Optimizer):
                     raise RuntimeError(f"{type(self).__name__} does not support sparse gradients "
                                        f"({_describe(param, group.get('param_names'), position)}); "
                                        f"densify them with grad.to_dense()")
-                state = self._state(group, param, position)
+                shard = shard_of(param, mode)
+                state = self._state(group, param, position, shard)
                 state["step"] += 1
-                if param.numel() == 0:
+                if math.prod(shard.shape) == 0:
                     continue
-                self._update_row_major(group, param, grad, state)
-        return loss
+                finish = self._step_shard(group, param, grad, state, shard, reductions)
+                if finish is None:
+                    continue
+                if shard.sharded:
+                    finishers.append(finish)
+                else:
+                    finish()  # nothing to reduce: finished now, as a single-device step is
+                finish = None  # so its vectors are freed before the next parameter allocates its own
+        return finishers
 
-    def _update_row_major(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                          state: dict[str, Any]) -> None:
-        """Step ``param`` in its row-major order: layouts and state are defined on that order, so a
-        non-contiguous parameter (channels_last, a slice of a larger tensor) steps through a
-        contiguous copy, written back afterwards, and follows the contiguous parameter's trajectory."""
-        weights = param.contiguous()
-        self._update(group, weights, grad.contiguous(), state)
-        if weights is not param:
-            param.copy_(weights)
+    def _step_shard(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
+                    shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
+        """Step this rank's part of ``param`` in its row-major order: layouts and state are defined on
+        that order, so a non-contiguous parameter (channels_last, a slice of a larger tensor) steps
+        through a contiguous copy, written back once the step is finished, and follows the
+        contiguous parameter's trajectory."""
+        local = local_tensor(param)
+        weights = local.contiguous()
+        finish = self._update_range(group, weights, local_tensor(grad).contiguous(), state, shard, reductions)
+        if weights is local:
+            return finish
+
+        def finish_and_write_back() -> None:
+            if finish is not None:
+                finish()
+            local.copy_(weights)
+
+        if finish is None:
+            finish_and_write_back()
+            return None
+        return finish_and_write_back
+
+    def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                      state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
+        """Update elements ``[shard.start, shard.stop)`` (``weights`` and ``grads``: this rank's
+        contiguous part), add their partial statistics to ``reductions``, and return what finishes
+        the parameter after the reduction (None when nothing is left).
+
+        The default serves methods that only implement :meth:`_update` (the whole tensor at once):
+        they step unsharded and local-mode parameters, and refuse an exact shard.
+        """
+        if shard.sharded:
+            raise NotImplementedError(f"{type(self).__name__} has no sharded step; pass sharding='local' to "
+                                      f"step each rank's shard on its own")
+        self._update(group, weights, grads, state)
+        return None
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:
@@ -314,7 +390,7 @@ def decay_weights(weight: torch.Tensor, group: Mapping[str, Any]) -> None:
 
 def flat_view(tensor: torch.Tensor) -> torch.Tensor:
     """A flat view of a contiguous tensor (parameters and gradients are updated through views;
-    :meth:`MemplanOptimizer.step` hands ``_update`` contiguous ones)."""
+    :meth:`MemplanOptimizer.step` hands ``_update_range`` contiguous ones)."""
     return tensor.view(-1)
 
 

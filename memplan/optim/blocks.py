@@ -51,13 +51,23 @@ def granule_elements(budget_bytes: int | None, bytes_per_element: int) -> int:
 
 
 def partition(view: tuple[int, ...], budget_bytes: int | None, bytes_per_element: int,
-              row_multiple: int = 1) -> list[tuple[Block, list[Block]]]:
+              row_multiple: int = 1, start: int = 0, stop: int | None = None) -> list[tuple[Block, list[Block]]]:
     """The (block, granules) pairs covering ``view``: one block per granule, or one whole-tensor
-    block holding every granule when ``budget_bytes`` is None (unchunked)."""
+    block holding every granule when ``budget_bytes`` is None (unchunked).
+
+    Given ``start`` and ``stop``, only the flat range ``[start, stop)`` of the view is covered (a
+    rank's shard, which may start and end mid-row): always one block per granule then, and
+    ``row_multiple`` does not apply.
+    """
+    total = math.prod(view)
+    stop = total if stop is None else stop
+    if (start, stop) != (0, total):
+        return [(granule, [granule]) for granule in
+                range_blocks(view, start, stop, granule_elements(budget_bytes, bytes_per_element))]
     granules = list(tensor_blocks(view, granule_elements(budget_bytes, bytes_per_element), row_multiple))
     if budget_bytes is not None or not granules:
         return [(granule, [granule]) for granule in granules]
-    whole = Block((), 0, 0, view[0], 0, math.prod(view), tuple(view))
+    whole = Block((), 0, 0, view[0], 0, total, tuple(view))
     return [(whole, granules)]
 
 
@@ -90,21 +100,54 @@ def tensor_blocks(view: tuple[int, ...], max_elements: int, row_multiple: int = 
     yield from _blocks(view, (), 0, 0, max(1, max_elements), row_multiple)
 
 
-def _blocks(view: tuple[int, ...], prefix: tuple[int, ...], axis: int, flat_offset: int,
-            max_elements: int, row_multiple: int) -> Iterator[Block]:
+def range_blocks(view: tuple[int, ...], start: int, stop: int, max_elements: int) -> Iterator[Block]:
+    """Blocks covering the flat range ``[start, stop)`` of ``view`` in order, at most ``max_elements``
+    each (or one run of the last axis).
+
+    A range that starts mid-slice first finishes that slice (recursively, from the innermost
+    axis out), then takes whole slices, then the leading part of the slice where it stops.
+    """
+    if start < stop:
+        yield from _range(view, (), 0, 0, start, stop, max(1, max_elements))
+
+
+def _range(view: tuple[int, ...], prefix: tuple[int, ...], axis: int, flat_offset: int, low: int, high: int,
+           max_elements: int) -> Iterator[Block]:
+    """Blocks of elements ``[low, high)`` (relative to ``flat_offset``) of the slice ``prefix``."""
     slice_elements = math.prod(view[axis + 1:])
-    length = view[axis]
+    first, last = low // slice_elements, (high - 1) // slice_elements
+    if low % slice_elements:
+        inner_offset = flat_offset + first * slice_elements
+        inner_high = min(high, (first + 1) * slice_elements) - first * slice_elements
+        yield from _range(view, (*prefix, first), axis + 1, inner_offset, low - first * slice_elements, inner_high,
+                          max_elements)
+        if first == last:
+            return
+    whole_start, whole_stop = -(-low // slice_elements), high // slice_elements
+    if whole_stop > whole_start:
+        yield from _blocks(view, prefix, axis, flat_offset, max_elements, 1, whole_start, whole_stop)
+    if high % slice_elements and high // slice_elements >= whole_start:
+        index = high // slice_elements
+        yield from _range(view, (*prefix, index), axis + 1, flat_offset + index * slice_elements, 0,
+                          high - index * slice_elements, max_elements)
+
+
+def _blocks(view: tuple[int, ...], prefix: tuple[int, ...], axis: int, flat_offset: int,
+            max_elements: int, row_multiple: int, first: int = 0, last: int | None = None) -> Iterator[Block]:
+    """Blocks of the slices ``first:last`` (all by default) along ``axis`` of the slice ``prefix``."""
+    slice_elements = math.prod(view[axis + 1:])
+    last = view[axis] if last is None else last
     per_block = max_elements // slice_elements
     if axis == 0 and row_multiple > 1:
         per_block = max(row_multiple, per_block // row_multiple * row_multiple)
     if per_block >= 1 or axis == len(view) - 1:
         per_block = max(1, per_block)
-        for start in range(0, length, per_block):
-            stop = min(length, start + per_block)
+        for start in range(first, last, per_block):
+            stop = min(last, start + per_block)
             yield Block(prefix, axis, start, stop, flat_offset + start * slice_elements,
                         flat_offset + stop * slice_elements, (stop - start, *view[axis + 1:]))
         return
-    for index in range(length):
+    for index in range(first, last):
         yield from _blocks(view, (*prefix, index), axis + 1, flat_offset + index * slice_elements,
                            max_elements, row_multiple)
 

@@ -18,7 +18,7 @@ is put back exactly, so the result is the formula's.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -28,6 +28,8 @@ from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimi
                                 block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
                                 working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
+from memplan.optim.sharding import PartialReductions, Shard, local_tensor
+
 _TINY = torch.finfo(torch.float32).tiny
 
 
@@ -53,6 +55,9 @@ class ExtremeTensoring(MemplanOptimizer):
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.
+        sharding: for parameters sharded across ranks (FSDP2): "exact" (the single-device
+            trajectory; partial statistics all-reduced once per step) or "local" (each rank's
+            shard factorized on its own, no communication; depends on the world size).
     """
 
     method = ET1
@@ -60,9 +65,10 @@ class ExtremeTensoring(MemplanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
                  weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, sharding: str = "exact") -> None:
         defaults = dict(lr=lr, eps=eps, beta2=beta2, momentum=momentum, index=index, weight_decay=weight_decay,
-                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
+                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize,
+                        sharding=sharding)
         super().__init__(params, defaults)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
@@ -78,34 +84,64 @@ class ExtremeTensoring(MemplanOptimizer):
     def _layout_source(self, group: Mapping[str, Any]) -> Any:
         return None if isinstance(group["index"], str) else super()._layout_source(group)
 
-    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                state: dict[str, Any]) -> None:
+    def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                      state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
+        """Slice sums of this rank's range now; the update once they are reduced across ranks."""
         index = state["layout"]
         accumulators = [state[f"acc_{axis}"] for axis in range(len(index))]
-        weights, grads = flat_view(param), flat_view(grad)
-        plan = partition(index, block_budget(group, 12 * sum(index)), _bytes_per_element(group, param))
-        alpha = decay_accumulators(accumulators, group["beta2"])
-        for block, granules in plan:
-            _accumulate_block(group, weights, grads, block, granules, accumulators, alpha)
-        scaled, scale, offset = _scaled_factors(accumulators, group["eps"], working_dtype(param.dtype))
-        buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
-        for block, _ in plan:
-            _update_block(group, weights, grads, block, scaled, scale, offset, buffer)
+        weights, grads = flat_view(weights), flat_view(grads)
+        sums = [torch.zeros_like(accumulator) for accumulator in accumulators]
+        accumulate_range(group, weights, grads, sums, shard.start, shard.stop, index)
+        reductions.add(shard, sums)
 
+        def finish() -> None:
+            alpha = decay_accumulators(accumulators, group["beta2"])
+            for accumulator, total in zip(accumulators, sums):
+                accumulator.add_(total, alpha=alpha)
+            scaled, scale, offset = _scaled_factors(accumulators, group["eps"], working_dtype(weights.dtype))
+            buffer = local_tensor(state["momentum_buffer"]).view(-1) if group["momentum"] else None
+            update_range(group, weights, grads, buffer, scaled, scale, offset, shard.start, shard.stop, index)
+
+        return finish
+
+
+def _range_partition(group: Mapping[str, Any], weights: torch.Tensor, start: int, stop: int,
+                     index: tuple[int, ...]) -> list[tuple[Block, list[Block]]]:
+    """The blocks of elements ``[start, stop)`` of ``index`` that both passes walk."""
+    return partition(index, block_budget(group, 12 * sum(index)), _bytes_per_element(group, weights), start=start,
+                     stop=stop)
+
+
+def accumulate_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, sums: list[torch.Tensor],
+                     start: int, stop: int, index: tuple[int, ...]) -> None:
+    """First pass over elements ``[start, stop)`` of the tensor ``index`` (``weights`` and ``grads``
+    hold the range only): add their slice sums of G^2 to the per-axis ``sums``."""
+    for block, granules in _range_partition(group, weights, start, stop, index):
+        _accumulate_block(group, weights, grads, block, granules, sums, start)
+
+
+def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, buffer: torch.Tensor | None,
+                 scaled: list[torch.Tensor], scale: torch.Tensor, offset: torch.Tensor, start: int, stop: int,
+                 index: tuple[int, ...]) -> None:
+    """Second pass over elements ``[start, stop)``: W -= lr * (eps + prod S)^(-1/2p) * G (through
+    the range's momentum ``buffer``, if any), from the replicated :func:`_scaled_factors`."""
+    for block, _ in _range_partition(group, weights, start, stop, index):
+        _update_block(group, weights, grads, block, scaled, scale, offset, buffer, start)
+
+
+# One function per block: its temporaries are freed before the next block allocates its own.
 
 def _accumulate_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
-                      granules: list[Block], accumulators: list[torch.Tensor], alpha: float) -> None:
-    """First pass: add this block's slice sums of G^2 to every axis's accumulator."""
-    window = slice(block.flat_start, block.flat_stop)
+                      granules: list[Block], sums: list[torch.Tensor], start: int) -> None:
+    window = slice(block.flat_start - start, block.flat_stop - start)
     gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
-    reduce_granules((gradient * gradient).view(block.shape), block, granules, accumulators, torch.sum, "add", alpha)
+    reduce_granules((gradient * gradient).view(block.shape), block, granules, sums, torch.sum, "add")
 
 
 def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
                   scaled: list[torch.Tensor], scale: torch.Tensor, offset: torch.Tensor,
-                  buffer: torch.Tensor | None) -> None:
-    """Second pass: W -= lr * (eps + prod S)^(-1/2p) * G on this block (through momentum if any)."""
-    window = slice(block.flat_start, block.flat_stop)
+                  buffer: torch.Tensor | None, start: int) -> None:
+    window = slice(block.flat_start - start, block.flat_stop - start)
     with updating(weights, grads, window, group) as (weight, gradient):
         prefix, views = axis_pieces(scaled, block)
         product = combine_pieces(prefix, views, torch.mul).reshape(-1)
@@ -150,29 +186,37 @@ def _scaled_factors(accumulators: list[torch.Tensor], eps: float, dtype: torch.d
 class ETInfinity(MemplanOptimizer):
     """ET-infinity: one scalar per tensor, s += ||G||^2, W <- W - lr G / sqrt(eps + s).
 
-    With ``beta2``, s <- beta2 s + (1 - beta2) ||G||^2.
+    With ``beta2``, s <- beta2 s + (1 - beta2) ||G||^2. ``sharding`` as for :class:`ExtremeTensoring`.
     """
 
     method = ET_INF
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  weight_decay: float = 0.0, weight_decay_mode: str = "adamw",
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False, sharding: str = "exact") -> None:
         defaults = dict(lr=lr, eps=eps, beta2=beta2, weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
-                        chunk_bytes=chunk_bytes, maximize=maximize)
+                        chunk_bytes=chunk_bytes, maximize=maximize,
+                        sharding=sharding)
         super().__init__(params, defaults)
 
-    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                state: dict[str, Any]) -> None:
-        weights, grads = flat_view(param), flat_view(grad)
+    def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                      state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
+        """This rank's squared norm now; the update once it is summed across ranks."""
+        weights, grads = flat_view(weights), flat_view(grads)
         plan = partition((weights.numel(),), block_budget(group, 0), 16)
-        total = state["sum_sq"]
-        alpha = decay_accumulators([total], group["beta2"])
+        squared_norm = torch.zeros_like(state["sum_sq"])
         for block, granules in plan:
-            _add_squared_norm(group, weights, grads, block, granules, total, alpha)
-        inverse_root = (total + group["eps"]).rsqrt()
-        for block, _ in plan:
-            _scale_block(group, weights, grads, block, inverse_root)
+            _add_squared_norm(group, weights, grads, block, granules, squared_norm)
+        reductions.add(shard, [squared_norm])
+
+        def finish() -> None:
+            total = state["sum_sq"]
+            total.add_(squared_norm, alpha=decay_accumulators([total], group["beta2"]))
+            inverse_root = (total + group["eps"]).rsqrt()
+            for block, _ in plan:
+                _scale_block(group, weights, grads, block, inverse_root)
+
+        return finish
 
 
 def decay_accumulators(accumulators: list[torch.Tensor], beta2: float | None) -> float:
@@ -191,12 +235,12 @@ def _scale_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
 
 
 def _add_squared_norm(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
-                      granules: list[Block], total: torch.Tensor, alpha: float) -> None:
+                      granules: list[Block], total: torch.Tensor) -> None:
     window = slice(block.flat_start, block.flat_stop)
     gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
     for granule in granules:
         part = granule_of(gradient, block, granule)
-        total.add_(torch.dot(part, part), alpha=alpha)
+        total.add_(torch.dot(part, part))
 
 
 __all__ = ["ETInfinity", "ExtremeTensoring", "PRESETS"]

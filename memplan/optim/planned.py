@@ -25,6 +25,7 @@ from memplan.errors import SpecError
 from memplan.methods import build, get_method, parse_spec
 from memplan.methods.spec import MethodSpec
 from memplan.optim.base import MemplanOptimizer, run_closure
+from memplan.optim.sharding import PartialReductions, running_sharding
 from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, torch_policy
 from memplan.plan import Plan, PlanError
 from memplan.profile import ModelProfile, ParamSpec
@@ -53,6 +54,7 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
     named = list(model_or_params.named_parameters() if isinstance(model_or_params, torch.nn.Module)
                  else model_or_params)
     plan.check_model(_profile_of(named, plan))
+    plan.check_world(*running_sharding([param for _, param in named]))
     by_name = dict(named)
     groups: dict[str, list[tuple[str, torch.nn.Parameter, tuple[int, ...] | None]]] = {}
     for entry in plan.entries:
@@ -221,13 +223,28 @@ class PlannedOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        """Evaluate ``closure`` once (if given), then step every inner optimizer."""
+        """Evaluate ``closure`` once (if given), then step every inner optimizer; memplan's reduce
+        the partial statistics of their sharded parameters together, in one packed all-reduce
+        (per reduction kind: sums, and SM3's maxima) for the whole plan."""
         loss = run_closure(closure)
+        reductions = PartialReductions()
+        finishers = []
         for optimizer in self.optimizers:
             # the label torch's hook wrapper would give, so profiles still show each inner step
             with torch.autograd.profiler.record_function(f"Optimizer.step#{type(optimizer).__name__}.step"):
-                _unhooked_step(optimizer)()
+                if isinstance(optimizer, MemplanOptimizer):
+                    finishers.extend(optimizer.begin_step(reductions))
+                else:
+                    _unhooked_step(optimizer)()
+        reductions.all_reduce()
+        for finish in finishers:
+            finish()
+        self._communication = (reductions.collectives, reductions.bytes_reduced)
         return loss
+
+    def last_communication(self) -> tuple[int, int]:
+        """The collectives and the bytes (this rank's buffers) that the last step's reduction moved."""
+        return getattr(self, "_communication", (0, 0))
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict: each parameter's state comes back with its inner optimizer's dtype

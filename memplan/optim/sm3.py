@@ -13,7 +13,7 @@ small per-axis vectors until the pass ends); SM3-I takes two (maxima, then the u
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -22,6 +22,7 @@ from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimi
                                 block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
                                 working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
+from memplan.optim.sharding import PartialReductions, Shard, local_tensor
 
 
 def _bytes_per_element(group: Mapping[str, Any], param: torch.Tensor) -> int:
@@ -44,6 +45,9 @@ class SM3(MemplanOptimizer):
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.
+        sharding: for parameters sharded across ranks (FSDP2): "exact" (the single-device
+            trajectory; partial statistics all-reduced once per step) or "local" (each rank's
+            shard factorized on its own, no communication; depends on the world size).
     """
 
     method = SM3_METHOD
@@ -51,49 +55,83 @@ class SM3(MemplanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, eps: float = 1e-30,
                  variant: str = "II", cover: LayoutSource = None, weight_decay: float = 0.0,
                  weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, sharding: str = "exact") -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, variant=variant, cover=cover, weight_decay=weight_decay,
-                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
+                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize,
+                        sharding=sharding)
         super().__init__(params, defaults)
 
-    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                state: dict[str, Any]) -> None:
+    def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                      state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
+        """SM3-II: the range's update and slice maxima of nu now, the new accumulators once the maxima
+        are reduced across ranks. SM3-I: the range's slice maxima of G^2 now, the update after."""
         view = state["layout"]
         accumulators = [state[f"acc_{axis}"] for axis in range(len(view))]
-        weights, grads = flat_view(param), flat_view(grad)
-        plan = partition(view, block_budget(group, 8 * sum(view)), _bytes_per_element(group, param))
-        new_accumulators = None
+        weights, grads = flat_view(weights), flat_view(grads)
+        maxima = [torch.zeros_like(accumulator) for accumulator in accumulators]
+        buffer = local_tensor(state["momentum_buffer"]).view(-1) if group["momentum"] else None
         if group["variant"] == "I":
-            maxima = [torch.zeros_like(accumulator) for accumulator in accumulators]
-            for block, granules in plan:
-                _add_slice_maxima(group, weights, grads, block, granules, maxima)
-            for accumulator, maximum in zip(accumulators, maxima):
-                accumulator.add_(maximum)
+            slice_maxima_range(group, weights, grads, maxima, shard.start, shard.stop, view)
         else:
-            new_accumulators = [torch.zeros_like(accumulator) for accumulator in accumulators]
-        buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
-        # the minima of slice accumulators are read in the working dtype (a no-op for fp32)
-        readable = [accumulator.to(working_dtype(param.dtype)) for accumulator in accumulators]
-        for block, granules in plan:
-            _update_block(group, weights, grads, block, granules, readable, new_accumulators, buffer)
-        if new_accumulators is not None:
-            for accumulator, new in zip(accumulators, new_accumulators):
-                accumulator.copy_(new)
+            update_range(group, weights, grads, buffer, _readable(accumulators, weights), maxima, shard.start,
+                         shard.stop, view)
+        reductions.add(shard, maxima, op="max")
+
+        def finish() -> None:
+            if group["variant"] == "I":
+                for accumulator, maximum in zip(accumulators, maxima):
+                    accumulator.add_(maximum)
+                update_range(group, weights, grads, buffer, _readable(accumulators, weights), None, shard.start,
+                             shard.stop, view)
+            else:
+                for accumulator, new in zip(accumulators, maxima):
+                    accumulator.copy_(new)
+
+        return finish
+
+
+def _readable(accumulators: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:
+    """The accumulators in the working dtype, where the minima of slice accumulators are read (a
+    no-op for fp32)."""
+    return [accumulator.to(working_dtype(weights.dtype)) for accumulator in accumulators]
+
+
+def _range_partition(group: Mapping[str, Any], weights: torch.Tensor, start: int, stop: int,
+                     view: tuple[int, ...]) -> list[tuple[Block, list[Block]]]:
+    return partition(view, block_budget(group, 8 * sum(view)), _bytes_per_element(group, weights), start=start,
+                     stop=stop)
+
+
+def slice_maxima_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                       maxima: list[torch.Tensor], start: int, stop: int, view: tuple[int, ...]) -> None:
+    """SM3-I's first pass over elements ``[start, stop)`` of ``view`` (``weights`` and ``grads``
+    hold the range only): the maximum of G^2 over every slice, into the per-axis ``maxima``."""
+    for block, granules in _range_partition(group, weights, start, stop, view):
+        _add_slice_maxima(group, weights, grads, block, granules, maxima, start)
+
+
+def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, buffer: torch.Tensor | None,
+                 accumulators: list[torch.Tensor], new_accumulators: list[torch.Tensor] | None, start: int,
+                 stop: int, view: tuple[int, ...]) -> None:
+    """The update of elements ``[start, stop)`` of ``view`` from the replicated ``accumulators``;
+    for SM3-II (``new_accumulators`` given) the range's slice maxima of nu go into them."""
+    for block, granules in _range_partition(group, weights, start, stop, view):
+        _update_block(group, weights, grads, block, granules, accumulators, new_accumulators, buffer, start)
 
 
 def _add_slice_maxima(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
-                      granules: list[Block], maxima: list[torch.Tensor]) -> None:
-    """SM3-I's first pass: the maximum of G^2 over every slice."""
-    window = slice(block.flat_start, block.flat_stop)
+                      granules: list[Block], maxima: list[torch.Tensor], offset: int) -> None:
+    """SM3-I's first pass on one block: the maximum of G^2 over every slice."""
+    window = slice(block.flat_start - offset, block.flat_stop - offset)
     gradient = effective_gradient(grads[window], working_copy(weights[window]), group)
     reduce_granules((gradient * gradient).view(block.shape), block, granules, maxima, torch.amax, "max")
 
 
 def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
                   granules: list[Block], accumulators: list[torch.Tensor],
-                  new_accumulators: list[torch.Tensor] | None, buffer: torch.Tensor | None) -> None:
+                  new_accumulators: list[torch.Tensor] | None, buffer: torch.Tensor | None, offset: int) -> None:
     """nu from the accumulators (plus G^2 and the new slice maxima for SM3-II), then the update."""
-    window = slice(block.flat_start, block.flat_stop)
+    window = slice(block.flat_start - offset, block.flat_stop - offset)
     with updating(weights, grads, window, group) as (weight, gradient):
         nu = combine_pieces(*axis_pieces(accumulators, block), torch.minimum).expand(block.shape)
         if new_accumulators is not None:

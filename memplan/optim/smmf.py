@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
@@ -29,6 +29,7 @@ from memplan.methods.smmf import SMMF_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
                                 block_bytes_per_element, flat_view, learning_rate, updating)
 from memplan.optim.blocks import Block, axis_pieces, partition, reduce_granules
+from memplan.optim.sharding import PartialReductions, Shard, local_tensor
 
 # Packing gathers the low bit of 8 bytes of an int64 word into one byte with shifts and ors (no
 # overflow, and no bool tensors: comparisons and torch.where are several times slower than
@@ -45,9 +46,13 @@ def _sign_table(device: torch.device) -> torch.Tensor:
     return _SIGN_TABLES[device]
 
 
-def unpack_signs(packed: torch.Tensor, count: int) -> torch.Tensor:
-    """The first ``count`` packed signs as fp32 +-1.0; element j of byte i is bit j (little-endian)."""
-    return torch.index_select(_sign_table(packed.device), 0, packed.long()).view(-1)[:count]
+def unpack_signs(packed: torch.Tensor, count: int, offset: int = 0) -> torch.Tensor:
+    """``count`` packed signs from sign ``offset`` of ``packed``, as fp32 +-1.0; sign k is bit k % 8
+    (little-endian) of byte k // 8."""
+    first = offset // 8
+    window = packed[first:(offset + count + 7) // 8]
+    skip = offset - 8 * first
+    return torch.index_select(_sign_table(packed.device), 0, window.long()).view(-1)[skip:skip + count]
 
 
 def byte_signs(positive: torch.Tensor) -> torch.Tensor:
@@ -65,6 +70,33 @@ def pack_signs(positive: torch.Tensor, out: torch.Tensor) -> None:
     for shift in _GATHER_SHIFTS:
         words = words | (words >> shift)
     out.copy_(words.bitwise_and_(0xFF))
+
+
+def store_signs(packed: torch.Tensor, offset: int, positive: torch.Tensor, last: bool) -> None:
+    """Write a flat uint8 vector of 0/1 signs into ``packed`` from sign ``offset`` on, keeping the
+    other signs of bytes it shares with its neighbours (a rank's range, or a block of it, may start
+    and end mid-byte). ``last``: nothing follows in ``packed``, so a trailing byte may be padded."""
+    count = positive.numel()
+    head = min(count, -offset % 8)
+    if head:
+        _merge_bits(packed, offset, positive[:head])
+    body = count - head
+    whole = body if last else body // 8 * 8
+    start = offset + head
+    if whole:
+        pack_signs(positive[head:head + whole], packed[start // 8:(start + whole + 7) // 8])
+    if whole < body:
+        _merge_bits(packed, start + whole, positive[head + whole:])
+
+
+def _merge_bits(packed: torch.Tensor, offset: int, positive: torch.Tensor) -> None:
+    """Set the bits of signs ``offset ... offset + len(positive)`` (all in one byte) to ``positive``."""
+    shift = offset % 8
+    weights = torch.bitwise_left_shift(torch.ones(positive.numel(), dtype=torch.int32, device=packed.device),
+                                       torch.arange(shift, shift + positive.numel(), device=packed.device))
+    bits = (positive.to(torch.int32) * weights).sum()
+    byte = packed[offset // 8:offset // 8 + 1]
+    byte.copy_(byte.to(torch.int32).bitwise_and_(~weights.sum()).bitwise_or_(bits).to(torch.uint8))
 
 
 _SAME_SIZE_INTEGERS = {torch.float32: torch.int32, torch.float64: torch.int64}
@@ -108,6 +140,9 @@ class SMMF(MemplanOptimizer):
             resolved into the list form when the group is added.
         chunk_bytes: bound on the extra memory of one step (None: each tensor in one piece).
         maximize: maximize the objective instead of minimizing.
+        sharding: for parameters sharded across ranks (FSDP2): "exact" (the single-device
+            trajectory; partial statistics all-reduced once per step) or "local" (each rank's
+            shard factorized on its own, no communication; depends on the world size).
     """
 
     method = SMMF_METHOD
@@ -116,61 +151,89 @@ class SMMF(MemplanOptimizer):
                  weight_decay: float = 0.0, decay_rate: float = -0.5, growth_rate: float = 0.999,
                  vector_reshape: bool = True, weight_decay_mode: str = "adamw", sign_bits: int = 1,
                  matricization: LayoutSource = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, sharding: str = "exact") -> None:
         defaults = dict(lr=lr, beta1=beta1, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode,
-                        sign_bits=sign_bits, matricization=matricization, chunk_bytes=chunk_bytes, maximize=maximize)
+                        sign_bits=sign_bits, matricization=matricization, chunk_bytes=chunk_bytes, maximize=maximize,
+                        sharding=sharding)
         super().__init__(params, defaults)
 
-    def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
-                state: dict[str, Any]) -> None:
+    def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                      state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
         step = state["step"]
         beta1 = group["beta1"]
         beta1_t = None if beta1 is None else beta1 * group["growth_rate"] ** (step - 1)
         beta2_t = 1.0 - step ** group["decay_rate"]
         if state["layout"] is None:
-            _update_full(group, param, grad, state, beta1_t, beta2_t)
-        else:
-            _update_factored(group, param, grad, state, beta1_t, beta2_t)
+            _update_full(group, flat_view(weights), flat_view(grads), state, beta1_t, beta2_t)
+            return None
+        return _update_factored(group, flat_view(weights), flat_view(grads), state, shard, reductions,
+                                beta1_t, beta2_t)
 
 
-def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
-                     beta1_t: float | None, beta2_t: float) -> None:
+def _update_factored(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, state: dict[str, Any],
+                     shard: Shard, reductions: PartialReductions, beta1_t: float | None,
+                     beta2_t: float) -> Callable[[], None]:
     """The factored step, computed on scaled moments to save passes over the block:
     S = V_t / (1 - beta2_t) = G^2 + beta2_t / (1 - beta2_t) outer(r_V, c_V) is one addcmul, and
     F = M_t / (1 - beta1_t) = G + beta1_t / (1 - beta1_t) sign * outer(r_M, c_M) is one more; the
     factors (1 - beta) go back into the step size and the new row and column sums, which only
-    vector-sized work touches. (1 - beta2_t) = t^decay_rate > 0 and 1 - beta1_t > 0 always.)"""
-    rows, cols = state["layout"]
+    vector-sized work touches. (1 - beta2_t) = t^decay_rate > 0 and 1 - beta1_t > 0 always.)
+
+    This rank's range is updated now and its partial row and column sums are reduced with every
+    other parameter's; the returned function stores the new factors from the totals."""
     first_moment = beta1_t is not None
     v_scale = 1.0 - beta2_t
     m_scale = 1.0 - beta1_t if first_moment else 1.0
-    step = _FactoredStep(
-        group=group, weights=flat_view(param), grads=flat_view(grad),
-        signs=state["sign"] if first_moment else None,
+    new_v = [torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])]
+    new_m = [torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])] if first_moment else []
+    update_range(
+        group, weights, grads, local_tensor(state["sign"]) if first_moment else None,
         scaled_v=[state["row_v"] * (beta2_t / v_scale), state["col_v"]],
         scaled_m=[state["row_m"] * (beta1_t / m_scale), state["col_m"]] if first_moment else [],
-        new_v=[torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])],
-        new_m=[torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])] if first_moment else [],
-        eps=group["eps"] / math.sqrt(v_scale),
-        step_size=-learning_rate(group) * m_scale / math.sqrt(v_scale),
-    )
-    fixed_bytes = 4 * (rows + cols) * (len(step.new_v) + len(step.new_m) + len(step.scaled_v) + len(step.scaled_m))
-    packed = step.signs is not None and step.signs.dtype == torch.uint8
-    for block, granules in partition((rows, cols), block_budget(group, fixed_bytes), _bytes_per_element(group, param),
-                                     row_multiple=8 if packed else 1):
+        new_v=new_v, new_m=new_m, start=shard.start, stop=shard.stop, layout=state["layout"],
+        eps=group["eps"] / math.sqrt(v_scale), step_size=-learning_rate(group) * m_scale / math.sqrt(v_scale))
+    reductions.add(shard, new_v + new_m)
+
+    def store() -> None:
+        _store_factors(state["row_v"], state["col_v"], new_v, v_scale)
+        if first_moment:
+            _store_factors(state["row_m"], state["col_m"], new_m, m_scale)
+
+    return store
+
+
+def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor | None,
+                 scaled_v: list[torch.Tensor], scaled_m: list[torch.Tensor], new_v: list[torch.Tensor],
+                 new_m: list[torch.Tensor], start: int, stop: int, layout: tuple[int, int], eps: float,
+                 step_size: float) -> None:
+    """SMMF's update of the elements ``[start, stop)`` of an n x m ``layout``: the per-range step
+    that a sharded step runs on each rank (and a kernel may replace).
+
+    ``weights``, ``grads`` and ``signs`` (packed bits, or one bool each) hold the range only (signs
+    packed from the range's own start); ``scaled_v`` and ``scaled_m`` are the replicated previous
+    factors, row factor pre-scaled by beta_t / (1 - beta_t); the range's partial row and column
+    sums of S = V_t / (1 - beta2_t) and |F| = |M_t| / (1 - beta1_t) are added to ``new_v`` and
+    ``new_m``. ``eps`` and ``step_size`` are scaled the same way (see :func:`_update_factored`).
+    """
+    rows, cols = layout
+    step = _FactoredStep(group=group, weights=weights, grads=grads, signs=signs, scaled_v=scaled_v,
+                         scaled_m=scaled_m, new_v=new_v, new_m=new_m, eps=eps, step_size=step_size,
+                         offset=start, stop=stop)
+    fixed_bytes = 4 * (rows + cols) * (len(new_v) + len(new_m) + len(scaled_v) + len(scaled_m))
+    packed = signs is not None and signs.dtype == torch.uint8
+    for block, granules in partition((rows, cols), block_budget(group, fixed_bytes), _bytes_per_element(group, weights),
+                                     row_multiple=8 if packed else 1, start=start, stop=stop):
         step.run(block, granules)
-    _store_factors(state["row_v"], state["col_v"], step.new_v, v_scale)
-    if first_moment:
-        _store_factors(state["row_m"], state["col_m"], step.new_m, m_scale)
 
 
 @dataclass
 class _FactoredStep:
-    """One SMMF step over one parameter: the shared inputs, and the work on one block.
+    """One SMMF step over one range of a parameter: the shared inputs, and the work on one block.
 
     The block's temporaries are locals of :meth:`run`, so they are freed before the next block
-    allocates its own (a loop body would keep the previous block's alive).
+    allocates its own (a loop body would keep the previous block's alive). Blocks' flat offsets
+    are the parameter's; ``offset`` is where the range (and the tensors holding it) starts.
     """
 
     group: Mapping[str, Any]
@@ -183,10 +246,12 @@ class _FactoredStep:
     new_m: list[torch.Tensor]
     eps: float
     step_size: float
+    offset: int
+    stop: int
 
     def run(self, block: Block, granules: list[Block]) -> None:
-        """Decompress, update and recompress one block of rows."""
-        window = slice(block.flat_start, block.flat_stop)
+        """Decompress, update and recompress one block."""
+        window = slice(block.flat_start - self.offset, block.flat_stop - self.offset)
         with updating(self.weights, self.grads, window, self.group) as (weight, gradient):
             gradient = gradient.view(block.shape)
             second = _outer_plus((gradient * gradient), self.scaled_v, block)
@@ -201,19 +266,20 @@ class _FactoredStep:
     def _first_moment(self, block: Block, gradient: torch.Tensor) -> torch.Tensor:
         """F = G + c * sign * outer(r_M, c_M) for this block, from the stored signs."""
         signs = self.signs
-        count = block.flat_stop - block.flat_start
+        start, count = block.flat_start - self.offset, block.flat_stop - block.flat_start
         if signs.dtype == torch.uint8:
-            signed = unpack_signs(signs[block.flat_start // 8:(block.flat_start + count + 7) // 8], count)
+            signed = unpack_signs(signs, count, start)
         else:
-            signed = byte_signs(signs.view(-1)[block.flat_start:block.flat_stop].view(torch.uint8))
+            signed = byte_signs(signs.view(-1)[start:start + count].view(torch.uint8))
         return _outer_plus(gradient, self.scaled_m, block, signed.view(block.shape))
 
     def _store_signs(self, block: Block, positive: torch.Tensor) -> None:
         signs = self.signs
+        start = block.flat_start - self.offset
         if signs.dtype == torch.uint8:
-            pack_signs(positive, signs[block.flat_start // 8:(block.flat_stop + 7) // 8])
+            store_signs(signs, start, positive, last=block.flat_stop == self.stop)
         else:
-            signs.view(-1)[block.flat_start:block.flat_stop].view(torch.uint8).copy_(positive)
+            signs.view(-1)[start:start + positive.numel()].view(torch.uint8).copy_(positive)
 
 
 def _outer_plus(base: torch.Tensor, factors: list[torch.Tensor], block: Block,
@@ -237,12 +303,12 @@ def _store_factors(row: torch.Tensor, col: torch.Tensor, sums: list[torch.Tensor
     normalize_factors_(row, col)
 
 
-def _update_full(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
+def _update_full(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, state: dict[str, Any],
                  beta1_t: float | None, beta2_t: float) -> None:
-    """Vectors kept unfactored (vector_reshape=False): Adam-like moments with SMMF's schedules."""
-    weights, grads = flat_view(param), flat_view(grad)
-    exp_avg_sq = state["exp_avg_sq"].view(-1)
-    exp_avg = state["exp_avg"].view(-1) if beta1_t is not None else None
+    """Vectors kept unfactored (vector_reshape=False): Adam-like moments with SMMF's schedules,
+    elementwise, so a shard steps its range with no reduction."""
+    exp_avg_sq = local_tensor(state["exp_avg_sq"]).view(-1)
+    exp_avg = local_tensor(state["exp_avg"]).view(-1) if beta1_t is not None else None
     for block, _ in partition((weights.numel(),), block_budget(group, 0), 16):
         _full_block(group, weights, grads, exp_avg, exp_avg_sq, block, beta1_t, beta2_t)
 

@@ -190,3 +190,21 @@ def test_outputs_go_into_new_folders_with_the_usual_mode(run_memplan, tmp_path, 
     for name in ("results.csv", "bench.png"):
         assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o644
     assert sorted(path.name for path in (tmp_path / "new").iterdir()) == ["bench.png", "results.csv"]
+
+
+def test_world_size_spawns_ranks_and_compares_every_rank(run_memplan, tiny_profile):
+    """fc.bias (64,) and fc.weight (64, 32) split evenly, conv.weight (8, ...) too, embed (100, 16)
+    in halves: each rank's measured state equals its prediction; came is refused, not run."""
+    result = run_memplan("bench", tiny_profile, "--world-size", "2", "-m", "smmf,sm3:momentum=0.9,came",
+                         "--steps", "1", "--json")
+    assert result.code == 0, result.stderr
+    document = result.json()
+    assert document["world_size"] == 2 and document["backend"] == "gloo"
+    by_method = {record["method"]: record for record in document["results"]}
+    for method in ("smmf", "sm3:momentum=0.9"):
+        record = by_method[method]
+        assert record["exact"] is True and len(record["measured_state_bytes"]) == 2
+        assert record["collectives"] == 1 and record["reduced_bytes"] > 0
+    assert "cannot step sharded" in by_method["came"]["skip_reason"]
+    refused = run_memplan("bench", tiny_profile, "--world-size", "2", "--dtype", "bfloat16")
+    assert refused.code == 2 and "--dtype" in refused.stderr

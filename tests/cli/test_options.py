@@ -16,6 +16,8 @@ SHARED = {
     "--entry": ["analyze", "plan"],
     "--freeze": ["analyze", "plan"],
     "--strip-prefix": ["analyze", "plan"],
+    "--world-size": ["analyze", "plan"],
+    "--sharding": ["analyze", "plan"],
 }
 
 

@@ -3,7 +3,7 @@ import math
 import torch
 from hypothesis import given, settings, strategies as st
 
-from memplan.optim.blocks import CACHE_BLOCK_ELEMENTS, partition, reduce_granules, tensor_blocks
+from memplan.optim.blocks import CACHE_BLOCK_ELEMENTS, partition, range_blocks, reduce_granules, tensor_blocks
 
 views = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=4).map(tuple)
 
@@ -44,3 +44,37 @@ def test_unchunked_is_one_block_of_cache_sized_granules():
     assert len(plan) == 1 and len(plan[0][1]) == 3
     assert [len(granules) for _, granules in partition(view, 2**30, 8)] == [1, 1, 1]
     assert list(tensor_blocks((0, 5), 10)) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(views, st.data(), st.integers(min_value=1, max_value=60))
+def test_range_blocks_tile_a_flat_range_that_starts_and_ends_mid_row(view, data, max_elements):
+    total = math.prod(view)
+    start = data.draw(st.integers(min_value=0, max_value=total))
+    stop = data.draw(st.integers(min_value=start, max_value=total))
+    flat_index = torch.arange(total).view(view)
+    position = start
+    for block in range_blocks(view, start, stop, max_elements):
+        assert block.flat_start == position
+        covered = flat_index[block.prefix][block.start:block.stop] if block.prefix else flat_index[block.start:block.stop]
+        assert covered.reshape(-1).tolist() == list(range(block.flat_start, block.flat_stop))
+        assert math.prod(block.shape) <= max(max_elements, view[-1])
+        position = block.flat_stop
+    assert position == stop
+
+
+@settings(max_examples=50, deadline=None)
+@given(views, st.data())
+def test_slice_sums_of_ranges_add_up_to_the_dense_ones(view, data):
+    """Cut anywhere, the ranges' partial slice sums (as ranks compute them) total the dense sums."""
+    total = math.prod(view)
+    cut = data.draw(st.integers(min_value=0, max_value=total))
+    values = torch.rand(view, dtype=torch.float64)
+    sums = [torch.zeros(d, dtype=torch.float64) for d in view]
+    for start, stop in ((0, cut), (cut, total)):
+        for block, granules in partition(view, 64, 8, start=start, stop=stop):
+            part = values.reshape(-1)[block.flat_start:block.flat_stop].view(block.shape)
+            reduce_granules(part, block, granules, sums, torch.sum, "add")
+    for axis, target in enumerate(sums):
+        others = tuple(a for a in range(len(view)) if a != axis)
+        torch.testing.assert_close(target, values.sum(dim=others) if others else values)

@@ -6,7 +6,7 @@ import torch
 
 from memplan.methods.shapes import square_matricization
 from memplan.optim import SMMF
-from memplan.optim.smmf import byte_signs, pack_signs, positive_signs, unpack_signs
+from memplan.optim.smmf import byte_signs, pack_signs, positive_signs, store_signs, unpack_signs
 
 from . import reference
 from .helpers import assert_close_histories, assert_state_matches_byte_model, gradient_sequence, run
@@ -84,6 +84,24 @@ def test_sign_packing_round_trips_with_bit_j_of_byte_i_for_element_8i_plus_j(cou
     assert packed.tolist() == expected_bytes
     assert torch.equal(unpack_signs(packed, count), positive.float() * 2 - 1)
     assert torch.equal(byte_signs(positive.to(torch.uint8)), positive.float() * 2 - 1)
+
+
+@pytest.mark.parametrize("cuts", [(0, 13, 16, 21, 40), (3, 5, 6, 30, 31, 37), (0, 8, 16), (7, 9)])
+def test_signs_stored_piece_by_piece_from_any_offset_equal_signs_packed_at_once(cuts):
+    """A rank's range, and the blocks of it, may start and end mid-byte: writing the pieces in
+    order gives the bytes that packing the whole run gives, and each piece reads back."""
+    generator = torch.Generator().manual_seed(len(cuts))
+    start, stop = cuts[0], cuts[-1]
+    positive = torch.randint(0, 2, (stop - start,), generator=generator, dtype=torch.uint8)
+    expected = torch.zeros(math.ceil((stop - start) / 8), dtype=torch.uint8)
+    pack_signs(positive, expected)
+    packed = torch.full_like(expected, 0)
+    for low, high in zip(cuts, cuts[1:]):
+        store_signs(packed, low - start, positive[low - start:high - start], last=high == stop)
+    assert torch.equal(packed, expected)
+    for low, high in zip(cuts, cuts[1:]):
+        signs = unpack_signs(packed, high - low, low - start)
+        assert torch.equal(signs, positive[low - start:high - start].float() * 2 - 1)
 
 
 def test_signs_of_floats_follow_greater_than_zero():

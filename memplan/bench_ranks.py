@@ -1,0 +1,301 @@
+"""``memplan bench --world-size N``: every entry measured on N spawned ranks under FSDP2.
+
+The ranks are spawned here (``torch.multiprocessing``; gloo on CPU, NCCL on CUDA, one GPU per
+rank). Each materializes the profile's trainable parameters, shards them with ``fully_shard``
+(dim 0 over the ranks, as training would), gives them sharded random gradients and, per entry,
+measures what :mod:`memplan.bench` measures on one device: the state bytes after the first step
+(per rank), the peak transient bytes of one step and the median step time (each rank's, with a
+barrier before every timed step so the ranks start together; the collective is inside the step).
+The report shows every rank's predicted and measured state bytes and the maximum over ranks.
+
+Predicted step time per rank: the single-device cost model (:func:`memplan.costmodel.predict_seconds`)
+on the census of rank 0's shard shapes, plus the collective term ``collectives x latency +
+bytes / bandwidth``, whose latency and bandwidth the run measures first on the same ranks
+(all-reduces of 4 bytes and of :data:`PROBE_BYTES`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Sequence
+
+from memplan.errors import MemplanError, UsageError
+from memplan.loaders import load_profile
+from memplan.methods import BENCH_METHODS, as_spec, param_state
+from memplan.plan import Plan
+from memplan.profile import ModelProfile
+from memplan.sharding import Sharding, local_shape, row_range
+
+PROBE_BYTES = 4 * 2**20
+"""The all-reduce size that measures the collective bandwidth."""
+
+
+@dataclass(frozen=True)
+class CollectiveModel:
+    """One all-reduce on these ranks: ``latency`` seconds plus ``bytes / bandwidth``."""
+
+    latency: float
+    bandwidth: float
+
+    def seconds(self, collectives: int, reduced_bytes: int) -> float:
+        """Predicted time of a step's collectives."""
+        return collectives * self.latency + reduced_bytes / self.bandwidth
+
+
+@dataclass(frozen=True)
+class RanksResult:
+    """One entry on every rank (sizes in exact bytes, times in ms; lists are per rank)."""
+
+    method: str
+    predicted_state_bytes: list[int] | None
+    measured_state_bytes: list[int] | None
+    peak_transient_bytes: list[int] | None
+    step_ms_median: list[float] | None
+    predicted_step_ms: float | None
+    collectives: int | None
+    reduced_bytes: int | None
+    """Bytes each rank contributes to the step's all-reduces."""
+    skip_reason: str | None = None
+
+    @property
+    def exact(self) -> bool | None:
+        """Whether every rank measured exactly its predicted state bytes."""
+        if self.measured_state_bytes is None or self.predicted_state_bytes is None:
+            return None
+        return self.measured_state_bytes == self.predicted_state_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON record: every per-rank list, and the maximum over ranks."""
+        data = asdict(self)
+        for key in ("predicted_state_bytes", "measured_state_bytes", "peak_transient_bytes", "step_ms_median"):
+            data[f"max_{key}"] = None if data[key] is None else max(data[key])
+        data["exact"] = self.exact
+        return data
+
+
+@dataclass(frozen=True)
+class RanksReport:
+    """Every entry's result on the spawned ranks, and what the run was."""
+
+    world_size: int
+    backend: str
+    profile_name: str
+    steps: int
+    collective: CollectiveModel
+    results: tuple[RanksResult, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``memplan bench --world-size N --json`` document."""
+        return {"world_size": self.world_size, "sharding": "fsdp2", "backend": self.backend,
+                "profile": self.profile_name, "steps": self.steps,
+                "collective": {"latency_s": self.collective.latency, "bandwidth_bytes_per_s": self.collective.bandwidth},
+                "results": [result.to_dict() for result in self.results]}
+
+
+def run_ranks_bench(source: str | Path, world_size: int, specs: Sequence[str] | None = None, device: str = "cpu",
+                    plan: str | Path | None = None, steps: int = 5, warmup: int = 1,
+                    device_profile: str | Path | None = None) -> RanksReport:
+    """Spawn ``world_size`` ranks and measure every method spec (default
+    :data:`memplan.methods.BENCH_METHODS`) and ``plan`` under FSDP2."""
+    if world_size < 2:
+        raise UsageError(f"--world-size must be at least 2 to spawn ranks (got {world_size})")
+    if steps < 1 or warmup < 1:
+        raise UsageError(f"--steps and --warmup must be at least 1 (got {steps} and {warmup})")
+    import torch
+    import torch.multiprocessing as multiprocessing
+
+    if device.startswith("cuda") and torch.cuda.device_count() < world_size:
+        raise UsageError(f"--world-size {world_size} on cuda needs {world_size} GPUs, found "
+                         f"{torch.cuda.device_count()}")
+    profile = load_profile(source)
+    labels = [str(as_spec(spec)) for spec in (specs or BENCH_METHODS)]
+    plan_path = None if plan is None else str(plan)
+    if plan_path is not None:
+        Plan.load(plan_path).check_model(profile)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with tempfile.TemporaryDirectory() as directory:
+        out_path = os.path.join(directory, "ranks.json")
+        job = _Job(profile.to_dict(), labels, plan_path, device, steps, warmup,
+                   None if device_profile is None else str(device_profile), port, out_path)
+        multiprocessing.spawn(_rank_main, args=(world_size, job), nprocs=world_size)
+        with open(out_path) as file:
+            data = json.load(file)
+    results = tuple(RanksResult(**record) for record in data["results"])
+    return RanksReport(world_size, data["backend"], profile.name, steps, CollectiveModel(**data["collective"]),
+                       results)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """What every rank needs (picklable)."""
+
+    profile: dict[str, Any]
+    labels: list[str]
+    plan_path: str | None
+    device: str
+    steps: int
+    warmup: int
+    device_profile: str | None
+    port: int
+    out_path: str
+
+
+def _rank_main(rank: int, world_size: int, job: _Job) -> None:
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(job.port)
+    cuda = job.device.startswith("cuda")
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, rank=rank, world_size=world_size, timeout=timedelta(seconds=300))
+    try:
+        mesh = init_device_mesh("cuda" if cuda else "cpu", (world_size,))
+        profile = ModelProfile.from_dict(job.profile)
+        collective = _measure_collective(dist, torch, torch.device("cuda", rank) if cuda else torch.device("cpu"))
+        results = [_measure(label, profile, job, mesh, rank, world_size, collective) for label in job.labels]
+        if job.plan_path is not None:
+            results.append(_measure(f"plan ({job.plan_path})", profile, job, mesh, rank, world_size, collective,
+                                    Plan.load(job.plan_path)))
+        gathered: list[Any] = [None] * world_size
+        dist.all_gather_object(gathered, results)
+        if rank == 0:
+            merged = [_merge(per_rank) for per_rank in zip(*gathered)]
+            with open(job.out_path, "w") as file:
+                json.dump({"backend": backend, "collective": asdict(collective), "results": merged}, file)
+    finally:
+        dist.destroy_process_group()
+
+
+def _measure_collective(dist: Any, torch: Any, device: Any) -> CollectiveModel:
+    """Latency (a 4-byte all-reduce) and bandwidth (a :data:`PROBE_BYTES` one) on these ranks."""
+
+    def median_seconds(elements: int) -> float:
+        buffer = torch.zeros(elements, device=device)
+        times = []
+        for _ in range(7):
+            dist.barrier()
+            started = time.perf_counter()
+            dist.all_reduce(buffer)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times[2:])
+
+    latency = median_seconds(1)
+    large = median_seconds(PROBE_BYTES // 4)
+    return CollectiveModel(latency, PROBE_BYTES / max(large - latency, 1e-9))
+
+
+def _measure(label: str, profile: ModelProfile, job: _Job, mesh: Any, rank: int, world_size: int,
+             collective: CollectiveModel, plan: Plan | None = None) -> dict[str, Any]:
+    """One entry on this rank: predicted and measured figures, or why it was skipped."""
+    import torch
+    from torch.distributed.fsdp import fully_shard
+
+    from memplan.devices import parse_device
+    from memplan.measure import state_storage_bytes
+
+    sharding = Sharding("fsdp2", world_size)
+    params = profile.trainable_params
+    record: dict[str, Any] = {"method": label}
+    try:
+        predicted = _predicted_rank_bytes(label, plan, params, sharding)
+        module = torch.nn.Module()
+        generator = torch.Generator().manual_seed(0)
+        device = torch.device("cuda", rank) if job.device.startswith("cuda") else torch.device("cpu")
+        for index, spec in enumerate(params):
+            values = torch.randn(spec.shape, generator=generator, dtype=getattr(torch, spec.dtype)) * 0.02
+            module.register_parameter(f"p{index}", torch.nn.Parameter(values.to(device)))
+        fully_shard(module, mesh=mesh)
+        named = [(spec.name, param) for spec, (_, param) in zip(params, module.named_parameters())]
+        for _, param in named:
+            param.grad = torch.empty_like(param)
+            param.grad.to_local().normal_(0.0, 1e-3, generator=torch.Generator(device).manual_seed(rank))
+        if plan is not None:
+            from memplan.optim import from_plan
+
+            optimizer = from_plan(named, plan)
+        else:
+            from memplan.methods import build
+
+            optimizer = build(label, [param for _, param in named], lr=1e-3)
+    except MemplanError as error:
+        return {**record, "skip_reason": str(error)}
+    target = parse_device(job.device if not job.device.startswith("cuda") else f"cuda:{rank}")
+    optimizer.step()
+    measured = state_storage_bytes(optimizer)
+    for _ in range(job.warmup - 1):
+        optimizer.step()
+    times = []
+    for _ in range(job.steps):
+        torch.distributed.barrier()
+        times.append(target.time_steps(optimizer.step, 1, lambda: None)[0])
+    _, peak = target.peak_during(optimizer.step)
+    collectives, reduced = getattr(optimizer, "last_communication", lambda: (0, 0))()
+    return {**record, "predicted_state_bytes": predicted[rank], "measured_state_bytes": measured,
+            "peak_transient_bytes": peak, "step_ms_median": statistics.median(times),
+            "predicted_step_ms": _predicted_ms(label, plan, params, sharding, job, collective, collectives, reduced),
+            "collectives": collectives, "reduced_bytes": reduced}
+
+
+def _predicted_rank_bytes(label: str, plan: Plan | None, params: Sequence[Any], sharding: Sharding) -> list[int]:
+    if plan is not None:
+        if plan.sharding is not None and plan.sharding != sharding:
+            plan.check_world(sharding.world_size, (sharding.kind,))
+        entries = [(entry.shape, param_state(entry.method, entry.shape, entry.dtype, entry.layout).tensors)
+                   for entry in plan.entries]
+        return sharding.rank_state_bytes(entries)
+    return sharding.rank_state_bytes([(param.shape, param_state(label, param.shape, param.dtype).tensors)
+                                      for param in params])
+
+
+def _predicted_ms(label: str, plan: Plan | None, params: Sequence[Any], sharding: Sharding, job: _Job,
+                  collective: CollectiveModel, collectives: int, reduced: int) -> float | None:
+    """Rank 0's compute (the cost model on its shard shapes) plus the collective term; None
+    without a device profile, or for a plan (whose census needs the whole planned optimizer)."""
+    from memplan.census import method_census
+    from memplan.costmodel import predict_seconds, resolve_device_profile
+    from memplan.devices import parse_device
+
+    chosen, _ = resolve_device_profile(parse_device(job.device), job.device_profile)
+    if chosen is None or plan is not None:
+        return None
+    shard_shapes = [(local_shape(param.shape, row_range(param.shape[0], sharding.shards, 0)) if param.shape
+                     else param.shape, param.dtype) for param in params]
+    try:
+        compute = predict_seconds(method_census(label, shard_shapes, chosen.cache_bytes), chosen).seconds
+    except Exception:  # a third-party optimizer that cannot step on the meta device
+        return None
+    return 1e3 * (compute + collective.seconds(collectives, reduced))
+
+
+def _merge(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One entry's records from every rank as one :class:`RanksResult` record."""
+    first = per_rank[0]
+    skipped = next((record["skip_reason"] for record in per_rank if "skip_reason" in record), None)
+    if skipped is not None:
+        return {"method": first["method"], "predicted_state_bytes": None, "measured_state_bytes": None,
+                "peak_transient_bytes": None, "step_ms_median": None, "predicted_step_ms": None,
+                "collectives": None, "reduced_bytes": None, "skip_reason": skipped}
+    return {"method": first["method"],
+            **{key: [record[key] for record in per_rank] for key in ("predicted_state_bytes", "measured_state_bytes",
+                                                                     "peak_transient_bytes")},
+            "step_ms_median": [record["step_ms_median"] for record in per_rank],
+            "predicted_step_ms": first["predicted_step_ms"], "collectives": first["collectives"],
+            "reduced_bytes": first["reduced_bytes"], "skip_reason": None}
+
+
+__all__ = ["CollectiveModel", "RanksReport", "RanksResult", "run_ranks_bench"]

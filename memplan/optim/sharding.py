@@ -1,0 +1,181 @@
+"""The mechanics of a sharded step: which flat range of a parameter this rank holds, and the one
+packed reduction of every parameter's partial statistics.
+
+Under FSDP2 a parameter is a DTensor sharded along dim 0 (``Shard(0)``, on a 1-D mesh, or on the
+shard dim of HSDP's replicate x shard mesh): this rank holds rows ``[a, b)``, i.e. the contiguous
+flat range ``[a * rest, b * rest)`` of the parameter's row-major order, which in a method's view
+(SMMF's n x m matricization, ET's tensor index) generally starts and ends mid-row. memplan's
+optimizers update that range, accumulating its partial slice statistics (row and column sums,
+axis sums, SM3's maxima) into replicated vectors; :class:`PartialReductions` then all-reduces the
+partial vectors of every parameter at once, one packed buffer per reduction (sum, max) and
+process group, and every rank finishes the replicated factors identically ("exact" sharding).
+
+``sharding="local"`` instead treats each rank's shard as a tensor of its own: no communication,
+but the factorization (and so the trajectory) depends on the world size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from memplan.methods.shapes import numel
+from memplan.sharding import row_range
+
+SHARDING_MODES = ("exact", "local")
+"""How memplan's optimizers treat a sharded parameter: as the whole tensor it is a shard of
+(partial statistics reduced across ranks), or as a tensor of its own (no communication)."""
+
+REDUCE_OPS = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part of one parameter this rank updates: elements ``[start, stop)`` (rows ``rows`` of
+    dim 0) of a tensor of ``shape`` (the logical tensor the method factorizes), sharded
+    ``shards`` ways over ``group`` (None: this rank holds the whole tensor, no reduction)."""
+
+    start: int
+    stop: int
+    shape: tuple[int, ...]
+    rows: tuple[int, int] = (0, 0)
+    shards: int = 1
+    group: Any = None
+
+    @property
+    def sharded(self) -> bool:
+        """Whether other ranks hold other parts of the tensor (whose statistics are reduced)."""
+        return self.group is not None
+
+    @property
+    def count(self) -> int:
+        """Elements this rank holds."""
+        return self.stop - self.start
+
+
+
+def is_distributed(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor."""
+    return hasattr(tensor, "device_mesh") and hasattr(tensor, "to_local")
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's part of a DTensor (a view that updates it in place), or the tensor itself."""
+    return tensor.to_local() if is_distributed(tensor) else tensor
+
+
+def shard_of(param: torch.Tensor, mode: str = "exact") -> Shard:
+    """This rank's :class:`Shard` of ``param``: the whole tensor for a plain tensor; for a DTensor
+    sharded along dim 0 on one mesh dimension (replicated on any others), its row range and the
+    process group of that mesh dimension; for ``mode="local"`` the local shard as a tensor of its own.
+
+    Other placements (a shard along another dim, a partial tensor, several shard dims) are refused
+    in exact mode with a message naming ``sharding="local"``.
+    """
+    if not is_distributed(param):
+        return Shard(0, param.numel(), tuple(param.shape))
+    local = param.to_local()
+    if mode == "local":
+        return Shard(0, local.numel(), tuple(local.shape))
+    from torch.distributed.tensor import Replicate, Shard as ShardPlacement
+
+    placements = tuple(param.placements)
+    shard_dims = [mesh_dim for mesh_dim, placement in enumerate(placements) if isinstance(placement, ShardPlacement)]
+    allowed = all(isinstance(placement, (Replicate, ShardPlacement)) for placement in placements)
+    if not allowed or len(shard_dims) > 1 or any(placements[mesh_dim].dim != 0 for mesh_dim in shard_dims):
+        raise ValueError(f"memplan's exact sharded step needs parameters sharded along dim 0 on one mesh "
+                         f"dimension (FSDP2 or HSDP), got placements {placements}; pass sharding='local' to "
+                         f"factorize each rank's shard on its own")
+    shape = tuple(param.shape)
+    if not shard_dims:
+        return Shard(0, numel(shape), shape)
+    mesh, mesh_dim = param.device_mesh, shard_dims[0]
+    shards = mesh.size(mesh_dim)
+    # Shard(0) splits dim 0 as torch.chunk does (memplan.sharding.row_range; tested against DTensor)
+    rows = row_range(shape[0], shards, mesh.get_local_rank(mesh_dim))
+    if rows[1] - rows[0] != local.shape[0]:
+        raise ValueError(f"a shard of {rows[1] - rows[0]} rows was expected, the local tensor has {local.shape[0]}: "
+                         f"pass sharding='local' for this layout")
+    per_row = numel(shape[1:])
+    return Shard(rows[0] * per_row, rows[1] * per_row, shape, rows, shards, mesh.get_group(mesh_dim))
+
+
+def distributed_like(local: torch.Tensor, param: torch.Tensor, shard_kind: str) -> torch.Tensor:
+    """``local`` (a rank's part of a per-element state tensor) as a DTensor placed like ``param``:
+    of the parameter's shape for "elements", of ``shards x len(local)`` bytes for packed "bits".
+    Checkpoints (torch.distributed.checkpoint) then save and reshard it like the parameter."""
+    from torch.distributed.tensor import DTensor
+
+    if shard_kind == "elements":
+        shape = tuple(param.shape)
+    else:
+        shards = math.prod(param.device_mesh.size(dim) for dim, placement in enumerate(param.placements)
+                           if placement.is_shard())
+        shape = (shards * local.numel(),)
+    stride = torch.empty(shape, device="meta").stride()
+    return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=shape, stride=stride)
+
+
+def running_sharding(params: list[torch.Tensor]) -> tuple[int, tuple[str, ...]]:
+    """The world size and the shardings (:data:`memplan.sharding.SHARDINGS`) that ``params`` and the
+    process group can be: fsdp2 or hsdp (by the mesh) for DTensors, with the shard count; ddp or
+    zero1 for plain tensors in a process group of several ranks; one process otherwise."""
+    from torch.distributed.tensor import Replicate
+
+    for param in params:
+        if is_distributed(param):
+            placements = tuple(param.placements)
+            shards = math.prod(param.device_mesh.size(dim) for dim, placement in enumerate(placements)
+                               if placement.is_shard())
+            replicated = any(isinstance(placement, Replicate) for placement in placements)
+            return shards, ("hsdp",) if replicated else ("fsdp2",)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return dist.get_world_size(), ("ddp", "zero1")
+    return 1, ("ddp", "zero1", "fsdp2", "hsdp")
+
+
+@dataclass
+class PartialReductions:
+    """Partial statistics of one step's sharded parameters, all-reduced together.
+
+    Optimizers :meth:`add` the replicated-size vectors their range filled (zeros where it
+    touched nothing); :meth:`all_reduce` packs all vectors of one reduction, process group and
+    dtype into one buffer, reduces it once, and writes the totals back in place.
+    """
+
+    pending: dict[tuple[Any, str, torch.dtype], list[torch.Tensor]] = field(default_factory=dict)
+    collectives: int = 0
+    """Collectives the last :meth:`all_reduce` issued."""
+    bytes_reduced: int = 0
+    """Bytes of the buffers the last :meth:`all_reduce` reduced (each rank's contribution)."""
+
+    def add(self, shard: Shard, tensors: list[torch.Tensor], op: str = "sum") -> None:
+        """Reduce ``tensors`` (``op``: "sum" or "max") over the shard's group at :meth:`all_reduce`;
+        nothing to do for a shard that needs no reduction."""
+        if shard.group is None:
+            return
+        for tensor in tensors:
+            self.pending.setdefault((shard.group, op, tensor.dtype), []).append(tensor)
+
+    def all_reduce(self) -> None:
+        """One all-reduce per (group, reduction, dtype) of everything added; then empty."""
+        self.collectives = 0
+        self.bytes_reduced = 0
+        for (group, op, _), tensors in self.pending.items():
+            packed = torch.cat([tensor.reshape(-1) for tensor in tensors])
+            dist.all_reduce(packed, op=REDUCE_OPS[op], group=group)
+            offset = 0
+            for tensor in tensors:
+                tensor.copy_(packed[offset:offset + tensor.numel()].view(tensor.shape))
+                offset += tensor.numel()
+            self.collectives += 1
+            self.bytes_reduced += packed.numel() * packed.element_size()
+        self.pending = {}
+
+
+__all__ = ["PartialReductions", "SHARDING_MODES", "Shard", "distributed_like", "is_distributed", "local_tensor",
+           "running_sharding", "shard_of"]
