@@ -8,7 +8,7 @@ for every workload and combines them, per prior key:
   workloads' disagreement, sqrt((se_1^2 + ... + se_k^2) / k^2 + var_between / k), so that a method
   whose measured advantage does not carry across workloads counts as noise;
 - lr_ratio: the geometric mean over workloads;
-- roles: the mean of the roles each workload measured;
+- roles: the mean (and standard error, as for the quality) of the roles each workload measured;
 - the extreme-tensoring curve: per ET preset, the mean depth and the mean quality.
 
 The calibrated-quality constants are kept from the current file. Usage::
@@ -64,12 +64,15 @@ def combine(documents: dict[str, dict]) -> dict:
         ratios = [entry["lr_ratio"] for entry in measured.values() if "lr_ratio" in entry]
         if ratios:
             entry["lr_ratio"] = float(f"{math.exp(statistics.fmean(math.log(r) for r in ratios)):.3g}")
-        roles: dict[str, list[float]] = {}
+        roles: dict[str, list[tuple[float, float]]] = {}
         for item in measured.values():
             for role, value in (item.get("roles") or {}).items():
-                roles.setdefault(role, []).append(value["quality"] if isinstance(value, dict) else value)
+                roles.setdefault(role, []).append((value["quality"], value.get("std", 0.0)) if isinstance(value, dict)
+                                                  else (value, 0.0))
         if roles:
-            entry["roles"] = {role: round(statistics.fmean(values), 4) for role, values in roles.items()}
+            entry["roles"] = {role: {"quality": round(statistics.fmean(q for q, _ in values), 4),
+                                     "std": round(_mean_se([q for q, _ in values], [e for _, e in values]), 4)}
+                              for role, values in roles.items()}
         entry["evidence"] = "; ".join(f"{name}: {item['quality']:+.3f}" + (f" ± {item['std']:.3f}" if "std" in item else "")
                                       + f" ({item['evidence'].split(': ', 1)[0]})" for name, item in measured.items())
         methods[key] = entry
@@ -95,7 +98,7 @@ def main() -> None:
                  for path in sorted(RESULTS.glob("*_priors.yaml"))}
     if len(documents) < 2:
         raise SystemExit(f"need the measured priors of at least two workloads in {RESULTS}")
-    text = HEADER.format(workloads=", ".join(documents)) + yaml.safe_dump(combine(documents), sort_keys=False, width=110)
+    text = HEADER.format(workloads=", ".join(documents)) + yaml.safe_dump(combine(documents), sort_keys=False, width=110, allow_unicode=True)
     BUNDLED.write_text(text)
     print(f"wrote {BUNDLED} from {', '.join(documents)}")
 

@@ -130,8 +130,8 @@ def summary() -> None:
         for measured in names:
             if fitted == measured:
                 continue
-            merged = _qualities(tables[fitted]).join(_qualities(tables[measured]), lsuffix="_fit", rsuffix="_test",
-                                                     how="inner").dropna()
+            merged = _qualities(tables[fitted]).add_suffix("_fit").join(_qualities(tables[measured]).add_suffix("_test"),
+                                                                           how="inner").dropna()
             rho = merged["quality_fit"].rank().corr(merged["quality_test"].rank())
             print(f"\nSpearman (priors of {fitted} vs measured on {measured}, {len(merged)} methods): {rho:.3f}")
 

@@ -94,10 +94,11 @@ def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Prio
 
 
 def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candidate]:
-    """The candidates with each one's quality capped at that of any cheaper candidate it does not
-    beat by more than ``z`` combined standard errors: a method within noise of a cheaper one
-    should lose to it, and after the cap :func:`prune` drops it (ties go to fewer bytes).
-    Candidates without a recorded spread compare as before."""
+    """The candidates with each one's quality capped at that of any cheaper candidate, measured at
+    least as precisely, that it does not beat by more than ``z`` combined standard errors: a method
+    within noise of a cheaper one should lose to it, and after the cap :func:`prune` drops it (ties
+    go to fewer bytes). A cheaper candidate whose own spread is the larger does not cap (its mean is
+    what is in doubt), and candidates without a recorded spread compare as before."""
     ordered = sorted(candidates, key=lambda c: c.charged_bytes)
     settled: list[Candidate] = []
     for candidate in ordered:
@@ -106,7 +107,8 @@ def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candid
             if cheaper.charged_bytes >= candidate.charged_bytes:
                 continue
             noise = z * math.hypot(candidate.quality_std, cheaper.quality_std)
-            if noise > 0 and candidate.quality - cheaper.quality <= noise:
+            # a cheaper quality less precise than this one's cannot set it: its mean is the doubtful one
+            if noise > 0 and cheaper.quality_std <= candidate.quality_std and candidate.quality - cheaper.quality <= noise:
                 quality = min(quality, cheaper.quality)
         settled.append(candidate if quality == candidate.quality else replace(candidate, quality=quality))
     return settled

@@ -123,11 +123,19 @@ def test_measured_noise_changes_the_plan(tmp_path):
 
     profile = load_profile("gpt2")
     quiet, noisy = tmp_path / "quiet.yaml", tmp_path / "noisy.yaml"
-    quiet.write_text("methods:\n  smmf: {quality: 0.9}\n  smmf_no_momentum: {quality: 0.88}\n")
-    noisy.write_text("methods:\n  smmf: {quality: 0.9, std: 0.03}\n  smmf_no_momentum: {quality: 0.88, std: 0.03}\n")
+    quiet.write_text("methods:\n  smmf: {quality: 0.9, roles: {}}\n  smmf_no_momentum: {quality: 0.88, roles: {}}\n")
+    noisy.write_text("methods:\n  smmf: {quality: 0.9, std: 0.03, roles: {}}\n  smmf_no_momentum: {quality: 0.88, std: 0.03, roles: {}}\n")
     budget = 64 * 2**20
     precise = make_plan(profile, budget, methods=["smmf"], priors_path=str(quiet))
     uncertain = make_plan(profile, budget, methods=["smmf"], priors_path=str(noisy))
     assert any(entry.method == "smmf" and entry.layout is not None for entry in precise.entries)
     # within noise of each other, the cheaper state (no first moment) wins wherever the layouts compete
     assert uncertain.state_bytes < precise.state_bytes
+
+
+def test_a_cheaper_candidate_measured_less_precisely_does_not_cap_a_precise_one():
+    from memplan.search import Candidate, within_noise
+
+    noisy_cheap = Candidate("a", None, 10, 0, "none", "float32", -0.8, quality_std=5.0)
+    precise = Candidate("b", None, 20, 0, "none", "float32", 2.4, quality_std=0.1)
+    assert [c.quality for c in within_noise([noisy_cheap, precise])] == [-0.8, 2.4]
