@@ -14,6 +14,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+PAPER_PRIORS = str(REPO / "tests" / "fixtures" / "paper_priors.yaml")
+"""The papers' priors: tests of the planner's mechanics plan with them, so that refitting the
+measured bundled priors does not move them."""
+
 
 @dataclass
 class CliResult:

@@ -5,11 +5,12 @@ from memplan.loaders import load_profile
 from memplan.plan import Plan, PlanError, PlanPrediction
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.planner import make_plan
+from tests.conftest import PAPER_PRIORS
 
 
 @pytest.fixture(scope="module")
 def gpt2_plan():
-    return make_plan(load_profile("gpt2"), 64 * 2**20)
+    return make_plan(load_profile("gpt2"), 64 * 2**20, priors_path=PAPER_PRIORS)
 
 
 def test_yaml_round_trip_is_identical(gpt2_plan, tmp_path):

@@ -9,7 +9,8 @@ def test_bundled_priors_are_on_the_adam_sgd_scale_and_keep_their_structure():
     assert priors.quality("adam", {}, (10, 10), None) == 1.0
     assert priors.quality("sgd", {"momentum": 0.0}, (10, 10), None) == 0.0
     assert priors.adam_lr is None  # model-independent: plans start from Adam's default rate
-    assert priors.depth_quality(1.5) == pytest.approx((priors.depth_quality(1) + priors.depth_quality(2)) / 2)
+    (low, low_quality), (high, high_quality) = priors.et_curve[:2]
+    assert priors.depth_quality((low + high) / 2) == pytest.approx((low_quality + high_quality) / 2)
     assert priors.quality("et", {}, (64, 64, 3, 3), (64, 64, 9)) == priors.depth_quality(1.0)
     for key, entry in priors.methods.items():
         assert entry.lr_ratio is None or entry.lr_ratio > 0, key
@@ -19,7 +20,8 @@ def test_a_format_1_file_still_reads(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("memplan_priors: 1\nmethods:\n  adagrad: {quality: 0.7, evidence: a paper}\n")
     priors = load_priors(path)
-    assert priors.methods["adagrad"].quality == 0.7 and priors.methods["adagrad"].lr_ratio is None
+    assert priors.methods["adagrad"].quality == 0.7  # the bundled lr_ratio stays: only the fields given change
+    assert priors.methods["adagrad"].lr_ratio == load_priors().methods["adagrad"].lr_ratio
 
 
 def test_measured_entries_give_roles_spreads_and_ratios(tmp_path):
@@ -35,7 +37,7 @@ def test_measured_entries_give_roles_spreads_and_ratios(tmp_path):
     assert priors.quality("smmf", {"beta1": 0.9}, (10,), (2, 5), role="vector") == 0.4
     assert priors.quality("smmf", {"beta1": 0.9}, (10, 10), (10, 10), role="matrix") == 0.8  # not probed
     assert priors.quality_std("smmf", "embedding") == 0.1 and priors.quality_std("smmf") == 0.05
-    assert priors.lr_ratio("smmf") == 2.5 and priors.lr_ratio("adam") is None
+    assert priors.lr_ratio("smmf") == 2.5 and priors.lr_ratio("adam") == 1.0
     # ET takes its quality from the depth curve, moved by what a role measured against the family's entry
     curve = priors.depth_quality(1.0)
     assert priors.quality("et", {}, (8, 8), (8, 8), role="matrix") == pytest.approx(curve - 0.2)

@@ -10,6 +10,8 @@ from memplan.profile import ModelProfile, ParamSpec
 from memplan.planner import make_plan, plan_search, traffic_seconds
 from memplan.search import candidates_for, expand_methods, prune
 from tests.test_mckp import brute_force
+from tests.conftest import PAPER_PRIORS
+from memplan.priors import load_priors
 
 SHAPES = [(7,), (64,), (768,), (30, 20), (64, 3, 3, 3), (128, 64, 1, 1), (256, 512), (1000, 37), ()]
 
@@ -74,20 +76,21 @@ def test_infeasible_budgets_name_the_smallest_size_and_the_heaviest_parameters()
 
 
 def test_gpt2_at_64_mib_fits_and_spends_the_budget_sensibly():
-    choice = plan_search(load_profile("gpt2"), 64 * 2**20)
+    choice = plan_search(load_profile("gpt2"), 64 * 2**20, priors=load_priors(PAPER_PRIORS))
     assert 0.9 * 64 * 2**20 <= choice.state_bytes <= 64 * 2**20
     assert all(c.spec != "sgd" for c in choice.picks.values())
     left = 64 * 2**20 - choice.state_bytes
     for spec in load_profile("gpt2").trainable_params:  # no single upgrade still fits and helps
         current = choice.picks[spec.name]
-        for other in candidates_for(spec, expand_methods(PLAN_METHODS), load_priors()):
+        for other in candidates_for(spec, expand_methods(PLAN_METHODS), load_priors(PAPER_PRIORS)):
             assert not (other.quality > current.quality and other.state_bytes - current.state_bytes <= left)
 
 
 def test_a_time_weight_trades_quality_for_traffic():
     profile = load_profile("resnet18-cifar")
-    slow = plan_search(profile, 2**30, seconds=traffic_seconds())
-    fast = plan_search(profile, 2**30, time_weight=1.0, seconds=traffic_seconds())
+    paper = load_priors(PAPER_PRIORS)
+    slow = plan_search(profile, 2**30, priors=paper, seconds=traffic_seconds())
+    fast = plan_search(profile, 2**30, priors=paper, time_weight=1.0, seconds=traffic_seconds())
     traffic = lambda choice: sum(c.bytes_moved for c in choice.picks.values())
     assert traffic(fast) < traffic(slow) and fast.quality <= slow.quality
 

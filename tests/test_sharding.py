@@ -12,6 +12,7 @@ from memplan.methods import param_state
 from memplan.plan import Plan, PlanError
 from memplan.planner import make_plan
 from memplan.sharding import Sharding, local_shape, rank_state_tensors, row_range, zero1_owners
+from tests.conftest import PAPER_PRIORS
 
 
 @settings(max_examples=200, deadline=None)
@@ -58,7 +59,7 @@ def gpt2():
 @pytest.mark.parametrize("kind", ["fsdp2", "hsdp", "ddp", "zero1"])
 def test_a_per_rank_plan_keeps_every_rank_within_the_budget_and_round_trips(gpt2, kind, tmp_path):
     budget = 2 * 2**20
-    plan = make_plan(gpt2, budget, sharding=Sharding(kind, 4))
+    plan = make_plan(gpt2, budget, priors_path=PAPER_PRIORS, sharding=Sharding(kind, 4))
     assert len(plan.rank_state_bytes) == 4
     assert max(plan.rank_state_bytes) <= budget
     if kind != "ddp":
@@ -68,12 +69,12 @@ def test_a_per_rank_plan_keeps_every_rank_within_the_budget_and_round_trips(gpt2
 
 
 def test_fsdp2_plans_avoid_optimizers_that_cannot_step_dtensors(gpt2):
-    plan = make_plan(gpt2, 64 * 2**20, methods=["adafactor", "came", "smmf", "adam"], sharding=Sharding("fsdp2", 2))
+    plan = make_plan(gpt2, 64 * 2**20, methods=["adafactor", "came", "smmf", "adam"], priors_path=PAPER_PRIORS, sharding=Sharding("fsdp2", 2))
     assert {entry.method.split(":")[0] for entry in plan.entries} <= {"smmf", "adam"}
 
 
 def test_fsdp2_ranks_hold_what_rank_state_tensors_gives(gpt2):
-    plan = make_plan(gpt2, 8 * 2**20, sharding=Sharding("fsdp2", 3))
+    plan = make_plan(gpt2, 8 * 2**20, priors_path=PAPER_PRIORS, sharding=Sharding("fsdp2", 3))
     for rank in range(3):
         expected = sum(tensor.nbytes for entry in plan.entries
                        for tensor in rank_state_tensors(param_state(entry.method, entry.shape, entry.dtype,
@@ -82,7 +83,7 @@ def test_fsdp2_ranks_hold_what_rank_state_tensors_gives(gpt2):
 
 
 def test_a_tampered_per_rank_total_is_refused(gpt2, tmp_path):
-    plan = make_plan(gpt2, 4 * 2**20, sharding=Sharding("fsdp2", 2))
+    plan = make_plan(gpt2, 4 * 2**20, priors_path=PAPER_PRIORS, sharding=Sharding("fsdp2", 2))
     data = plan.to_dict()
     data["sharding"]["rank_state_bytes"][1] += 1
     with pytest.raises(PlanError, match="rank_state_bytes"):
@@ -91,7 +92,7 @@ def test_a_tampered_per_rank_total_is_refused(gpt2, tmp_path):
 
 def test_a_per_rank_budget_too_small_is_infeasible(gpt2):
     with pytest.raises(BudgetError):
-        make_plan(gpt2, 1000, methods=["smmf"], sharding=Sharding("fsdp2", 2))
+        make_plan(gpt2, 1000, methods=["smmf"], priors_path=PAPER_PRIORS, sharding=Sharding("fsdp2", 2))
 
 
 def test_cli_plans_and_analyzes_per_rank(run_memplan):

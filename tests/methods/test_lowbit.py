@@ -15,6 +15,7 @@ from memplan.methods import state_bytes
 from memplan.optim import from_plan
 from memplan.planner import make_plan
 from memplan.profile import ModelProfile, ParamSpec
+from tests.conftest import PAPER_PRIORS
 
 pytest.importorskip("torchao")
 
@@ -35,7 +36,7 @@ def test_a_low_bit_plan_trains_with_exact_state_and_benches_exactly():
     profile = ModelProfile("mlp", "test", tuple(ParamSpec(name, tuple(param.shape))
                                                 for name, param in model.named_parameters()))
     budget = sum(state_bytes("adamw8bit", spec.shape) for spec in profile.params)
-    plan = make_plan(profile, budget, methods=["adamw8bit", "sgd"])
+    plan = make_plan(profile, budget, methods=["adamw8bit", "sgd"], priors_path=PAPER_PRIORS)
     assert {entry.method for entry in plan.entries} == {"adamw8bit"}
 
     optimizer = from_plan(model, plan, lr=1e-2)

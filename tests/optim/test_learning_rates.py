@@ -9,6 +9,7 @@ from memplan.optim.planned import from_plan
 from memplan.plan import Plan
 from memplan.planner import assigned_plan
 from memplan.profile import ModelProfile, ParamSpec
+from memplan.priors import load_priors
 
 
 def model_and_profile():
@@ -37,7 +38,7 @@ def test_without_lr_the_plan_trains_at_its_own_rates():
     model, plan = mixed_plan({"smmf": 0.5}, learning_rate=2e-3)
     rates = group_rates(from_plan(model, plan))
     assert rates["adam"] == 2e-3 and rates["smmf"] == pytest.approx(1e-3)
-    assert rates["et2"] == pytest.approx(2e-3 * get_method("et2").lr_ratio)  # no measured ratio: the method's default
+    assert rates["et2"] == pytest.approx(2e-3 * load_priors().lr_ratio("et"))  # the bundled priors' measured ratio
     assert group_rates(from_plan(model, plan, lr_scale=0.5))["smmf"] == pytest.approx(5e-4)
 
 

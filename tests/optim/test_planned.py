@@ -10,6 +10,7 @@ from memplan.measure import state_storage_bytes
 from memplan.optim import from_plan
 from memplan.plan import Plan, PlanError
 from memplan.planner import make_plan
+from tests.conftest import PAPER_PRIORS
 
 
 class Net(torch.nn.Module):
@@ -25,7 +26,7 @@ class Net(torch.nn.Module):
 
 def plan_for(model, budget, methods=None):
     kwargs = {"methods": methods} if methods else {}
-    plan = make_plan(profile_from_module(model, "net", "test"), budget, **kwargs)
+    plan = make_plan(profile_from_module(model, "net", "test"), budget, priors_path=PAPER_PRIORS, **kwargs)
     return Plan.from_yaml(plan.to_yaml())
 
 
@@ -84,7 +85,8 @@ def test_schedulers_closures_and_resume_work_as_on_any_optimizer():
 def test_learning_rates_and_overrides():
     model = Net()
     plan = plan_for(model, 10**6)
-    assert {group["lr"] for group in from_plan(model, plan, lr=0.05).param_groups} == {0.05}
+    for group in from_plan(model, plan, lr=0.05).param_groups:  # an Adam-equivalent rate, times each ratio
+        assert group["lr"] == pytest.approx(0.05 * plan.lr_ratio(group["method"]))
     optimizer = from_plan(model, plan, weight_decay=0.01)
     assert {group["weight_decay"] for group in optimizer.param_groups} == {0.01}
     with pytest.raises(SpecError, match="no planned method takes 'colour'"):
