@@ -214,11 +214,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
         """
         loss = run_closure(closure)
         reductions = PartialReductions()
-        finishers = self.begin_step(reductions)
-        reductions.all_reduce()
-        for finish in finishers:
-            finish()
-        self._communication = (reductions.collectives, reductions.bytes_reduced)
+        self._communication = reductions.finish(self.begin_step(reductions))
         return loss
 
     def last_communication(self) -> tuple[int, int]:

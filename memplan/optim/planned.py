@@ -236,10 +236,7 @@ class PlannedOptimizer(torch.optim.Optimizer):
                     finishers.extend(optimizer.begin_step(reductions))
                 else:
                     _unhooked_step(optimizer)()
-        reductions.all_reduce()
-        for finish in finishers:
-            finish()
-        self._communication = (reductions.collectives, reductions.bytes_reduced)
+        self._communication = reductions.finish(finishers)
         return loss
 
     def last_communication(self) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -160,6 +160,14 @@ class PartialReductions:
             return
         for tensor in tensors:
             self.pending.setdefault((shard.group, op, tensor.dtype), []).append(tensor)
+
+    def finish(self, finishers: list[Callable[[], None]]) -> tuple[int, int]:
+        """All-reduce what was added, then run ``finishers`` (each sharded parameter's second half
+        of the step); returns (collectives, bytes) for ``last_communication``."""
+        self.all_reduce()
+        for finish in finishers:
+            finish()
+        return self.collectives, self.bytes_reduced
 
     def all_reduce(self) -> None:
         """One all-reduce per (group, reduction, dtype) of everything added; then empty."""
