@@ -70,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     # command promises one line per error and notes of its own only.
     logging.getLogger().addHandler(logging.NullHandler())
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # torchao's quantized optimizer state asks torch.compile's cache for a hash it lacks, once per
+    # state class, as a UserWarning: nothing a memplan user can act on either
+    warnings.filterwarnings("ignore", message=r".*does not implement _stable_hash_for_caching")
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", AssumptionWarning)
     args = list(sys.argv[1:] if argv is None else argv)
