@@ -6,6 +6,8 @@ from hypothesis import given, settings, strategies as st
 from memplan.optim.blocks import CACHE_BLOCK_ELEMENTS, partition, range_blocks, reduce_granules, tensor_blocks
 
 views = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=4).map(tuple)
+small_views = st.lists(st.integers(min_value=1, max_value=12), min_size=1, max_size=4).map(tuple)
+"""Views whose 8-element granules stay few: every kind of mid-row cut, in a fraction of the time."""
 
 
 @settings(deadline=None)
@@ -64,7 +66,7 @@ def test_range_blocks_tile_a_flat_range_that_starts_and_ends_mid_row(view, data,
 
 
 @settings(max_examples=50, deadline=None)
-@given(views, st.data())
+@given(small_views, st.data())
 def test_slice_sums_of_ranges_add_up_to_the_dense_ones(view, data):
     """Cut anywhere, the ranges' partial slice sums (as ranks compute them) total the dense sums."""
     total = math.prod(view)
