@@ -22,7 +22,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 
@@ -192,7 +192,3 @@ def train(workload: Workload, make_optimizer: Callable[[torch.nn.Module], torch.
     return RunResult(math.inf if diverged else final, diverged, schedule.steps, time.perf_counter() - started,
                      state_storage_bytes(optimizer))
 
-
-def fresh_batches(workload: Workload, steps: Iterable[int]) -> list[Any]:
-    """The batches of ``steps`` (for tests and for a caller that wants to look at them)."""
-    return [workload.batch(step) for step in steps]

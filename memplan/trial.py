@@ -249,6 +249,7 @@ class Trial:
             probes = self._probe_candidates()[:self.settings.probes]
         adam_lr = self.result.best_lr[REFERENCE_FAMILY]
         shares = role_shares(self.result.profile)
+        roles = {param.name: param.role for param in self.result.profile.trainable_params}
         for spec in (str(parse_spec(text)) for text in probes):
             if spec not in self.result.best_lr:
                 method = get_method(parse_spec(spec).name)
@@ -258,7 +259,6 @@ class Trial:
                 continue
             ratios = {REFERENCE_FAMILY: 1.0, spec: self.result.best_lr[spec] / adam_lr}
             for role in (role for role in ROLES if role in shares):
-                roles = {param.name: param.role for param in self.result.profile.trainable_params}
                 plan = _assigned(self.result.profile, lambda name: spec if roles[name] == role else REFERENCE_FAMILY,
                                  adam_lr, ratios, self.priors)
                 arm = Arm(f"{spec} on {role}", "probe", spec, role, plan)
