@@ -18,9 +18,10 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.sm3 import SM3_METHOD
+from memplan.kernels.select import COMPILED, EAGER, resolve
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
-                                working_copy, working_dtype)
+                                block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
+                                kernel_decay, learning_rate, updating, working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 
 
@@ -44,6 +45,8 @@ class SM3(MemplanOptimizer):
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.
+        impl: "eager" (the reference), "compiled" (one-pass CPU kernel, needs numba), "triton" or
+            "auto" (see :mod:`memplan.kernels.select`).
     """
 
     method = SM3_METHOD
@@ -51,9 +54,9 @@ class SM3(MemplanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, eps: float = 1e-30,
                  variant: str = "II", cover: LayoutSource = None, weight_decay: float = 0.0,
                  weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, impl: str = EAGER) -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, variant=variant, cover=cover, weight_decay=weight_decay,
-                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
+                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize, impl=impl)
         super().__init__(params, defaults)
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
@@ -61,6 +64,9 @@ class SM3(MemplanOptimizer):
         view = state["layout"]
         accumulators = [state[f"acc_{axis}"] for axis in range(len(view))]
         weights, grads = flat_view(param), flat_view(grad)
+        if resolve(group["impl"], param.device, (COMPILED,)) == COMPILED:
+            _update_compiled(group, weights, grads, view, accumulators, state)
+            return
         plan = partition(view, block_budget(group, 8 * sum(view)), _bytes_per_element(group, param))
         new_accumulators = None
         if group["variant"] == "I":
@@ -79,6 +85,30 @@ class SM3(MemplanOptimizer):
         if new_accumulators is not None:
             for accumulator, new in zip(accumulators, new_accumulators):
                 accumulator.copy_(new)
+
+
+def _update_compiled(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, view: tuple[int, ...],
+                     accumulators: list[torch.Tensor], state: dict[str, Any]) -> None:
+    """The whole tensor as one range of the CPU kernels (:mod:`memplan.kernels.sm3_cpu`): one pass
+    for SM3-II, the maxima of G^2 and then the update for SM3-I."""
+    from memplan.kernels.sm3_cpu import SM3Scalars, sm3_range, sm3_square_maxima_range
+
+    decay, coupled, negate = kernel_decay(group)
+    scalars = SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"], decay=decay,
+                         coupled_decay=coupled, negate=negate)
+    chunk = kernel_chunk_elements(group)
+    buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
+    if group["variant"] == "I":
+        maxima = [torch.zeros_like(accumulator) for accumulator in accumulators]
+        sm3_square_maxima_range(weights, grads, 0, view, maxima, scalars, chunk)
+        for accumulator, maximum in zip(accumulators, maxima):
+            accumulator.add_(maximum)
+        sm3_range(weights, grads, 0, view, accumulators, None, buffer, scalars, chunk)
+        return
+    new_accumulators = [torch.zeros_like(accumulator) for accumulator in accumulators]
+    sm3_range(weights, grads, 0, view, accumulators, new_accumulators, buffer, scalars, chunk)
+    for accumulator, new in zip(accumulators, new_accumulators):
+        accumulator.copy_(new)
 
 
 def _add_slice_maxima(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,

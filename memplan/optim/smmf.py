@@ -26,8 +26,10 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.smmf import SMMF_METHOD
+from memplan.kernels.select import COMPILED, EAGER, resolve
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, flat_view, learning_rate, updating)
+                                block_bytes_per_element, flat_view, kernel_chunk_elements, kernel_decay,
+                                learning_rate, updating)
 from memplan.optim.blocks import Block, axis_pieces, partition, reduce_granules
 
 # Packing gathers the low bit of 8 bytes of an int64 word into one byte with shifts and ors (no
@@ -108,6 +110,8 @@ class SMMF(MemplanOptimizer):
             resolved into the list form when the group is added.
         chunk_bytes: bound on the extra memory of one step (None: each tensor in one piece).
         maximize: maximize the objective instead of minimizing.
+        impl: "eager" (the reference: torch ops over blocks), "compiled" (one-pass CPU kernel,
+            needs numba), "triton" or "auto" (see :mod:`memplan.kernels.select`).
     """
 
     method = SMMF_METHOD
@@ -116,10 +120,11 @@ class SMMF(MemplanOptimizer):
                  weight_decay: float = 0.0, decay_rate: float = -0.5, growth_rate: float = 0.999,
                  vector_reshape: bool = True, weight_decay_mode: str = "adamw", sign_bits: int = 1,
                  matricization: LayoutSource = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, impl: str = EAGER) -> None:
         defaults = dict(lr=lr, beta1=beta1, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode,
-                        sign_bits=sign_bits, matricization=matricization, chunk_bytes=chunk_bytes, maximize=maximize)
+                        sign_bits=sign_bits, matricization=matricization, chunk_bytes=chunk_bytes, maximize=maximize,
+                        impl=impl)
         super().__init__(params, defaults)
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
@@ -155,14 +160,30 @@ def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.
         eps=group["eps"] / math.sqrt(v_scale),
         step_size=-learning_rate(group) * m_scale / math.sqrt(v_scale),
     )
-    fixed_bytes = 4 * (rows + cols) * (len(step.new_v) + len(step.new_m) + len(step.scaled_v) + len(step.scaled_m))
-    packed = step.signs is not None and step.signs.dtype == torch.uint8
-    for block, granules in partition((rows, cols), block_budget(group, fixed_bytes), _bytes_per_element(group, param),
-                                     row_multiple=8 if packed else 1):
-        step.run(block, granules)
+    if resolve(group["impl"], param.device, (COMPILED,)) == COMPILED:
+        _run_compiled(step, cols)
+    else:
+        fixed_bytes = 4 * (rows + cols) * (len(step.new_v) + len(step.new_m) + len(step.scaled_v) + len(step.scaled_m))
+        packed = step.signs is not None and step.signs.dtype == torch.uint8
+        for block, granules in partition((rows, cols), block_budget(group, fixed_bytes),
+                                         _bytes_per_element(group, param), row_multiple=8 if packed else 1):
+            step.run(block, granules)
     _store_factors(state["row_v"], state["col_v"], step.new_v, v_scale)
     if first_moment:
         _store_factors(state["row_m"], state["col_m"], step.new_m, m_scale)
+
+
+def _run_compiled(step: "_FactoredStep", cols: int) -> None:
+    """The whole tensor as one range of the one-pass CPU kernel (:mod:`memplan.kernels.smmf_cpu`)."""
+    from memplan.kernels.smmf_cpu import SMMFScalars, smmf_range
+
+    decay, coupled, negate = kernel_decay(step.group)
+    first_moment = step.signs is not None
+    smmf_range(step.weights, step.grads, step.signs.view(-1) if first_moment else None, 0, cols,
+               tuple(step.scaled_v), tuple(step.scaled_m) if first_moment else None, tuple(step.new_v),
+               tuple(step.new_m) if first_moment else None,
+               SMMFScalars(step_size=step.step_size, eps=step.eps, decay=decay, coupled_decay=coupled, negate=negate),
+               kernel_chunk_elements(step.group))
 
 
 @dataclass

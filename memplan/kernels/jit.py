@@ -1,0 +1,38 @@
+"""The CPU JIT (numba), imported on demand, with its on-disk cache outside the source tree."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are cached: ``$NUMBA_CACHE_DIR`` if set, else the user's cache
+    (``$XDG_CACHE_HOME`` or ``~/.cache``) under ``memplan/numba``."""
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return Path(os.environ["NUMBA_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "memplan" / "numba"
+
+
+@cache
+def numba_module() -> ModuleType:
+    """numba, configured to cache compiled kernels in :func:`cache_dir` (never beside the sources).
+
+    Raises ImportError when numba is not installed (``pip install 'memplan[kernels]'``).
+    """
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
+    import numba
+
+    numba.config.CACHE_DIR = str(cache_dir())  # also when numba was imported before the variable was set
+    return numba
+
+
+def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:
+    """Threads worth using for ``elements``: torch's thread count (what ``torch.set_num_threads``
+    chose), capped by numba's pool and by at least ``min_per_thread`` elements per thread."""
+    import torch
+
+    pool = numba_module().config.NUMBA_NUM_THREADS
+    return max(1, min(torch.get_num_threads(), pool, elements // min_per_thread))
