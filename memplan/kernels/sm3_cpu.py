@@ -4,7 +4,7 @@ Per element, with mu the previous per-axis accumulators (read-only, in the worki
 
     SM3-II:  nu = min_i mu_i[i_i] + G^2        new maxima: max over every slice of nu
     SM3-I:   nu = min_i mu_i[i_i]              (mu already holds this step's maxima of G^2)
-    r = 1 / sqrt(nu + eps)
+    r = 1 / sqrt(nu + eps)   (1 - momentum is rounded once, from double, as torch does)
     W <- W * decay - lr G r                    or, with momentum:  m <- momentum m + (1 - momentum) G r;
                                                                    W <- W * decay - lr m
 
@@ -43,8 +43,8 @@ def _build_kernels():
     parallel_jit = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
 
     @jit
-    def run_update(weights, grads, buffer, last_acc, last_max, base, add_square, lr, eps, momentum, decay,
-                   coupled, grad_sign, with_buffer, with_maxima):
+    def run_update(weights, grads, buffer, last_acc, last_max, base, add_square, lr, eps, momentum, dampening,
+                   decay, coupled, grad_sign, with_buffer, with_maxima):
         """One run along the last axis (arrays sliced to it); returns the run's maximum of nu."""
         run_max = eps * 0
         for i in range(weights.shape[0]):
@@ -58,7 +58,7 @@ def _build_kernels():
                 run_max = max(run_max, nu)
             scaled = gradient * (1 / np.sqrt(nu + eps))
             if with_buffer:
-                moving = buffer[i] * momentum + (1 - momentum) * scaled
+                moving = buffer[i] * momentum + dampening * scaled
                 buffer[i] = moving
                 weights[i] = weight * decay - lr * moving
             else:
@@ -76,8 +76,8 @@ def _build_kernels():
         return run_max
 
     @parallel_jit
-    def walk(weights, grads, buffer, dims, offsets, acc, out, start, mode, lr, eps, momentum, decay, coupled,
-             grad_sign, threads):
+    def walk(weights, grads, buffer, dims, offsets, acc, out, start, mode, lr, eps, momentum, dampening, decay,
+             coupled, grad_sign, threads):
         """mode 0: SM3-II update; 1: SM3-I update; 2: SM3-I's maxima of G^2 (no update)."""
         length = weights.shape[0]
         axes = dims.shape[0]
@@ -113,7 +113,7 @@ def _build_kernels():
                                          acc[last_offset + col0:last_offset + col0 + end - k],
                                          partial[thread, last_offset + col0:last_offset + col0 + end - k],
                                          base,
-                                         mode == 0, lr, eps, momentum, decay, coupled, grad_sign,
+                                         mode == 0, lr, eps, momentum, dampening, decay, coupled, grad_sign,
                                          buffer.shape[0] > 0, with_maxima)
                 if with_maxima:
                     for axis in range(axes - 1):
@@ -190,6 +190,7 @@ def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mo
     buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
     _walk()(weights.numpy(), grads.numpy(), buffer_array, dims, offsets, acc, out, start, mode,
             numpy_float(scalars.lr), numpy_float(scalars.eps), numpy_float(scalars.momentum),
+            numpy_float(1.0 - scalars.momentum),
             numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
             numpy_float(-1.0 if scalars.negate else 1.0), kernel_threads(weights.numel()))
     if outputs is not None:
