@@ -24,9 +24,10 @@ import torch
 
 from memplan.methods.extreme import ET1, ET_INF, PRESETS
 from memplan.methods.shapes import et_index
+from memplan.kernels.select import COMPILED, EAGER, resolve
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
-                                working_copy, working_dtype)
+                                block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
+                                kernel_decay, learning_rate, updating, working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -53,6 +54,7 @@ class ExtremeTensoring(MemplanOptimizer):
         weight_decay, weight_decay_mode: "adamw" (decoupled) or "adam" (added to the gradient).
         chunk_bytes: bound on the extra memory of one step.
         maximize: maximize the objective instead of minimizing.
+        impl: "eager" (the reference), "compiled" (CPU kernels, needs numba), "triton" or "auto".
     """
 
     method = ET1
@@ -60,9 +62,9 @@ class ExtremeTensoring(MemplanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
                  weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False) -> None:
+                 maximize: bool = False, impl: str = EAGER) -> None:
         defaults = dict(lr=lr, eps=eps, beta2=beta2, momentum=momentum, index=index, weight_decay=weight_decay,
-                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize)
+                        weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize, impl=impl)
         super().__init__(params, defaults)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
@@ -83,6 +85,9 @@ class ExtremeTensoring(MemplanOptimizer):
         index = state["layout"]
         accumulators = [state[f"acc_{axis}"] for axis in range(len(index))]
         weights, grads = flat_view(param), flat_view(grad)
+        if resolve(group["impl"], param.device, (COMPILED,)) == COMPILED:
+            _update_compiled(group, weights, grads, index, accumulators, state, working_dtype(param.dtype))
+            return
         plan = partition(index, block_budget(group, 12 * sum(index)), _bytes_per_element(group, param))
         alpha = decay_accumulators(accumulators, group["beta2"])
         for block, granules in plan:
@@ -91,6 +96,31 @@ class ExtremeTensoring(MemplanOptimizer):
         buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
         for block, _ in plan:
             _update_block(group, weights, grads, block, scaled, scale, offset, buffer)
+
+
+def _kernel_scalars(group: Mapping[str, Any]):
+    from memplan.kernels.extreme_cpu import ETScalars
+
+    decay, coupled, negate = kernel_decay(group)
+    return ETScalars(lr=learning_rate(group), momentum=group.get("momentum", 0.0), decay=decay, coupled_decay=coupled,
+                     negate=negate)
+
+
+def _update_compiled(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, index: tuple[int, ...],
+                     accumulators: list[torch.Tensor], state: dict[str, Any], dtype: torch.dtype) -> None:
+    """Both passes as whole-tensor ranges of the CPU kernels (:mod:`memplan.kernels.extreme_cpu`)."""
+    from memplan.kernels.extreme_cpu import et_square_sums_range, et_update_range
+
+    scalars = _kernel_scalars(group)
+    chunk = kernel_chunk_elements(group)
+    alpha = decay_accumulators(accumulators, group["beta2"])
+    sums = [torch.zeros_like(accumulator) for accumulator in accumulators]
+    et_square_sums_range(weights, grads, 0, index, sums, scalars, chunk)
+    for accumulator, total in zip(accumulators, sums):
+        accumulator.add_(total, alpha=alpha)
+    scaled, scale, offset = _scaled_factors(accumulators, group["eps"], dtype)
+    buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
+    et_update_range(weights, grads, buffer, 0, index, scaled, float(scale), float(offset), scalars, chunk)
 
 
 def _accumulate_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
@@ -157,14 +187,22 @@ class ETInfinity(MemplanOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  weight_decay: float = 0.0, weight_decay_mode: str = "adamw",
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False) -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False, impl: str = EAGER) -> None:
         defaults = dict(lr=lr, eps=eps, beta2=beta2, weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
-                        chunk_bytes=chunk_bytes, maximize=maximize)
+                        chunk_bytes=chunk_bytes, maximize=maximize, impl=impl)
         super().__init__(params, defaults)
 
     def _update(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor,
                 state: dict[str, Any]) -> None:
         weights, grads = flat_view(param), flat_view(grad)
+        if resolve(group["impl"], param.device, (COMPILED,)) == COMPILED:
+            from memplan.kernels.extreme_cpu import scale_range, squared_norm_range
+
+            scalars = _kernel_scalars(group)
+            total = state["sum_sq"]
+            total.add_(squared_norm_range(weights, grads, scalars), alpha=decay_accumulators([total], group["beta2"]))
+            scale_range(weights, grads, float((total + group["eps"]).rsqrt()), scalars)
+            return
         plan = partition((weights.numel(),), block_budget(group, 0), 16)
         total = state["sum_sq"]
         alpha = decay_accumulators([total], group["beta2"])

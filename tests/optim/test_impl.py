@@ -8,14 +8,15 @@ import torch
 
 from memplan.kernels import select
 from memplan.methods import parse_spec
-from memplan.optim import SM3, SMMF, from_plan
+from memplan.optim import SM3, SMMF, ETInfinity, ExtremeTensoring, from_plan
 
 from .optimizer_table import mixed_plan
 
 CASES = [
     (SMMF, dict(sign_bits=1)), (SMMF, dict(sign_bits=8, weight_decay=0.1)), (SMMF, dict(beta1=None, maximize=True)),
     (SMMF, dict(weight_decay=0.1, weight_decay_mode="adam")), (SM3, dict(momentum=0.9)),
-    (SM3, dict(momentum=0.0, variant="I", weight_decay=0.1)),
+    (SM3, dict(momentum=0.0, variant="I", weight_decay=0.1)), (ExtremeTensoring, dict(index="et2")),
+    (ExtremeTensoring, dict(index="et3", momentum=0.9, beta2=0.99, weight_decay=0.1)), (ETInfinity, dict(maximize=True)),
 ]
 SHAPES = [(13, 7), (31,), (4, 3, 5), (1,)]
 
