@@ -13,12 +13,13 @@ small per-axis vectors until the pass ends); SM3-I takes two (maxima, then the u
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Iterable, Mapping
 
 import torch
 
 from memplan.methods.sm3 import SM3_METHOD
-from memplan.kernels.select import COMPILED, EAGER, resolve
+from memplan.kernels.select import COMPILED, EAGER, TRITON, resolve
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
                                 block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
                                 kernel_decay, learning_rate, updating, working_copy, working_dtype)
@@ -64,8 +65,9 @@ class SM3(MemplanOptimizer):
         view = state["layout"]
         accumulators = [state[f"acc_{axis}"] for axis in range(len(view))]
         weights, grads = flat_view(param), flat_view(grad)
-        if resolve(group["impl"], param.device, (COMPILED,)) == COMPILED:
-            _update_compiled(group, weights, grads, view, accumulators, state)
+        implementation = resolve(group["impl"], param.device, (COMPILED, TRITON))
+        if implementation != EAGER:
+            _update_kernel(implementation, group, weights, grads, view, accumulators, state)
             return
         plan = partition(view, block_budget(group, 8 * sum(view)), _bytes_per_element(group, param))
         new_accumulators = None
@@ -87,26 +89,32 @@ class SM3(MemplanOptimizer):
                 accumulator.copy_(new)
 
 
-def _update_compiled(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, view: tuple[int, ...],
-                     accumulators: list[torch.Tensor], state: dict[str, Any]) -> None:
-    """The whole tensor as one range of the CPU kernels (:mod:`memplan.kernels.sm3_cpu`): one pass
-    for SM3-II, the maxima of G^2 and then the update for SM3-I."""
-    from memplan.kernels.sm3_cpu import SM3Scalars, sm3_range, sm3_square_maxima_range
+def _update_kernel(implementation: str, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
+                   view: tuple[int, ...], accumulators: list[torch.Tensor], state: dict[str, Any]) -> None:
+    """The whole tensor as one range of the kernels (:mod:`memplan.kernels.sm3_cpu` or
+    :mod:`memplan.kernels.sm3_triton`): one pass for SM3-II, the maxima of G^2 and then the
+    update for SM3-I."""
+    from memplan.kernels import sm3_cpu, sm3_triton
 
     decay, coupled, negate = kernel_decay(group)
-    scalars = SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"], decay=decay,
-                         coupled_decay=coupled, negate=negate)
-    chunk = kernel_chunk_elements(group)
+    scalars = sm3_cpu.SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"], decay=decay,
+                                 coupled_decay=coupled, negate=negate)
+    if implementation == COMPILED:
+        chunk = kernel_chunk_elements(group)
+        sm3_range = functools.partial(sm3_cpu.sm3_range, chunk_elements=chunk)
+        sm3_square_maxima_range = functools.partial(sm3_cpu.sm3_square_maxima_range, chunk_elements=chunk)
+    else:
+        sm3_range, sm3_square_maxima_range = sm3_triton.sm3_range, sm3_triton.sm3_square_maxima_range
     buffer = state["momentum_buffer"].view(-1) if group["momentum"] else None
     if group["variant"] == "I":
         maxima = [torch.zeros_like(accumulator) for accumulator in accumulators]
-        sm3_square_maxima_range(weights, grads, 0, view, maxima, scalars, chunk)
+        sm3_square_maxima_range(weights, grads, 0, view, maxima, scalars)
         for accumulator, maximum in zip(accumulators, maxima):
             accumulator.add_(maximum)
-        sm3_range(weights, grads, 0, view, accumulators, None, buffer, scalars, chunk)
+        sm3_range(weights, grads, 0, view, accumulators, None, buffer, scalars)
         return
     new_accumulators = [torch.zeros_like(accumulator) for accumulator in accumulators]
-    sm3_range(weights, grads, 0, view, accumulators, new_accumulators, buffer, scalars, chunk)
+    sm3_range(weights, grads, 0, view, accumulators, new_accumulators, buffer, scalars)
     for accumulator, new in zip(accumulators, new_accumulators):
         accumulator.copy_(new)
 

@@ -26,7 +26,7 @@ from typing import Any, Iterable, Mapping
 import torch
 
 from memplan.methods.smmf import SMMF_METHOD
-from memplan.kernels.select import COMPILED, EAGER, resolve
+from memplan.kernels.select import COMPILED, EAGER, TRITON, resolve
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
                                 block_bytes_per_element, flat_view, kernel_chunk_elements, kernel_decay,
                                 learning_rate, updating)
@@ -160,8 +160,9 @@ def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.
         eps=group["eps"] / math.sqrt(v_scale),
         step_size=-learning_rate(group) * m_scale / math.sqrt(v_scale),
     )
-    if resolve(group["impl"], param.device, (COMPILED,)) == COMPILED:
-        _run_compiled(step, cols)
+    implementation = resolve(group["impl"], param.device, (COMPILED, TRITON))
+    if implementation != EAGER:
+        _run_kernel(implementation, step, cols)
     else:
         fixed_bytes = 4 * (rows + cols) * (len(step.new_v) + len(step.new_m) + len(step.scaled_v) + len(step.scaled_m))
         packed = step.signs is not None and step.signs.dtype == torch.uint8
@@ -173,17 +174,22 @@ def _update_factored(group: Mapping[str, Any], param: torch.Tensor, grad: torch.
         _store_factors(state["row_m"], state["col_m"], step.new_m, m_scale)
 
 
-def _run_compiled(step: "_FactoredStep", cols: int) -> None:
-    """The whole tensor as one range of the one-pass CPU kernel (:mod:`memplan.kernels.smmf_cpu`)."""
-    from memplan.kernels.smmf_cpu import SMMFScalars, smmf_range
+def _run_kernel(implementation: str, step: "_FactoredStep", cols: int) -> None:
+    """The whole tensor as one range of the one-pass kernel: :mod:`memplan.kernels.smmf_cpu` or
+    :mod:`memplan.kernels.smmf_triton`."""
+    from memplan.kernels import smmf_cpu, smmf_triton
 
     decay, coupled, negate = kernel_decay(step.group)
     first_moment = step.signs is not None
-    smmf_range(step.weights, step.grads, step.signs.view(-1) if first_moment else None, 0, cols,
-               tuple(step.scaled_v), tuple(step.scaled_m) if first_moment else None, tuple(step.new_v),
-               tuple(step.new_m) if first_moment else None,
-               SMMFScalars(step_size=step.step_size, eps=step.eps, decay=decay, coupled_decay=coupled, negate=negate),
-               kernel_chunk_elements(step.group))
+    arguments = (step.weights, step.grads, step.signs.view(-1) if first_moment else None, 0, cols,
+                 tuple(step.scaled_v), tuple(step.scaled_m) if first_moment else None, tuple(step.new_v),
+                 tuple(step.new_m) if first_moment else None,
+                 smmf_cpu.SMMFScalars(step_size=step.step_size, eps=step.eps, decay=decay, coupled_decay=coupled,
+                                      negate=negate))
+    if implementation == COMPILED:
+        smmf_cpu.smmf_range(*arguments, kernel_chunk_elements(step.group))
+    else:
+        smmf_triton.smmf_range(*arguments)
 
 
 @dataclass

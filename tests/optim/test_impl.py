@@ -45,7 +45,9 @@ def test_compiled_steps_follow_the_eager_reference(cls, options, dtype):
             if key == "sign":
                 assert torch.equal(state_b[key], value)
             elif isinstance(value, torch.Tensor):
-                torch.testing.assert_close(state_b[key], value, rtol=1e-5, atol=1e-7)
+                # a bf16 weight one rounding step apart feeds coupled decay: state then differs at that scale
+                torch.testing.assert_close(state_b[key], value, rtol=1e-5 if dtype != torch.bfloat16 else 1e-2,
+                                           atol=1e-7)
 
 
 def test_the_option_round_trips_through_specs_and_plans():
@@ -77,3 +79,21 @@ def test_auto_picks_the_compiled_kernels_on_cpu_when_numba_is_installed():
     pytest.importorskip("numba")
     assert select.resolve("auto", torch.device("cpu")) == "compiled"
     assert select.resolve("auto", torch.device("cpu"), kernels=()) == "eager"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cls,options", CASES[:5], ids=[f"{cls.__name__}-{options}" for cls, options in CASES[:5]])
+def test_triton_steps_follow_the_eager_reference_on_cuda(cls, options):
+    pytest.importorskip("triton")
+    results = []
+    for impl in ("eager", "triton"):
+        generator = torch.Generator().manual_seed(0)
+        params = [torch.nn.Parameter(torch.randn(shape, generator=generator).cuda()) for shape in SHAPES]
+        optimizer = cls(params, lr=0.01, impl=impl, **options)
+        for _ in range(3):
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator).cuda()
+            optimizer.step()
+        results.append(params)
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
