@@ -14,6 +14,7 @@ optimizer that implements it (so nothing imports torch until an optimizer is bui
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -194,8 +195,11 @@ class Method(ABC):
     # -- measuring --------------------------------------------------------------------------
 
     def step_structure(self, options: Options) -> str:
-        """One of :data:`STEP_STRUCTURES` for the implementation these options select."""
-        if options.get("impl") == "fused":
+        """One of :data:`STEP_STRUCTURES` for the implementation these options select: memplan's
+        one-pass kernels (``impl=compiled`` or ``triton``, and ``auto`` where numba is installed)
+        are fused steps, as torch's ``fused`` ones are."""
+        impl = options.get("impl")
+        if impl in ("fused", "compiled", "triton") or (impl == "auto" and importlib.util.find_spec("numba")):
             return "fused"
         return "per_parameter" if self.optimizer_reference(options).startswith("memplan.") else "whole"
 
