@@ -83,7 +83,8 @@ def _build():
         partial = np.zeros((threads, sums.shape[0]), dtype=np.float64)
         one = np.ones(1, dtype=weights.dtype)
         per_thread = (length + threads - 1) // threads
-        for thread in numba.prange(threads):
+        for parallel_index in numba.prange(threads):
+            thread = np.int64(parallel_index)  # prange's index is unsigned: int64 * uint64 would be float64
             first = thread * per_thread
             stop = min(length, first + per_thread)
             if first >= stop:

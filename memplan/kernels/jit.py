@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
+from typing import Callable
 
 
 def cache_dir() -> Path:
@@ -36,3 +38,20 @@ def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:
 
     pool = numba_module().config.NUMBA_NUM_THREADS
     return max(1, min(torch.get_num_threads(), pool, elements // min_per_thread))
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memplan-kernel")
+
+
+def run_in_threads(piece: Callable[[int, int], None], threads: int) -> None:
+    """Run ``piece(t, t + 1)`` for t < ``threads`` on a pool of threads (``piece(0, 1)`` in the
+    caller's when one); ``piece`` must release the GIL (a ``nogil`` kernel) for them to overlap."""
+    if threads <= 1:
+        piece(0, threads)
+        return
+    futures = [_pool(threads).submit(piece, thread, thread + 1) for thread in range(1, threads)]
+    piece(0, 1)
+    for future in futures:
+        future.result()

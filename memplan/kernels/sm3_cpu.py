@@ -87,7 +87,8 @@ def _build_kernels():
         partial = np.zeros((threads, out.shape[0]), dtype=weights.dtype)
         infinity = np.full(1, np.inf, dtype=acc.dtype)
         per_thread = (length + threads - 1) // threads
-        for thread in numba.prange(threads):
+        for parallel_index in numba.prange(threads):
+            thread = np.int64(parallel_index)  # prange's index is unsigned: int64 * uint64 would be float64
             first = thread * per_thread
             stop = min(length, first + per_thread)
             if first >= stop:
