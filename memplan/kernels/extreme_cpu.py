@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, numba_module
+from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ETScalars:
 def _build():
     numba = numba_module()
     jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-    parallel_jit = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    serial_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
     @jit
     def run_squares(weights, grads, last_sums, coupled, grad_sign):
@@ -72,19 +72,17 @@ def _build():
             else:
                 weights[i] = weight * decay - lr * (step * scale)
 
-    @parallel_jit
-    def walk(weights, grads, buffer, dims, offsets, scaled, sums, start, update, offset, scale, lr, momentum, decay,
-             coupled, grad_sign, threads):
-        """update False: add slice sums of G^2 into ``sums``; True: the update pass."""
+    @serial_jit
+    def walk(weights, grads, buffer, dims, offsets, scaled, partial, start, update, offset, scale, lr, momentum, decay,
+             coupled, grad_sign, per_thread, low, high):
+        """Pieces ``low`` to ``high``. update False: slice sums of G^2 into their rows of
+        ``partial``; True: the update pass."""
         length = weights.shape[0]
         axes = dims.shape[0]
         last = dims[axes - 1]
         last_offset = offsets[axes - 1]
-        partial = np.zeros((threads, sums.shape[0]), dtype=np.float64)
         one = np.ones(1, dtype=weights.dtype)
-        per_thread = (length + threads - 1) // threads
-        for parallel_index in numba.prange(threads):
-            thread = np.int64(parallel_index)  # prange's index is unsigned: int64 * uint64 would be float64
+        for thread in range(low, high):
             first = thread * per_thread
             stop = min(length, first + per_thread)
             if first >= stop:
@@ -117,14 +115,16 @@ def _build():
                         break
                     index[axis] = 0
                 k = end
-        if not update:
-            for slot in range(sums.shape[0]):
-                total = 0.0
-                for thread in range(threads):
-                    total += partial[thread, slot]
-                sums[slot] += total
 
-    return walk
+    @serial_jit
+    def combine(sums, partial):
+        for slot in range(sums.shape[0]):
+            total = 0.0
+            for thread in range(partial.shape[0]):
+                total += partial[thread, slot]
+            sums[slot] += total
+
+    return walk, combine
 
 
 _WALK = None
@@ -235,10 +235,16 @@ def _call(weights, grads, buffer, dims, scaled, sums, start, update, scalars, sc
     dims_array = np.array(dims, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(dims_array)[:-1]]).astype(np.int64)
     buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
-    _walk()(weights.numpy(), grads.numpy(), buffer_array, dims_array, offsets, scaled, sums, start, update,
-            numpy_float(offset), numpy_float(scale), numpy_float(scalars.lr), numpy_float(scalars.momentum),
-            numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-            numpy_float(-1.0 if scalars.negate else 1.0), kernel_threads(weights.numel()))
+    threads = kernel_threads(weights.numel())
+    partial = np.zeros((threads, 0 if update else sums.shape[0]), dtype=np.float64)
+    walk, combine = _walk()
+    arguments = (weights.numpy(), grads.numpy(), buffer_array, dims_array, offsets, scaled, partial, start, update,
+                 numpy_float(offset), numpy_float(scale), numpy_float(scalars.lr), numpy_float(scalars.momentum),
+                 numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
+                 numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
+    run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
+    if not update:
+        combine(sums, partial)
 
 
 __all__ = ["ETScalars", "et_square_sums_range", "et_update_range", "scale_range", "squared_norm_range"]

@@ -10,8 +10,8 @@ Per element, with mu the previous per-axis accumulators (read-only, in the worki
 
 SM3-II's update is one pass; SM3-I first needs :func:`sm3_square_maxima_range` (the maxima of
 G^2, a read-only pass over the gradient). The range is walked in runs along the last axis (the
-minimum over the other axes is one number per run); each thread keeps its own maxima and they
-are combined (exactly: max is order-free) after the parallel loop.
+minimum over the other axes is one number per run); each thread (a Python thread running a ``nogil`` kernel) keeps its own maxima, combined exactly
+(max is order-free) afterwards.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, numba_module
+from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ class SM3Scalars:
 def _build_kernels():
     numba = numba_module()
     jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-    parallel_jit = numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    serial_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
     @jit
     def run_update(weights, grads, buffer, last_acc, last_max, base, add_square, lr, eps, momentum, dampening,
@@ -75,20 +75,18 @@ def _build_kernels():
             run_max = max(run_max, square)
         return run_max
 
-    @parallel_jit
-    def walk(weights, grads, buffer, dims, offsets, acc, out, start, mode, lr, eps, momentum, dampening, decay,
-             coupled, grad_sign, threads):
-        """mode 0: SM3-II update; 1: SM3-I update; 2: SM3-I's maxima of G^2 (no update)."""
+    @serial_jit
+    def walk(weights, grads, buffer, dims, offsets, acc, partial, start, mode, lr, eps, momentum, dampening, decay,
+             coupled, grad_sign, per_thread, low, high):
+        """Pieces ``low`` to ``high`` of the range into their rows of ``partial``. mode 0: SM3-II
+        update; 1: SM3-I update; 2: SM3-I's maxima of G^2 (no update)."""
         length = weights.shape[0]
         axes = dims.shape[0]
         last = dims[axes - 1]
         last_offset = offsets[axes - 1]
         with_maxima = mode != 1
-        partial = np.zeros((threads, out.shape[0]), dtype=weights.dtype)
         infinity = np.full(1, np.inf, dtype=acc.dtype)
-        per_thread = (length + threads - 1) // threads
-        for parallel_index in numba.prange(threads):
-            thread = np.int64(parallel_index)  # prange's index is unsigned: int64 * uint64 would be float64
+        for thread in range(low, high):
             first = thread * per_thread
             stop = min(length, first + per_thread)
             if first >= stop:
@@ -126,12 +124,14 @@ def _build_kernels():
                         break
                     index[axis] = 0
                 k = end
-        if with_maxima:
-            for slot in range(out.shape[0]):
-                for thread in range(threads):
-                    out[slot] = max(out[slot], partial[thread, slot])
 
-    return walk
+    @serial_jit
+    def combine(out, partial):
+        for slot in range(out.shape[0]):
+            for thread in range(partial.shape[0]):
+                out[slot] = max(out[slot], partial[thread, slot])
+
+    return walk, combine
 
 
 _WALK = None
@@ -189,11 +189,16 @@ def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mo
     out = np.zeros(int(dims.sum()), dtype=numpy_float) if outputs is None else \
         torch.cat([output.reshape(-1) for output in outputs]).to(working).numpy()
     buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
-    _walk()(weights.numpy(), grads.numpy(), buffer_array, dims, offsets, acc, out, start, mode,
-            numpy_float(scalars.lr), numpy_float(scalars.eps), numpy_float(scalars.momentum),
-            numpy_float(1.0 - scalars.momentum),
-            numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-            numpy_float(-1.0 if scalars.negate else 1.0), kernel_threads(weights.numel()))
+    threads = kernel_threads(weights.numel())
+    partial = np.zeros((threads, out.shape[0]), dtype=numpy_float)
+    walk, combine = _walk()
+    arguments = (weights.numpy(), grads.numpy(), buffer_array, dims, offsets, acc, partial, start, mode,
+                 numpy_float(scalars.lr), numpy_float(scalars.eps), numpy_float(scalars.momentum),
+                 numpy_float(1.0 - scalars.momentum), numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
+                 numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
+    run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
+    if mode != 1:
+        combine(out, partial)
     if outputs is not None:
         merged = torch.from_numpy(out)
         for output, piece in zip(outputs, merged.split([int(dim) for dim in dims])):
