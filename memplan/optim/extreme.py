@@ -22,9 +22,9 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from memplan.kernels.select import COMPILED, EAGER, resolve
 from memplan.methods.extreme import ET1, ET_INF, PRESETS
 from memplan.methods.shapes import et_index
-from memplan.kernels.select import COMPILED, EAGER, resolve
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
                                 block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
                                 kernel_decay, learning_rate, updating, working_copy, working_dtype)

@@ -18,8 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from memplan.methods.sm3 import SM3_METHOD
 from memplan.kernels.select import COMPILED, EAGER, TRITON, resolve
+from memplan.methods.sm3 import SM3_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
                                 block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
                                 kernel_decay, learning_rate, updating, working_copy, working_dtype)

@@ -25,8 +25,8 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
-from memplan.methods.smmf import SMMF_METHOD
 from memplan.kernels.select import COMPILED, EAGER, TRITON, resolve
+from memplan.methods.smmf import SMMF_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
                                 block_bytes_per_element, flat_view, kernel_chunk_elements, kernel_decay,
                                 learning_rate, updating)
