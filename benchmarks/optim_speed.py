@@ -118,7 +118,7 @@ def main() -> None:
         median = statistics.median(rounds[spec])
         rate = f"{BYTES_PER_ELEMENT[spec] * elements / median / 1e6:.1f}" if spec in BYTES_PER_ELEMENT else "-"
         print(f"| {spec} | {impl[spec]} | {median:.1f} ({min(rounds[spec]):.1f}-{max(rounds[spec]):.1f}) | "
-              f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {peak[spec] / 2**20:.2f} |")
+              f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {'-' if args.no_peak else f'{peak[spec] / 2**20:.2f}'} |")
 
 
 if __name__ == "__main__":
