@@ -1,6 +1,11 @@
 """Step time, state and peak extra memory of memplan's optimizers beside torch's AdamW, on CPU.
 
-    python benchmarks/optim_speed.py [--threads 2] [--steps 5] [--repeats 3]
+    python benchmarks/optim_speed.py [--threads 2] [--steps 5] [--repeats 3] [--set gpt2|resnet50]
+                                     [--methods spec,spec,...]
+
+``--set resnet50`` takes the bundled ResNet-50 profile's 161 tensors (25.6 M parameters, many
+small) instead. Methods with ``impl=compiled`` run the one-pass CPU kernels; the ``impl`` column
+says which implementation actually ran (a missing JIT falls back to eager).
 
 The parameter set is a 67.7 M-parameter GPT-2-like model: token embedding 50257x768, position
 embedding 1024x768, and 4 blocks of LayerNorm(768) + Linear 768->2304, 768->768, 768->3072,
@@ -22,7 +27,10 @@ import time
 import torch
 
 from memplan.devices import CpuDevice
+from memplan.kernels.select import resolve
+from memplan.loaders.bundled import load_bundled
 from memplan.measure import state_storage_bytes
+from memplan.methods import split_spec_list
 from memplan.optim import build_optimizer
 
 SHAPES = [(50257, 768), (1024, 768)]
@@ -30,13 +38,24 @@ for _ in range(4):
     SHAPES += [(768,), (768,), (2304, 768), (2304,), (768, 768), (768,), (3072, 768), (3072,), (768, 3072), (768,)]
 
 METHODS = ["adamw:impl=foreach", "adamw:impl=forloop", "adamw:impl=fused", "smmf", "smmf:sign_bits=8",
-           "smmf:beta1=none", "et2", "et1", "et3", "et_inf", "sm3", "sm3:momentum=0"]
+           "smmf:beta1=none", "et2", "et1", "et3", "et_inf", "sm3", "sm3:momentum=0", "smmf:impl=compiled",
+           "smmf:sign_bits=8,impl=compiled", "smmf:beta1=none,impl=compiled", "sm3:impl=compiled",
+           "sm3:momentum=0,impl=compiled", "et2:impl=compiled"]
+BYTES_PER_ELEMENT = {"adamw:impl=fused": 28, "smmf:impl=compiled": 12.25, "smmf:sign_bits=8,impl=compiled": 14,
+                     "smmf:beta1=none,impl=compiled": 12, "sm3:impl=compiled": 20, "sm3:momentum=0,impl=compiled": 12,
+                     "et2:impl=compiled": 16}
+"""The compulsory traffic of one fused step (ALGORITHMS.md), for the achieved-bandwidth column."""
 CHUNK = 32 * 2**20
 
 
-def make_params(seed: int = 0) -> list[torch.nn.Parameter]:
+def parameter_shapes(name: str) -> list[tuple[int, ...]]:
+    """The benchmark's tensors: the GPT-2-like set, or a bundled profile's parameters."""
+    return SHAPES if name == "gpt2" else [tuple(param.shape) for param in load_bundled(name).params]
+
+
+def make_params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
     generator = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(shape, generator=generator) * 0.02) for shape in SHAPES]
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator) * 0.02) for shape in shapes]
     for param in params:
         param.grad = torch.randn(param.shape, generator=generator) * 1e-3
     return params
@@ -62,32 +81,44 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--set", default="gpt2", help="gpt2 (the 67.7 M set) or a bundled profile (resnet50)")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated specs; the first is the baseline")
+    parser.add_argument("--no-peak", action="store_true", help="skip the profiled peak-memory step (faster)")
     args = parser.parse_args()
+    methods = split_spec_list(args.methods)
     torch.set_num_threads(args.threads)
-    params = make_params()
-    print(f"{sum(p.numel() for p in params):,} parameters in {len(params)} tensors; torch {torch.__version__}, "
+    shapes = parameter_shapes(args.set)
+    params = make_params(shapes)
+    elements = sum(p.numel() for p in params)
+    print(f"{args.set}: {elements:,} parameters in {len(params)} tensors; torch {torch.__version__}, "
           f"{args.threads} threads, median of {args.steps} steps, {args.repeats} interleaved rounds\n")
-    rounds: dict[str, list[float]] = {spec: [] for spec in METHODS}
+    rounds: dict[str, list[float]] = {spec: [] for spec in methods}
+    impl: dict[str, str] = {}
     state: dict[str, int] = {}
     peak: dict[str, int] = {}
     for _ in range(args.repeats):
-        for spec in METHODS:
-            params = make_params()
+        for spec in methods:
+            params = make_params(shapes)
             optimizer = build(spec, params)
+            group = optimizer.param_groups[0]
+            impl[spec] = resolve(group["impl"], params[0].device, ("compiled",)) if "impl" in group else "torch"
             optimizer.step()  # warm-up: allocates the state
             rounds[spec].append(timed_steps(optimizer, args.steps))
             state[spec] = state_storage_bytes(optimizer)
             if spec not in peak:
-                peak[spec] = CpuDevice().peak_during(optimizer.step)[1]
+                peak[spec] = 0 if args.no_peak else CpuDevice().peak_during(optimizer.step)[1]
             del optimizer, params
             gc.collect()
-    baseline = rounds[METHODS[0]]
-    print("| method | step (ms, median of rounds) | vs AdamW (median of per-round ratios) | state (MiB) | peak extra (MiB) |")
-    print("|---|---|---|---|---|")
-    for spec in METHODS:
+    baseline = rounds[methods[0]]
+    print(f"| method | impl | step (ms, median of rounds; min-max) | vs {methods[0]} (median of per-round ratios) | "
+          f"GB/s (fused traffic) | state (MiB) | peak extra (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for spec in methods:
         ratio = statistics.median(mine / base for mine, base in zip(rounds[spec], baseline))
-        print(f"| {spec} | {statistics.median(rounds[spec]):.1f} | {ratio:.2f}x | {state[spec] / 2**20:.2f} | "
-              f"{peak[spec] / 2**20:.2f} |")
+        median = statistics.median(rounds[spec])
+        rate = f"{BYTES_PER_ELEMENT[spec] * elements / median / 1e6:.1f}" if spec in BYTES_PER_ELEMENT else "-"
+        print(f"| {spec} | {impl[spec]} | {median:.1f} ({min(rounds[spec]):.1f}-{max(rounds[spec]):.1f}) | "
+              f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {'-' if args.no_peak else f'{peak[spec] / 2**20:.2f}'} |")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ optimizer that implements it (so nothing imports torch until an optimizer is bui
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -216,8 +217,11 @@ class Method(ABC):
     # -- measuring --------------------------------------------------------------------------
 
     def step_structure(self, options: Options) -> str:
-        """One of :data:`STEP_STRUCTURES` for the implementation these options select."""
-        if options.get("impl") == "fused":
+        """One of :data:`STEP_STRUCTURES` for the implementation these options select: memplan's
+        one-pass kernels (``impl=compiled`` or ``triton``, and ``auto`` where numba is installed)
+        are fused steps, as torch's ``fused`` ones are."""
+        impl = options.get("impl")
+        if impl in ("fused", "compiled", "triton") or (impl == "auto" and importlib.util.find_spec("numba")):
             return "fused"
         return "per_parameter" if self.optimizer_reference(options).startswith("memplan.") else "whole"
 
@@ -248,8 +252,9 @@ class Method(ABC):
 
     def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
         """Constructor keyword arguments (besides params and lr) that give the optimizer these
-        options; by default the options themselves, less ``impl``."""
-        return {key: value for key, value in options.items() if key != "impl"}
+        options; by default the options themselves, less ``impl`` unless memplan implements the method
+        (its optimizers take ``impl``: eager, compiled, triton or auto)."""
+        return {key: value for key, value in options.items() if key != "impl" or self.implementation == "memplan"}
 
     def takes(self, key: str, options: Options) -> bool:
         """Whether ``key`` is an option of this method or an argument of its optimizer."""
@@ -301,6 +306,19 @@ def in_unit_interval(value: float) -> str | None:
 def non_negative(value: float) -> str | None:
     """Check for eps, weight decay and momentum."""
     return None if value >= 0.0 else "must be >= 0"
+
+
+KERNEL_IMPLEMENTATIONS = ("eager", "compiled", "triton", "auto")
+"""How memplan's own optimizers run a step: the eager reference (torch ops over cache-sized blocks),
+the CPU JIT's one-pass kernels, the Triton kernels (CUDA), or the best one available
+(:mod:`memplan.kernels.select`)."""
+
+
+def kernel_option(extra: tuple[str, ...] = ()) -> Option:
+    """The ``impl`` option of a method memplan implements: :data:`KERNEL_IMPLEMENTATIONS`, then ``extra``."""
+    return impl_option(KERNEL_IMPLEMENTATIONS + extra,
+                       "eager (reference), compiled (CPU JIT), triton (CUDA) or auto" + (
+                           "; " + ", ".join(extra) + ": that library's optimizer" if extra else ""))
 
 
 def impl_option(choices: tuple[str, ...], help_text: str) -> Option:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
-                                  beta_option, eps_option, full_like, weight_decay_mode_option, weight_decay_option)
+                                  beta_option, eps_option, full_like, kernel_option, weight_decay_mode_option,
+                                  weight_decay_option)
 from memplan.methods.shapes import Shape, et_index, index_depth, split_indices
 from memplan.methods.spec import Option
 
@@ -55,6 +56,7 @@ class ExtremeTensoring(Method):
             eps_option(1e-8),
             weight_decay_option(),
             weight_decay_mode_option(),
+            kernel_option(),
         )
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:
@@ -102,7 +104,7 @@ class ETInfinity(Method):
     optimizer = "memplan.optim.extreme:ETInfinity"
     gradient_passes = 2  # the gradient's norm first, then the update
     lr_ratio = 100.0
-    options = (_beta2_option(), eps_option(1e-8), weight_decay_option(), weight_decay_mode_option())
+    options = (_beta2_option(), eps_option(1e-8), weight_decay_option(), weight_decay_mode_option(), kernel_option())
 
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
         return (StateTensor("sum_sq", (), STATE_DTYPE),)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from memplan.errors import SpecError
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, axis_accumulators,
-                                  eps_option, full_like, impl_option, weight_decay_mode_option, weight_decay_option)
+                                  eps_option, full_like, kernel_option, weight_decay_mode_option, weight_decay_option)
 from memplan.methods.shapes import Shape, et_index, index_depth, natural_view
 from memplan.methods.spec import Option
 
@@ -40,7 +40,7 @@ class SM3(Method):
         Option("variant", "str", "II", "SM3-I or the tighter SM3-II", choices=("II", "I"), variant=True),
         weight_decay_option(),
         weight_decay_mode_option(),
-        impl_option(("memplan", "pytorch_optimizer"), "memplan's SM3 or pytorch_optimizer's (SM3-II only)"),
+        kernel_option(("pytorch_optimizer",)),
     )
 
     def grad_passes(self, options: Options) -> int:
@@ -49,7 +49,7 @@ class SM3(Method):
 
     def check_options(self, options: Options) -> None:
         if options["impl"] == "pytorch_optimizer" and options["variant"] != "II":
-            raise SpecError("sm3: pytorch_optimizer implements SM3-II only; drop variant=I or use impl=memplan")
+            raise SpecError("sm3: pytorch_optimizer implements SM3-II only; drop variant=I or use memplan's (impl=eager)")
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:
         return natural_view(shape)
@@ -89,7 +89,7 @@ class SM3(Method):
         return "pytorch_optimizer:SM3" if options["impl"] == "pytorch_optimizer" else self.optimizer
 
     def layout_argument(self, options: Options) -> str | None:
-        return "cover" if options.get("impl", "memplan") == "memplan" else None
+        return None if options.get("impl") == "pytorch_optimizer" else "cover"
 
     def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
         if options["impl"] == "pytorch_optimizer":

@@ -17,7 +17,7 @@ import math
 
 from memplan.errors import LayoutError
 from memplan.methods.base import (STATE_DTYPE, Layout, Method, Options, StateTensor, beta_option, eps_option,
-                                  full_like, weight_decay_mode_option, weight_decay_option)
+                                  full_like, kernel_option, weight_decay_mode_option, weight_decay_option)
 from memplan.methods.shapes import Shape, numel, square_matricization
 from memplan.methods.spec import Option
 
@@ -57,6 +57,7 @@ class SMMF(Method):
         weight_decay_option(),
         weight_decay_mode_option(),
         Option("vector_reshape", "bool", True, "square-matricize vectors too (false: full moments)", variant=True),
+        kernel_option(),
     )
 
     def default_layout(self, shape: Shape, options: Options) -> Layout:

@@ -390,6 +390,23 @@ def flat_view(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.view(-1)
 
 
+def kernel_decay(group: Mapping[str, Any]) -> tuple[float, float, bool]:
+    """Weight decay and maximize as the fused kernels take them: the factor decoupled decay
+    multiplies the weight by (1.0 without), the coupled decay added to the gradient (0.0 without),
+    and whether the gradient is negated."""
+    decay = group["weight_decay"]
+    decoupled = bool(decay) and group["weight_decay_mode"] == DECOUPLED_DECAY
+    coupled = decay if decay and group["weight_decay_mode"] == COUPLED_DECAY else 0.0
+    return (1.0 - learning_rate(group) * decay if decoupled else 1.0), coupled, bool(group["maximize"])
+
+
+def kernel_chunk_elements(group: Mapping[str, Any]) -> int | None:
+    """Elements per fp32 working copy when a kernel steps a low-precision parameter (weight and
+    gradient copies within ``chunk_bytes``); None when unchunked."""
+    chunk = group["chunk_bytes"]
+    return None if chunk is None else max(8, chunk // 8)
+
+
 def block_budget(group: Mapping[str, Any], fixed_bytes: int) -> int | None:
     """The group's chunk minus the step's fixed temporaries (per-axis vectors), but at least half
     the chunk; None when unchunked.

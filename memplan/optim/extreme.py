@@ -22,11 +22,12 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from memplan.kernels.select import COMPILED, EAGER, resolve
 from memplan.methods.extreme import ET1, ET_INF, PRESETS
 from memplan.methods.shapes import et_index
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
-                                working_copy, working_dtype)
+                                block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
+                                kernel_decay, learning_rate, updating, working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, granule_of, partition, reduce_granules
 from memplan.optim.sharding import PartialReductions, Shard, local_tensor
 
@@ -58,6 +59,7 @@ class ExtremeTensoring(MemplanOptimizer):
         sharding: for parameters sharded across ranks (FSDP2): "exact" (the single-device
             trajectory; partial statistics all-reduced once per step) or "local" (each rank's
             shard factorized on its own, no communication; depends on the world size).
+        impl: "eager" (the reference), "compiled" (CPU kernels, needs numba), "triton" or "auto".
     """
 
     method = ET1
@@ -65,10 +67,10 @@ class ExtremeTensoring(MemplanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
                  weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False, sharding: str = "exact") -> None:
+                 maximize: bool = False, sharding: str = "exact", impl: str = EAGER) -> None:
         defaults = dict(lr=lr, eps=eps, beta2=beta2, momentum=momentum, index=index, weight_decay=weight_decay,
                         weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize,
-                        sharding=sharding)
+                        sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
     def _check_group(self, group: Mapping[str, Any]) -> None:
@@ -116,6 +118,11 @@ def accumulate_range(group: Mapping[str, Any], weights: torch.Tensor, grads: tor
                      start: int, stop: int, index: tuple[int, ...]) -> None:
     """First pass over elements ``[start, stop)`` of the tensor ``index`` (``weights`` and ``grads``
     hold the range only): add their slice sums of G^2 to the per-axis ``sums``."""
+    if _compiled(group, weights):
+        from memplan.kernels.extreme_cpu import et_square_sums_range
+
+        et_square_sums_range(weights, grads, start, index, sums, _kernel_scalars(group), kernel_chunk_elements(group))
+        return
     for block, granules in _range_partition(group, weights, start, stop, index):
         _accumulate_block(group, weights, grads, block, granules, sums, start)
 
@@ -125,11 +132,31 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
                  index: tuple[int, ...]) -> None:
     """Second pass over elements ``[start, stop)``: W -= lr * (eps + prod S)^(-1/2p) * G (through
     the range's momentum ``buffer``, if any), from the replicated :func:`_scaled_factors`."""
+    if _compiled(group, weights):
+        from memplan.kernels.extreme_cpu import et_update_range
+
+        et_update_range(weights, grads, buffer, start, index, scaled, float(scale), float(offset),
+                        _kernel_scalars(group), kernel_chunk_elements(group))
+        return
     for block, _ in _range_partition(group, weights, start, stop, index):
         _update_block(group, weights, grads, block, scaled, scale, offset, buffer, start)
 
 
 # One function per block: its temporaries are freed before the next block allocates its own.
+
+def _compiled(group: Mapping[str, Any], weights: torch.Tensor) -> bool:
+    """Whether ``impl`` selects the CPU kernels (:mod:`memplan.kernels.extreme_cpu`) for this
+    range; there are no Triton kernels for extreme tensoring yet."""
+    return resolve(group["impl"], weights.device, (COMPILED,)) == COMPILED
+
+
+def _kernel_scalars(group: Mapping[str, Any]):
+    from memplan.kernels.extreme_cpu import ETScalars
+
+    decay, coupled, negate = kernel_decay(group)
+    return ETScalars(lr=learning_rate(group), momentum=group.get("momentum", 0.0), decay=decay, coupled_decay=coupled,
+                     negate=negate)
+
 
 def _accumulate_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,
                       granules: list[Block], sums: list[torch.Tensor], start: int) -> None:
@@ -193,26 +220,35 @@ class ETInfinity(MemplanOptimizer):
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  weight_decay: float = 0.0, weight_decay_mode: str = "adamw",
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False, sharding: str = "exact") -> None:
+                 chunk_bytes: int = DEFAULT_CHUNK_BYTES, maximize: bool = False, sharding: str = "exact",
+                 impl: str = EAGER) -> None:
         defaults = dict(lr=lr, eps=eps, beta2=beta2, weight_decay=weight_decay, weight_decay_mode=weight_decay_mode,
-                        chunk_bytes=chunk_bytes, maximize=maximize,
-                        sharding=sharding)
+                        chunk_bytes=chunk_bytes, maximize=maximize, sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
         """This rank's squared norm now; the update once it is summed across ranks."""
         weights, grads = flat_view(weights), flat_view(grads)
+        compiled = _compiled(group, weights)
         plan = partition((weights.numel(),), block_budget(group, 0), 16)
         squared_norm = torch.zeros_like(state["sum_sq"])
-        for block, granules in plan:
-            _add_squared_norm(group, weights, grads, block, granules, squared_norm)
+        if compiled:
+            from memplan.kernels.extreme_cpu import scale_range, squared_norm_range
+
+            squared_norm.add_(squared_norm_range(weights, grads, _kernel_scalars(group)))
+        else:
+            for block, granules in plan:
+                _add_squared_norm(group, weights, grads, block, granules, squared_norm)
         reductions.add(shard, [squared_norm])
 
         def finish() -> None:
             total = state["sum_sq"]
             total.add_(squared_norm, alpha=decay_accumulators([total], group["beta2"]))
             inverse_root = (total + group["eps"]).rsqrt()
+            if compiled:
+                scale_range(weights, grads, float(inverse_root), _kernel_scalars(group))
+                return
             for block, _ in plan:
                 _scale_block(group, weights, grads, block, inverse_root)
 

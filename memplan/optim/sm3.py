@@ -13,14 +13,16 @@ small per-axis vectors until the pass ends); SM3-I takes two (maxima, then the u
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+import functools
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
 
 import torch
 
+from memplan.kernels.select import COMPILED, EAGER, TRITON, resolve
 from memplan.methods.sm3 import SM3_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, effective_gradient, flat_view, learning_rate, updating,
-                                working_copy, working_dtype)
+                                block_bytes_per_element, effective_gradient, flat_view, kernel_chunk_elements,
+                                kernel_decay, learning_rate, updating, working_copy, working_dtype)
 from memplan.optim.blocks import Block, axis_pieces, combine_pieces, partition, reduce_granules
 from memplan.optim.sharding import PartialReductions, Shard, local_tensor
 
@@ -48,6 +50,8 @@ class SM3(MemplanOptimizer):
         sharding: for parameters sharded across ranks (FSDP2): "exact" (the single-device
             trajectory; partial statistics all-reduced once per step) or "local" (each rank's
             shard factorized on its own, no communication; depends on the world size).
+        impl: "eager" (the reference), "compiled" (one-pass CPU kernel, needs numba), "triton" or
+            "auto" (see :mod:`memplan.kernels.select`).
     """
 
     method = SM3_METHOD
@@ -55,10 +59,10 @@ class SM3(MemplanOptimizer):
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, eps: float = 1e-30,
                  variant: str = "II", cover: LayoutSource = None, weight_decay: float = 0.0,
                  weight_decay_mode: str = "adamw", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False, sharding: str = "exact") -> None:
+                 maximize: bool = False, sharding: str = "exact", impl: str = EAGER) -> None:
         defaults = dict(lr=lr, momentum=momentum, eps=eps, variant=variant, cover=cover, weight_decay=weight_decay,
                         weight_decay_mode=weight_decay_mode, chunk_bytes=chunk_bytes, maximize=maximize,
-                        sharding=sharding)
+                        sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
@@ -106,6 +110,10 @@ def slice_maxima_range(group: Mapping[str, Any], weights: torch.Tensor, grads: t
                        maxima: list[torch.Tensor], start: int, stop: int, view: tuple[int, ...]) -> None:
     """SM3-I's first pass over elements ``[start, stop)`` of ``view`` (``weights`` and ``grads``
     hold the range only): the maximum of G^2 over every slice, into the per-axis ``maxima``."""
+    kernels = _kernels(group, weights.device)
+    if kernels is not None:
+        kernels.square_maxima(weights, grads, start, view, maxima, kernels.scalars)
+        return
     for block, granules in _range_partition(group, weights, start, stop, view):
         _add_slice_maxima(group, weights, grads, block, granules, maxima, start)
 
@@ -115,8 +123,38 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
                  stop: int, view: tuple[int, ...]) -> None:
     """The update of elements ``[start, stop)`` of ``view`` from the replicated ``accumulators``;
     for SM3-II (``new_accumulators`` given) the range's slice maxima of nu go into them."""
+    kernels = _kernels(group, weights.device)
+    if kernels is not None:
+        kernels.update(weights, grads, start, view, accumulators, new_accumulators, buffer, kernels.scalars)
+        return
     for block, granules in _range_partition(group, weights, start, stop, view):
         _update_block(group, weights, grads, block, granules, accumulators, new_accumulators, buffer, start)
+
+
+class _Kernels(NamedTuple):
+    """The one-pass kernels a step runs instead of the eager blocks, with the step's scalars."""
+
+    update: Callable[..., None]
+    square_maxima: Callable[..., None]
+    scalars: Any
+
+
+def _kernels(group: Mapping[str, Any], device: torch.device) -> _Kernels | None:
+    """The kernels ``impl`` selects on ``device`` (:mod:`memplan.kernels.sm3_cpu` or
+    :mod:`memplan.kernels.sm3_triton`), or None for the eager blocks."""
+    implementation = resolve(group["impl"], device, (COMPILED, TRITON))
+    if implementation == EAGER:
+        return None
+    from memplan.kernels import sm3_cpu, sm3_triton
+
+    decay, coupled, negate = kernel_decay(group)
+    scalars = sm3_cpu.SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"], decay=decay,
+                                 coupled_decay=coupled, negate=negate)
+    if implementation == COMPILED:
+        chunk = kernel_chunk_elements(group)
+        return _Kernels(functools.partial(sm3_cpu.sm3_range, chunk_elements=chunk),
+                        functools.partial(sm3_cpu.sm3_square_maxima_range, chunk_elements=chunk), scalars)
+    return _Kernels(sm3_triton.sm3_range, sm3_triton.sm3_square_maxima_range, scalars)
 
 
 def _add_slice_maxima(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, block: Block,

@@ -25,9 +25,11 @@ from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
+from memplan.kernels.select import COMPILED, EAGER, TRITON, resolve
 from memplan.methods.smmf import SMMF_METHOD
 from memplan.optim.base import (DEFAULT_CHUNK_BYTES, LayoutSource, MemplanOptimizer, block_budget,
-                                block_bytes_per_element, flat_view, learning_rate, updating)
+                                block_bytes_per_element, flat_view, kernel_chunk_elements, kernel_decay,
+                                learning_rate, updating)
 from memplan.optim.blocks import Block, axis_pieces, partition, reduce_granules
 from memplan.optim.sharding import PartialReductions, Shard, local_tensor
 
@@ -143,6 +145,8 @@ class SMMF(MemplanOptimizer):
         sharding: for parameters sharded across ranks (FSDP2): "exact" (the single-device
             trajectory; partial statistics all-reduced once per step) or "local" (each rank's
             shard factorized on its own, no communication; depends on the world size).
+        impl: "eager" (the reference: torch ops over blocks), "compiled" (one-pass CPU kernel,
+            needs numba), "triton" or "auto" (see :mod:`memplan.kernels.select`).
     """
 
     method = SMMF_METHOD
@@ -151,11 +155,11 @@ class SMMF(MemplanOptimizer):
                  weight_decay: float = 0.0, decay_rate: float = -0.5, growth_rate: float = 0.999,
                  vector_reshape: bool = True, weight_decay_mode: str = "adamw", sign_bits: int = 1,
                  matricization: LayoutSource = None, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                 maximize: bool = False, sharding: str = "exact") -> None:
+                 maximize: bool = False, sharding: str = "exact", impl: str = EAGER) -> None:
         defaults = dict(lr=lr, beta1=beta1, eps=eps, weight_decay=weight_decay, decay_rate=decay_rate,
                         growth_rate=growth_rate, vector_reshape=vector_reshape, weight_decay_mode=weight_decay_mode,
                         sign_bits=sign_bits, matricization=matricization, chunk_bytes=chunk_bytes, maximize=maximize,
-                        sharding=sharding)
+                        sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
@@ -208,7 +212,7 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
                  new_m: list[torch.Tensor], start: int, stop: int, layout: tuple[int, int], eps: float,
                  step_size: float) -> None:
     """SMMF's update of the elements ``[start, stop)`` of an n x m ``layout``: the per-range step
-    that a sharded step runs on each rank (and a kernel may replace).
+    that a sharded step runs on each rank, by the eager blocks or a one-pass kernel (``impl``).
 
     ``weights``, ``grads`` and ``signs`` (packed bits, or one bool each) hold the range only (signs
     packed from the range's own start); ``scaled_v`` and ``scaled_m`` are the replicated previous
@@ -220,11 +224,33 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
     step = _FactoredStep(group=group, weights=weights, grads=grads, signs=signs, scaled_v=scaled_v,
                          scaled_m=scaled_m, new_v=new_v, new_m=new_m, eps=eps, step_size=step_size,
                          offset=start, stop=stop)
+    implementation = resolve(group["impl"], weights.device, (COMPILED, TRITON))
+    if implementation != EAGER:
+        _run_kernel(implementation, step, cols)
+        return
     fixed_bytes = 4 * (rows + cols) * (len(new_v) + len(new_m) + len(scaled_v) + len(scaled_m))
     packed = signs is not None and signs.dtype == torch.uint8
     for block, granules in partition((rows, cols), block_budget(group, fixed_bytes), _bytes_per_element(group, weights),
                                      row_multiple=8 if packed else 1, start=start, stop=stop):
         step.run(block, granules)
+
+
+def _run_kernel(implementation: str, step: "_FactoredStep", cols: int) -> None:
+    """The step's range through the one-pass kernel: :mod:`memplan.kernels.smmf_cpu` or
+    :mod:`memplan.kernels.smmf_triton`."""
+    from memplan.kernels import smmf_cpu, smmf_triton
+
+    decay, coupled, negate = kernel_decay(step.group)
+    first_moment = step.signs is not None
+    arguments = (step.weights, step.grads, step.signs.view(-1) if first_moment else None, step.offset, cols,
+                 tuple(step.scaled_v), tuple(step.scaled_m) if first_moment else None, tuple(step.new_v),
+                 tuple(step.new_m) if first_moment else None,
+                 smmf_cpu.SMMFScalars(step_size=step.step_size, eps=step.eps, decay=decay, coupled_decay=coupled,
+                                      negate=negate))
+    if implementation == COMPILED:
+        smmf_cpu.smmf_range(*arguments, kernel_chunk_elements(step.group))
+    else:
+        smmf_triton.smmf_range(*arguments)
 
 
 @dataclass

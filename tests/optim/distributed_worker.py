@@ -98,7 +98,10 @@ def predicted_rank_bytes(spec: str, model: nn.Module, world: int, rank: int, rep
 
 EXACT_SPECS = ("smmf", "smmf:sign_bits=8", "smmf:beta1=none", "smmf:vector_reshape=false", "et1", "et2", "et3",
                "et1:momentum=0.9", "et_inf", "sm3", "sm3:variant=I", "sm3:momentum=0.9", "adam", "adagrad",
-               "sgd:momentum=0.9")
+               "sgd:momentum=0.9",
+               # the one-pass CPU kernels on each rank's range (eager, with a warning, without numba)
+               "smmf:sign_bits=1,impl=compiled", "smmf:sign_bits=8,impl=compiled", "smmf:beta1=none,impl=compiled",
+               "et2:impl=compiled", "et_inf:impl=compiled", "sm3:impl=compiled", "sm3:variant=I,impl=compiled")
 REFUSED_SPECS = ("came", "adafactor", "adafactor:beta1=0.9")
 
 

@@ -1,0 +1,18 @@
+"""One-pass kernels for memplan's optimizers, each on a flat range of a parameter's layout view.
+
+Every kernel updates the contiguous elements ``[start, stop)`` of a parameter's row-major layout
+view (SMMF's n x m matricization, SM3's cover, ET's tensor index) given that range's weights and
+gradients (flat tensors), its own slice of the sharded state (packed signs counted from the
+range's own start, a momentum buffer's range) and the previous, replicated per-axis vectors; the
+slice statistics it produces (row and column sums, slice maxima) are *added* into output vectors,
+so a rank's partial results can be all-reduced before the optimizer finalizes them. The whole
+tensor is the range ``[0, numel)``.
+
+Technologies, one module per method and technology:
+
+- ``*_cpu``: numba, compiled on first use (and cached on disk, see :mod:`memplan.kernels.jit`),
+  multi-threaded over cache-sized pieces of the range;
+- ``*_triton``: Triton kernels for CUDA tensors (their tests run on CPU under ``TRITON_INTERPRET=1``).
+
+:mod:`memplan.kernels.select` resolves an optimizer's ``impl`` option to the technology that runs.
+"""

@@ -1,0 +1,208 @@
+"""SM3's step on a flat range of its cover view (d_1, ..., d_p), compiled with numba.
+
+Per element, with mu the previous per-axis accumulators (read-only, in the working dtype)::
+
+    SM3-II:  nu = min_i mu_i[i_i] + G^2        new maxima: max over every slice of nu
+    SM3-I:   nu = min_i mu_i[i_i]              (mu already holds this step's maxima of G^2)
+    r = 1 / sqrt(nu + eps)   (1 - momentum is rounded once, from double, as torch does)
+    W <- W * decay - lr G r                    or, with momentum:  m <- momentum m + (1 - momentum) G r;
+                                                                   W <- W * decay - lr m
+
+SM3-II's update is one pass; SM3-I first needs :func:`sm3_square_maxima_range` (the maxima of
+G^2, a read-only pass over the gradient). The range is walked in runs along the last axis (the
+minimum over the other axes is one number per run); each thread (a Python thread running a ``nogil`` kernel) keeps its own maxima, combined exactly
+(max is order-free) afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
+
+
+@dataclass(frozen=True)
+class SM3Scalars:
+    """The per-step scalars of SM3's update."""
+
+    lr: float
+    eps: float
+    momentum: float = 0.0
+    decay: float = 1.0
+    """Decoupled weight decay's factor 1 - lr wd (1.0 without)."""
+    coupled_decay: float = 0.0
+    negate: bool = False
+
+
+def _build_kernels():
+    numba = numba_module()
+    jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+    serial_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+    @jit
+    def run_update(weights, grads, buffer, last_acc, last_max, base, add_square, lr, eps, momentum, dampening,
+                   decay, coupled, grad_sign, with_buffer, with_maxima):
+        """One run along the last axis (arrays sliced to it); returns the run's maximum of nu."""
+        run_max = eps * 0
+        for i in range(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i] * grad_sign + coupled * weight
+            nu = min(base, last_acc[i])
+            if add_square:
+                nu = nu + gradient * gradient
+            if with_maxima:
+                last_max[i] = max(last_max[i], nu)
+                run_max = max(run_max, nu)
+            scaled = gradient * (1 / np.sqrt(nu + eps))
+            if with_buffer:
+                moving = buffer[i] * momentum + dampening * scaled
+                buffer[i] = moving
+                weights[i] = weight * decay - lr * moving
+            else:
+                weights[i] = weight * decay - lr * scaled
+        return run_max
+
+    @jit
+    def run_square_max(weights, grads, last_max, coupled, grad_sign):
+        run_max = coupled * 0
+        for i in range(weights.shape[0]):
+            gradient = grads[i] * grad_sign + coupled * weights[i]
+            square = gradient * gradient
+            last_max[i] = max(last_max[i], square)
+            run_max = max(run_max, square)
+        return run_max
+
+    @serial_jit
+    def walk(weights, grads, buffer, dims, offsets, acc, partial, start, mode, lr, eps, momentum, dampening, decay,
+             coupled, grad_sign, per_thread, low, high):
+        """Pieces ``low`` to ``high`` of the range into their rows of ``partial``. mode 0: SM3-II
+        update; 1: SM3-I update; 2: SM3-I's maxima of G^2 (no update)."""
+        length = weights.shape[0]
+        axes = dims.shape[0]
+        last = dims[axes - 1]
+        last_offset = offsets[axes - 1]
+        with_maxima = mode != 1
+        infinity = np.full(1, np.inf, dtype=acc.dtype)
+        for thread in range(low, high):
+            first = thread * per_thread
+            stop = min(length, first + per_thread)
+            if first >= stop:
+                continue
+            index = np.zeros(axes, dtype=np.int64)  # the outer axes' indices of the current run
+            run = (start + first) // last
+            for axis in range(axes - 2, -1, -1):
+                index[axis] = run % dims[axis]
+                run //= dims[axis]
+            k = first
+            while k < stop:
+                col0 = (start + k) % last
+                end = min(stop, k + last - col0)
+                base = infinity[0]
+                for axis in range(axes - 1):
+                    base = min(base, acc[offsets[axis] + index[axis]])
+                if mode == 2:
+                    run_max = run_square_max(weights[k:end], grads[k:end],
+                                             partial[thread, last_offset + col0:last_offset + col0 + end - k],
+                                             coupled, grad_sign)
+                else:
+                    run_max = run_update(weights[k:end], grads[k:end], buffer[k:end] if buffer.shape[0] else buffer,
+                                         acc[last_offset + col0:last_offset + col0 + end - k],
+                                         partial[thread, last_offset + col0:last_offset + col0 + end - k],
+                                         base,
+                                         mode == 0, lr, eps, momentum, dampening, decay, coupled, grad_sign,
+                                         buffer.shape[0] > 0, with_maxima)
+                if with_maxima:
+                    for axis in range(axes - 1):
+                        slot = offsets[axis] + index[axis]
+                        partial[thread, slot] = max(partial[thread, slot], run_max)
+                for axis in range(axes - 2, -1, -1):  # the next run's outer indices
+                    index[axis] += 1
+                    if index[axis] < dims[axis]:
+                        break
+                    index[axis] = 0
+                k = end
+
+    @serial_jit
+    def combine(out, partial):
+        for slot in range(out.shape[0]):
+            for thread in range(partial.shape[0]):
+                out[slot] = max(out[slot], partial[thread, slot])
+
+    return walk, combine
+
+
+_WALK = None
+
+
+def _walk():
+    global _WALK
+    if _WALK is None:
+        _WALK = _build_kernels()
+    return _WALK
+
+
+def sm3_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],
+              accumulators: list[torch.Tensor], new_maxima: list[torch.Tensor] | None,
+              buffer: torch.Tensor | None, scalars: SM3Scalars, chunk_elements: int | None = None) -> None:
+    """Update the elements ``[start, start + weights.numel())`` of the cover ``view``.
+
+    ``accumulators`` are the per-axis mu (read-only); with ``new_maxima`` (SM3-II) the range's
+    slice maxima of nu are max-combined into those vectors, without (SM3-I) nu is the minimum of
+    the accumulators alone. ``buffer`` is the range's momentum buffer (fp32), or None.
+    """
+    _dispatch(weights, grads, start, view, accumulators, new_maxima, buffer, scalars, chunk_elements,
+              0 if new_maxima is not None else 1)
+
+
+def sm3_square_maxima_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],
+                            maxima: list[torch.Tensor], scalars: SM3Scalars,
+                            chunk_elements: int | None = None) -> None:
+    """SM3-I's first pass: max-combine the range's slice maxima of G^2 into ``maxima``
+    (``weights`` only enter through coupled weight decay; nothing is written to them)."""
+    _dispatch(weights, grads, start, view, maxima, maxima, None, scalars, chunk_elements, 2)
+
+
+def _dispatch(weights, grads, start, view, accumulators, outputs, buffer, scalars, chunk_elements, mode) -> None:
+    working = weights.dtype if weights.dtype.itemsize >= 4 else torch.float32
+    length = weights.numel()
+    if weights.dtype == working and grads.dtype == working:
+        _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mode, working)
+        return
+    piece = max(1, chunk_elements or length)
+    for offset in range(0, length, piece):
+        stop = min(length, offset + piece)
+        weight = weights[offset:stop].to(working)
+        _run(weight, grads[offset:stop].to(working), start + offset, view, accumulators, outputs,
+             None if buffer is None else buffer[offset:stop], scalars, mode, working)
+        if mode != 2:
+            weights[offset:stop].copy_(weight)
+
+
+def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mode, working) -> None:
+    numpy_float = np.float32 if working == torch.float32 else np.float64
+    dims = np.array(view, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
+    acc = torch.cat([accumulator.reshape(-1) for accumulator in accumulators]).to(working).numpy()
+    out = np.zeros(int(dims.sum()), dtype=numpy_float) if outputs is None else \
+        torch.cat([output.reshape(-1) for output in outputs]).to(working).numpy()
+    buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
+    threads = kernel_threads(weights.numel())
+    partial = np.zeros((threads, out.shape[0]), dtype=numpy_float)
+    walk, combine = _walk()
+    arguments = (weights.numpy(), grads.numpy(), buffer_array, dims, offsets, acc, partial, start, mode,
+                 numpy_float(scalars.lr), numpy_float(scalars.eps), numpy_float(scalars.momentum),
+                 numpy_float(1.0 - scalars.momentum), numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
+                 numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
+    run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
+    if mode != 1:
+        combine(out, partial)
+    if outputs is not None:
+        merged = torch.from_numpy(out)
+        for output, piece in zip(outputs, merged.split([int(dim) for dim in dims])):
+            output.view(-1).copy_(piece)
+
+
+__all__ = ["SM3Scalars", "sm3_range", "sm3_square_maxima_range"]

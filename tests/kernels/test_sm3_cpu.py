@@ -1,0 +1,97 @@
+"""The SM3 CPU kernels against a dense re-implementation on a flat range of the cover view."""
+
+import math
+
+import pytest
+import torch
+
+from memplan.kernels.sm3_cpu import SM3Scalars, sm3_range, sm3_square_maxima_range
+
+VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5)]
+
+ULP = 1.2e-7
+"""Absolute slack: one fp32 ulp of O(1) operands (a difference in the last bit, e.g. from a fused
+multiply-add, is relative noise where a result cancels to near zero)."""
+
+
+def axis_indices(start, count, view):
+    flat = torch.arange(start, start + count)
+    indices = []
+    for dim in reversed(view):
+        indices.append(flat % dim)
+        flat = flat // dim
+    return indices[::-1]
+
+
+def slice_maxima(values, indices, view):
+    return [torch.zeros(dim, dtype=values.dtype).scatter_reduce_(0, index, values, "amax")
+            for dim, index in zip(view, indices)]
+
+
+def dense_update(weights, grads, buffer, start, view, accumulators, scalars, add_square):
+    indices = axis_indices(start, weights.numel(), view)
+    gradient = grads * (-1.0 if scalars.negate else 1.0) + scalars.coupled_decay * weights
+    nu = torch.stack([accumulator[index] for accumulator, index in zip(accumulators, indices)]).amin(0)
+    if add_square:
+        nu = nu + gradient * gradient
+    scaled = gradient * (1 / (nu + scalars.eps).sqrt())
+    if buffer is None:
+        return weights * scalars.decay - scalars.lr * scaled, None, slice_maxima(nu, indices, view)
+    moving = buffer * scalars.momentum + (1 - scalars.momentum) * scaled
+    return weights * scalars.decay - scalars.lr * moving, moving, slice_maxima(nu, indices, view)
+
+
+def random_case(view, dtype, seed, momentum):
+    generator = torch.Generator().manual_seed(seed)
+    count = math.prod(view)
+    start = int(torch.randint(0, count, (1,), generator=generator))
+    stop = int(torch.randint(start + 1, count + 1, (1,), generator=generator))
+    weights = torch.randn(stop - start, generator=generator).to(dtype)
+    grads = torch.randn(stop - start, generator=generator).to(dtype)
+    buffer = torch.randn(stop - start, generator=generator) if momentum else None
+    accumulators = [torch.rand(dim, generator=generator) + 0.1 for dim in view]
+    return start, weights, grads, buffer, accumulators
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("variant", ["II", "I"])
+@pytest.mark.parametrize("view", VIEWS, ids=["x".join(map(str, view)) for view in VIEWS])
+def test_range_update_equals_the_dense_step(view, variant, momentum, threads):
+    for seed in range(3):
+        start, weights, grads, buffer, accumulators = random_case(view, torch.float32, seed, momentum)
+        scalars = SM3Scalars(lr=0.1, eps=1e-30, momentum=momentum, decay=1.0 - 1e-3 * seed,
+                             coupled_decay=0.01 * (seed == 2), negate=seed == 1)
+        if variant == "I":
+            maxima = [torch.zeros(dim) for dim in view]
+            sm3_square_maxima_range(weights, grads, start, view, maxima, scalars)
+            indices = axis_indices(start, weights.numel(), view)
+            gradient = grads * (-1.0 if scalars.negate else 1.0) + scalars.coupled_decay * weights
+            for got, want in zip(maxima, slice_maxima(gradient * gradient, indices, view)):
+                assert torch.equal(got, want)
+        expected = dense_update(weights, grads, buffer, start, view, accumulators, scalars, variant == "II")
+        new = [torch.zeros(dim) for dim in view] if variant == "II" else None
+        sm3_range(weights, grads, start, view, accumulators, new, buffer, scalars)
+        torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
+        if buffer is not None:
+            torch.testing.assert_close(buffer, expected[1], rtol=1e-6, atol=ULP)
+        if new is not None:
+            for got, want in zip(new, expected[2]):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_dtypes_run_in_their_working_precision(dtype, threads):
+    view = (13, 7)
+    start, weights, grads, _, accumulators = random_case(view, dtype, seed=5, momentum=0.0)
+    working = torch.float64 if dtype == torch.float64 else torch.float32
+    scalars = SM3Scalars(lr=0.1, eps=1e-30)
+    expected = dense_update(weights.to(working), grads.to(working), None, start, view,
+                            [accumulator.to(working) for accumulator in accumulators], scalars, True)
+    new = [torch.zeros(dim) for dim in view]
+    sm3_range(weights, grads, start, view, accumulators, new, None, scalars, chunk_elements=10)
+    if dtype == torch.float64:
+        torch.testing.assert_close(weights, expected[0], rtol=1e-12, atol=1e-15)
+    else:
+        assert torch.equal(weights, expected[0].to(dtype))
+    for got, want in zip(new, expected[2]):
+        torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=0)

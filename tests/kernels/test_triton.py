@@ -1,0 +1,82 @@
+"""The Triton kernels on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``),
+against the same dense re-implementations as the CPU kernels."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first built
+pytest.importorskip("triton")
+
+from memplan.kernels import smmf_triton  # noqa: E402
+from memplan.kernels.smmf_cpu import SMMFScalars  # noqa: E402
+
+from .test_smmf_cpu import ULP, dense_step, pack, random_case, unpack  # noqa: E402
+
+SHAPES = [(1, 1), (7, 13), (31, 17), (97, 1), (13, 8), (64, 33)]
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(smmf_triton, "BLOCK", 64)  # several programs even on small shapes
+
+
+@pytest.mark.parametrize("sign_bits", [1, 8, None], ids=["1bit", "8bit", "no_momentum"])
+@pytest.mark.parametrize("shape", SHAPES, ids=[f"{n}x{m}" for n, m in SHAPES])
+def test_smmf_triton_range_equals_the_dense_step(shape, sign_bits):
+    rows, cols = shape
+    for seed in range(2):
+        start, weights, grads, positive, factors = random_case(rows, cols, torch.float32, seed)
+        scalars = SMMFScalars(step_size=-0.01, eps=1e-8, decay=0.999, coupled_decay=0.01 * seed, negate=seed == 1)
+        scaled_v, scaled_m = (factors[0], factors[1]), (factors[2], factors[3]) if sign_bits else None
+        expected = dense_step(weights, grads, positive, start, rows, cols, scaled_v, scaled_m, scalars)
+        signs = None if sign_bits is None else pack(positive) if sign_bits == 1 else positive.clone()
+        new_v = (torch.zeros(rows), torch.zeros(cols))
+        new_m = (torch.zeros(rows), torch.zeros(cols)) if sign_bits else None
+        smmf_triton.smmf_range(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars)
+        torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
+        for got, want in zip(new_v, expected[2]):
+            torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=ULP)
+        if sign_bits is not None:
+            stored = unpack(signs, weights.numel()) if sign_bits == 1 else signs
+            assert torch.equal(stored, expected[1])
+            if sign_bits == 1:
+                assert torch.equal(signs, pack(expected[1]))
+            for got, want in zip(new_m, expected[3]):
+                torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=ULP)
+
+
+VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5)]
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("variant", ["II", "I"])
+@pytest.mark.parametrize("view", VIEWS, ids=["x".join(map(str, view)) for view in VIEWS])
+def test_sm3_triton_range_equals_the_dense_step(view, variant, momentum, monkeypatch):
+    from memplan.kernels import sm3_triton
+    from memplan.kernels.sm3_cpu import SM3Scalars
+
+    from .test_sm3_cpu import axis_indices, dense_update, random_case as sm3_case, slice_maxima
+
+    monkeypatch.setattr(sm3_triton, "BLOCK", 32)
+    for seed in range(2):
+        start, weights, grads, buffer, accumulators = sm3_case(view, torch.float32, seed, momentum)
+        scalars = SM3Scalars(lr=0.1, eps=1e-30, momentum=momentum, decay=0.999, coupled_decay=0.01 * seed,
+                             negate=seed == 1)
+        if variant == "I":
+            maxima = [torch.zeros(dim) for dim in view]
+            sm3_triton.sm3_square_maxima_range(weights, grads, start, view, maxima, scalars)
+            gradient = grads * (-1.0 if scalars.negate else 1.0) + scalars.coupled_decay * weights
+            for got, want in zip(maxima, slice_maxima(gradient * gradient, axis_indices(start, weights.numel(), view),
+                                                      view)):
+                assert torch.equal(got, want)
+        expected = dense_update(weights, grads, buffer, start, view, accumulators, scalars, variant == "II")
+        new = [torch.zeros(dim) for dim in view] if variant == "II" else None
+        sm3_triton.sm3_range(weights, grads, start, view, accumulators, new, buffer, scalars)
+        torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
+        if buffer is not None:
+            torch.testing.assert_close(buffer, expected[1], rtol=1e-6, atol=ULP)
+        if new is not None:
+            for got, want in zip(new, expected[2]):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
