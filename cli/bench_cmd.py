@@ -186,7 +186,7 @@ def _results_table(report: BenchReport, origin: str, width: int) -> Table:
         caption += "; a wider terminal (or --json, --out) shows predicted state, peak transient and p10-p90"
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     columns = (("method", "state", "state error", "pred. ms", "measured ms", "time error", "vs AdamW") if narrow else
-               ("method", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
+               ("method", "impl", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
                 "measured ms (p10-p90)", "time error", "vs AdamW"))
     for column in columns:
         header = column.replace(" ", "\n", 1) if narrow and column != "method" else column
@@ -201,6 +201,7 @@ def _results_table(report: BenchReport, origin: str, width: int) -> Table:
             measured_ms += f" ({result.step_ms_p10:.1f}-{result.step_ms_p90:.1f})"
         cells = {
             "method": result.method,
+            "impl": result.implementation or "-",
             "pred. state": format_size(result.predicted_state_bytes),
             "measured state": "skipped" if result.skipped else format_size(result.measured_state_bytes),
             "state": "skipped" if result.skipped else format_size(result.measured_state_bytes),

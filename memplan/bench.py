@@ -42,6 +42,7 @@ from memplan.fileio import atomic_write, atomic_write_text
 from memplan.loaders import load_profile
 from memplan.measure import state_storage_bytes
 from memplan.methods import BENCH_METHODS, REFERENCE_FAMILY, as_spec, build, get_method, param_state
+from memplan.optim.implementation import implementation_of
 from memplan.plan import Plan
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.sizes import format_size
@@ -98,6 +99,9 @@ class BenchResult:
     """Params + grads + predicted state + predicted transient peak: what the fit check compares."""
     skipped: bool = False
     skip_reason: str | None = None
+    implementation: str | None = None
+    """What stepped it (:func:`memplan.optim.implementation.implementation_of`): eager, compiled,
+    triton, or torch's fused, foreach or forloop; None when it did not run."""
 
     @property
     def step_error(self) -> float | None:
@@ -123,6 +127,7 @@ class BenchResult:
             "required_bytes": self.required_bytes,
             "skipped": self.skipped,
             "skip_reason": self.skip_reason,
+            "implementation": self.implementation,
         }
 
 
@@ -417,6 +422,7 @@ def measure_entry(entry: BenchEntry, named: NamedParameters, device: Device, ste
     device.synchronize()
     tick(entry.label)
     measured_state = state_storage_bytes(optimizer)
+    implementation = implementation_of(optimizer)
     allocator_state = None if before is None else device.allocated() - before
     for _ in range(warmup - 1):
         optimizer.step()
@@ -431,7 +437,7 @@ def measure_entry(entry: BenchEntry, named: NamedParameters, device: Device, ste
         allocator_state_bytes=allocator_state, predicted_peak_transient_bytes=entry.predicted_peak_bytes,
         peak_transient_bytes=peak, predicted_step_ms=_ms(entry.predicted_step_seconds),
         step_ms_median=statistics.median(times_ms), step_ms_p10=percentile(times_ms, 0.10),
-        step_ms_p90=percentile(times_ms, 0.90), required_bytes=required,
+        step_ms_p90=percentile(times_ms, 0.90), required_bytes=required, implementation=implementation,
     )
 
 

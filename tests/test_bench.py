@@ -215,3 +215,12 @@ def test_noisy_step_times_are_warned_about():
                          (result("adam", 10.0, 12.0), result("sm3", 2.0, 52.0)))
     warnings = report.noise_warnings()
     assert len(warnings) == 1 and warnings[0].startswith("sm3: step times are noisy (p90 26.0x the median)")
+
+
+def test_each_row_records_what_stepped_it(report):
+    """The JSON and CSV records say which implementation ran: memplan's resolved impl, torch's kernel."""
+    implementations = {record["method"]: record["implementation"] for record in report.records()}
+    assert implementations["smmf"] == "eager"
+    assert implementations["sm3:impl=pytorch_optimizer"] == "pytorch_optimizer"
+    assert all(value for value in implementations.values())
+    assert "implementation" in report.to_frame().columns

@@ -10,12 +10,14 @@ vectors; the optimizer all-reduces (when sharded) and folds them into its accumu
                                                                   W <- W * decay - lr m
 
 ET-infinity's passes are :func:`squared_norm_range` and :func:`scale_range`. The range is walked
-in runs along the last axis, as in :mod:`memplan.kernels.sm3_cpu`; sums accumulate in float64,
+in runs along the trailing axes (the last one, and the ones before it while their product stays
+small: :data:`TAIL_ELEMENTS`), as in :mod:`memplan.kernels.sm3_cpu`; sums accumulate in float64,
 per thread, and are combined in a fixed order.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,30 +53,46 @@ def _build():
         return total
 
     @jit
-    def run_update(weights, grads, buffer, last_scaled, outer, offset, scale, order, lr, momentum, decay, coupled,
-                   grad_sign, with_buffer):
-        exponent = -0.5 / order
-        for i in range(weights.shape[0]):
-            weight = weights[i]
-            gradient = grads[i] * grad_sign + coupled * weight
-            product = outer * last_scaled[i] + offset
-            if order == 1:
-                root = 1 / np.sqrt(product)
-            elif order == 2:
-                root = 1 / np.sqrt(np.sqrt(product))
-            else:
-                root = np.exp(np.log(product) * exponent)
-            step = root * gradient
-            if with_buffer:
-                moving = buffer[i] * momentum + step * scale
+    def run_update(weights, grads, buffer, last_scaled, last_roots, roots, outer, offset, threshold, scale, order, lr,
+                   momentum, decay, coupled, grad_sign, with_buffer):
+        # The loops are branch-free where they can be, so LLVM vectorizes them: the order's root
+        # first, into the run's scratch ``roots``, then the update. Orders 1, 2 and 4 take square
+        # roots. Other orders would take a log and an exp per element (scalar code); instead, where
+        # the offset moves the root by less than half an ulp (outer * s >= threshold), the root is
+        # separable: outer^a * s^a, with s^a precomputed per table entry (``last_roots``).
+        one = weights.dtype.type(1)
+        count = weights.shape[0]
+        if order == 1:
+            for i in range(count):
+                roots[i] = one / np.sqrt(outer * last_scaled[i] + offset)
+        elif order == 2:
+            for i in range(count):
+                roots[i] = one / np.sqrt(np.sqrt(outer * last_scaled[i] + offset))
+        elif order == 4:
+            for i in range(count):
+                roots[i] = one / np.sqrt(np.sqrt(np.sqrt(outer * last_scaled[i] + offset)))
+        else:
+            exponent = -0.5 / order   # float64: the rare exact roots keep their precision
+            outer_root = np.exp(np.log(np.float64(outer)) * exponent) if outer > 0 else 0.0
+            for i in range(count):
+                roots[i] = outer_root * last_roots[i]
+            for i in range(count):
+                if outer * last_scaled[i] < threshold:
+                    roots[i] = np.exp(np.log(outer * last_scaled[i] + offset) * exponent)
+        if with_buffer:
+            for i in range(count):
+                weight = weights[i]
+                moving = buffer[i] * momentum + roots[i] * (grads[i] * grad_sign + coupled * weight) * scale
                 buffer[i] = moving
                 weights[i] = weight * decay - lr * moving
-            else:
-                weights[i] = weight * decay - lr * (step * scale)
+        else:
+            for i in range(count):
+                weight = weights[i]
+                weights[i] = weight * decay - lr * (roots[i] * (grads[i] * grad_sign + coupled * weight) * scale)
 
     @serial_jit
-    def walk(weights, grads, buffer, dims, offsets, scaled, partial, start, update, offset, scale, lr, momentum, decay,
-             coupled, grad_sign, per_thread, low, high):
+    def walk(weights, grads, buffer, dims, offsets, scaled, last_roots, partial, start, update, order, offset, threshold,
+             scale, lr, momentum, decay, coupled, grad_sign, per_thread, low, high):
         """Pieces ``low`` to ``high``. update False: slice sums of G^2 into their rows of
         ``partial``; True: the update pass."""
         length = weights.shape[0]
@@ -82,6 +100,7 @@ def _build():
         last = dims[axes - 1]
         last_offset = offsets[axes - 1]
         one = np.ones(1, dtype=weights.dtype)
+        roots = np.empty(last if update else 0, dtype=weights.dtype)
         for thread in range(low, high):
             first = thread * per_thread
             stop = min(length, first + per_thread)
@@ -101,8 +120,10 @@ def _build():
                     for axis in range(axes - 1):
                         outer = outer * scaled[offsets[axis] + index[axis]]
                     run_update(weights[k:end], grads[k:end], buffer[k:end] if buffer.shape[0] else buffer,
-                               scaled[last_offset + col0:last_offset + col0 + end - k], outer, offset, scale, axes,
-                               lr, momentum, decay, coupled, grad_sign, buffer.shape[0] > 0)
+                               scaled[last_offset + col0:last_offset + col0 + end - k],
+                               last_roots[col0:col0 + end - k] if last_roots.shape[0] else last_roots,
+                               roots[:end - k], outer, offset, threshold, scale, order, lr, momentum, decay, coupled,
+                               grad_sign, buffer.shape[0] > 0)
                 else:
                     total = run_squares(weights[k:end], grads[k:end],
                                         partial[thread, last_offset + col0:last_offset + col0 + end - k],
@@ -218,30 +239,67 @@ def _pieces(weights, grads, buffer, start, index, vectors, scalars, chunk_elemen
             weights[begin:stop].copy_(weight)
 
 
+TAIL_ELEMENTS = 1 << 15
+"""Trailing axes are walked as one axis while their product stays this small: a run along the last
+axis alone would be as short as that axis (3 for a 3 x 3 convolution kernel) and each run pays a
+fixed cost."""
+
+
+def _tail_axes(dims: tuple[int, ...]) -> int:
+    """How many trailing axes of ``dims`` the kernels walk as one (at least the last)."""
+    tail, size = 1, dims[-1]
+    while tail < len(dims) and size * dims[-tail - 1] <= TAIL_ELEMENTS:
+        size *= dims[-tail - 1]
+        tail += 1
+    return tail
+
+
 def _run(weights, grads, buffer, start, index, vectors, scalars, update, scale, offset, working) -> None:
     numpy_float = np.float32 if working == torch.float32 else np.float64
     dims = tuple(int(dim) for dim in index)
+    tail = _tail_axes(dims)
+    head, trailing = dims[:len(dims) - tail], dims[len(dims) - tail:]
+    walked = head + (math.prod(trailing),)
     if update:
-        scaled = torch.cat([vector.reshape(-1) for vector in vectors]).to(working).numpy()
-        _call(weights, grads, buffer, dims, scaled, np.zeros(sum(dims), dtype=np.float64), start, True, scalars,
-              scale, offset, numpy_float)
-    else:
-        sums = np.zeros(sum(dims), dtype=np.float64)
-        _call(weights, grads, buffer, dims, np.zeros(0, dtype=numpy_float), sums, start, False, scalars, 1.0, 0.0,
-              numpy_float)
-        for vector, part in zip(vectors, torch.from_numpy(sums).split(list(dims))):
-            vector.view(-1).add_(part.to(vector.dtype))
+        # the trailing axes' accumulators as one table: their outer product
+        table = vectors[len(head)].reshape(-1).to(working)
+        for vector in vectors[len(head) + 1:]:
+            table = torch.outer(table, vector.reshape(-1).to(working)).reshape(-1)
+        scaled = torch.cat([vector.reshape(-1).to(working) for vector in vectors[:len(head)]] + [table]).numpy()
+        order = len(dims)
+        exponent = -0.5 / order
+        # the separable roots' table, and where they are exact: |exponent| offset / (outer s) at most
+        # the unit roundoff (see run_update)
+        last_roots = (np.zeros(0, dtype=numpy_float) if order in (1, 2, 4) else
+                      (table.double() ** exponent).to(working).numpy())
+        threshold = abs(exponent) * offset / (np.finfo(numpy_float).eps / 2)
+        _call(weights, grads, buffer, walked, order, scaled, np.zeros(sum(walked), dtype=np.float64), start, True,
+              scalars, scale, offset, numpy_float, last_roots, threshold)
+        return
+    sums = np.zeros(sum(walked), dtype=np.float64)
+    _call(weights, grads, buffer, walked, len(dims), np.zeros(0, dtype=numpy_float), sums, start, False, scalars,
+          1.0, 0.0, numpy_float)
+    parts = torch.from_numpy(sums).split(list(walked))
+    for vector, part in zip(vectors[:len(head)], parts):
+        vector.view(-1).add_(part.to(vector.dtype))
+    # the trailing table's sums of G^2, summed over every trailing axis but one (in float64)
+    table = parts[-1].view(trailing)
+    for axis, vector in enumerate(vectors[len(head):]):
+        others = [other for other in range(tail) if other != axis]
+        vector.view(-1).add_((table.sum(dim=others) if others else table).to(vector.dtype))
 
 
-def _call(weights, grads, buffer, dims, scaled, sums, start, update, scalars, scale, offset, numpy_float) -> None:
+def _call(weights, grads, buffer, dims, order, scaled, sums, start, update, scalars, scale, offset, numpy_float,
+          last_roots=None, threshold=0.0) -> None:
     dims_array = np.array(dims, dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(dims_array)[:-1]]).astype(np.int64)
     buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
     threads = kernel_threads(weights.numel())
     partial = np.zeros((threads, 0 if update else sums.shape[0]), dtype=np.float64)
     walk, combine = _walk()
-    arguments = (weights.numpy(), grads.numpy(), buffer_array, dims_array, offsets, scaled, partial, start, update,
-                 numpy_float(offset), numpy_float(scale), numpy_float(scalars.lr), numpy_float(scalars.momentum),
+    last_roots = np.zeros(0, dtype=numpy_float) if last_roots is None else last_roots
+    arguments = (weights.numpy(), grads.numpy(), buffer_array, dims_array, offsets, scaled, last_roots, partial, start,
+                 update, order, numpy_float(offset), numpy_float(threshold), numpy_float(scale), numpy_float(scalars.lr), numpy_float(scalars.momentum),
                  numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
                  numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
     run_in_threads(lambda low, high: walk(*arguments, low, high), threads)

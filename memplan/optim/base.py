@@ -82,6 +82,19 @@ class MemplanOptimizer(torch.optim.Optimizer):
     """
 
     method: Method
+    kernels: tuple[str, ...] = ()
+    """The kernel technologies (:mod:`memplan.kernels.select`) that can run this optimizer's steps
+    when a group's ``impl`` asks for them; eager otherwise."""
+
+    def implementation(self, group: Mapping[str, Any]) -> str:
+        """What steps ``group``: ``eager``, ``compiled`` or ``triton`` (its ``impl`` resolved
+        against the group's device and what is installed)."""
+        from memplan.kernels.select import EAGER, resolve
+
+        if "impl" not in group:
+            return EAGER
+        device = group["params"][0].device if group["params"] else torch.device("cpu")
+        return resolve(group["impl"], device, self.kernels)
 
     @property
     def layout_key(self) -> str | None:

@@ -63,6 +63,7 @@ class ExtremeTensoring(MemplanOptimizer):
     """
 
     method = ET1
+    kernels = (COMPILED,)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
@@ -146,8 +147,9 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
 
 def _compiled(group: Mapping[str, Any], weights: torch.Tensor) -> bool:
     """Whether ``impl`` selects the CPU kernels (:mod:`memplan.kernels.extreme_cpu`) for this
-    range; there are no Triton kernels for extreme tensoring yet."""
-    return resolve(group["impl"], weights.device, (COMPILED,)) == COMPILED
+    range (ET-infinity's kernels are the same technology); there are no Triton kernels for extreme
+    tensoring yet."""
+    return resolve(group["impl"], weights.device, ExtremeTensoring.kernels) == COMPILED
 
 
 def _kernel_scalars(group: Mapping[str, Any]):
@@ -183,12 +185,15 @@ def _update_block(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.
 
 
 def _inverse_root_(values: torch.Tensor, order: int) -> torch.Tensor:
-    """values ** (-1 / (2 order)), in place: one or two square roots for orders 1 and 2, else
-    exp(log(x) / (-2 order)) (torch.pow with a fractional exponent is several times slower on CPU)."""
+    """values ** (-1 / (2 order)), in place: square roots for orders 1, 2 and 4, else
+    exp(log(x) / (-2 order)) (torch.pow with a fractional exponent is several times slower on CPU).
+    The CPU kernels (:mod:`memplan.kernels.extreme_cpu`) take the same roots."""
     if order == 1:
         return values.rsqrt_()
     if order == 2:
         return values.sqrt_().rsqrt_()
+    if order == 4:
+        return values.sqrt_().sqrt_().rsqrt_()
     return values.log_().mul_(-1.0 / (2 * order)).exp_()
 
 
@@ -217,6 +222,7 @@ class ETInfinity(MemplanOptimizer):
     """
 
     method = ET_INF
+    kernels = (COMPILED,)
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  weight_decay: float = 0.0, weight_decay_mode: str = "adamw",
