@@ -13,14 +13,16 @@ For each workload in ``benchmarks/workloads/`` this script
 ``--summary`` then reads every workload's results and reports the cross-workload checks: the
 Spearman rank correlation between one workload's priors and another's measured qualities, and,
 on each workload held out from the bundled priors (``fit_priors.HELD_OUT``), between the bundled
-priors (``profiles/priors.yaml``) and the qualities measured there.
+priors (``profiles/priors.yaml``) and the qualities and losses measured there.
 
 Usage (each workload in its own process, one thread each, so that both cores work)::
 
     python benchmarks/plan_quality.py char_lm --steps 200 --seeds 3 &
     python benchmarks/plan_quality.py digits_cnn --steps 200 --seeds 3 &
-    wait; python benchmarks/plan_quality.py source_gru --steps 200 --seeds 3   # held out
-    python benchmarks/plan_quality.py --summary
+    wait
+    python benchmarks/plan_quality.py source_gru --steps 200 --seeds 3 &     # held out from
+    python benchmarks/plan_quality.py source_words --steps 200 --seeds 3 &   # the bundled priors
+    wait; python benchmarks/plan_quality.py --summary
 """
 
 from __future__ import annotations
