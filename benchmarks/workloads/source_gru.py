@@ -1,0 +1,103 @@
+"""A small character-level GRU language model on Python's own standard-library source code.
+
+Held out from the bundled priors (``benchmarks/fit_priors.py`` never reads it): the workload on
+which ``benchmarks/plan_quality.py --summary`` checks that the priors rank the methods as training
+does. It differs from ``char_lm`` in architecture (a recurrent network, no attention, no
+normalisation layer, no position table) and in text (Python code, not the prose of the language
+reference), but it is still a character-level language model.
+
+The text is the source of nine pure-Python standard-library modules (about 500,000 characters),
+read from the running interpreter's installation, so the workload needs no download; the exact
+characters follow the Python version. Each module's first 90% trains and its last 10% is held out.
+Characters outside printable ASCII (and newline) share one symbol, so the vocabulary is the same
+on every version. Used by ``memplan trial`` (``training_batch``/``loss``/``eval_batches``) and by
+``benchmarks/plan_quality.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import string
+
+import torch
+from torch import nn
+
+MODULES = ("argparse", "configparser", "dataclasses", "difflib", "enum", "functools", "heapq", "statistics",
+           "textwrap")
+CONTEXT = 32
+BATCH = 16
+EVAL_BATCHES = 8
+ALPHABET = "\n" + "".join(char for char in string.printable if char.isprintable())
+UNKNOWN = len(ALPHABET)
+VOCAB = len(ALPHABET) + 1
+
+
+def _encode(text: str) -> torch.Tensor:
+    index = {char: position for position, char in enumerate(ALPHABET)}
+    return torch.tensor([index.get(char, UNKNOWN) for char in text], dtype=torch.long)
+
+
+def _corpus() -> tuple[torch.Tensor, torch.Tensor]:
+    """The training and held-out characters: each module's first 90% and last 10%."""
+    train, held_out = [], []
+    for module in MODULES:
+        origin = importlib.util.find_spec(module).origin
+        with open(origin, encoding="utf-8") as source:
+            tokens = _encode(source.read())
+        split = int(len(tokens) * 0.9)
+        train.append(tokens[:split])
+        held_out.append(tokens[split:])
+    return torch.cat(train), torch.cat(held_out)
+
+
+TRAIN_TOKENS, HELD_OUT_TOKENS = _corpus()
+
+
+class SourceGRU(nn.Module):
+    """A character embedding, one GRU layer and a linear head over the characters."""
+
+    def __init__(self, vocab: int = VOCAB, width: int = 32, hidden: int = 128) -> None:
+        super().__init__()
+        self.tokens = nn.Embedding(vocab, width)
+        self.gru = nn.GRU(width, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, vocab)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        states, _ = self.gru(self.tokens(tokens))
+        return self.head(states)
+
+
+def build_model() -> nn.Module:
+    """The model memplan trains."""
+    return SourceGRU()
+
+
+def _windows(tokens: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    offsets = start[:, None] + torch.arange(CONTEXT + 1)
+    chunk = tokens[offsets]
+    return chunk[:, :-1], chunk[:, 1:]
+
+
+def training_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random windows of the training text (memplan seeds torch's generator per step)."""
+    return _windows(TRAIN_TOKENS, torch.randint(0, len(TRAIN_TOKENS) - CONTEXT - 1, (BATCH,)))
+
+
+def eval_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Fixed windows of the held-out text."""
+    generator = torch.Generator().manual_seed(1234)
+    return [_windows(HELD_OUT_TOKENS, torch.randint(0, len(HELD_OUT_TOKENS) - CONTEXT - 1, (BATCH,),
+                                                    generator=generator))
+            for _ in range(EVAL_BATCHES)]
+
+
+def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Mean next-character cross-entropy (nats)."""
+    inputs, targets = batch
+    logits = model(inputs)
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+
+
+def calibration_loss(model: nn.Module) -> torch.Tensor:
+    """For ``memplan plan --calibrate``: the loss on a fresh training batch."""
+    return loss(model, training_batch(0))
