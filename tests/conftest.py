@@ -1,4 +1,5 @@
-"""Shared fixtures: running the installed ``memplan`` command, and small model files."""
+"""Shared fixtures: running the ``memplan`` command (in this process, or the installed script),
+and small model files."""
 
 from __future__ import annotations
 
