@@ -38,18 +38,11 @@ class Block(nn.Module):
 """
 
 
-def test_the_installed_console_script_runs(run_memplan):
-    result = run_memplan("--version", subprocess=True)
-    assert result.code == 0 and result.stdout.startswith("memplan ") and result.stderr == ""
-
-
 def test_bad_input_is_one_line_from_the_real_interpreter(run_memplan, tmp_path):
     result = run_memplan("analyze", "no-such-model", subprocess=True)
     assert result.code == 1 and result.stdout == ""
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("memplan: error: no-such-model: "), result.stderr
-    usage = run_memplan("analyze", "gpt2", "--bogus", subprocess=True)
-    assert usage.code == 2 and len(usage.stderr.splitlines()) == 1 and "Traceback" not in usage.stderr
 
 
 def test_debug_shows_the_interpreters_traceback(run_memplan):
@@ -57,9 +50,10 @@ def test_debug_shows_the_interpreters_traceback(run_memplan):
     assert result.code == 1 and "Traceback (most recent call last)" in result.stderr
 
 
-def test_a_users_folder_does_not_shadow_the_commands_modules(run_memplan, tmp_path):
-    # a fresh process, so that nothing memplan imports is loaded yet: files named after memplan and
-    # the libraries it imports sit beside model.py, whose own helper module must still be found
+def test_the_installed_script_runs_where_a_users_folder_could_shadow_its_modules(run_memplan, tmp_path):
+    # a fresh process of the installed console script, so that nothing memplan imports is loaded
+    # yet: files named after memplan and the libraries it imports sit beside model.py, whose own
+    # helper module must still be found
     (tmp_path / "model.py").write_text(MODEL_WITH_HELPER)
     (tmp_path / "layers.py").write_text(HELPER.format(width=4))
     for shadow in ("memplan", "rich", "typer", "yaml", "shlex", "csv"):
