@@ -121,8 +121,9 @@ def test_keep_freed_sets_glibc_to_keep_memory_and_restores_its_defaults(monkeypa
     assert libc.calls == []
 
 
-def _mmapped_bytes():
-    """glibc's count of bytes in mmapped blocks, or None where mallinfo2 is missing."""
+def _mallinfo():
+    """glibc's mallinfo2 (hblkhd: bytes in mmapped blocks, fordblks: free heap bytes), or None
+    where it is missing."""
     try:
         libc = ctypes.CDLL("libc.so.6")
         mallinfo2 = libc.mallinfo2
@@ -134,14 +135,21 @@ def _mmapped_bytes():
                                                         "fsmblks", "uordblks", "fordblks", "keepcost")]
 
     mallinfo2.restype = MallInfo2
-    return lambda: mallinfo2().hblkhd
+    return mallinfo2
 
 
 def test_keep_freed_keeps_large_blocks_off_mmap_while_active_on_glibc():
-    mmapped = _mmapped_bytes()
-    if mmapped is None:
+    mallinfo = _mallinfo()
+    if mallinfo is None:
         pytest.skip("needs glibc's mallinfo2")
-    size = 64 * 2**20  # above glibc's largest dynamic mmap threshold (32 MiB), which earlier frees can raise
+
+    def mmapped():
+        return mallinfo().hblkhd
+
+    # above glibc's largest dynamic mmap threshold (32 MiB), which earlier frees can raise, and
+    # larger than all the free heap memory that earlier large steps in this process left behind,
+    # from which glibc would serve the block without a new mapping
+    size = max(64 * 2**20, mallinfo().fordblks + 2**20)
 
     def mmapped_by_one_allocation():
         before = mmapped()

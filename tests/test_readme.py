@@ -49,7 +49,7 @@ def test_the_setup_command_leaves_no_untracked_file(run_memplan, tmp_path):
 # folder, and exits 0. The files the README names (model.py, ckpt.pt, model.safetensors, ...)
 # are made tiny there first. A new README command runs by default; one that cannot run here is
 # listed below with the reason, and one that is made smaller says how. The commands run through
-# the console script's own entry point, memplan.cli.main.main, in this process: importing torch
+# the console script's own entry point in this process (the run_memplan fixture): importing torch
 # once rather than twenty times keeps the walk-through within seconds.
 
 NOT_RUN = {
@@ -130,27 +130,10 @@ def test_the_readme_lists_what_it_does_not_run():
     assert any(command[:2] == ["memplan", "bench"] for command in readme_commands())
 
 
-def _memplan(args: list[str]) -> tuple[int, str, str]:
-    """``memplan ARGS`` as the console script runs it: (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-    import warnings
-
-    from memplan.cli.main import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(list(args))   # main() installs memplan's warning display: catch_warnings undoes it
-    return code, out.getvalue(), err.getvalue()
-
-
-def test_a_newcomer_can_run_every_readme_command_in_order(tmp_path, monkeypatch):
+def test_a_newcomer_can_run_every_readme_command_in_order(run_memplan, tmp_path):
     import importlib.util
 
     _newcomer_folder(tmp_path)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("COLUMNS", "200")
-    monkeypatch.delenv("MEMPLAN_DEBUG", raising=False)
     has_transformers = importlib.util.find_spec("transformers") is not None
     ran = 0
     for command in readme_commands():
@@ -174,10 +157,10 @@ def test_a_newcomer_can_run_every_readme_command_in_order(tmp_path, monkeypatch)
                 args[args.index("--steps") + 1] = "1"
             else:
                 args += ["--steps", "1"]
-        code, stdout, stderr = _memplan(args)
-        assert code == 0, f"{line}\n{stderr}"
+        result = run_memplan(*args)
+        assert result.code == 0, f"{line}\n{result.stderr}"
         if stdout_file:
-            (tmp_path / stdout_file).write_text(stdout)
+            (tmp_path / stdout_file).write_text(result.stdout)
         ran += 1
     assert ran >= len(readme_commands()) - len(NOT_RUN) - len(NEEDS_TRANSFORMERS)
     assert (tmp_path / "params.csv").read_text().startswith("name,")

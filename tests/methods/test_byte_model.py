@@ -1,6 +1,7 @@
 """The byte model against ALGORITHMS.md's formulas (written out here independently) and against the
 tensors that torch.optim and pytorch_optimizer really allocate."""
 
+import functools
 import math
 
 import pytest
@@ -21,6 +22,7 @@ shapes = st.one_of(
 )
 
 
+@functools.lru_cache(maxsize=None)  # each shape's formulas ask for it four times (the smmf rows)
 def square(count):
     if count == 0:
         return 0, 0
