@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from pathlib import Path
 from typing import Optional
 
@@ -31,8 +32,10 @@ def trial(
     methods: MethodsOpt = None,
     steps: int = typer.Option(200, "--steps", help="Training steps per run."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds (initialisations and batch orders); >1 measures the spread."),
-    lr_factors: str = typer.Option("0.333,1,3", "--lr-factors",
-                                   help="Learning-rate grid around each method's start, widened while an edge wins."),
+    lr_factors: str = typer.Option("1/3,1,3", "--lr-factors",
+                                   help="Learning-rate grid around each method's start (numbers or fractions such "
+                                        "as 1/3), widened while an edge wins."),
+    widen: int = typer.Option(2, "--widen", help="Extra rates a sweep may try past an edge that wins."),
     schedule: str = typer.Option("cosine", "--schedule", help=f"{' | '.join(SCHEDULES)} after warm-up."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default: 5% of --steps)."),
     clip: Optional[float] = typer.Option(1.0, "--clip", help="Clip the gradient's global norm (0: no clipping)."),
@@ -60,8 +63,8 @@ def trial(
     settings = TrialSettings(
         schedule=Schedule(steps=steps, shape=schedule, warmup=max(0, steps // 20) if warmup is None else warmup,
                           clip=clip or None),
-        seeds=seeds, lr_factors=factors, probes=probes, probe_methods=tuple(probe_specs) if probe_specs else None,
-        time_limit=time_limit, device=device)
+        seeds=seeds, lr_factors=factors, widen=widen, probes=probes,
+        probe_methods=tuple(probe_specs) if probe_specs else None, time_limit=time_limit, device=device)
     paths = {name: out_dir / name for name in ("trial.csv", "priors.yaml", *(("trial.png",) if plot else ()))}
     for path in paths.values():
         check_writable(path)
@@ -95,8 +98,8 @@ def trial(
 
 def _factors(text: str) -> tuple[float, ...]:
     try:
-        values = tuple(float(item) for item in text.split(",") if item.strip())
-    except ValueError:
+        values = tuple(float(Fraction(item.strip())) for item in text.split(",") if item.strip())
+    except (ValueError, ZeroDivisionError):
         raise UsageError(f"--lr-factors must be comma-separated numbers, got {text!r}") from None
     if not values or any(not value > 0 for value in values):
         raise UsageError(f"--lr-factors must be positive numbers, got {text!r}")

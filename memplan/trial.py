@@ -69,6 +69,8 @@ class TrialSettings:
             raise SourceError("--lr-factors must be positive numbers")
         if self.probes < 0:
             raise SourceError(f"--probes must be >= 0, got {self.probes}")
+        if self.widen < 0:
+            raise SourceError(f"--widen must be >= 0, got {self.widen}")
 
 
 @dataclass(frozen=True)
@@ -312,6 +314,11 @@ class Trial:
         if not math.isfinite(tried[best]):
             self.result.notes.append(f"{arm.label} diverged at every learning rate tried")
             return
+        if len(tried) > 1 and best in (min(tried), max(tried)):
+            # its loss, and so its quality, may be better at a rate not tried
+            self.result.notes.append(f"{arm.label}: the best learning rate, {best:.3g}, is the "
+                                     f"{'largest' if best == max(tried) else 'smallest'} of {len(tried)} tried; "
+                                     f"its quality may be understated (widen the sweep: --widen, --lr-factors)")
         self.result.best_lr[arm.label] = best
         for seed in range(1, self.settings.seeds):
             self._run(arm, best, seed)

@@ -99,3 +99,16 @@ def test_ratios_of_the_priors_start_the_sweep(tmp_path):
     assert runs.loc["adam", "lr"] == 0.01 and runs.loc["smmf", "lr"] == pytest.approx(0.02)
     assert priors_document(result, "x")["adam_lr"] == 0.01
     assert REFERENCE_FAMILY == "adam"
+
+
+def test_a_best_rate_at_the_edge_of_the_sweep_is_noted():
+    """Rates far below Adam's best: the largest wins, and nothing says it is the best there is but a note."""
+    settings = TrialSettings(schedule=Schedule(steps=4), lr_factors=(1e-4, 1e-3), widen=0, probes=0)
+    result = run_trial(TINY, methods=["sgd"], settings=settings)
+    edge_notes = [note for note in result.notes if "is the largest of 2 tried" in note]
+    assert {note.split(":")[0] for note in edge_notes} == {"adam", "sgd"}
+
+
+def test_widen_must_not_be_negative():
+    with pytest.raises(MemplanError, match="--widen"):
+        TrialSettings(Schedule(steps=1), widen=-1)

@@ -46,6 +46,8 @@ def test_bad_trial_inputs_are_one_line_each(run_memplan, tmp_path):
         (("trial", plain, "--steps", "2"), 1, "memplan trial needs training_batch() and loss()"),
         (("trial", "gpt2"), 2, "trial needs a model.py"),
         (("trial", TINY, "--lr-factors", "a,b"), 2, "--lr-factors must be comma-separated numbers"),
+        (("trial", TINY, "--lr-factors", "1/0"), 2, "--lr-factors must be comma-separated numbers"),
+        (("trial", TINY, "--widen", "-1"), 1, "--widen must be >= 0"),
         (("trial", TINY, "--steps", "0"), 1, "--steps must be at least 1"),
         (("trial", TINY, "--methods", "adam,lion"), 2, "unknown method"),
         (("trial", TINY, "--out-dir", "/proc/x"), 1, "/proc/x"),
@@ -55,3 +57,12 @@ def test_bad_trial_inputs_are_one_line_each(run_memplan, tmp_path):
         assert result.code == code, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.stderr, (args, result.stderr)
+
+
+def test_the_default_grid_is_the_library_default_and_takes_fractions():
+    from memplan.cli.trial_cmd import _factors
+    from memplan.training import Schedule
+    from memplan.trial import TrialSettings
+
+    assert _factors("1/3,1,3") == TrialSettings(Schedule(steps=1)).lr_factors
+    assert _factors("0.5, 2") == (0.5, 2.0)
