@@ -209,7 +209,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss.
 
-        Sharded parameters reduce their partial statistics in one packed all-reduce per step
+        Sharded parameters reduce their partial statistics in one packed collective per step
         (see :mod:`memplan.optim.sharding`); :meth:`last_communication` tells what it moved.
         """
         loss = run_closure(closure)

@@ -224,8 +224,8 @@ class PlannedOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` once (if given), then step every inner optimizer; memplan's reduce
-        the partial statistics of their sharded parameters together, in one packed all-reduce
-        (per reduction kind: sums, and SM3's maxima) for the whole plan."""
+        the partial statistics of their sharded parameters together, in one packed collective for
+        the whole plan (an all-gather when SM3's maxima mix with sums)."""
         loss = run_closure(closure)
         reductions = PartialReductions()
         finishers = []

@@ -6,9 +6,10 @@ shard dim of HSDP's replicate x shard mesh): this rank holds rows ``[a, b)``, i.
 flat range ``[a * rest, b * rest)`` of the parameter's row-major order, which in a method's view
 (SMMF's n x m matricization, ET's tensor index) generally starts and ends mid-row. memplan's
 optimizers update that range, accumulating its partial slice statistics (row and column sums,
-axis sums, SM3's maxima) into replicated vectors; :class:`PartialReductions` then all-reduces the
-partial vectors of every parameter at once, one packed buffer per reduction (sum, max) and
-process group, and every rank finishes the replicated factors identically ("exact" sharding).
+axis sums, SM3's maxima) into replicated vectors; :class:`PartialReductions` then reduces the
+partial vectors of every parameter at once, in one collective per process group (an all-reduce of
+one packed buffer, or an all-gather of it when sums and maxima mix), and every rank finishes the
+replicated factors identically ("exact" sharding).
 
 ``sharding="local"`` instead treats each rank's shard as a tensor of its own: no communication,
 but the factorization (and so the trajectory) depends on the world size.
@@ -140,26 +141,32 @@ def running_sharding(params: list[torch.Tensor]) -> tuple[int, tuple[str, ...]]:
 
 @dataclass
 class PartialReductions:
-    """Partial statistics of one step's sharded parameters, all-reduced together.
+    """Partial statistics of one step's sharded parameters, reduced together in one collective
+    per process group.
 
-    Optimizers :meth:`add` the replicated-size vectors their range filled (zeros where it
-    touched nothing); :meth:`all_reduce` packs all vectors of one reduction, process group and
-    dtype into one buffer, reduces it once, and writes the totals back in place.
+    Optimizers :meth:`add` the replicated-size vectors their range filled (zeros where it touched
+    nothing), each with its reduction (sums; SM3's maxima). When a group's vectors all share one
+    reduction and dtype, they are packed into one buffer and all-reduced. Otherwise (a plan mixing
+    SM3 with SMMF or ET, or state of several dtypes) their bytes are packed into one buffer and
+    all-gathered (each rank receives the others' partial vectors: ``world`` times the bytes, which
+    are O(sqrt numel) per parameter), and every rank reduces the gathered copies locally, in rank
+    order, so the totals are identical on every rank.
     """
 
-    pending: dict[tuple[Any, str, torch.dtype], list[torch.Tensor]] = field(default_factory=dict)
+    pending: dict[Any, list[tuple[torch.Tensor, str]]] = field(default_factory=dict)
     collectives: int = 0
     """Collectives the last :meth:`all_reduce` issued."""
     bytes_reduced: int = 0
-    """Bytes of the buffers the last :meth:`all_reduce` reduced (each rank's contribution)."""
+    """Bytes of the buffers the last :meth:`all_reduce` packed (each rank's contribution)."""
 
     def add(self, shard: Shard, tensors: list[torch.Tensor], op: str = "sum") -> None:
         """Reduce ``tensors`` (``op``: "sum" or "max") over the shard's group at :meth:`all_reduce`;
         nothing to do for a shard that needs no reduction."""
         if shard.group is None:
             return
-        for tensor in tensors:
-            self.pending.setdefault((shard.group, op, tensor.dtype), []).append(tensor)
+        if op not in REDUCE_OPS:
+            raise ValueError(f"unknown reduction {op!r} (valid: {', '.join(REDUCE_OPS)})")
+        self.pending.setdefault(shard.group, []).extend((tensor, op) for tensor in tensors)
 
     def finish(self, finishers: list[Callable[[], None]]) -> tuple[int, int]:
         """All-reduce what was added, then run ``finishers`` (each sharded parameter's second half
@@ -170,19 +177,53 @@ class PartialReductions:
         return self.collectives, self.bytes_reduced
 
     def all_reduce(self) -> None:
-        """One all-reduce per (group, reduction, dtype) of everything added; then empty."""
+        """One collective per process group for everything added, totals written back in place;
+        then empty."""
         self.collectives = 0
         self.bytes_reduced = 0
-        for (group, op, _), tensors in self.pending.items():
-            packed = torch.cat([tensor.reshape(-1) for tensor in tensors])
-            dist.all_reduce(packed, op=REDUCE_OPS[op], group=group)
-            offset = 0
-            for tensor in tensors:
-                tensor.copy_(packed[offset:offset + tensor.numel()].view(tensor.shape))
-                offset += tensor.numel()
+        for group, entries in self.pending.items():
+            kinds = {(op, tensor.dtype) for tensor, op in entries}
+            if len(kinds) == 1:
+                self.bytes_reduced += _all_reduce(group, [tensor for tensor, _ in entries], entries[0][1])
+            else:
+                self.bytes_reduced += _gather_and_reduce(group, entries)
             self.collectives += 1
-            self.bytes_reduced += packed.numel() * packed.element_size()
         self.pending = {}
+
+
+def _all_reduce(group: Any, tensors: list[torch.Tensor], op: str) -> int:
+    """All-reduce ``tensors`` (one dtype) as one packed buffer; the bytes of the buffer."""
+    packed = torch.cat([tensor.reshape(-1) for tensor in tensors])
+    dist.all_reduce(packed, op=REDUCE_OPS[op], group=group)
+    offset = 0
+    for tensor in tensors:
+        tensor.copy_(packed[offset:offset + tensor.numel()].view(tensor.shape))
+        offset += tensor.numel()
+    return packed.numel() * packed.element_size()
+
+
+def _gather_and_reduce(group: Any, entries: list[tuple[torch.Tensor, str]]) -> int:
+    """All-gather the bytes of every tensor (any dtypes) as one buffer, then reduce each tensor's
+    gathered copies locally with its own reduction; the bytes of this rank's buffer."""
+    packed = torch.cat([tensor.reshape(-1).view(torch.uint8) for tensor, _ in entries])
+    world = dist.get_world_size(group)
+    gathered = packed.new_empty(world * packed.numel())
+    dist.all_gather_into_tensor(gathered, packed, group=group)
+    copies = gathered.view(world, packed.numel())
+    offset = 0
+    for tensor, op in entries:
+        size = tensor.numel() * tensor.element_size()
+        # contiguous() copies each rank's bytes out, so that they can be viewed as the tensor's dtype
+        ranks = copies[:, offset:offset + size].contiguous().view(tensor.dtype)
+        if op == "sum":
+            total = ranks[0].clone()
+            for rank in range(1, world):  # in rank order, as on every other rank
+                total += ranks[rank]
+        else:
+            total = ranks.amax(dim=0)
+        tensor.copy_(total.view(tensor.shape))
+        offset += size
+    return packed.numel()
 
 
 __all__ = ["PartialReductions", "SHARDING_MODES", "Shard", "distributed_like", "is_distributed", "local_tensor",

@@ -8,6 +8,7 @@ communication of a step, per-rank state bytes measured and predicted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -41,11 +42,46 @@ def batch(step: int) -> torch.Tensor:
     return torch.randn(4, 6, generator=torch.Generator().manual_seed(step))
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: range = range(STEPS)) -> None:
+COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter",
+               "broadcast", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "all_reduce_coalesced",
+               "all_gather_object", "broadcast_object_list")
+"""torch.distributed's collectives, every one of which an optimizer step could call."""
+
+
+@contextlib.contextmanager
+def counting_collectives(calls: list[str], groups: list[Any] | None = None):
+    """Append the name of every torch.distributed collective called inside the block to ``calls``
+    (and its ``group`` argument to ``groups``)."""
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+
+    def counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            if groups is not None:
+                groups.append(kwargs.get("group"))
+            return function(*args, **kwargs)
+        return call
+
+    for name, function in originals.items():
+        setattr(dist, name, counted(name, function))
+    try:
+        yield calls
+    finally:
+        for name, function in originals.items():
+            setattr(dist, name, function)
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: range = range(STEPS),
+          collectives: list[list[str]] | None = None, groups: list[Any] | None = None) -> None:
+    """``steps`` training steps; ``collectives`` receives the collectives each optimizer step called
+    (``groups`` their process groups)."""
     for step in steps:
         optimizer.zero_grad()
         model(batch(step)).backward()
-        optimizer.step()
+        with counting_collectives([], groups) as calls:
+            optimizer.step()
+        if collectives is not None:
+            collectives.append(calls)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
@@ -108,9 +144,11 @@ def check_exact(spec: str, mesh, world: int, rank: int) -> dict[str, Any]:
     reference, sharded = models(mesh)
     single, distributed = build(spec, reference), build(spec, sharded)
     train(reference, single)
-    train(sharded, distributed)
+    collectives: list[list[str]] = []
+    train(sharded, distributed, collectives=collectives)
     communication = getattr(distributed, "last_communication", lambda: None)()
     return {"difference": max_difference(sharded, reference), "communication": communication,
+            "collectives": collectives,
             "measured": state_storage_bytes(distributed),
             "predicted": predicted_rank_bytes(spec, sharded, world, rank),
             "replicated": predicted_rank_bytes(spec, sharded, world, rank, replicated=True)}
@@ -126,9 +164,44 @@ def check_hsdp(mesh, world: int, rank: int) -> dict[str, Any]:
     placements = [str(placement) for placement in sharded.c.placements]
     single, distributed = build("smmf", reference), build("smmf", sharded)
     train(reference, single)
-    train(sharded, distributed)
+    collectives: list[list[str]] = []
+    groups: list[Any] = []
+    train(sharded, distributed, collectives=collectives, groups=groups)
+    shard_group = hsdp_mesh.get_group("shard")
     return {"difference": max_difference(sharded, reference), "placements": placements,
-            "communication": distributed.last_communication()}
+            "communication": distributed.last_communication(), "collectives": collectives,
+            "over_shard_group": [group is shard_group for group in groups]}
+
+
+def check_mixed_reductions(mesh, world: int, rank: int) -> dict[str, Any]:
+    """PartialReductions given sums and maxima of three dtypes (odd byte lengths included): one
+    all-gather, and the totals each rank computes equal the dense ones (the sum and the maximum of
+    every rank's values, which each rank recomputes from the same seeds)."""
+    from memplan.optim.sharding import PartialReductions, Shard
+
+    def values(source_rank: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(100 + source_rank)
+        return [torch.randn(5, generator=generator), torch.randn(3, generator=generator).to(torch.bfloat16),
+                torch.randn(2, 3, generator=generator), torch.randint(-9, 9, (7,), generator=generator,
+                                                                       dtype=torch.int8)]
+
+    ops = ["sum", "sum", "max", "max"]
+    mine = values(rank)
+    reductions = PartialReductions()
+    shard = Shard(0, 1, (world,), (rank, rank + 1), world, dist.group.WORLD)
+    for tensor, op in zip(mine, ops):
+        reductions.add(shard, [tensor], op)
+    calls: list[str] = []
+    with counting_collectives(calls):
+        reductions.all_reduce()
+    every = [values(source) for source in range(world)]
+    expected = []
+    for position, op in enumerate(ops):
+        stacked = torch.stack([copies[position] for copies in every])
+        expected.append(stacked.sum(0, dtype=stacked.dtype) if op == "sum" else stacked.amax(0))
+    return {"calls": calls, "collectives": reductions.collectives, "bytes": reductions.bytes_reduced,
+            "expected_bytes": sum(tensor.numel() * tensor.element_size() for tensor in mine),
+            "equal": [torch.equal(actual, wanted) for actual, wanted in zip(mine, expected)]}
 
 
 def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
@@ -139,8 +212,10 @@ def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
     plan = mixed_plan(list(reference.named_parameters()), ("smmf", "et2", "sm3", "adam"))
     single, distributed = from_plan(reference, plan, lr=LR), from_plan(sharded, plan, lr=LR)
     train(reference, single)
-    train(sharded, distributed)
-    return {"difference": max_difference(sharded, reference), "communication": distributed.last_communication()}
+    collectives: list[list[str]] = []
+    train(sharded, distributed, collectives=collectives)
+    return {"difference": max_difference(sharded, reference), "communication": distributed.last_communication(),
+            "collectives": collectives}
 
 
 def check_plan_per_rank(mesh, world: int, rank: int) -> dict[str, Any]:
@@ -264,7 +339,8 @@ def check_checkpoint(mesh, world: int, rank: int, directory: str) -> dict[str, A
 def checks(directory: str) -> dict[str, Callable[..., Any]]:
     table: dict[str, Callable[..., Any]] = {f"exact/{spec}": (lambda spec: lambda *a: check_exact(spec, *a))(spec)
                                             for spec in EXACT_SPECS}
-    table.update({"hsdp": check_hsdp, "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
+    table.update({"hsdp": check_hsdp, "mixed_reductions": check_mixed_reductions,
+                  "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
                   "zero": check_zero, "checkpoint": lambda *a: check_checkpoint(*a, directory)})
     return table
 

@@ -42,11 +42,19 @@ def test_fsdp2_steps_equal_single_process_steps(results, spec):
 @pytest.mark.parametrize("spec", MEMPLAN_SPECS)
 def test_one_packed_all_reduce_per_step(results, spec):
     """All parameters' partial statistics travel in one collective, exactly as large as the
-    replicated state (factors, accumulators), not the parameters."""
+    replicated state (factors, accumulators), not the parameters: torch.distributed sees one
+    all-reduce in every step (SMMF's and ET's sums, SM3's maxima alike)."""
     for result in ranks(results, f"exact/{spec}"):
         collectives, reduced_bytes = result["communication"]
         assert collectives == 1
         assert reduced_bytes == result["replicated"] > 0
+        assert result["collectives"] == [["all_reduce"]] * 10
+
+
+@pytest.mark.parametrize("spec", ("adam", "sgd:momentum=0.9"))
+def test_elementwise_methods_need_no_collective(results, spec):
+    for result in ranks(results, f"exact/{spec}"):
+        assert result["collectives"] == [[]] * 10
 
 
 @pytest.mark.parametrize("spec", EXACT_SPECS)
@@ -59,13 +67,24 @@ def test_hsdp_reduces_over_the_shard_dimension(results):
     for result in ranks(results, "hsdp"):
         assert result["placements"] == ["R", "S(0)"]   # str() of Replicate() and Shard(0)
         assert result["difference"] <= 1e-6 and result["communication"][0] == 1
+        assert result["collectives"] == [["all_reduce"]] * 10
+        assert result["over_shard_group"] == [True] * 10   # the shard dimension's group, not the world
 
 
-def test_mixed_plan_is_exact_with_one_collective_per_reduction(results):
-    """smmf + et2 + sm3 + adam through from_plan: sums (smmf, et2) and maxima (sm3) are two buffers."""
+def test_sums_and_maxima_of_several_dtypes_take_one_all_gather(results):
+    for result in ranks(results, "mixed_reductions"):
+        assert result["calls"] == ["all_gather_into_tensor"] and result["collectives"] == 1
+        assert result["bytes"] == result["expected_bytes"] == 5 * 4 + 3 * 2 + 6 * 4 + 7
+        assert result["equal"] == [True] * 4
+
+
+def test_mixed_plan_is_exact_with_one_collective_per_step(results):
+    """smmf + et2 + sm3 + adam through from_plan: sums (smmf, et2) and maxima (sm3) travel in one
+    all-gather, reduced on each rank."""
     for result in ranks(results, "plan"):
         assert result["difference"] <= 1e-6
-        assert result["communication"][0] == 2
+        assert result["communication"][0] == 1
+        assert result["collectives"] == [["all_gather_into_tensor"]] * 10
 
 
 def test_local_sharding_trains_each_shard_alone(results):
