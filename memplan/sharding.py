@@ -51,6 +51,13 @@ def flat_range(shape: Shape, rows: tuple[int, int]) -> tuple[int, int]:
     return rows[0] * per_row, rows[1] * per_row
 
 
+def packed_chunk_bytes(shape: Shape, shards: int) -> int:
+    """Bytes of packed bits (8 per byte) every rank keeps for its range of a parameter of ``shape``
+    split ``shards`` ways: enough for a full chunk of ``ceil(dim0 / shards)`` rows."""
+    chunk_rows = math.ceil(shape[0] / shards) if shape else 1
+    return math.ceil(chunk_rows * numel(shape[1:]) / 8)
+
+
 def local_state_tensors(tensors: Iterable[StateTensor], shape: Shape, rows: tuple[int, int],
                         shards: int) -> tuple[StateTensor, ...]:
     """The state tensors a rank keeps for ``rows`` of dim 0 of a parameter of ``shape`` sharded
@@ -61,8 +68,7 @@ def local_state_tensors(tensors: Iterable[StateTensor], shape: Shape, rows: tupl
     ``ceil(chunk / 8)`` bytes on every rank, ``chunk`` being the elements of a full (padded) shard,
     so that they are equal shards of one byte vector too.
     """
-    chunk_rows = math.ceil(shape[0] / shards) if shape else 1
-    chunk_bytes = math.ceil(chunk_rows * numel(shape[1:]) / 8)
+    chunk_bytes = packed_chunk_bytes(shape, shards)
     local = []
     for tensor in tensors:
         if tensor.shard == "replicated":
@@ -158,4 +164,5 @@ def zero1_owners(shapes: Sequence[Shape], world_size: int) -> list[int]:
     return owners
 
 
-__all__ = ["Sharding", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape", "local_state_tensors", "row_range"]
+__all__ = ["Sharding", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape",
+           "local_state_tensors", "packed_chunk_bytes", "row_range"]

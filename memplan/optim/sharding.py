@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from memplan.methods.shapes import numel
-from memplan.sharding import row_range
+from memplan.sharding import packed_chunk_bytes, row_range
 
 SHARDING_MODES = ("exact", "local")
 """How memplan's optimizers treat a sharded parameter: as the whole tensor it is a shard of
@@ -119,6 +119,64 @@ def distributed_like(local: torch.Tensor, param: torch.Tensor, shard_kind: str) 
         shape = (shards * local.numel(),)
     stride = torch.empty(shape, device="meta").stride()
     return DTensor.from_local(local, param.device_mesh, param.placements, run_check=False, shape=shape, stride=stride)
+
+
+def portable_bits(packed: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """Packed bits of a sharded parameter (a DTensor of ``shards x chunk`` bytes, whose layout
+    depends on the world size: each rank packs its own range from a byte boundary) as one bool per
+    element, a DTensor placed like ``param``: what a checkpoint saves, so that loading it on
+    another world size reshards it like the parameter."""
+    local = local_tensor(param)
+    signs = unpack_bits(local_tensor(packed), local.numel()).view(local.shape)
+    return distributed_like(signs, param, "elements")
+
+
+def packed_bits(portable: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`portable_bits` on this world size: one bool per element of ``param``
+    (a DTensor placed like it, or a whole tensor of its shape) packed as this rank's bits; a
+    plain parameter's as one uint8 vector of ``ceil(numel / 8)``."""
+    if tuple(portable.shape) != tuple(param.shape):
+        raise ValueError(f"saved signs of shape {list(portable.shape)} do not fit a parameter of shape "
+                         f"{list(param.shape)}")
+    if not is_distributed(param):
+        return pack_bits(full_tensor(portable).reshape(-1), math.ceil(param.numel() / 8))
+    shard = shard_of(param)
+    if is_distributed(portable) and tuple(portable.placements) == tuple(param.placements):
+        local = portable.to_local()
+    else:
+        local = full_tensor(portable)[shard.rows[0]:shard.rows[1]]
+    packed = pack_bits(local.reshape(-1), packed_chunk_bytes(shard.shape, shard.shards))
+    return distributed_like(packed, param, "bits")
+
+
+def is_packed_bits(value: Any, param: torch.Tensor) -> bool:
+    """Whether ``value`` is a sharded parameter's packed bits as :func:`distributed_like` places
+    them (uint8, ``shards x chunk`` bytes), rather than per-element or replicated state."""
+    if not (is_distributed(value) and is_distributed(param)) or value.dtype != torch.uint8:
+        return False
+    shard = shard_of(param)
+    return tuple(value.shape) == (shard.shards * packed_chunk_bytes(shard.shape, shard.shards),)
+
+
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole of a DTensor (gathered from every rank), or the tensor itself."""
+    return tensor.full_tensor() if is_distributed(tensor) else tensor
+
+
+def unpack_bits(packed: torch.Tensor, count: int) -> torch.Tensor:
+    """The first ``count`` bits of a uint8 vector as bools; bit k is bit k % 8 (little-endian) of
+    byte k // 8, as memplan packs them."""
+    shifts = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    return packed[:, None].bitwise_right_shift(shifts).bitwise_and_(1).view(-1)[:count].bool()
+
+
+def pack_bits(bits: torch.Tensor, size: int) -> torch.Tensor:
+    """A flat bool (or 0/1) vector packed 8 per byte, little-endian, into ``size`` bytes (zero padded)."""
+    padded = torch.zeros(size * 8, dtype=torch.uint8, device=bits.device)
+    padded[:bits.numel()] = bits.to(torch.uint8)
+    weights = torch.bitwise_left_shift(torch.ones(8, dtype=torch.uint8, device=bits.device),
+                                       torch.arange(8, dtype=torch.uint8, device=bits.device))
+    return padded.view(size, 8).mul_(weights).sum(dim=1, dtype=torch.uint8)
 
 
 def running_sharding(params: list[torch.Tensor]) -> tuple[int, tuple[str, ...]]:
@@ -226,5 +284,6 @@ def _gather_and_reduce(group: Any, entries: list[tuple[torch.Tensor, str]]) -> i
     return packed.numel()
 
 
-__all__ = ["PartialReductions", "SHARDING_MODES", "Shard", "distributed_like", "is_distributed", "local_tensor",
-           "running_sharding", "shard_of"]
+__all__ = ["PartialReductions", "SHARDING_MODES", "Shard", "distributed_like", "full_tensor", "is_distributed",
+           "is_packed_bits", "local_tensor", "pack_bits", "packed_bits", "portable_bits", "running_sharding", "shard_of",
+           "unpack_bits"]

@@ -336,16 +336,91 @@ def check_checkpoint(mesh, world: int, rank: int, directory: str) -> dict[str, A
     return results
 
 
-def checks(directory: str) -> dict[str, Callable[..., Any]]:
+RESHARD_SPECS = ("smmf", "smmf:sign_bits=8", "et2:momentum=0.9", "sm3:momentum=0.9", "plan")
+"""What is saved on one world size and loaded on another; "plan" is a mixed plan through from_plan
+(1-bit signs on the (5, 6) weight, whose 3-row chunks hold 18 elements: not whole bytes)."""
+
+
+def build_resharded(spec: str, model: nn.Module) -> torch.optim.Optimizer:
+    if spec != "plan":
+        return build(spec, model)
+    from memplan.optim import from_plan
+    from tests.optim.optimizer_table import mixed_plan
+
+    plan = mixed_plan(list(model.named_parameters()), ("smmf", "et2", "sm3:momentum=0.9", "adam", "smmf"))
+    return from_plan(model, plan, lr=LR)
+
+
+def checkpoint_path(directory: str, world: int, spec: str) -> str:
+    return os.path.join(directory, f"reshard-{world}", spec.replace(":", "_").replace("=", "_"))
+
+
+def check_reshard_save(mesh, world: int, rank: int, directory: str) -> dict[str, Any]:
+    """Save each spec's state after 5 steps on this world size (DCP), then train on to step 10 and
+    keep the final parameters, which a run loading the checkpoint on another world size must reach."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    for spec in RESHARD_SPECS:
+        path = checkpoint_path(directory, world, spec)
+        _, sharded = models(mesh)
+        optimizer = build_resharded(spec, sharded)
+        train(sharded, optimizer, range(5))
+        dcp.save({"model": get_model_state_dict(sharded), "optim": get_optimizer_state_dict(sharded, optimizer)},
+                 checkpoint_id=path)
+        train(sharded, optimizer, range(5, STEPS))
+        final = [full(param.detach()) for param in sharded.parameters()]
+        if rank == 0:
+            torch.save(final, path + ".final")
+    return {"saved": True}
+
+
+def check_reshard_load(mesh, world: int, rank: int, directory: str, source_world: int) -> dict[str, Any]:
+    """Load each checkpoint saved on ``source_world`` ranks, train steps 5 to 10 on this world size:
+    the largest difference to the source run's final parameters (inf if not allclose 1e-6)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    differences = {}
+    for spec in RESHARD_SPECS:
+        path = checkpoint_path(directory, source_world, spec)
+        _, resumed = models(mesh)
+        optimizer = build_resharded(spec, resumed)
+        loaded = {"model": get_model_state_dict(resumed), "optim": get_optimizer_state_dict(resumed, optimizer)}
+        dcp.load(loaded, checkpoint_id=path)
+        set_model_state_dict(resumed, loaded["model"])
+        set_optimizer_state_dict(resumed, optimizer, loaded["optim"])
+        train(resumed, optimizer, range(5, STEPS))
+        expected = torch.load(path + ".final")
+        worst = 0.0
+        for param, wanted in zip(resumed.parameters(), expected):
+            actual = full(param.detach())
+            worst = max(worst, (actual - wanted).abs().max().item()
+                        if torch.allclose(actual, wanted, rtol=1e-6, atol=1e-6) else float("inf"))
+        differences[spec] = worst
+    return differences
+
+
+def checks(directory: str, phase: str = "two_ranks") -> dict[str, Callable[..., Any]]:
+    """The checks of one phase: ``one_rank_before`` (a 1-rank job saving checkpoints),
+    ``two_ranks`` (everything else, loading those and saving its own) and ``one_rank_after``
+    (loading the 2-rank checkpoints)."""
+    if phase == "one_rank_before":
+        return {"reshard_save": lambda *a: check_reshard_save(*a, directory)}
+    if phase == "one_rank_after":
+        return {"reshard_from_2": lambda *a: check_reshard_load(*a, directory, 2)}
     table: dict[str, Callable[..., Any]] = {f"exact/{spec}": (lambda spec: lambda *a: check_exact(spec, *a))(spec)
                                             for spec in EXACT_SPECS}
-    table.update({"hsdp": check_hsdp, "mixed_reductions": check_mixed_reductions,
+    table.update({"reshard_from_1": lambda *a: check_reshard_load(*a, directory, 1),
+                  "reshard_save": lambda *a: check_reshard_save(*a, directory),
+                  "hsdp": check_hsdp, "mixed_reductions": check_mixed_reductions,
                   "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
                   "zero": check_zero, "checkpoint": lambda *a: check_checkpoint(*a, directory)})
     return table
 
 
-def main(rank: int, world: int, port: int, out_path: str, directory: str) -> None:
+def main(rank: int, world: int, port: int, out_path: str, directory: str, phase: str) -> None:
     """Run every check on this rank; rank 0 writes {check: [result per rank]} to ``out_path``."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
@@ -354,7 +429,7 @@ def main(rank: int, world: int, port: int, out_path: str, directory: str) -> Non
     mesh = init_device_mesh("cpu", (world,))
     torch.set_num_threads(1)
     results = {}
-    for name, check in checks(directory).items():
+    for name, check in checks(directory, phase).items():
         try:
             results[name] = check(mesh, world, rank)
         except Exception:  # reported to the test, which fails with it
@@ -368,8 +443,8 @@ def main(rank: int, world: int, port: int, out_path: str, directory: str) -> Non
     dist.destroy_process_group()
 
 
-def spawn(world: int = 2) -> dict[str, list[Any]]:
-    """Run :func:`main` on ``world`` spawned ranks; the merged results."""
+def spawn(world: int, directory: str, phase: str = "two_ranks") -> dict[str, list[Any]]:
+    """Run :func:`main`'s ``phase`` on ``world`` spawned ranks sharing ``directory``; the merged results."""
     import socket
 
     import torch.multiprocessing as mp
@@ -377,14 +452,22 @@ def spawn(world: int = 2) -> dict[str, list[Any]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    out_path = os.path.join(directory, f"results-{phase}.json")
+    mp.spawn(main, args=(world, port, out_path, directory, phase), nprocs=world)
+    with open(out_path) as file:
+        return json.load(file)
+
+
+def spawn_all() -> dict[str, list[Any]]:
+    """The three phases (1 rank, 2 ranks, 1 rank) in one directory; every check's results."""
     with tempfile.TemporaryDirectory() as directory:
-        out_path = os.path.join(directory, "results.json")
-        mp.spawn(main, args=(world, port, out_path, directory), nprocs=world)
-        with open(out_path) as file:
-            return json.load(file)
+        results = spawn(1, directory, "one_rank_before")
+        results.update(spawn(2, directory))
+        results.update(spawn(1, directory, "one_rank_after"))
+    return results
 
 
 if __name__ == "__main__":
     import pprint
 
-    pprint.pprint(spawn())
+    pprint.pprint(spawn_all())

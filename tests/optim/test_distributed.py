@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch.distributed as dist
 
-from tests.optim.distributed_worker import EXACT_SPECS, REFUSED_SPECS, spawn
+from tests.optim.distributed_worker import EXACT_SPECS, REFUSED_SPECS, RESHARD_SPECS, spawn_all
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="needs torch.distributed with gloo")
@@ -21,7 +21,7 @@ MEMPLAN_SPECS = tuple(spec for spec in EXACT_SPECS if spec.split(":")[0] in {"sm
 
 @pytest.fixture(scope="module")
 def results() -> dict:
-    return spawn(world=2)
+    return spawn_all()
 
 
 def ranks(results: dict, name: str) -> list:
@@ -126,3 +126,14 @@ def test_a_per_rank_plan_predicts_every_ranks_state_bytes_and_checks_the_world_s
 def test_dcp_save_and_resume_is_bit_identical(results):
     for result in ranks(results, "checkpoint"):
         assert result == {spec: True for spec in result} and len(result) == 4
+
+
+@pytest.mark.parametrize("loaded_by", ("reshard_from_1", "reshard_from_2"))
+def test_dcp_checkpoint_loads_on_another_world_size(results, loaded_by):
+    """Saved after 5 steps on 1 rank (FSDP2 over a mesh of 1) and loaded on 2, or the reverse, then
+    5 more steps: allclose (1e-6) to the uninterrupted run on the saving world size. The sharded
+    1-bit signs (chunks of 18 elements: not whole bytes) are saved one bool per element."""
+    for result in ranks(results, loaded_by):
+        assert set(result) == set(RESHARD_SPECS)
+        for spec, difference in result.items():
+            assert difference <= 1e-6, spec
