@@ -92,6 +92,27 @@ def rank_state_tensors(tensors: Iterable[StateTensor], shape: Shape, shards: int
 
 
 @dataclass(frozen=True)
+class StepCommunication:
+    """The collective of one optimizer step on one rank, as memplan's exact sharded step issues it
+    (:class:`memplan.optim.sharding.PartialReductions`): every parameter's partial vectors of its
+    reduced replicated state packed in one buffer of ``packed_bytes``, in one collective, an
+    all-reduce, or an all-gather when the step mixes reductions (sums and SM3's maxima) or dtypes."""
+
+    collectives: int
+    packed_bytes: int
+    gathered: bool = False
+
+    def bus_bytes(self, world_size: int) -> float:
+        """Bytes each rank sends (and receives) in the step's collectives, as NCCL-tests counts a
+        ring: ``2 (w - 1) / w`` times the buffer for an all-reduce, ``w - 1`` times it for an
+        all-gather (each rank receives every other rank's buffer)."""
+        if world_size <= 1 or not self.collectives:
+            return 0.0
+        factor = world_size - 1 if self.gathered else 2 * (world_size - 1) / world_size
+        return factor * self.packed_bytes
+
+
+@dataclass(frozen=True)
 class Sharding:
     """How a data-parallel job of ``world_size`` ranks holds parameters and optimizer state.
 
@@ -139,6 +160,19 @@ class Sharding:
         return [sum(sum(tensor.nbytes for tensor in self.rank_tensors(tensors, shape, rank))
                     for shape, tensors in params) for rank in range(self.world_size)]
 
+    def step_communication(self, params: Sequence[tuple[Shape, Sequence[StateTensor]]]) -> StepCommunication:
+        """The collective of one step of memplan's optimizers over ``params`` (shape and state tensors
+        of each): one per step when any split parameter has reduced state (each partial vector is
+        the size of its state tensor), none under ddp and zero1 (whose ranks step whole parameters)."""
+        if not self.splits_parameters:
+            return StepCommunication(0, 0)
+        reduced = [tensor for shape, tensors in params if shape for tensor in tensors
+                   if tensor.shard == "replicated" and tensor.reduce is not None]
+        if not reduced:
+            return StepCommunication(0, 0)
+        kinds = {(tensor.reduce, tensor.dtype) for tensor in reduced}
+        return StepCommunication(1, sum(tensor.nbytes for tensor in reduced), len(kinds) > 1)
+
     def rank_param_elements(self, shape: Shape) -> int:
         """Elements of a parameter (and of its gradient) that each rank stores: FSDP2 pads dim 0
         to a multiple of the shard count, so every rank allocates a full chunk; ddp and zero1 keep
@@ -164,5 +198,5 @@ def zero1_owners(shapes: Sequence[Shape], world_size: int) -> list[int]:
     return owners
 
 
-__all__ = ["Sharding", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape",
+__all__ = ["Sharding", "StepCommunication", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape",
            "local_state_tensors", "packed_chunk_bytes", "row_range"]

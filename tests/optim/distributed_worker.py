@@ -132,6 +132,16 @@ def predicted_rank_bytes(spec: str, model: nn.Module, world: int, rank: int, rep
     return total
 
 
+def predicted_communication(states: list[Any], world: int) -> list[Any]:
+    """[collectives, packed bytes, gathered] of one step, as memplan.sharding predicts them for
+    FSDP2 over ``world`` ranks (``states``: each parameter's memplan.methods.ParamState)."""
+    from memplan.sharding import Sharding
+
+    params = [(state.shape, state.tensors) for state in states]
+    communication = Sharding("fsdp2", world).step_communication(params)
+    return [communication.collectives, communication.packed_bytes, communication.gathered]
+
+
 EXACT_SPECS = ("smmf", "smmf:sign_bits=8", "smmf:beta1=none", "smmf:vector_reshape=false", "et1", "et2", "et3",
                "et1:momentum=0.9", "et_inf", "sm3", "sm3:variant=I", "sm3:momentum=0.9", "adam", "adagrad",
                "sgd:momentum=0.9")
@@ -140,6 +150,7 @@ REFUSED_SPECS = ("came", "adafactor", "adafactor:beta1=0.9")
 
 def check_exact(spec: str, mesh, world: int, rank: int) -> dict[str, Any]:
     from memplan.measure import state_storage_bytes
+    from memplan.methods import param_state
 
     reference, sharded = models(mesh)
     single, distributed = build(spec, reference), build(spec, sharded)
@@ -149,6 +160,8 @@ def check_exact(spec: str, mesh, world: int, rank: int) -> dict[str, Any]:
     communication = getattr(distributed, "last_communication", lambda: None)()
     return {"difference": max_difference(sharded, reference), "communication": communication,
             "collectives": collectives,
+            "predicted_communication": predicted_communication(
+                [param_state(spec, tuple(param.shape)) for param in sharded.parameters()], world),
             "measured": state_storage_bytes(distributed),
             "predicted": predicted_rank_bytes(spec, sharded, world, rank),
             "replicated": predicted_rank_bytes(spec, sharded, world, rank, replicated=True)}
@@ -214,8 +227,11 @@ def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
     train(reference, single)
     collectives: list[list[str]] = []
     train(sharded, distributed, collectives=collectives)
+    from memplan.methods import param_state
+
+    states = [param_state(entry.method, entry.shape, entry.dtype, entry.layout) for entry in plan.entries]
     return {"difference": max_difference(sharded, reference), "communication": distributed.last_communication(),
-            "collectives": collectives}
+            "collectives": collectives, "predicted_communication": predicted_communication(states, world)}
 
 
 def check_plan_per_rank(mesh, world: int, rank: int) -> dict[str, Any]:

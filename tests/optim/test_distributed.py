@@ -51,6 +51,17 @@ def test_one_packed_all_reduce_per_step(results, spec):
         assert result["collectives"] == [["all_reduce"]] * 10
 
 
+@pytest.mark.parametrize("spec", EXACT_SPECS)
+def test_the_predicted_collective_is_the_one_a_step_makes(results, spec):
+    """memplan.sharding's prediction (which the time model's collective term reads): as many
+    collectives and bytes as the step moved, an all-gather exactly when the step made one."""
+    for result in ranks(results, f"exact/{spec}"):
+        collectives, packed_bytes, gathered = result["predicted_communication"]
+        assert [collectives, packed_bytes] == list(result["communication"] or (0, 0))
+        assert result["collectives"][-1] == (["all_gather_into_tensor"] if gathered else ["all_reduce"]
+                                             if collectives else [])
+
+
 @pytest.mark.parametrize("spec", ("adam", "sgd:momentum=0.9"))
 def test_elementwise_methods_need_no_collective(results, spec):
     for result in ranks(results, f"exact/{spec}"):
@@ -85,6 +96,7 @@ def test_mixed_plan_is_exact_with_one_collective_per_step(results):
         assert result["difference"] <= 1e-6
         assert result["communication"][0] == 1
         assert result["collectives"] == [["all_gather_into_tensor"]] * 10
+        assert result["predicted_communication"] == [*result["communication"], True]
 
 
 def test_local_sharding_trains_each_shard_alone(results):
