@@ -231,6 +231,7 @@ class CollectiveModel:
         return communication.collectives * self.latency + communication.bus_bytes(world_size) / self.bandwidth
 
 
-__all__ = ["CollectiveModel", "DEFAULT_DEVICE_PROFILE_PATH", "DEVICE_FORMAT", "DeviceProfile", "StepCost", "bundled_device_names",
+__all__ = ["CollectiveModel", "DEFAULT_DEVICE_PROFILE_PATH", "DEVICE_FORMAT", "DeviceProfile", "StepCost",
+           "bundled_device_names",
            "default_device_profile", "describes", "load_bundled_device", "predict_seconds",
            "resolve_device_profile"]

@@ -198,5 +198,6 @@ def zero1_owners(shapes: Sequence[Shape], world_size: int) -> list[int]:
     return owners
 
 
-__all__ = ["Sharding", "StepCommunication", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape",
+__all__ = ["Sharding", "StepCommunication", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range",
+           "local_shape",
            "local_state_tensors", "packed_chunk_bytes", "row_range"]

@@ -285,5 +285,6 @@ def _gather_and_reduce(group: Any, entries: list[tuple[torch.Tensor, str]]) -> i
 
 
 __all__ = ["PartialReductions", "SHARDING_MODES", "Shard", "distributed_like", "full_tensor", "is_distributed",
-           "is_packed_bits", "local_tensor", "pack_bits", "packed_bits", "portable_bits", "running_sharding", "shard_of",
+           "is_packed_bits", "local_tensor", "pack_bits", "packed_bits", "portable_bits", "running_sharding",
+           "shard_of",
            "unpack_bits"]

@@ -431,7 +431,8 @@ def checks(directory: str, phase: str = "two_ranks") -> dict[str, Callable[..., 
     table.update({"reshard_from_1": lambda *a: check_reshard_load(*a, directory, 1),
                   "reshard_save": lambda *a: check_reshard_save(*a, directory),
                   "hsdp": check_hsdp, "mixed_reductions": check_mixed_reductions,
-                  "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
+                  "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local,
+                  "refusal": check_refusal, "ddp": check_ddp,
                   "zero": check_zero, "checkpoint": lambda *a: check_checkpoint(*a, directory)})
     return table
 

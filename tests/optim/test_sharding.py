@@ -15,7 +15,8 @@ from memplan.optim.smmf import pack_signs, unpack_signs
 
 @pytest.mark.parametrize("count", (1, 7, 8, 18, 37, 64))
 def test_unpacked_bits_are_the_signs_smmf_reads(count):
-    packed = torch.randint(0, 256, (math.ceil(count / 8),), dtype=torch.uint8, generator=torch.Generator().manual_seed(count))
+    generator = torch.Generator().manual_seed(count)
+    packed = torch.randint(0, 256, (math.ceil(count / 8),), dtype=torch.uint8, generator=generator)
     assert torch.equal(unpack_bits(packed, count).float() * 2 - 1, unpack_signs(packed, count))
 
 
