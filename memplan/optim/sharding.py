@@ -260,13 +260,19 @@ def _all_reduce(group: Any, tensors: list[torch.Tensor], op: str) -> int:
     return packed.numel() * packed.element_size()
 
 
+def all_gather_function() -> Callable[..., Any]:
+    """torch.distributed's all-gather into one tensor: ``all_gather_single`` where torch has it
+    (2.13 deprecates ``all_gather_into_tensor`` for it), else ``all_gather_into_tensor``."""
+    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
 def _gather_and_reduce(group: Any, entries: list[tuple[torch.Tensor, str]]) -> int:
     """All-gather the bytes of every tensor (any dtypes) as one buffer, then reduce each tensor's
     gathered copies locally with its own reduction; the bytes of this rank's buffer."""
     packed = torch.cat([tensor.reshape(-1).view(torch.uint8) for tensor, _ in entries])
     world = dist.get_world_size(group)
     gathered = packed.new_empty(world * packed.numel())
-    dist.all_gather_into_tensor(gathered, packed, group=group)
+    all_gather_function()(gathered, packed, group=group)
     copies = gathered.view(world, packed.numel())
     offset = 0
     for tensor, op in entries:

@@ -42,7 +42,7 @@ def batch(step: int) -> torch.Tensor:
     return torch.randn(4, 6, generator=torch.Generator().manual_seed(step))
 
 
-COLLECTIVES = ("all_reduce", "all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter",
+COLLECTIVES = ("all_reduce", "all_gather_single", "all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter",
                "broadcast", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "all_reduce_coalesced",
                "all_gather_object", "broadcast_object_list")
 """torch.distributed's collectives, every one of which an optimizer step could call."""
