@@ -179,7 +179,8 @@ def _rank_main(rank: int, world_size: int, job: _Job) -> None:
 
 def _measure_collective(dist: Any, torch: Any, device: Any) -> CollectiveModel:
     """Latency (a 4-byte all-reduce) and bus bandwidth (a :data:`PROBE_BYTES` one, whose bus bytes
-    are ``2 (w - 1) / w`` times its size) on these ranks."""
+    are ``2 (w - 1) / w`` times its size) on these ranks: the slowest rank's times, so that every
+    rank predicts with the same model."""
 
     def median_seconds(elements: int) -> float:
         buffer = torch.zeros(elements, device=device)
@@ -193,8 +194,9 @@ def _measure_collective(dist: Any, torch: Any, device: Any) -> CollectiveModel:
             times.append(time.perf_counter() - started)
         return statistics.median(times[2:])
 
-    latency = median_seconds(1)
-    large = median_seconds(PROBE_BYTES // 4)
+    times = torch.tensor([median_seconds(1), median_seconds(PROBE_BYTES // 4)], dtype=torch.float64, device=device)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    latency, large = times.tolist()
     bus_bytes = StepCommunication(1, PROBE_BYTES).bus_bytes(dist.get_world_size())
     return CollectiveModel(latency, bus_bytes / max(large - latency, 1e-9))
 
