@@ -121,20 +121,23 @@ def _bench_ranks(source: Optional[str], methods: Optional[list[str]], device: st
         output.print_json(report.to_json())
         return
     table = Table(title=f"{report.profile_name} under FSDP2 on {report.world_size} ranks ({report.backend}); "
-                        f"all-reduce: {report.collective.latency * 1e6:.0f} us + "
+                        f"a collective: {report.collective.latency * 1e6:.0f} us + bus bytes at "
                         f"{report.collective.bandwidth / 1e9:.2f} GB/s (measured)", title_justify="left")
     for column in ("method", "state predicted (max rank)", "measured (max rank)", "every rank exact", "peak",
-                   "step ms (max rank)", "predicted ms", "collectives x bytes"):
+                   "step ms (max rank)", "predicted ms (max rank)", "collective ms (predicted)",
+                   "collectives x bytes predicted", "measured"):
         table.add_column(column, justify="left" if column == "method" else "right")
     for result in report.results:
         if result.skip_reason:
-            table.add_row(result.method, *["-"] * 7)
+            table.add_row(result.method, *["-"] * 9)
             output.note(f"{result.method}: skipped: {result.skip_reason}")
             continue
         table.add_row(result.method, f"{max(result.predicted_state_bytes):,}", f"{max(result.measured_state_bytes):,}",
                       "yes" if result.exact else "NO", format_size(max(result.peak_transient_bytes)),
                       f"{max(result.step_ms_median):.3f}",
-                      "-" if result.predicted_step_ms is None else f"{result.predicted_step_ms:.3f}",
+                      "-" if result.predicted_step_ms is None else f"{max(result.predicted_step_ms):.3f}",
+                      f"{result.predicted_collective_ms:.3f}",
+                      f"{result.predicted_collectives} x {result.predicted_reduced_bytes:,}",
                       f"{result.collectives} x {result.reduced_bytes:,}")
     output.stdout().print(table)
 

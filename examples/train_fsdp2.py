@@ -5,8 +5,8 @@
     torchrun --nproc-per-node 2 examples/train_fsdp2.py .memplan/plan.yaml
 
 Each rank holds a shard of every parameter (FSDP2's ``fully_shard``) and of its per-element
-optimizer state; SMMF, ET and SM3 keep their small factors replicated and all-reduce their
-partial statistics once per step, so training follows the single-device trajectory. Each rank
+optimizer state; SMMF, ET and SM3 keep their small factors replicated and reduce their partial
+statistics in one collective per step, so training follows the single-device trajectory. Each rank
 prints its measured optimizer state next to the plan's prediction for it. gloo on CPU, NCCL on CUDA.
 """
 

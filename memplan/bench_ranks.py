@@ -9,9 +9,11 @@ barrier before every timed step so the ranks start together; the collective is i
 The report shows every rank's predicted and measured state bytes and the maximum over ranks.
 
 Predicted step time per rank: the single-device cost model (:func:`memplan.costmodel.predict_seconds`)
-on the census of rank 0's shard shapes, plus the collective term ``collectives x latency +
-bytes / bandwidth``, whose latency and bandwidth the run measures first on the same ranks
-(all-reduces of 4 bytes and of :data:`PROBE_BYTES`).
+on the census of the rank's shard shapes, plus the collective term of
+:class:`memplan.costmodel.CollectiveModel`: ``collectives x latency + bus bytes / bandwidth``,
+the collectives and bytes predicted from the methods' reduced state
+(:meth:`memplan.sharding.Sharding.step_communication`), the latency and bus bandwidth measured
+first on the same ranks (all-reduces of 4 bytes and of :data:`PROBE_BYTES`).
 """
 
 from __future__ import annotations
@@ -27,27 +29,16 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Sequence
 
+from memplan.costmodel import CollectiveModel
 from memplan.errors import MemplanError, UsageError
 from memplan.loaders import load_profile
 from memplan.methods import BENCH_METHODS, as_spec, param_state
 from memplan.plan import Plan
 from memplan.profile import ModelProfile
-from memplan.sharding import Sharding, local_shape, row_range
+from memplan.sharding import Sharding, StepCommunication, local_shape, row_range
 
 PROBE_BYTES = 4 * 2**20
 """The all-reduce size that measures the collective bandwidth."""
-
-
-@dataclass(frozen=True)
-class CollectiveModel:
-    """One all-reduce on these ranks: ``latency`` seconds plus ``bytes / bandwidth``."""
-
-    latency: float
-    bandwidth: float
-
-    def seconds(self, collectives: int, reduced_bytes: int) -> float:
-        """Predicted time of a step's collectives."""
-        return collectives * self.latency + reduced_bytes / self.bandwidth
 
 
 @dataclass(frozen=True)
@@ -59,10 +50,15 @@ class RanksResult:
     measured_state_bytes: list[int] | None
     peak_transient_bytes: list[int] | None
     step_ms_median: list[float] | None
-    predicted_step_ms: float | None
+    predicted_step_ms: list[float] | None
+    """The cost model on each rank's shard plus the collective term (None without a device profile)."""
     collectives: int | None
     reduced_bytes: int | None
-    """Bytes each rank contributes to the step's all-reduces."""
+    """Bytes each rank contributes to the step's collective (its packed partial vectors)."""
+    predicted_collectives: int | None = None
+    predicted_reduced_bytes: int | None = None
+    predicted_collective_ms: float | None = None
+    """The collective term of the predicted step time."""
     skip_reason: str | None = None
 
     @property
@@ -75,7 +71,8 @@ class RanksResult:
     def to_dict(self) -> dict[str, Any]:
         """The JSON record: every per-rank list, and the maximum over ranks."""
         data = asdict(self)
-        for key in ("predicted_state_bytes", "measured_state_bytes", "peak_transient_bytes", "step_ms_median"):
+        for key in ("predicted_state_bytes", "measured_state_bytes", "peak_transient_bytes", "step_ms_median",
+                    "predicted_step_ms"):
             data[f"max_{key}"] = None if data[key] is None else max(data[key])
         data["exact"] = self.exact
         return data
@@ -96,7 +93,8 @@ class RanksReport:
         """The ``memplan bench --world-size N --json`` document."""
         return {"world_size": self.world_size, "sharding": "fsdp2", "backend": self.backend,
                 "profile": self.profile_name, "steps": self.steps,
-                "collective": {"latency_s": self.collective.latency, "bandwidth_bytes_per_s": self.collective.bandwidth},
+                "collective": {"latency_s": self.collective.latency,
+                               "bus_bandwidth_bytes_per_s": self.collective.bandwidth},
                 "results": [result.to_dict() for result in self.results]}
 
 
@@ -180,7 +178,9 @@ def _rank_main(rank: int, world_size: int, job: _Job) -> None:
 
 
 def _measure_collective(dist: Any, torch: Any, device: Any) -> CollectiveModel:
-    """Latency (a 4-byte all-reduce) and bandwidth (a :data:`PROBE_BYTES` one) on these ranks."""
+    """Latency (a 4-byte all-reduce) and bus bandwidth (a :data:`PROBE_BYTES` one, whose bus bytes
+    are ``2 (w - 1) / w`` times its size) on these ranks: the slowest rank's times, so that every
+    rank predicts with the same model."""
 
     def median_seconds(elements: int) -> float:
         buffer = torch.zeros(elements, device=device)
@@ -194,9 +194,11 @@ def _measure_collective(dist: Any, torch: Any, device: Any) -> CollectiveModel:
             times.append(time.perf_counter() - started)
         return statistics.median(times[2:])
 
-    latency = median_seconds(1)
-    large = median_seconds(PROBE_BYTES // 4)
-    return CollectiveModel(latency, PROBE_BYTES / max(large - latency, 1e-9))
+    times = torch.tensor([median_seconds(1), median_seconds(PROBE_BYTES // 4)], dtype=torch.float64, device=device)
+    dist.all_reduce(times, op=dist.ReduceOp.MAX)
+    latency, large = times.tolist()
+    bus_bytes = StepCommunication(1, PROBE_BYTES).bus_bytes(dist.get_world_size())
+    return CollectiveModel(latency, bus_bytes / max(large - latency, 1e-9))
 
 
 def _measure(label: str, profile: ModelProfile, job: _Job, mesh: Any, rank: int, world_size: int,
@@ -213,6 +215,7 @@ def _measure(label: str, profile: ModelProfile, job: _Job, mesh: Any, rank: int,
     record: dict[str, Any] = {"method": label}
     try:
         predicted = _predicted_rank_bytes(label, plan, params, sharding)
+        communication = sharding.step_communication(_param_states(label, plan, params))
         module = torch.nn.Module()
         generator = torch.Generator().manual_seed(0)
         device = torch.device("cuda", rank) if job.device.startswith("cuda") else torch.device("cpu")
@@ -245,27 +248,34 @@ def _measure(label: str, profile: ModelProfile, job: _Job, mesh: Any, rank: int,
         times.append(target.time_steps(optimizer.step, 1, lambda: None)[0])
     _, peak = target.peak_during(optimizer.step)
     collectives, reduced = getattr(optimizer, "last_communication", lambda: (0, 0))()
+    collective_seconds = collective.seconds(communication, world_size)
+    compute = _predicted_compute_seconds(label, plan, params, sharding, job, rank)
     return {**record, "predicted_state_bytes": predicted[rank], "measured_state_bytes": measured,
             "peak_transient_bytes": peak, "step_ms_median": statistics.median(times),
-            "predicted_step_ms": _predicted_ms(label, plan, params, sharding, job, collective, collectives, reduced),
-            "collectives": collectives, "reduced_bytes": reduced}
+            "predicted_step_ms": None if compute is None else 1e3 * (compute + collective_seconds),
+            "collectives": collectives, "reduced_bytes": reduced,
+            "predicted_collectives": communication.collectives, "predicted_reduced_bytes": communication.packed_bytes,
+            "predicted_collective_ms": 1e3 * collective_seconds}
+
+
+def _param_states(label: str, plan: Plan | None, params: Sequence[Any]) -> list[tuple[Any, Any]]:
+    """Shape and state tensors of every parameter: the plan's entries, or ``label`` for all."""
+    if plan is not None:
+        return [(entry.shape, param_state(entry.method, entry.shape, entry.dtype, entry.layout).tensors)
+                for entry in plan.entries]
+    return [(param.shape, param_state(label, param.shape, param.dtype).tensors) for param in params]
 
 
 def _predicted_rank_bytes(label: str, plan: Plan | None, params: Sequence[Any], sharding: Sharding) -> list[int]:
-    if plan is not None:
-        if plan.sharding is not None and plan.sharding != sharding:
-            plan.check_world(sharding.world_size, (sharding.kind,))
-        entries = [(entry.shape, param_state(entry.method, entry.shape, entry.dtype, entry.layout).tensors)
-                   for entry in plan.entries]
-        return sharding.rank_state_bytes(entries)
-    return sharding.rank_state_bytes([(param.shape, param_state(label, param.shape, param.dtype).tensors)
-                                      for param in params])
+    if plan is not None and plan.sharding is not None and plan.sharding != sharding:
+        plan.check_world(sharding.world_size, (sharding.kind,))
+    return sharding.rank_state_bytes(_param_states(label, plan, params))
 
 
-def _predicted_ms(label: str, plan: Plan | None, params: Sequence[Any], sharding: Sharding, job: _Job,
-                  collective: CollectiveModel, collectives: int, reduced: int) -> float | None:
-    """Rank 0's compute (the cost model on its shard shapes) plus the collective term; None
-    without a device profile, or for a plan (whose census needs the whole planned optimizer)."""
+def _predicted_compute_seconds(label: str, plan: Plan | None, params: Sequence[Any], sharding: Sharding, job: _Job,
+                               rank: int) -> float | None:
+    """This rank's compute: the cost model on its shard shapes; None without a device profile, or
+    for a plan (whose census needs the whole planned optimizer)."""
     from memplan.census import method_census
     from memplan.costmodel import predict_seconds, resolve_device_profile
     from memplan.devices import parse_device
@@ -273,13 +283,12 @@ def _predicted_ms(label: str, plan: Plan | None, params: Sequence[Any], sharding
     chosen, _ = resolve_device_profile(parse_device(job.device), job.device_profile)
     if chosen is None or plan is not None:
         return None
-    shard_shapes = [(local_shape(param.shape, row_range(param.shape[0], sharding.shards, 0)) if param.shape
+    shard_shapes = [(local_shape(param.shape, row_range(param.shape[0], sharding.shards, rank)) if param.shape
                      else param.shape, param.dtype) for param in params]
     try:
-        compute = predict_seconds(method_census(label, shard_shapes, chosen.cache_bytes), chosen).seconds
+        return predict_seconds(method_census(label, shard_shapes, chosen.cache_bytes), chosen).seconds
     except Exception:  # a third-party optimizer that cannot step on the meta device
         return None
-    return 1e3 * (compute + collective.seconds(collectives, reduced))
 
 
 def _merge(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -290,12 +299,14 @@ def _merge(per_rank: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {"method": first["method"], "predicted_state_bytes": None, "measured_state_bytes": None,
                 "peak_transient_bytes": None, "step_ms_median": None, "predicted_step_ms": None,
                 "collectives": None, "reduced_bytes": None, "skip_reason": skipped}
+    predicted_ms = [record["predicted_step_ms"] for record in per_rank]
     return {"method": first["method"],
             **{key: [record[key] for record in per_rank] for key in ("predicted_state_bytes", "measured_state_bytes",
-                                                                     "peak_transient_bytes")},
-            "step_ms_median": [record["step_ms_median"] for record in per_rank],
-            "predicted_step_ms": first["predicted_step_ms"], "collectives": first["collectives"],
-            "reduced_bytes": first["reduced_bytes"], "skip_reason": None}
+                                                                     "peak_transient_bytes", "step_ms_median")},
+            "predicted_step_ms": None if None in predicted_ms else predicted_ms,
+            **{key: first[key] for key in ("collectives", "reduced_bytes", "predicted_collectives",
+                                           "predicted_reduced_bytes", "predicted_collective_ms")},
+            "skip_reason": None}
 
 
 __all__ = ["CollectiveModel", "RanksReport", "RanksResult", "run_ranks_bench"]

@@ -11,6 +11,15 @@ The traffic and kernel counts come from :mod:`memplan.census`; the device figure
 source) or measured on this machine by :func:`memplan.timing.calibrate` (``memplan bench
 --calibrate``), which saves it at :data:`DEFAULT_DEVICE_PROFILE_PATH`.
 
+A sharded step adds its collective (:class:`memplan.sharding.StepCommunication`, whose bytes are
+the methods' reduced state)::
+
+    collective_seconds = collectives * latency + bus_bytes / bus_bandwidth
+
+with a :class:`CollectiveModel` that ``memplan bench --world-size`` measures on the job's own
+ranks (gloo on CPU, NCCL on CUDA: latencies from tens of microseconds to a millisecond, bandwidths
+from under 1 to hundreds of GB/s, so no default would do).
+
 This module never imports torch: planning from a bundled profile uses it.
 """
 
@@ -27,6 +36,7 @@ from memplan.yamlfile import YamlDocument, bundled_names, bundled_text
 
 if TYPE_CHECKING:
     from memplan.census import StepCensus
+    from memplan.sharding import StepCommunication
 
 
 DEVICE_FORMAT = 1
@@ -207,6 +217,21 @@ def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
     return StepCost(memory + reductions + cache + norms + overhead, memory, reductions, cache, norms, overhead)
 
 
-__all__ = ["DEFAULT_DEVICE_PROFILE_PATH", "DEVICE_FORMAT", "DeviceProfile", "StepCost", "bundled_device_names",
+@dataclass(frozen=True)
+class CollectiveModel:
+    """The time of one collective on a job's ranks: ``latency`` seconds plus its bus bytes (see
+    :meth:`memplan.sharding.StepCommunication.bus_bytes`) over ``bandwidth`` (bytes per second,
+    NCCL-tests' "bus bandwidth", so that all-reduces and all-gathers share one figure)."""
+
+    latency: float
+    bandwidth: float
+
+    def seconds(self, communication: "StepCommunication", world_size: int) -> float:
+        """Predicted seconds of one step's collectives on ``world_size`` ranks."""
+        return communication.collectives * self.latency + communication.bus_bytes(world_size) / self.bandwidth
+
+
+__all__ = ["CollectiveModel", "DEFAULT_DEVICE_PROFILE_PATH", "DEVICE_FORMAT", "DeviceProfile", "StepCost",
+           "bundled_device_names",
            "default_device_profile", "describes", "load_bundled_device", "predict_seconds",
            "resolve_device_profile"]

@@ -51,6 +51,13 @@ def flat_range(shape: Shape, rows: tuple[int, int]) -> tuple[int, int]:
     return rows[0] * per_row, rows[1] * per_row
 
 
+def packed_chunk_bytes(shape: Shape, shards: int) -> int:
+    """Bytes of packed bits (8 per byte) every rank keeps for its range of a parameter of ``shape``
+    split ``shards`` ways: enough for a full chunk of ``ceil(dim0 / shards)`` rows."""
+    chunk_rows = math.ceil(shape[0] / shards) if shape else 1
+    return math.ceil(chunk_rows * numel(shape[1:]) / 8)
+
+
 def local_state_tensors(tensors: Iterable[StateTensor], shape: Shape, rows: tuple[int, int],
                         shards: int) -> tuple[StateTensor, ...]:
     """The state tensors a rank keeps for ``rows`` of dim 0 of a parameter of ``shape`` sharded
@@ -61,8 +68,7 @@ def local_state_tensors(tensors: Iterable[StateTensor], shape: Shape, rows: tupl
     ``ceil(chunk / 8)`` bytes on every rank, ``chunk`` being the elements of a full (padded) shard,
     so that they are equal shards of one byte vector too.
     """
-    chunk_rows = math.ceil(shape[0] / shards) if shape else 1
-    chunk_bytes = math.ceil(chunk_rows * numel(shape[1:]) / 8)
+    chunk_bytes = packed_chunk_bytes(shape, shards)
     local = []
     for tensor in tensors:
         if tensor.shard == "replicated":
@@ -83,6 +89,27 @@ def rank_state_tensors(tensors: Iterable[StateTensor], shape: Shape, shards: int
     if not shape or shards == 1:
         return tuple(tensors)
     return local_state_tensors(tensors, shape, row_range(shape[0], shards, rank), shards)
+
+
+@dataclass(frozen=True)
+class StepCommunication:
+    """The collective of one optimizer step on one rank, as memplan's exact sharded step issues it
+    (:class:`memplan.optim.sharding.PartialReductions`): every parameter's partial vectors of its
+    reduced replicated state packed in one buffer of ``packed_bytes``, in one collective, an
+    all-reduce, or an all-gather when the step mixes reductions (sums and SM3's maxima) or dtypes."""
+
+    collectives: int
+    packed_bytes: int
+    gathered: bool = False
+
+    def bus_bytes(self, world_size: int) -> float:
+        """Bytes each rank sends (and receives) in the step's collectives, as NCCL-tests counts a
+        ring: ``2 (w - 1) / w`` times the buffer for an all-reduce, ``w - 1`` times it for an
+        all-gather (each rank receives every other rank's buffer)."""
+        if world_size <= 1 or not self.collectives:
+            return 0.0
+        factor = world_size - 1 if self.gathered else 2 * (world_size - 1) / world_size
+        return factor * self.packed_bytes
 
 
 @dataclass(frozen=True)
@@ -133,6 +160,19 @@ class Sharding:
         return [sum(sum(tensor.nbytes for tensor in self.rank_tensors(tensors, shape, rank))
                     for shape, tensors in params) for rank in range(self.world_size)]
 
+    def step_communication(self, params: Sequence[tuple[Shape, Sequence[StateTensor]]]) -> StepCommunication:
+        """The collective of one step of memplan's optimizers over ``params`` (shape and state tensors
+        of each): one per step when any split parameter has reduced state (each partial vector is
+        the size of its state tensor), none under ddp and zero1 (whose ranks step whole parameters)."""
+        if not self.splits_parameters:
+            return StepCommunication(0, 0)
+        reduced = [tensor for shape, tensors in params if shape for tensor in tensors
+                   if tensor.shard == "replicated" and tensor.reduce is not None]
+        if not reduced:
+            return StepCommunication(0, 0)
+        kinds = {(tensor.reduce, tensor.dtype) for tensor in reduced}
+        return StepCommunication(1, sum(tensor.nbytes for tensor in reduced), len(kinds) > 1)
+
     def rank_param_elements(self, shape: Shape) -> int:
         """Elements of a parameter (and of its gradient) that each rank stores: FSDP2 pads dim 0
         to a multiple of the shard count, so every rank allocates a full chunk; ddp and zero1 keep
@@ -158,4 +198,6 @@ def zero1_owners(shapes: Sequence[Shape], world_size: int) -> list[int]:
     return owners
 
 
-__all__ = ["Sharding", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range", "local_shape", "local_state_tensors", "row_range"]
+__all__ = ["Sharding", "StepCommunication", "zero1_owners", "rank_state_tensors", "SHARDED", "SHARDINGS", "flat_range",
+           "local_shape",
+           "local_state_tensors", "packed_chunk_bytes", "row_range"]

@@ -3,7 +3,7 @@
 import pytest
 
 from memplan.census import StepCensus
-from memplan.costmodel import (DeviceProfile, bundled_device_names, default_device_profile, describes,
+from memplan.costmodel import (CollectiveModel, DeviceProfile, bundled_device_names, default_device_profile, describes,
                                load_bundled_device, predict_seconds, resolve_device_profile)
 from memplan.devices import CpuDevice
 from memplan.errors import ProfileError
@@ -70,3 +70,13 @@ def test_cost_model_adds_its_five_terms():
     assert terms == pytest.approx((2.0, 3.0, 1.0, 2.0, 5.0)) and cost.seconds == pytest.approx(13.0)
     no_cache = DeviceProfile("d", "cuda", memory_bandwidth=1e3, kernel_overhead=0.0, source="test")
     assert predict_seconds(census, no_cache).seconds == pytest.approx((3_000 + 1_000 + 1_200 + 500 + 200) / 1e3)
+
+
+def test_a_collective_costs_its_latency_and_its_bus_bytes():
+    """An all-reduce of 1,000 bytes on 4 ranks moves 1,500 bus bytes; an all-gather 3,000."""
+    from memplan.sharding import StepCommunication
+
+    model = CollectiveModel(latency=1e-4, bandwidth=1e6)
+    assert model.seconds(StepCommunication(1, 1_000), 4) == pytest.approx(1e-4 + 1.5e-3)
+    assert model.seconds(StepCommunication(1, 1_000, gathered=True), 4) == pytest.approx(1e-4 + 3e-3)
+    assert model.seconds(StepCommunication(0, 0), 4) == 0.0

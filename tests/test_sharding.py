@@ -11,7 +11,8 @@ from memplan.loaders import load_profile
 from memplan.methods import param_state
 from memplan.plan import Plan, PlanError
 from memplan.planner import make_plan
-from memplan.sharding import Sharding, local_shape, rank_state_tensors, row_range, zero1_owners
+from memplan.sharding import (Sharding, StepCommunication, local_shape, rank_state_tensors, row_range,
+                              zero1_owners)
 from tests.conftest import PAPER_PRIORS
 
 
@@ -107,3 +108,34 @@ def test_cli_plans_and_analyzes_per_rank(run_memplan):
     assert analyzed.json()["sharding"]["rank_param_bytes"] > 0
     refused = run_memplan("plan", "gpt2", "--budget", "2MiB", "--sharding", "zero1")
     assert refused.code == 2 and "--sharding needs --world-size" in refused.stderr
+
+
+SHAPES = ((5, 6), (5,), (1, 5), (1,), (7, 3, 4))
+"""The distributed tests' model (tests/optim/distributed_worker.py)."""
+
+
+def test_a_steps_collective_carries_the_reduced_state_of_every_split_parameter():
+    """SMMF's factors (4 x 4 bytes per row or column), summed; SM3's accumulators, maxima; a plan
+    mixing them is one all-gather; elementwise methods and ddp/zero1 need none."""
+    fsdp2 = Sharding("fsdp2", 2)
+
+    def communication(specs):
+        return fsdp2.step_communication([(shape, param_state(spec, shape).tensors)
+                                         for shape, spec in zip(SHAPES, specs)])
+
+    layouts = [param_state("smmf", shape).layout for shape in SHAPES]
+    assert all(layouts)   # every one factored: row_v, col_v, row_m, col_m of n + m fp32 values
+    assert communication(["smmf"] * 5) == StepCommunication(1, sum(4 * 2 * (n + m) for n, m in layouts), False)
+    assert communication(["sm3"] * 5) == StepCommunication(1, 4 * (5 + 6 + 5 + 1 + 5 + 1 + 7 + 3 + 4), False)
+    mixed = communication(["smmf", "et2", "sm3:momentum=0.9", "adam", "et_inf"])
+    assert mixed.collectives == 1 and mixed.gathered
+    assert communication(["adam", "sgd:momentum=0.9", "adagrad", "adam", "adam"]) == StepCommunication(0, 0)
+    for kind in ("ddp", "zero1"):
+        assert Sharding(kind, 2).step_communication([((5, 6), param_state("smmf", (5, 6)).tensors)]) \
+            == StepCommunication(0, 0)
+
+
+@pytest.mark.parametrize("world, gathered, expected", [(2, False, 100), (4, False, 150), (4, True, 300),
+                                                       (1, True, 0)])
+def test_bus_bytes_count_a_ring_all_reduce_or_all_gather(world, gathered, expected):
+    assert StepCommunication(1, 100, gathered).bus_bytes(world) == expected

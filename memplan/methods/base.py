@@ -66,6 +66,9 @@ class StateTensor:
     dtype: str
     shard: str = "replicated"
     """How a sharded parameter's ranks hold it (see :data:`SHARD_KINDS`)."""
+    reduce: str | None = None
+    """For replicated state that an exact sharded step rebuilds from every rank's partial vectors
+    (of this tensor's size and dtype): how they combine, "sum" or "max"; None if no step reduces it."""
 
     @property
     def numel(self) -> int:
@@ -293,9 +296,10 @@ def full_like(key: str, shape: Shape, dtype: str) -> StateTensor:
     return StateTensor(key, tuple(shape), dtype, shard="elements")
 
 
-def axis_accumulators(view: Shape) -> tuple[StateTensor, ...]:
-    """One fp32 accumulator vector per axis of ``view``: ``acc_0`` (d_0,), ``acc_1`` (d_1,), ... (SM3, ET)."""
-    return tuple(StateTensor(f"acc_{axis}", (dim,), STATE_DTYPE) for axis, dim in enumerate(view))
+def axis_accumulators(view: Shape, reduce: str) -> tuple[StateTensor, ...]:
+    """One fp32 accumulator vector per axis of ``view``: ``acc_0`` (d_0,), ``acc_1`` (d_1,), ... (SM3, ET),
+    whose partial vectors a sharded step combines by ``reduce``."""
+    return tuple(StateTensor(f"acc_{axis}", (dim,), STATE_DTYPE, reduce=reduce) for axis, dim in enumerate(view))
 
 
 def in_unit_interval(value: float) -> str | None:

@@ -71,7 +71,7 @@ class ExtremeTensoring(Method):
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
         index = layout if layout is not None else et_index(shape, self.level or 1)
         momentum = (full_like("momentum_buffer", shape, STATE_DTYPE),) if options["momentum"] > 0 else ()
-        return axis_accumulators(index) + momentum
+        return axis_accumulators(index, "sum") + momentum
 
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full" if options["momentum"] > 0 else "none"
@@ -107,7 +107,7 @@ class ETInfinity(Method):
     options = (_beta2_option(), eps_option(1e-8), weight_decay_option(), weight_decay_mode_option(), kernel_option())
 
     def state_tensors(self, shape: Shape, param_dtype: str, options: Options, layout: Layout) -> tuple[StateTensor, ...]:
-        return (StateTensor("sum_sq", (), STATE_DTYPE),)
+        return (StateTensor("sum_sq", (), STATE_DTYPE, reduce="sum"),)
 
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         return "scalar"

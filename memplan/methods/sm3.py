@@ -66,7 +66,7 @@ class SM3(Method):
             return _pytorch_optimizer_tensors(shape, param_dtype)
         view = layout if layout is not None else natural_view(shape)
         momentum = (full_like("momentum_buffer", shape, STATE_DTYPE),) if options["momentum"] > 0 else ()
-        return axis_accumulators(view) + momentum
+        return axis_accumulators(view, "max") + momentum  # a sharded step reduces slice maxima
 
     def momentum_kind(self, options: Options, layout: Layout) -> str:
         return "full" if options["momentum"] > 0 or options["impl"] == "pytorch_optimizer" else "none"

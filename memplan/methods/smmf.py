@@ -89,10 +89,12 @@ class SMMF(Method):
             second = (full_like("exp_avg_sq", shape, STATE_DTYPE),)
             return ((full_like("exp_avg", shape, STATE_DTYPE),) if first_moment else ()) + second
         rows, cols = layout
-        second = (StateTensor("row_v", (rows,), STATE_DTYPE), StateTensor("col_v", (cols,), STATE_DTYPE))
+        second = (StateTensor("row_v", (rows,), STATE_DTYPE, reduce="sum"),
+                  StateTensor("col_v", (cols,), STATE_DTYPE, reduce="sum"))
         if not first_moment:
             return second
-        first = (StateTensor("row_m", (rows,), STATE_DTYPE), StateTensor("col_m", (cols,), STATE_DTYPE),
+        first = (StateTensor("row_m", (rows,), STATE_DTYPE, reduce="sum"),
+                 StateTensor("col_m", (cols,), STATE_DTYPE, reduce="sum"),
                  sign_tensor(rows, cols, options["sign_bits"]))
         return first + second
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from memplan.methods.base import COUPLED_DECAY, DECOUPLED_DECAY, Layout, Method
-from memplan.optim.sharding import (SHARDING_MODES, PartialReductions, Shard, distributed_like, local_tensor,
-                                    shard_of)
-from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict
+from memplan.optim.sharding import (SHARDING_MODES, PartialReductions, Shard, distributed_like, is_distributed,
+                                    is_packed_bits, local_tensor, packed_bits, portable_bits, shard_of)
+from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, with_param_states
 from memplan.sharding import local_state_tensors
 
 DEFAULT_CHUNK_BYTES = 32 * 2**20
@@ -222,7 +222,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One optimization step; ``closure`` re-evaluates the model and returns the loss.
 
-        Sharded parameters reduce their partial statistics in one packed all-reduce per step
+        Sharded parameters reduce their partial statistics in one packed collective per step
         (see :mod:`memplan.optim.sharding`); :meth:`last_communication` tells what it moved.
         """
         loss = run_closure(closure)
@@ -309,15 +309,51 @@ class MemplanOptimizer(torch.optim.Optimizer):
                 state: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, except that the packed bits of a parameter sharded in exact mode
+        (SMMF's 1-bit signs under FSDP2, whose packing depends on the world size) are saved as one
+        bool per element, a DTensor placed like the parameter: a distributed checkpoint then
+        reshards them like the parameter, and loads them on another world size."""
+        return with_param_states(self, super().state_dict(), saved_state)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict, keeping each state tensor's saved dtype.
 
         torch casts floating-point state to the parameter's dtype on load, which would turn
         packed uint8 signs into floats and round fp32 state of bf16 parameters; here every
-        tensor comes back exactly as it was saved. Load pre-hooks (whose returned dict is the one
-        loaded) and post-hooks (which see, and may edit, the loaded state) run as in torch.
+        tensor comes back exactly as it was saved (signs saved one bool per element by
+        :meth:`state_dict` are packed again for this rank). Load pre-hooks (whose returned dict is
+        the one loaded) and post-hooks (which see, and may edit, the loaded state) run as in torch.
         """
-        load_state_dict(self, state_dict, lambda param: keep_saved_dtype)
+        load_state_dict(self, with_param_states(self, state_dict, self.loaded_state), lambda param: keep_saved_dtype)
+
+    def loaded_state(self, group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+        """A parameter's saved ``state`` with the bits that :meth:`state_dict` saved one bool per
+        element packed again as the method stores them on this rank (other state as it is)."""
+        if group.get("sharding", "exact") == "local" and is_distributed(param):
+            return state  # each shard's own state, saved as it is
+        layout = state.get("layout")
+        layout = None if layout is None else tuple(layout)
+        dtype_name = str(param.dtype).removeprefix("torch.")
+        try:
+            tensors = self.method.state_tensors(tuple(param.shape), dtype_name, self._options(group), layout)
+        except (TypeError, ValueError):
+            return state  # not this method's state: loading refuses it, or takes it as it is
+        packed = {tensor.key for tensor in tensors if tensor.shard == "bits"}
+        return {key: packed_bits(value, param) if key in packed and _portable(value, param) else value
+                for key, value in state.items()}
+
+
+def saved_state(group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+    """A parameter's state as a checkpoint saves it: packed bits of a sharded parameter as one
+    bool per element (see :meth:`MemplanOptimizer.state_dict`), everything else as it is."""
+    return {key: portable_bits(value, param) if is_packed_bits(value, param) else value
+            for key, value in state.items()}
+
+
+def _portable(value: Any, param: torch.Tensor) -> bool:
+    """Whether ``value`` holds one bool per element of ``param`` (bits saved by :func:`saved_state`)."""
+    return isinstance(value, torch.Tensor) and value.dtype == torch.bool and tuple(value.shape) == tuple(param.shape)
 
 
 def _describe(param: torch.Tensor, names: list[str] | None, position: int) -> str:

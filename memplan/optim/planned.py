@@ -24,9 +24,9 @@ import torch
 from memplan.errors import SpecError
 from memplan.methods import build, get_method, parse_spec
 from memplan.methods.spec import MethodSpec
-from memplan.optim.base import MemplanOptimizer, run_closure
+from memplan.optim.base import MemplanOptimizer, run_closure, saved_state
 from memplan.optim.sharding import PartialReductions, running_sharding
-from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, torch_policy
+from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, torch_policy, with_param_states
 from memplan.plan import Plan, PlanError
 from memplan.profile import ModelProfile, ParamSpec
 
@@ -224,8 +224,8 @@ class PlannedOptimizer(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """Evaluate ``closure`` once (if given), then step every inner optimizer; memplan's reduce
-        the partial statistics of their sharded parameters together, in one packed all-reduce
-        (per reduction kind: sums, and SM3's maxima) for the whole plan."""
+        the partial statistics of their sharded parameters together, in one packed collective for
+        the whole plan (an all-gather when SM3's maxima mix with sums)."""
         loss = run_closure(closure)
         reductions = PartialReductions()
         finishers = []
@@ -243,12 +243,21 @@ class PlannedOptimizer(torch.optim.Optimizer):
         """The collectives and the bytes (this rank's buffers) that the last step's reduction moved."""
         return getattr(self, "_communication", (0, 0))
 
+    def state_dict(self) -> dict[str, Any]:
+        """torch's state_dict, with packed bits of sharded parameters saved one bool per element, as
+        :meth:`MemplanOptimizer.state_dict` saves them (loadable on another world size)."""
+        return with_param_states(self, super().state_dict(), saved_state)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load a state_dict: each parameter's state comes back with its inner optimizer's dtype
         policy (memplan's keeps saved dtypes, torch's casts to the parameter's); a saved group of
         another method than the current one at that position is refused."""
         owners = {param: optimizer for optimizer in self.optimizers
                   for group in optimizer.param_groups for param in group["params"]}
+
+        def loaded_state(group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:
+            owner = owners.get(param)
+            return owner.loaded_state(group, param, state) if isinstance(owner, MemplanOptimizer) else state
 
         def restore_for(param: torch.Tensor):
             return keep_saved_dtype if isinstance(owners.get(param), MemplanOptimizer) else torch_policy
@@ -258,7 +267,7 @@ class PlannedOptimizer(torch.optim.Optimizer):
                 raise PlanError(f"state_dict's parameter group {index} is for {saved.get(METHOD_KEY)!r}, this "
                                 f"optimizer's for {group[METHOD_KEY]!r}: it was saved from another plan")
 
-        load_state_dict(self, state_dict, restore_for, check_group)
+        load_state_dict(self, with_param_states(self, state_dict, loaded_state), restore_for, check_group)
 
 
 __all__ = ["METHOD_KEY", "PlannedOptimizer", "from_plan"]

@@ -73,6 +73,28 @@ def load_state_dict(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, A
         post_hook(optimizer)
 
 
+StateMap = Callable[[Mapping[str, Any], torch.Tensor, dict[str, Any]], dict[str, Any]]
+"""``convert(group, param, state) -> state``: one parameter's state as saved or loaded."""
+
+
+def with_param_states(optimizer: torch.optim.Optimizer, state_dict: Mapping[str, Any],
+                      convert: StateMap) -> dict[str, Any]:
+    """``state_dict`` (as ``optimizer.state_dict()`` returns it, or one to load) with each
+    parameter's state replaced by ``convert(group, param, state)``, matching saved ids to the
+    optimizer's parameters by position as loading does; unchanged where the groups do not match
+    (loading then refuses it)."""
+    groups = optimizer.param_groups
+    saved_groups = state_dict.get("param_groups", [])
+    if len(groups) != len(saved_groups) or any(len(group["params"]) != len(saved["params"])
+                                               for group, saved in zip(groups, saved_groups)):
+        return dict(state_dict)
+    owners = {param_id: (group, param) for group, saved in zip(groups, saved_groups)
+              for param_id, param in zip(saved["params"], group["params"])}
+    state = {param_id: convert(*owners[param_id], value) if param_id in owners and isinstance(value, dict) else value
+             for param_id, value in state_dict["state"].items()}
+    return {**state_dict, "state": state}
+
+
 def _merged_group(group: Mapping[str, Any], saved: dict[str, Any]) -> dict[str, Any]:
     """The saved group with the current parameters, and the current value of every key it lacks."""
     saved["params"] = group["params"]

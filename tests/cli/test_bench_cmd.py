@@ -201,10 +201,17 @@ def test_world_size_spawns_ranks_and_compares_every_rank(run_memplan, tiny_profi
     document = result.json()
     assert document["world_size"] == 2 and document["backend"] == "gloo"
     by_method = {record["method"]: record for record in document["results"]}
+    collective = document["collective"]
     for method in ("smmf", "sm3:momentum=0.9"):
         record = by_method[method]
         assert record["exact"] is True and len(record["measured_state_bytes"]) == 2
-        assert record["collectives"] == 1 and record["reduced_bytes"] > 0
+        assert record["collectives"] == record["predicted_collectives"] == 1
+        assert record["reduced_bytes"] == record["predicted_reduced_bytes"] > 0
+        # the time model's collective term: latency + an all-reduce's bus bytes (1x the buffer on 2 ranks)
+        term_ms = 1e3 * (collective["latency_s"] + record["reduced_bytes"] / collective["bus_bandwidth_bytes_per_s"])
+        assert record["predicted_collective_ms"] == pytest.approx(term_ms, rel=1e-9) and term_ms > 0
+        if record["predicted_step_ms"] is not None:   # with a device profile: compute + the term, per rank
+            assert len(record["predicted_step_ms"]) == 2 and min(record["predicted_step_ms"]) > term_ms
     assert "cannot step sharded" in by_method["came"]["skip_reason"]
     refused = run_memplan("bench", tiny_profile, "--world-size", "2", "--dtype", "bfloat16")
     assert refused.code == 2 and "--dtype" in refused.stderr

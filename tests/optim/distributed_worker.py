@@ -8,6 +8,7 @@ communication of a step, per-rank state bytes measured and predicted.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -41,11 +42,46 @@ def batch(step: int) -> torch.Tensor:
     return torch.randn(4, 6, generator=torch.Generator().manual_seed(step))
 
 
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: range = range(STEPS)) -> None:
+COLLECTIVES = ("all_reduce", "all_gather_single", "all_gather_into_tensor", "all_gather", "reduce_scatter_tensor", "reduce_scatter",
+               "broadcast", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single", "all_reduce_coalesced",
+               "all_gather_object", "broadcast_object_list")
+"""torch.distributed's collectives, every one of which an optimizer step could call."""
+
+
+@contextlib.contextmanager
+def counting_collectives(calls: list[str], groups: list[Any] | None = None):
+    """Append the name of every torch.distributed collective called inside the block to ``calls``
+    (and its ``group`` argument to ``groups``)."""
+    originals = {name: getattr(dist, name) for name in COLLECTIVES if hasattr(dist, name)}
+
+    def counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            if groups is not None:
+                groups.append(kwargs.get("group"))
+            return function(*args, **kwargs)
+        return call
+
+    for name, function in originals.items():
+        setattr(dist, name, counted(name, function))
+    try:
+        yield calls
+    finally:
+        for name, function in originals.items():
+            setattr(dist, name, function)
+
+
+def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: range = range(STEPS),
+          collectives: list[list[str]] | None = None, groups: list[Any] | None = None) -> None:
+    """``steps`` training steps; ``collectives`` receives the collectives each optimizer step called
+    (``groups`` their process groups)."""
     for step in steps:
         optimizer.zero_grad()
         model(batch(step)).backward()
-        optimizer.step()
+        with counting_collectives([], groups) as calls:
+            optimizer.step()
+        if collectives is not None:
+            collectives.append(calls)
 
 
 def full(tensor: torch.Tensor) -> torch.Tensor:
@@ -96,6 +132,16 @@ def predicted_rank_bytes(spec: str, model: nn.Module, world: int, rank: int, rep
     return total
 
 
+def predicted_communication(states: list[Any], world: int) -> list[Any]:
+    """[collectives, packed bytes, gathered] of one step, as memplan.sharding predicts them for
+    FSDP2 over ``world`` ranks (``states``: each parameter's memplan.methods.ParamState)."""
+    from memplan.sharding import Sharding
+
+    params = [(state.shape, state.tensors) for state in states]
+    communication = Sharding("fsdp2", world).step_communication(params)
+    return [communication.collectives, communication.packed_bytes, communication.gathered]
+
+
 EXACT_SPECS = ("smmf", "smmf:sign_bits=8", "smmf:beta1=none", "smmf:vector_reshape=false", "et1", "et2", "et3",
                "et1:momentum=0.9", "et_inf", "sm3", "sm3:variant=I", "sm3:momentum=0.9", "adam", "adagrad",
                "sgd:momentum=0.9",
@@ -107,13 +153,18 @@ REFUSED_SPECS = ("came", "adafactor", "adafactor:beta1=0.9")
 
 def check_exact(spec: str, mesh, world: int, rank: int) -> dict[str, Any]:
     from memplan.measure import state_storage_bytes
+    from memplan.methods import param_state
 
     reference, sharded = models(mesh)
     single, distributed = build(spec, reference), build(spec, sharded)
     train(reference, single)
-    train(sharded, distributed)
+    collectives: list[list[str]] = []
+    train(sharded, distributed, collectives=collectives)
     communication = getattr(distributed, "last_communication", lambda: None)()
     return {"difference": max_difference(sharded, reference), "communication": communication,
+            "collectives": collectives,
+            "predicted_communication": predicted_communication(
+                [param_state(spec, tuple(param.shape)) for param in sharded.parameters()], world),
             "measured": state_storage_bytes(distributed),
             "predicted": predicted_rank_bytes(spec, sharded, world, rank),
             "replicated": predicted_rank_bytes(spec, sharded, world, rank, replicated=True)}
@@ -129,9 +180,44 @@ def check_hsdp(mesh, world: int, rank: int) -> dict[str, Any]:
     placements = [str(placement) for placement in sharded.c.placements]
     single, distributed = build("smmf", reference), build("smmf", sharded)
     train(reference, single)
-    train(sharded, distributed)
+    collectives: list[list[str]] = []
+    groups: list[Any] = []
+    train(sharded, distributed, collectives=collectives, groups=groups)
+    shard_group = hsdp_mesh.get_group("shard")
     return {"difference": max_difference(sharded, reference), "placements": placements,
-            "communication": distributed.last_communication()}
+            "communication": distributed.last_communication(), "collectives": collectives,
+            "over_shard_group": [group is shard_group for group in groups]}
+
+
+def check_mixed_reductions(mesh, world: int, rank: int) -> dict[str, Any]:
+    """PartialReductions given sums and maxima of three dtypes (odd byte lengths included): one
+    all-gather, and the totals each rank computes equal the dense ones (the sum and the maximum of
+    every rank's values, which each rank recomputes from the same seeds)."""
+    from memplan.optim.sharding import PartialReductions, Shard
+
+    def values(source_rank: int) -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(100 + source_rank)
+        return [torch.randn(5, generator=generator), torch.randn(3, generator=generator).to(torch.bfloat16),
+                torch.randn(2, 3, generator=generator), torch.randint(-9, 9, (7,), generator=generator,
+                                                                       dtype=torch.int8)]
+
+    ops = ["sum", "sum", "max", "max"]
+    mine = values(rank)
+    reductions = PartialReductions()
+    shard = Shard(0, 1, (world,), (rank, rank + 1), world, dist.group.WORLD)
+    for tensor, op in zip(mine, ops):
+        reductions.add(shard, [tensor], op)
+    calls: list[str] = []
+    with counting_collectives(calls):
+        reductions.all_reduce()
+    every = [values(source) for source in range(world)]
+    expected = []
+    for position, op in enumerate(ops):
+        stacked = torch.stack([copies[position] for copies in every])
+        expected.append(stacked.sum(0, dtype=stacked.dtype) if op == "sum" else stacked.amax(0))
+    return {"calls": calls, "collectives": reductions.collectives, "bytes": reductions.bytes_reduced,
+            "expected_bytes": sum(tensor.numel() * tensor.element_size() for tensor in mine),
+            "equal": [torch.equal(actual, wanted) for actual, wanted in zip(mine, expected)]}
 
 
 def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
@@ -142,8 +228,13 @@ def check_plan(mesh, world: int, rank: int) -> dict[str, Any]:
     plan = mixed_plan(list(reference.named_parameters()), ("smmf", "et2", "sm3", "adam"))
     single, distributed = from_plan(reference, plan, lr=LR), from_plan(sharded, plan, lr=LR)
     train(reference, single)
-    train(sharded, distributed)
-    return {"difference": max_difference(sharded, reference), "communication": distributed.last_communication()}
+    collectives: list[list[str]] = []
+    train(sharded, distributed, collectives=collectives)
+    from memplan.methods import param_state
+
+    states = [param_state(entry.method, entry.shape, entry.dtype, entry.layout) for entry in plan.entries]
+    return {"difference": max_difference(sharded, reference), "communication": distributed.last_communication(),
+            "collectives": collectives, "predicted_communication": predicted_communication(states, world)}
 
 
 def check_plan_per_rank(mesh, world: int, rank: int) -> dict[str, Any]:
@@ -264,15 +355,92 @@ def check_checkpoint(mesh, world: int, rank: int, directory: str) -> dict[str, A
     return results
 
 
-def checks(directory: str) -> dict[str, Callable[..., Any]]:
+RESHARD_SPECS = ("smmf", "smmf:sign_bits=8", "et2:momentum=0.9", "sm3:momentum=0.9", "plan")
+"""What is saved on one world size and loaded on another; "plan" is a mixed plan through from_plan
+(1-bit signs on the (5, 6) weight, whose 3-row chunks hold 18 elements: not whole bytes)."""
+
+
+def build_resharded(spec: str, model: nn.Module) -> torch.optim.Optimizer:
+    if spec != "plan":
+        return build(spec, model)
+    from memplan.optim import from_plan
+    from tests.optim.optimizer_table import mixed_plan
+
+    plan = mixed_plan(list(model.named_parameters()), ("smmf", "et2", "sm3:momentum=0.9", "adam", "smmf"))
+    return from_plan(model, plan, lr=LR)
+
+
+def checkpoint_path(directory: str, world: int, spec: str) -> str:
+    return os.path.join(directory, f"reshard-{world}", spec.replace(":", "_").replace("=", "_"))
+
+
+def check_reshard_save(mesh, world: int, rank: int, directory: str) -> dict[str, Any]:
+    """Save each spec's state after 5 steps on this world size (DCP), then train on to step 10 and
+    keep the final parameters, which a run loading the checkpoint on another world size must reach."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    for spec in RESHARD_SPECS:
+        path = checkpoint_path(directory, world, spec)
+        _, sharded = models(mesh)
+        optimizer = build_resharded(spec, sharded)
+        train(sharded, optimizer, range(5))
+        dcp.save({"model": get_model_state_dict(sharded), "optim": get_optimizer_state_dict(sharded, optimizer)},
+                 checkpoint_id=path)
+        train(sharded, optimizer, range(5, STEPS))
+        final = [full(param.detach()) for param in sharded.parameters()]
+        if rank == 0:
+            torch.save(final, path + ".final")
+    return {"saved": True}
+
+
+def check_reshard_load(mesh, world: int, rank: int, directory: str, source_world: int) -> dict[str, Any]:
+    """Load each checkpoint saved on ``source_world`` ranks, train steps 5 to 10 on this world size:
+    the largest difference to the source run's final parameters (inf if not allclose 1e-6)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+
+    differences = {}
+    for spec in RESHARD_SPECS:
+        path = checkpoint_path(directory, source_world, spec)
+        _, resumed = models(mesh)
+        optimizer = build_resharded(spec, resumed)
+        loaded = {"model": get_model_state_dict(resumed), "optim": get_optimizer_state_dict(resumed, optimizer)}
+        dcp.load(loaded, checkpoint_id=path)
+        set_model_state_dict(resumed, loaded["model"])
+        set_optimizer_state_dict(resumed, optimizer, loaded["optim"])
+        train(resumed, optimizer, range(5, STEPS))
+        expected = torch.load(path + ".final")
+        worst = 0.0
+        for param, wanted in zip(resumed.parameters(), expected):
+            actual = full(param.detach())
+            worst = max(worst, (actual - wanted).abs().max().item()
+                        if torch.allclose(actual, wanted, rtol=1e-6, atol=1e-6) else float("inf"))
+        differences[spec] = worst
+    return differences
+
+
+def checks(directory: str, phase: str = "two_ranks") -> dict[str, Callable[..., Any]]:
+    """The checks of one phase: ``one_rank_before`` (a 1-rank job saving checkpoints),
+    ``two_ranks`` (everything else, loading those and saving its own) and ``one_rank_after``
+    (loading the 2-rank checkpoints)."""
+    if phase == "one_rank_before":
+        return {"reshard_save": lambda *a: check_reshard_save(*a, directory)}
+    if phase == "one_rank_after":
+        return {"reshard_from_2": lambda *a: check_reshard_load(*a, directory, 2)}
     table: dict[str, Callable[..., Any]] = {f"exact/{spec}": (lambda spec: lambda *a: check_exact(spec, *a))(spec)
                                             for spec in EXACT_SPECS}
-    table.update({"hsdp": check_hsdp, "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local, "refusal": check_refusal, "ddp": check_ddp,
+    table.update({"reshard_from_1": lambda *a: check_reshard_load(*a, directory, 1),
+                  "reshard_save": lambda *a: check_reshard_save(*a, directory),
+                  "hsdp": check_hsdp, "mixed_reductions": check_mixed_reductions,
+                  "plan": check_plan, "plan_per_rank": check_plan_per_rank, "local": check_local,
+                  "refusal": check_refusal, "ddp": check_ddp,
                   "zero": check_zero, "checkpoint": lambda *a: check_checkpoint(*a, directory)})
     return table
 
 
-def main(rank: int, world: int, port: int, out_path: str, directory: str) -> None:
+def main(rank: int, world: int, port: int, out_path: str, directory: str, phase: str) -> None:
     """Run every check on this rank; rank 0 writes {check: [result per rank]} to ``out_path``."""
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
@@ -281,7 +449,7 @@ def main(rank: int, world: int, port: int, out_path: str, directory: str) -> Non
     mesh = init_device_mesh("cpu", (world,))
     torch.set_num_threads(1)
     results = {}
-    for name, check in checks(directory).items():
+    for name, check in checks(directory, phase).items():
         try:
             results[name] = check(mesh, world, rank)
         except Exception:  # reported to the test, which fails with it
@@ -295,8 +463,8 @@ def main(rank: int, world: int, port: int, out_path: str, directory: str) -> Non
     dist.destroy_process_group()
 
 
-def spawn(world: int = 2) -> dict[str, list[Any]]:
-    """Run :func:`main` on ``world`` spawned ranks; the merged results."""
+def spawn(world: int, directory: str, phase: str = "two_ranks") -> dict[str, list[Any]]:
+    """Run :func:`main`'s ``phase`` on ``world`` spawned ranks sharing ``directory``; the merged results."""
     import socket
 
     import torch.multiprocessing as mp
@@ -304,14 +472,22 @@ def spawn(world: int = 2) -> dict[str, list[Any]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    out_path = os.path.join(directory, f"results-{phase}.json")
+    mp.spawn(main, args=(world, port, out_path, directory, phase), nprocs=world)
+    with open(out_path) as file:
+        return json.load(file)
+
+
+def spawn_all() -> dict[str, list[Any]]:
+    """The three phases (1 rank, 2 ranks, 1 rank) in one directory; every check's results."""
     with tempfile.TemporaryDirectory() as directory:
-        out_path = os.path.join(directory, "results.json")
-        mp.spawn(main, args=(world, port, out_path, directory), nprocs=world)
-        with open(out_path) as file:
-            return json.load(file)
+        results = spawn(1, directory, "one_rank_before")
+        results.update(spawn(2, directory))
+        results.update(spawn(1, directory, "one_rank_after"))
+    return results
 
 
 if __name__ == "__main__":
     import pprint
 
-    pprint.pprint(spawn())
+    pprint.pprint(spawn_all())
