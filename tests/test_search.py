@@ -11,7 +11,6 @@ from memplan.planner import make_plan, plan_search, traffic_seconds
 from memplan.search import candidates_for, expand_methods, prune
 from tests.test_mckp import brute_force
 from tests.conftest import PAPER_PRIORS
-from memplan.priors import load_priors
 
 SHAPES = [(7,), (64,), (768,), (30, 20), (64, 3, 3, 3), (128, 64, 1, 1), (256, 512), (1000, 37), ()]
 

@@ -1,8 +1,10 @@
 """Which implementation runs a step: the ``impl`` option resolved against what is installed.
 
 ``eager`` is the reference (torch ops over cache-sized blocks); ``compiled`` the CPU JIT kernels
-(numba); ``triton`` the Triton kernels (CUDA tensors); ``auto`` picks ``compiled`` for CPU
-tensors when numba imports, ``triton`` for CUDA tensors when Triton imports, else ``eager``. A
+(numba); ``triton`` the Triton kernels (CUDA tensors); ``auto`` picks, among the kernels an
+optimizer prefers (those measured faster than its eager step; see ``auto_kernels`` on
+:class:`memplan.optim.base.MemplanOptimizer`), ``compiled`` for CPU tensors when numba imports,
+``triton`` for CUDA tensors when Triton imports, else ``eager``. A
 technology that is asked for but cannot run falls back to ``eager`` with one warning per
 technology and process.
 """
@@ -41,17 +43,20 @@ def triton_available() -> bool:
     return torch.cuda.is_available() and _importable("triton")
 
 
-def resolve(impl: str, device: torch.device, kernels: tuple[str, ...] = (COMPILED, TRITON)) -> str:
+def resolve(impl: str, device: torch.device, kernels: tuple[str, ...] = (COMPILED, TRITON),
+            preferred: tuple[str, ...] | None = None) -> str:
     """The implementation that runs for ``impl`` on ``device``: eager, compiled or triton.
 
     ``kernels`` are the technologies the optimizer has kernels for; any other falls back to eager
-    (a warning for an explicit choice, silently for ``auto``). ``impl`` values other than these
-    four (a library's implementation) are returned unchanged.
+    (a warning for an explicit choice, silently for ``auto``). ``auto`` picks among ``preferred``
+    (default: all of ``kernels``): those measured faster than the eager step. ``impl`` values
+    other than these four (a library's implementation) are returned unchanged.
     """
     if impl == AUTO:
-        if device.type == "cpu" and COMPILED in kernels and compiled_available():
+        preferred = kernels if preferred is None else preferred
+        if device.type == "cpu" and COMPILED in preferred and compiled_available():
             return COMPILED
-        if device.type == "cuda" and TRITON in kernels and triton_available():
+        if device.type == "cuda" and TRITON in preferred and triton_available():
             return TRITON
         return EAGER
     if impl in (COMPILED, TRITON) and impl not in kernels:

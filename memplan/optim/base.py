@@ -85,6 +85,9 @@ class MemplanOptimizer(torch.optim.Optimizer):
     kernels: tuple[str, ...] = ()
     """The kernel technologies (:mod:`memplan.kernels.select`) that can run this optimizer's steps
     when a group's ``impl`` asks for them; eager otherwise."""
+    auto_kernels: tuple[str, ...] = ()
+    """Those that ``impl="auto"`` picks: the ones measured faster than the eager step
+    (``benchmarks/optim_speed.py``; figures in ``benchmarks/RESULTS.md``)."""
 
     def implementation(self, group: Mapping[str, Any]) -> str:
         """What steps ``group``: ``eager``, ``compiled`` or ``triton`` (its ``impl`` resolved
@@ -94,7 +97,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
         if "impl" not in group:
             return EAGER
         device = group["params"][0].device if group["params"] else torch.device("cpu")
-        return resolve(group["impl"], device, self.kernels)
+        return resolve(group["impl"], device, self.kernels, self.auto_kernels)
 
     @property
     def layout_key(self) -> str | None:
