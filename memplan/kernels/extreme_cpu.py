@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
+from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads, tail_axes
 
 
 @dataclass(frozen=True)
@@ -245,19 +245,10 @@ axis alone would be as short as that axis (3 for a 3 x 3 convolution kernel) and
 fixed cost."""
 
 
-def _tail_axes(dims: tuple[int, ...]) -> int:
-    """How many trailing axes of ``dims`` the kernels walk as one (at least the last)."""
-    tail, size = 1, dims[-1]
-    while tail < len(dims) and size * dims[-tail - 1] <= TAIL_ELEMENTS:
-        size *= dims[-tail - 1]
-        tail += 1
-    return tail
-
-
 def _run(weights, grads, buffer, start, index, vectors, scalars, update, scale, offset, working) -> None:
     numpy_float = np.float32 if working == torch.float32 else np.float64
     dims = tuple(int(dim) for dim in index)
-    tail = _tail_axes(dims)
+    tail = tail_axes(dims, TAIL_ELEMENTS)
     head, trailing = dims[:len(dims) - tail], dims[len(dims) - tail:]
     walked = head + (math.prod(trailing),)
     if update:

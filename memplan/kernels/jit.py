@@ -55,3 +55,13 @@ def run_in_threads(piece: Callable[[int, int], None], threads: int) -> None:
     piece(0, 1)
     for future in futures:
         future.result()
+
+
+def tail_axes(dims: tuple[int, ...], limit: int) -> int:
+    """How many trailing axes of ``dims`` a kernel walks as one axis: the last, and the ones
+    before it while the product of those walked stays at most ``limit``."""
+    tail, size = 1, dims[-1]
+    while tail < len(dims) and size * dims[-tail - 1] <= limit:
+        size *= dims[-tail - 1]
+        tail += 1
+    return tail

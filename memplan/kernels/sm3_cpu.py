@@ -9,19 +9,21 @@ Per element, with mu the previous per-axis accumulators (read-only, in the worki
                                                                    W <- W * decay - lr m
 
 SM3-II's update is one pass; SM3-I first needs :func:`sm3_square_maxima_range` (the maxima of
-G^2, a read-only pass over the gradient). The range is walked in runs along the last axis (the
+G^2, a read-only pass over the gradient). The range is walked in runs along the trailing axes
+(the last, and the ones before it while their product is at most :data:`TAIL_ELEMENTS`; the
 minimum over the other axes is one number per run); each thread (a Python thread running a ``nogil`` kernel) keeps its own maxima, combined exactly
 (max is order-free) afterwards.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
+from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads, tail_axes
 
 
 @dataclass(frozen=True)
@@ -43,26 +45,37 @@ def _build_kernels():
     serial_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
     @jit
-    def run_update(weights, grads, buffer, last_acc, last_max, base, add_square, lr, eps, momentum, dampening,
+    def run_update(weights, grads, buffer, last_acc, last_max, nus, base, add_square, lr, eps, momentum, dampening,
                    decay, coupled, grad_sign, with_buffer, with_maxima):
-        """One run along the last axis (arrays sliced to it); returns the run's maximum of nu."""
+        """One run along the walked last axis (arrays sliced to it; ``nus`` is scratch); returns
+        the run's maximum of nu. Each loop is branch-free, so LLVM vectorizes it."""
+        count = weights.shape[0]
+        one = weights.dtype.type(1)
+        if add_square:
+            for i in range(count):
+                gradient = grads[i] * grad_sign + coupled * weights[i]
+                nus[i] = min(base, last_acc[i]) + gradient * gradient
+        else:
+            for i in range(count):
+                nus[i] = min(base, last_acc[i])
         run_max = eps * 0
-        for i in range(weights.shape[0]):
-            weight = weights[i]
-            gradient = grads[i] * grad_sign + coupled * weight
-            nu = min(base, last_acc[i])
-            if add_square:
-                nu = nu + gradient * gradient
-            if with_maxima:
-                last_max[i] = max(last_max[i], nu)
-                run_max = max(run_max, nu)
-            scaled = gradient * (1 / np.sqrt(nu + eps))
-            if with_buffer:
-                moving = buffer[i] * momentum + dampening * scaled
+        if with_maxima:
+            for i in range(count):
+                last_max[i] = max(last_max[i], nus[i])
+            for i in range(count):
+                run_max = max(run_max, nus[i])
+        if with_buffer:
+            for i in range(count):
+                weight = weights[i]
+                gradient = grads[i] * grad_sign + coupled * weight
+                moving = buffer[i] * momentum + dampening * (gradient * (one / np.sqrt(nus[i] + eps)))
                 buffer[i] = moving
                 weights[i] = weight * decay - lr * moving
-            else:
-                weights[i] = weight * decay - lr * scaled
+        else:
+            for i in range(count):
+                weight = weights[i]
+                gradient = grads[i] * grad_sign + coupled * weight
+                weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(nus[i] + eps)))
         return run_max
 
     @jit
@@ -86,6 +99,7 @@ def _build_kernels():
         last_offset = offsets[axes - 1]
         with_maxima = mode != 1
         infinity = np.full(1, np.inf, dtype=acc.dtype)
+        nus = np.empty(last, dtype=weights.dtype)
         for thread in range(low, high):
             first = thread * per_thread
             stop = min(length, first + per_thread)
@@ -111,7 +125,7 @@ def _build_kernels():
                     run_max = run_update(weights[k:end], grads[k:end], buffer[k:end] if buffer.shape[0] else buffer,
                                          acc[last_offset + col0:last_offset + col0 + end - k],
                                          partial[thread, last_offset + col0:last_offset + col0 + end - k],
-                                         base,
+                                         nus[:end - k], base,
                                          mode == 0, lr, eps, momentum, dampening, decay, coupled, grad_sign,
                                          buffer.shape[0] > 0, with_maxima)
                 if with_maxima:
@@ -181,13 +195,25 @@ def _dispatch(weights, grads, start, view, accumulators, outputs, buffer, scalar
             weights[offset:stop].copy_(weight)
 
 
+TAIL_ELEMENTS = 1 << 15
+"""Trailing axes are walked as one axis while their product stays this small (see
+:mod:`memplan.kernels.extreme_cpu`): their accumulators' minima become one table, and the
+table's maxima are folded back into each trailing axis's maxima after the walk."""
+
+
 def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mode, working) -> None:
     numpy_float = np.float32 if working == torch.float32 else np.float64
-    dims = np.array(view, dtype=np.int64)
+    full = tuple(int(dim) for dim in view)
+    tail = tail_axes(full, TAIL_ELEMENTS)
+    head, trailing = full[:len(full) - tail], full[len(full) - tail:]
+    dims = np.array(head + (math.prod(trailing),), dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
-    acc = torch.cat([accumulator.reshape(-1) for accumulator in accumulators]).to(working).numpy()
-    out = np.zeros(int(dims.sum()), dtype=numpy_float) if outputs is None else \
-        torch.cat([output.reshape(-1) for output in outputs]).to(working).numpy()
+    table = accumulators[len(head)].reshape(-1).to(working)
+    for accumulator in accumulators[len(head) + 1:]:
+        table = torch.minimum(table[:, None], accumulator.reshape(-1).to(working)[None, :]).reshape(-1)
+    acc = torch.cat([accumulator.reshape(-1).to(working) for accumulator in accumulators[:len(head)]] +
+                    [table]).numpy()
+    out = np.zeros(int(dims.sum()), dtype=numpy_float)   # maxima of nu (or G^2) are >= 0
     buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
     threads = kernel_threads(weights.numel())
     partial = np.zeros((threads, out.shape[0]), dtype=numpy_float)
@@ -197,12 +223,17 @@ def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mo
                  numpy_float(1.0 - scalars.momentum), numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
                  numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
     run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
-    if mode != 1:
-        combine(out, partial)
-    if outputs is not None:
-        merged = torch.from_numpy(out)
-        for output, piece in zip(outputs, merged.split([int(dim) for dim in dims])):
-            output.view(-1).copy_(piece)
+    if outputs is None or mode == 1:
+        return
+    combine(out, partial)
+    parts = torch.from_numpy(out).split([int(dim) for dim in dims])
+    for output, part in zip(outputs[:len(head)], parts):
+        torch.maximum(output.view(-1), part.to(output.dtype), out=output.view(-1))
+    maxima = parts[-1].view(trailing)   # the table's maxima, folded into each trailing axis
+    for axis, output in enumerate(outputs[len(head):]):
+        others = [other for other in range(tail) if other != axis]
+        folded = maxima.amax(dim=others) if others else maxima
+        torch.maximum(output.view(-1), folded.to(output.dtype), out=output.view(-1))
 
 
 __all__ = ["SM3Scalars", "sm3_range", "sm3_square_maxima_range"]

@@ -15,3 +15,14 @@ def threads(request, monkeypatch):
     for module in (smmf_cpu, sm3_cpu):
         monkeypatch.setattr(module, "kernel_threads", lambda elements, count=request.param: count)
     return request.param
+
+
+@pytest.fixture(params=[1, 1 << 15], ids=["axis_by_axis", "merged_tail"])
+def tail_elements(request, monkeypatch):
+    """Walk the trailing axes one by one (1), or as one axis while their product is at most 2^15."""
+    import memplan.kernels.extreme_cpu as extreme_cpu
+    import memplan.kernels.sm3_cpu as sm3_cpu
+
+    for module in (extreme_cpu, sm3_cpu):
+        monkeypatch.setattr(module, "TAIL_ELEMENTS", request.param)
+    return request.param

@@ -5,7 +5,6 @@ import math
 import pytest
 import torch
 
-from memplan.kernels import extreme_cpu
 from memplan.kernels.extreme_cpu import (ETScalars, et_square_sums_range, et_update_range, scale_range,
                                          squared_norm_range)
 
@@ -23,13 +22,6 @@ def random_case(index, seed, momentum):
     buffer = torch.randn(stop - start, generator=generator) if momentum else None
     scaled = [torch.rand(dim, generator=generator) + 0.1 for dim in index]
     return start, weights, grads, buffer, scaled
-
-
-@pytest.fixture(params=[1, 1 << 15], ids=["axis_by_axis", "merged_tail"])
-def tail_elements(request, monkeypatch):
-    """Walk the trailing axes one by one (1), or as one axis while their product is at most 2^15."""
-    monkeypatch.setattr(extreme_cpu, "TAIL_ELEMENTS", request.param)
-    return request.param
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.9])

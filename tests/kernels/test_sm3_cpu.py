@@ -7,7 +7,7 @@ import torch
 
 from memplan.kernels.sm3_cpu import SM3Scalars, sm3_range, sm3_square_maxima_range
 
-VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5)]
+VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5), (3, 70, 70), (2, 5, 1000, 3)]
 
 ULP = 1.2e-7
 """Absolute slack: one fp32 ulp of O(1) operands (a difference in the last bit, e.g. from a fused
@@ -56,7 +56,7 @@ def random_case(view, dtype, seed, momentum):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("variant", ["II", "I"])
 @pytest.mark.parametrize("view", VIEWS, ids=["x".join(map(str, view)) for view in VIEWS])
-def test_range_update_equals_the_dense_step(view, variant, momentum, threads):
+def test_range_update_equals_the_dense_step(view, variant, momentum, threads, tail_elements):
     for seed in range(3):
         start, weights, grads, buffer, accumulators = random_case(view, torch.float32, seed, momentum)
         scalars = SM3Scalars(lr=0.1, eps=1e-30, momentum=momentum, decay=1.0 - 1e-3 * seed,
