@@ -1,9 +1,9 @@
 """Which implementation runs a step: the ``impl`` option resolved against what is installed.
 
 ``eager`` is the reference (torch ops over cache-sized blocks); ``compiled`` the CPU JIT kernels
-(numba); ``triton`` the Triton kernels (CUDA tensors); ``auto`` picks, among the kernels an
-optimizer prefers (those measured faster than its eager step; see ``auto_kernels`` on
-:class:`memplan.optim.base.MemplanOptimizer`), ``compiled`` for CPU tensors when numba imports,
+(numba); ``triton`` the Triton kernels (CUDA tensors); ``auto`` picks, among the kernels a
+method prefers (those measured faster than its eager step; see ``auto_kernels`` on
+:class:`memplan.methods.base.Method`), ``compiled`` for CPU tensors when numba imports,
 ``triton`` for CUDA tensors when Triton imports, else ``eager``. A
 technology that is asked for but cannot run falls back to ``eager`` with one warning per
 technology and process.

@@ -94,6 +94,9 @@ class Method(ABC):
     options: tuple[Option, ...]
     implementation: str
     """Who implements the update: ``memplan`` or the library it comes from."""
+    auto_kernels: tuple[str, ...] = ()
+    """memplan's one-pass kernels (``compiled``, ``triton``) that ``impl=auto`` picks: those
+    measured faster than the eager step (``benchmarks/RESULTS.md``)."""
     optimizer: str
     """The optimizer class, as ``"module:Class"``, imported only when an optimizer is built."""
     family: str = ""
@@ -221,10 +224,14 @@ class Method(ABC):
 
     def step_structure(self, options: Options) -> str:
         """One of :data:`STEP_STRUCTURES` for the implementation these options select: memplan's
-        one-pass kernels (``impl=compiled`` or ``triton``, and ``auto`` where numba is installed)
-        are fused steps, as torch's ``fused`` ones are."""
+        one-pass kernels (``impl=compiled`` or ``triton``, and ``auto`` where it picks the
+        compiled kernel and numba is installed) are fused steps, as torch's ``fused`` ones are."""
         impl = options.get("impl")
-        if impl in ("fused", "compiled", "triton") or (impl == "auto" and importlib.util.find_spec("numba")):
+        if impl == "fused":
+            return "fused"
+        if self.implementation == "memplan" and (
+                impl in ("compiled", "triton") or
+                (impl == "auto" and "compiled" in self.auto_kernels and importlib.util.find_spec("numba"))):
             return "fused"
         return "per_parameter" if self.optimizer_reference(options).startswith("memplan.") else "whole"
 

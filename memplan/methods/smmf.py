@@ -42,6 +42,7 @@ class SMMF(Method):
     name = "smmf"
     summary = "SMMF, rank-one factors of square-matricized moments plus sign bits"
     implementation = "memplan"
+    auto_kernels = ("compiled", "triton")   # Triton's speed on CUDA is unmeasured (no GPU run yet)
     optimizer = "memplan.optim.smmf:SMMF"
     accepts_layout = True
     planner_variants = ("smmf:beta1=none", "smmf:vector_reshape=false", "smmf:vector_reshape=false,beta1=none")

@@ -85,9 +85,11 @@ class MemplanOptimizer(torch.optim.Optimizer):
     kernels: tuple[str, ...] = ()
     """The kernel technologies (:mod:`memplan.kernels.select`) that can run this optimizer's steps
     when a group's ``impl`` asks for them; eager otherwise."""
-    auto_kernels: tuple[str, ...] = ()
-    """Those that ``impl="auto"`` picks: the ones measured faster than the eager step
-    (``benchmarks/optim_speed.py``; figures in ``benchmarks/RESULTS.md``)."""
+
+    @property
+    def auto_kernels(self) -> tuple[str, ...]:
+        """Those that ``impl="auto"`` picks: the method's (:attr:`Method.auto_kernels`)."""
+        return self.method.auto_kernels
 
     def implementation(self, group: Mapping[str, Any]) -> str:
         """What steps ``group``: ``eager``, ``compiled`` or ``triton`` (its ``impl`` resolved

@@ -64,7 +64,6 @@ class ExtremeTensoring(MemplanOptimizer):
 
     method = ET1
     kernels = (COMPILED,)
-    auto_kernels = ()   # compiled wins on large matrices, loses on ResNet-50's convolutions: auto stays eager
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  momentum: float = 0.0, index: str | LayoutSource = "et1", weight_decay: float = 0.0,
@@ -150,7 +149,7 @@ def _compiled(group: Mapping[str, Any], weights: torch.Tensor) -> bool:
     """Whether ``impl`` selects the CPU kernels (:mod:`memplan.kernels.extreme_cpu`) for this
     range (ET-infinity's kernels are the same technology); there are no Triton kernels for extreme
     tensoring yet."""
-    kernels, preferred = ExtremeTensoring.kernels, ExtremeTensoring.auto_kernels
+    kernels, preferred = ExtremeTensoring.kernels, ET1.auto_kernels
     return resolve(group["impl"], weights.device, kernels, preferred) == COMPILED
 
 
@@ -225,7 +224,6 @@ class ETInfinity(MemplanOptimizer):
 
     method = ET_INF
     kernels = (COMPILED,)
-    auto_kernels = ()
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-2, eps: float = 1e-8, beta2: float | None = None,
                  weight_decay: float = 0.0, weight_decay_mode: str = "adamw",

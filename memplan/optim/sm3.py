@@ -56,7 +56,6 @@ class SM3(MemplanOptimizer):
 
     method = SM3_METHOD
     kernels = (COMPILED, TRITON)
-    auto_kernels = (TRITON,)   # the CPU kernel is only ~10% faster than the eager step on ResNet-50
 
     def __init__(self, params: Iterable[Any], lr: float = 0.1, momentum: float = 0.0, eps: float = 1e-30,
                  variant: str = "II", cover: LayoutSource = None, weight_decay: float = 0.0,
@@ -144,7 +143,7 @@ class _Kernels(NamedTuple):
 def _kernels(group: Mapping[str, Any], device: torch.device) -> _Kernels | None:
     """The kernels ``impl`` selects on ``device`` (:mod:`memplan.kernels.sm3_cpu` or
     :mod:`memplan.kernels.sm3_triton`), or None for the eager blocks."""
-    implementation = resolve(group["impl"], device, SM3.kernels, SM3.auto_kernels)
+    implementation = resolve(group["impl"], device, SM3.kernels, SM3_METHOD.auto_kernels)
     if implementation == EAGER:
         return None
     from memplan.kernels import sm3_cpu, sm3_triton

@@ -151,7 +151,6 @@ class SMMF(MemplanOptimizer):
 
     method = SMMF_METHOD
     kernels = (COMPILED, TRITON)
-    auto_kernels = (COMPILED, TRITON)   # Triton's speed on CUDA is the bandwidth model's, unmeasured
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, beta1: float | None = 0.9, eps: float = 1e-8,
                  weight_decay: float = 0.0, decay_rate: float = -0.5, growth_rate: float = 0.999,
@@ -226,7 +225,7 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
     step = _FactoredStep(group=group, weights=weights, grads=grads, signs=signs, scaled_v=scaled_v,
                          scaled_m=scaled_m, new_v=new_v, new_m=new_m, eps=eps, step_size=step_size,
                          offset=start, stop=stop)
-    implementation = resolve(group["impl"], weights.device, SMMF.kernels, SMMF.auto_kernels)
+    implementation = resolve(group["impl"], weights.device, SMMF.kernels, SMMF_METHOD.auto_kernels)
     if implementation != EAGER:
         _run_kernel(implementation, step, cols)
         return
