@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -148,14 +149,10 @@ def _build():
     return walk, combine
 
 
-_WALK = None
-
-
+@cache
 def _walk():
-    global _WALK
-    if _WALK is None:
-        _WALK = _build()
-    return _WALK
+    """The compiled kernels, built (or read from numba's cache) on first use."""
+    return _build()
 
 
 def et_square_sums_range(weights: torch.Tensor, grads: torch.Tensor, start: int, index: tuple[int, ...],
@@ -196,31 +193,27 @@ def _working(tensor: torch.Tensor) -> torch.Tensor:
     return tensor if tensor.dtype.itemsize >= 4 else tensor.to(torch.float32)
 
 
-_NORM_KERNELS = None
-
-
+@cache
 def _norm_kernels():
-    global _NORM_KERNELS
-    if _NORM_KERNELS is None:
-        numba = numba_module()
+    """ET-infinity's two compiled passes, built on first use."""
+    numba = numba_module()
 
-        @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-        def squared_norm(weights, grads, coupled, grad_sign, threads):
-            total = 0.0
-            for i in numba.prange(weights.shape[0]):
-                gradient = grads[i] * grad_sign + coupled * weights[i]
-                total += gradient * gradient
-            return total
+    @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def squared_norm(weights, grads, coupled, grad_sign, threads):
+        total = 0.0
+        for i in numba.prange(weights.shape[0]):
+            gradient = grads[i] * grad_sign + coupled * weights[i]
+            total += gradient * gradient
+        return total
 
-        @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-        def scale(weights, grads, inverse_root, lr, decay, coupled, grad_sign, threads):
-            for i in numba.prange(weights.shape[0]):
-                weight = weights[i]
-                gradient = grads[i] * grad_sign + coupled * weight
-                weights[i] = weight * decay - lr * (gradient * inverse_root)
+    @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def scale(weights, grads, inverse_root, lr, decay, coupled, grad_sign, threads):
+        for i in numba.prange(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i] * grad_sign + coupled * weight
+            weights[i] = weight * decay - lr * (gradient * inverse_root)
 
-        _NORM_KERNELS = (squared_norm, scale)
-    return _NORM_KERNELS
+    return squared_norm, scale
 
 
 def _pieces(weights, grads, buffer, start, index, vectors, scalars, chunk_elements, update, scale=1.0,

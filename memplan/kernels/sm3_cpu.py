@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -148,14 +149,10 @@ def _build_kernels():
     return walk, combine
 
 
-_WALK = None
-
-
+@cache
 def _walk():
-    global _WALK
-    if _WALK is None:
-        _WALK = _build_kernels()
-    return _WALK
+    """The compiled kernels, built (or read from numba's cache) on first use."""
+    return _build_kernels()
 
 
 def sm3_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],

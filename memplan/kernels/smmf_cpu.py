@@ -185,14 +185,10 @@ def _build_kernel():
     return pieces, combine
 
 
-_KERNEL = None
-
-
+@cache
 def _kernel():
-    global _KERNEL
-    if _KERNEL is None:
-        _KERNEL = _build_kernel()
-    return _KERNEL
+    """The compiled kernels, built (or read from numba's cache) on first use."""
+    return _build_kernel()
 
 
 def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor | None, start: int, cols: int,
