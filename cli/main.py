@@ -68,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     # kernels their build lacks and about torch deprecations they trigger at import (through
     # torch's own pytree logger); nothing a memplan user can act on, on the stderr where this
     # command promises one line per error and notes of its own only.
-    logging.getLogger().addHandler(logging.NullHandler())
+    root = logging.getLogger()
+    if not any(isinstance(handler, logging.NullHandler) for handler in root.handlers):
+        root.addHandler(logging.NullHandler())   # once, however often main() runs in one process
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # torchao's quantized optimizer state asks torch.compile's cache for a hash it lacks, once per
     # state class, as a UserWarning: nothing a memplan user can act on either

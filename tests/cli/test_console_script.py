@@ -93,3 +93,20 @@ def test_a_command_sees_the_environment_it_is_given(run_memplan):
     wide = run_memplan("analyze", "gpt2")
     assert narrow.code == wide.code == 0
     assert max(map(len, narrow.stdout.splitlines())) <= 80 < max(map(len, wide.stdout.splitlines()))
+
+
+def test_main_called_twice_adds_its_root_log_handler_once(capsys):
+    """A program (or a notebook) may call memplan's main() several times in one process."""
+    import logging
+
+    from memplan.cli.main import main
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    try:
+        root.handlers = [handler for handler in before if not isinstance(handler, logging.NullHandler)]
+        for _ in range(2):
+            assert main(["profiles"]) == 0
+        assert sum(isinstance(handler, logging.NullHandler) for handler in root.handlers) == 1
+    finally:
+        root.handlers = before
