@@ -25,17 +25,15 @@ import numpy as np
 import torch
 
 from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads, tail_axes
+from memplan.kernels.scalars import DecayScalars
 
 
 @dataclass(frozen=True)
-class ETScalars:
+class ETScalars(DecayScalars):
     """The per-step scalars of the update pass."""
 
     lr: float
     momentum: float = 0.0
-    decay: float = 1.0
-    coupled_decay: float = 0.0
-    negate: bool = False
 
 
 def _build():
@@ -175,7 +173,7 @@ def squared_norm_range(weights: torch.Tensor, grads: torch.Tensor, scalars: ETSc
     weight, gradient = _working(weights), _working(grads)
     numpy_float = weight.numpy().dtype.type
     return float(_norm_kernels()[0](weight.numpy(), gradient.numpy(), numpy_float(scalars.coupled_decay),
-                                    numpy_float(-1.0 if scalars.negate else 1.0), kernel_threads(weights.numel())))
+                                    numpy_float(scalars.grad_sign), kernel_threads(weights.numel())))
 
 
 def scale_range(weights: torch.Tensor, grads: torch.Tensor, inverse_root: float, scalars: ETScalars) -> None:
@@ -184,7 +182,7 @@ def scale_range(weights: torch.Tensor, grads: torch.Tensor, inverse_root: float,
     numpy_float = weight.numpy().dtype.type
     _norm_kernels()[1](weight.numpy(), gradient.numpy(), numpy_float(inverse_root), numpy_float(scalars.lr),
                        numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-                       numpy_float(-1.0 if scalars.negate else 1.0), kernel_threads(weights.numel()))
+                       numpy_float(scalars.grad_sign), kernel_threads(weights.numel()))
     if weight is not weights:
         weights.copy_(weight)
 
@@ -285,7 +283,7 @@ def _call(weights, grads, buffer, dims, order, scaled, sums, start, update, scal
     arguments = (weights.numpy(), grads.numpy(), buffer_array, dims_array, offsets, scaled, last_roots, partial, start,
                  update, order, numpy_float(offset), numpy_float(threshold), numpy_float(scale), numpy_float(scalars.lr), numpy_float(scalars.momentum),
                  numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-                 numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
+                 numpy_float(scalars.grad_sign), -(-weights.numel() // threads))
     run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
     if not update:
         combine(sums, partial)

@@ -25,19 +25,16 @@ import numpy as np
 import torch
 
 from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads, tail_axes
+from memplan.kernels.scalars import DecayScalars
 
 
 @dataclass(frozen=True)
-class SM3Scalars:
+class SM3Scalars(DecayScalars):
     """The per-step scalars of SM3's update."""
 
     lr: float
     eps: float
     momentum: float = 0.0
-    decay: float = 1.0
-    """Decoupled weight decay's factor 1 - lr wd (1.0 without)."""
-    coupled_decay: float = 0.0
-    negate: bool = False
 
 
 def _build_kernels():
@@ -218,7 +215,7 @@ def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mo
     arguments = (weights.numpy(), grads.numpy(), buffer_array, dims, offsets, acc, partial, start, mode,
                  numpy_float(scalars.lr), numpy_float(scalars.eps), numpy_float(scalars.momentum),
                  numpy_float(1.0 - scalars.momentum), numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-                 numpy_float(-1.0 if scalars.negate else 1.0), -(-weights.numel() // threads))
+                 numpy_float(scalars.grad_sign), -(-weights.numel() // threads))
     run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
     if outputs is None or mode == 1:
         return

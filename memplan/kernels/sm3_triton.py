@@ -80,7 +80,7 @@ def _launch(weights, grads, start, view, accumulators, outputs, buffer, scalars,
     _kernel()[(-(-length // BLOCK),)](
         weights, grads, weights if buffer is None else buffer, stacked, maxima, dims, strides, offsets, start, length,
         scalars.lr, scalars.eps, scalars.momentum, 1.0 - scalars.momentum, scalars.decay, scalars.coupled_decay,
-        -1.0 if scalars.negate else 1.0, AXES=len(view), MODE=mode, WITH_BUFFER=buffer is not None, BLOCK=BLOCK)
+        scalars.grad_sign, AXES=len(view), MODE=mode, WITH_BUFFER=buffer is not None, BLOCK=BLOCK)
     if outputs is not None:
         for output, piece in zip(outputs, maxima.split(list(view))):
             output.view(-1).copy_(piece)

@@ -25,23 +25,18 @@ import numpy as np
 import torch
 
 from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
+from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
 """How the range's signs are stored: none (no first moment), 8 per byte, one byte each."""
 
 
 @dataclass(frozen=True)
-class SMMFScalars:
+class SMMFScalars(DecayScalars):
     """The per-step scalars of the fused update (see the module docstring)."""
 
     step_size: float
     eps: float
-    decay: float = 1.0
-    """Decoupled weight decay's factor 1 - lr wd (1.0 without)."""
-    coupled_decay: float = 0.0
-    """Coupled weight decay: G <- G + wd W."""
-    negate: bool = False
-    """maximize: G <- -G (before coupled decay)."""
 
 
 TILE = 4096
@@ -249,7 +244,7 @@ def _run(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, s
     pieces, combine = _kernel()
     arguments = (weights.numpy(), grads.numpy(), sign_array, mode, start, cols, row_v, col_v, row_m, col_m,
                  numpy_float(scalars.step_size), numpy_float(scalars.eps), numpy_float(scalars.decay),
-                 numpy_float(scalars.coupled_decay), numpy_float(-1.0 if scalars.negate else 1.0), new_row_v, new_row_m,
+                 numpy_float(scalars.coupled_decay), numpy_float(scalars.grad_sign), new_row_v, new_row_m,
                  per_thread, col_partial, edge_rows, edge_sums, _spread_table())
     run_in_threads(lambda low, high: pieces(*arguments, low, high), threads)
     combine(new_row_v, new_col_v, new_row_m, new_col_m, col_partial, edge_rows, edge_sums, mode != NO_SIGNS)

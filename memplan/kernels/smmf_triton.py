@@ -93,7 +93,7 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
     grid = (-(-length // BLOCK),)
     _kernel()[grid](weights, grads, sign_storage, scaled_v[0], scaled_v[1], row_m, col_m, new_v[0], new_v[1],
                     new_row_m, new_col_m, start, length, cols, scalars.step_size, scalars.eps, scalars.decay,
-                    scalars.coupled_decay, -1.0 if scalars.negate else 1.0, SIGN_MODE=mode, BLOCK=BLOCK)
+                    scalars.coupled_decay, scalars.grad_sign, SIGN_MODE=mode, BLOCK=BLOCK)
 
 
 __all__ = ["smmf_range"]
