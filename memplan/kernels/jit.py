@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from functools import cache
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache, lru_cache
+from pathlib import Path
 from types import ModuleType
 from typing import Callable
+
+import numpy as np
 
 
 def cache_dir() -> Path:
@@ -29,6 +31,24 @@ def numba_module() -> ModuleType:
 
     numba.config.CACHE_DIR = str(cache_dir())  # also when numba was imported before the variable was set
     return numba
+
+
+@cache
+def array_pointer() -> Callable:
+    """A numba intrinsic ``array_pointer(address, dtype)``: the int64 ``address`` as a typed pointer
+    for ``numba.carray``, so that one kernel call reaches many tensors through a table of their
+    ``data_ptr()`` (numba takes no list of arrays of different lengths without boxing each one)."""
+    numba_module()
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def pointer(typingctx, address, dtype):
+        target = types.CPointer(dtype.dtype)
+        return target(address, dtype), lambda context, builder, signature, arguments: builder.inttoptr(
+            arguments[0], context.get_value_type(target))
+
+    return pointer
 
 
 def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:
@@ -55,6 +75,41 @@ def run_in_threads(piece: Callable[[int, int], None], threads: int) -> None:
     piece(0, 1)
     for future in futures:
         future.result()
+
+
+@lru_cache(maxsize=64)
+def split_work(lengths: tuple[int, ...], threads: int, align: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut ranges of ``lengths`` elements into work items for ``threads`` threads.
+
+    Each thread takes a contiguous run of items holding about ``sum(lengths) / threads`` elements;
+    a range is cut only at multiples of ``align`` elements from its start (a packed sign byte is
+    never shared). Returns the items (an int64 ``(K, 3)`` array of range, first, stop), each
+    thread's run (``bounds[t]`` to ``bounds[t + 1]``) and, per range, the first and last thread
+    that touches it (``(R, 2)``; -1 for an empty range). Cached: a training loop asks for the
+    same split every step.
+    """
+    quota = max(1, -(-sum(lengths) // threads))
+    items: list[tuple[int, int, int]] = []
+    bounds = [0]
+    touched = np.full((len(lengths), 2), -1, dtype=np.int64)
+    filled = 0
+    for index, length in enumerate(lengths):
+        first = 0
+        while first < length:
+            room = quota - filled
+            last_thread = len(bounds) == threads
+            stop = length if last_thread else min(length, first + -(-room // align) * align)
+            items.append((index, first, stop))
+            thread = len(bounds) - 1
+            touched[index, 0] = thread if touched[index, 0] < 0 else touched[index, 0]
+            touched[index, 1] = thread
+            filled += stop - first
+            first = stop
+            if filled >= quota and not last_thread:
+                bounds.append(len(items))
+                filled = 0
+    bounds += [len(items)] * (threads + 1 - len(bounds))
+    return np.array(items, dtype=np.int64).reshape(-1, 3), np.array(bounds, dtype=np.int64), touched
 
 
 def tail_axes(dims: tuple[int, ...], limit: int) -> int:

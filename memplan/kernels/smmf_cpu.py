@@ -7,24 +7,28 @@ Per element, with the scaled moments of :func:`memplan.optim.smmf._update_factor
     W <- W * decay + step_size * F / (sqrt(S) + eps)
     sign <- F > 0;   row and column sums of S and |F| added to the output vectors
 
-where ``row_v'`` and ``row_m'`` are the previous row factors already multiplied by
-``beta / (1 - beta)``. The range is split into one contiguous piece per thread (a multiple of 8
-elements, so every packed sign byte belongs to one thread); a thread owns the row sums of the
-rows inside its piece, keeps the partial sums of its first and last row apart, and accumulates
-column sums in its own vector; both are combined after the parallel loop, in a fixed order.
-Sums accumulate in float64. The pieces run on Python threads (the kernels release the GIL):
-inside a numba ``prange`` body the same loops ran about ten times slower.
+where ``row_v'`` and ``row_m'`` are the previous row factors multiplied by ``beta / (1 - beta)``.
+
+One kernel call steps a table of ranges, reached through their addresses: a rank's range of one
+parameter (:func:`smmf_range`, whose caller reduces the sums across ranks and stores the factors),
+or many whole parameters (:func:`smmf_many`, which also stores their new factors: one call per
+step however many small tensors a model has). The ranges are cut into items that start at a
+multiple of 8 elements (every packed sign byte belongs to one item), and each thread takes a
+contiguous run of items of about equal size (:func:`memplan.kernels.jit.split_work`). A thread
+adds the row and column sums of its items into its own float64 partial vectors; after the
+threads join, each range's partials are combined in thread order. The threads are Python threads
+running ``nogil`` kernels: inside a numba ``prange`` body the same loops ran about ten times slower.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads
+from memplan.kernels.jit import array_pointer, kernel_threads, numba_module, run_in_threads, split_work
 from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
@@ -39,12 +43,50 @@ class SMMFScalars(DecayScalars):
     eps: float
 
 
+@dataclass(frozen=True)
+class SMMFTensor:
+    """One parameter of a multi-tensor step (:func:`smmf_many`), stepped whole: its flat,
+    contiguous weights and gradients (fp32 or float64, the same dtype), its signs (packed uint8 or
+    one bool per element; None without first moment) and its factors (the optimizer's state,
+    read as the previous factors and overwritten by the new, normalised ones).
+
+    ``prior_v`` and ``prior_m`` multiply the previous row factors (beta_t / (1 - beta_t), see
+    :func:`memplan.optim.smmf._update_factored`); ``keep_v`` and ``keep_m`` (1 - beta_t) multiply the
+    new row and column sums before normalisation; ``scalars`` are this tensor's step's.
+    """
+
+    weights: torch.Tensor
+    grads: torch.Tensor
+    signs: torch.Tensor | None
+    cols: int
+    row_v: torch.Tensor
+    col_v: torch.Tensor
+    row_m: torch.Tensor | None
+    col_m: torch.Tensor | None
+    scalars: SMMFScalars
+    prior_v: float
+    prior_m: float
+    keep_v: float
+    keep_m: float
+
+
 TILE = 4096
 """Elements a thread handles at a time (a multiple of 8): its sign and moment buffers stay in L1/L2."""
+
+ADDRESSES = ("weights", "grads", "signs", "row_v", "col_v", "row_m", "col_m", "out_row_v", "out_col_v", "out_row_m",
+             "out_col_m")
+"""The columns of a call's address table, one row per range (0 where a range has no such tensor)."""
+SCALARS = ("step_size", "eps", "decay", "coupled", "grad_sign", "prior_v", "prior_m", "keep_v", "keep_m")
+"""The columns of a call's per-range scalars (float64; cast to the weights' dtype in the kernel)."""
+ADD_SUMS, STORE_FACTORS = 0, 1
+"""What a call does with each range's row and column sums: add them to the output vectors, or
+turn them into the new, normalised factors and store those."""
 
 
 def _build_kernel():
     numba = numba_module()
+    pointer = array_pointer()
+    carray = numba.carray
 
     fast = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
 
@@ -83,23 +125,15 @@ def _build_kernel():
         return sum_v
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def thread_piece(thread, per_thread, weights, grads, signs, sign_mode, start, cols, row_v, col_v, row_m, col_m,
-                     step_size, eps, decay, coupled, grad_sign, new_row_v, new_row_m, col_partial, edge_rows, edge_sums,
-                     spread, gather):
-        """One thread's piece of the range (a function of its own: inside a prange body numba
-        would type the index arithmetic as float64, and the loops would not vectorize)."""
-        length = weights.shape[0]
+    def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
+             prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, spread,
+             weight_type):
+        """Elements ``[first, stop)`` of a range that starts at element ``start`` of its matrix (a
+        function of its own: inside a loop body numba would type the index arithmetic as float64,
+        and the loops would not vectorize): the update, the new signs, and the row sums
+        (``sums[:rows]``) and column sums (after them)."""
+        gather = np.uint64(0x0102040810204080)  # bit j of the top byte of word * gather = byte j of word
         with_moment = sign_mode != 0
-        first = thread * per_thread
-        stop = min(length, first + per_thread)
-        if first >= stop:
-            return
-        unpacked = np.zeros(TILE, dtype=np.uint8)
-        words = unpacked.view(np.uint64)
-        first_row = (start + first) // cols
-        last_row = (start + stop - 1) // cols
-        edge_rows[thread, 0] = first_row
-        edge_rows[thread, 1] = last_row
         for tile_start in range(first, stop, TILE):
             tile_stop = min(stop, tile_start + TILE)
             byte_start = tile_start >> 3
@@ -118,26 +152,18 @@ def _build_kernel():
                 col0 = start + k - row * cols
                 end = min(tile_stop, k + cols - col0)
                 col1 = col0 + end - k
+                # the row factor scaled in the factors' dtype (as the eager step does), then widened
+                rv = weight_type(row_v[row] * prior_v)
                 if with_moment:
                     sum_v, sum_m = row_with_moment(
                         weights[k:end], grads[k:end], flags[k - tile_start:end - tile_start], col_v[col0:col1],
-                        col_m[col0:col1], row_v[row], row_m[row], step_size, eps, decay, coupled, grad_sign,
-                        col_partial[thread, 0, col0:col1], col_partial[thread, 1, col0:col1])
+                        col_m[col0:col1], rv, weight_type(row_m[row] * prior_m), step_size, eps, decay, coupled,
+                        grad_sign, sums_v[rows + col0:rows + col1], sums_m[rows + col0:rows + col1])
+                    sums_m[row] += sum_m
                 else:
-                    sum_m = 0.0
-                    sum_v = row_without_moment(weights[k:end], grads[k:end], col_v[col0:col1], row_v[row],
-                                               step_size, eps, decay, coupled, grad_sign,
-                                               col_partial[thread, 0, col0:col1])
-                if row == first_row:
-                    edge_sums[thread, 0, 0] += sum_v
-                    edge_sums[thread, 0, 1] += sum_m
-                elif row == last_row:
-                    edge_sums[thread, 1, 0] += sum_v
-                    edge_sums[thread, 1, 1] += sum_m
-                else:
-                    new_row_v[row] += sum_v
-                    if with_moment:
-                        new_row_m[row] += sum_m
+                    sum_v = row_without_moment(weights[k:end], grads[k:end], col_v[col0:col1], rv, step_size, eps,
+                                               decay, coupled, grad_sign, sums_v[rows + col0:rows + col1])
+                sums_v[row] += sum_v
                 k = end
             if sign_mode == 1:
                 unpacked[tile_stop - tile_start:byte_count * 8] = 0  # padding bits of the range's last byte
@@ -145,39 +171,77 @@ def _build_kernel():
                     signs[byte_start + word] = np.uint8((words[word] * gather) >> np.uint64(56))
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def pieces(weights, grads, signs, sign_mode, start, cols, row_v, col_v, row_m, col_m, step_size, eps, decay,
-               coupled, grad_sign, new_row_v, new_row_m, per_thread, col_partial, edge_rows, edge_sums, spread, low,
-               high):
-        """The pieces ``low`` to ``high`` of the range (one per thread), one after the other."""
-        gather = np.uint64(0x0102040810204080)  # bit j of the top byte of word * gather = byte j of word
+    def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, weight_type, factor_type, low,
+             high):
+        """The items of threads ``low`` to ``high``; each thread's sums go to its row of ``partial``
+        (zeroed here, per range, where the thread first meets it)."""
+        unpacked = np.zeros(TILE, dtype=np.uint8)
+        words = unpacked.view(np.uint64)
         for thread in range(low, high):
-            thread_piece(thread, per_thread, weights, grads, signs, sign_mode, start, cols, row_v, col_v, row_m,
-                         col_m, step_size, eps, decay, coupled, grad_sign, new_row_v, new_row_m, col_partial,
-                         edge_rows, edge_sums, spread, gather)
+            previous = -1
+            for position in range(bounds[thread], bounds[thread + 1]):
+                index = items[position, 0]
+                start, length, cols, slot, rows = ranges[index]
+                sums_v = partial[thread, 0, slot:slot + rows + cols]
+                sums_m = partial[thread, partial.shape[1] - 1, slot:slot + rows + cols]  # = sums_v without signs
+                if index != previous:
+                    sums_v[:] = 0.0
+                    sums_m[:] = 0.0
+                    previous = index
+                address = addresses[index]
+                weights = carray(pointer(address[0], weight_type), (length,))
+                grads = carray(pointer(address[1], weight_type), (length,))
+                if sign_mode == 1:
+                    signs = carray(pointer(address[2], np.uint8), ((length + 7) >> 3,))
+                elif sign_mode == 8:
+                    signs = carray(pointer(address[2], np.uint8), (length,))
+                else:
+                    signs = unpacked
+                row_v = carray(pointer(address[3], factor_type), (rows,))
+                col_v = carray(pointer(address[4], factor_type), (cols,))
+                if sign_mode != 0:
+                    row_m = carray(pointer(address[5], factor_type), (rows,))
+                    col_m = carray(pointer(address[6], factor_type), (cols,))
+                else:
+                    row_m, col_m = row_v, col_v
+                values = scalars[index]
+                item(weights, grads, signs, sign_mode, start, items[position, 1], items[position, 2], cols, row_v,
+                     col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
+                     weight_type(values[1]), weight_type(values[2]), weight_type(values[3]), weight_type(values[4]),
+                     sums_v, sums_m, rows, unpacked, words, spread, weight_type)
 
     @numba.njit(cache=True, nogil=True, error_model="numpy")
-    def combine(new_row_v, new_col_v, new_row_m, new_col_m, col_partial, edge_rows, edge_sums, with_moment):
-        """Add the pieces' edge rows and column partial sums to the outputs, in a fixed order."""
-        threads, _, cols = col_partial.shape
-        for thread in range(threads):
-            for edge in range(2):
-                row = edge_rows[thread, edge]
-                if row < 0 or (edge == 1 and row == edge_rows[thread, 0]):
+    def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_type):
+        """Each range's sums, combined over the threads that touched it in thread order, added to
+        its output vectors (ADD_SUMS) or stored as its new factors (STORE_FACTORS): times keep, the
+        shorter side divided by its total unless that is 0."""
+        for index in range(ranges.shape[0]):
+            if touched[index, 0] < 0:
+                continue
+            _, _, cols, slot, rows = ranges[index]
+            for moment in range(moments):
+                totals = np.zeros(rows + cols)
+                for thread in range(touched[index, 0], touched[index, 1] + 1):
+                    totals += partial[thread, moment, slot:slot + rows + cols]
+                out_row = carray(pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
+                out_col = carray(pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
+                if mode == ADD_SUMS:
+                    for i in range(rows):
+                        out_row[i] += totals[i]
+                    for j in range(cols):
+                        out_col[j] += totals[rows + j]
                     continue
-                new_row_v[row] += edge_sums[thread, edge, 0]
-                if with_moment:
-                    new_row_m[row] += edge_sums[thread, edge, 1]
-        for col in range(cols):
-            total_v = 0.0
-            total_m = 0.0
-            for thread in range(threads):
-                total_v += col_partial[thread, 0, col]
-                total_m += col_partial[thread, 1, col]
-            new_col_v[col] += total_v
-            if with_moment:
-                new_col_m[col] += total_m
+                totals *= scalars[index, 7 + moment]
+                side = totals[:rows] if rows < cols else totals[rows:]
+                total = side.sum()
+                if total > 0:
+                    side /= total
+                for i in range(rows):
+                    out_row[i] = totals[i]
+                for j in range(cols):
+                    out_col[j] = totals[rows + j]
 
-    return pieces, combine
+    return walk, combine
 
 
 @cache
@@ -203,51 +267,108 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
     working = weights.dtype if weights.dtype.itemsize >= 4 else torch.float32
     length = weights.numel()
     if working == weights.dtype and grads.dtype == working:
-        _run(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars, working)
+        _run_range(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars, working)
         return
     piece = max(8, (chunk_elements or length) // 8 * 8)
     for offset in range(0, length, piece):
         stop = min(length, offset + piece)
         weight = weights[offset:stop].to(working)
         piece_signs = None if signs is None else _sign_slice(signs, offset, stop)
-        _run(weight, grads[offset:stop].to(working), piece_signs, start + offset, cols, scaled_v, scaled_m,
-             new_v, new_m, scalars, working)
+        _run_range(weight, grads[offset:stop].to(working), piece_signs, start + offset, cols, scaled_v, scaled_m,
+                   new_v, new_m, scalars, working)
         weights[offset:stop].copy_(weight)
+
+
+def smmf_many(tensors: list[SMMFTensor]) -> None:
+    """Step every tensor whole and store its new factors, in one kernel call (see :class:`SMMFTensor`).
+
+    All tensors share the weights' dtype (fp32 or float64) and whether they keep signs (and how:
+    packed or one bool each); the factors are fp32 state.
+    """
+    if not tensors:
+        return
+    dtype, mode = tensors[0].weights.dtype, _sign_mode(tensors[0].signs)
+    if any(tensor.weights.dtype != dtype or tensor.grads.dtype != dtype or _sign_mode(tensor.signs) != mode
+           for tensor in tensors):
+        raise ValueError("smmf_many: every tensor must share the weights' and gradients' dtype and the sign storage")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"smmf_many steps fp32 or float64 tensors, not {dtype}")
+    with_moment = mode != NO_SIGNS
+    addresses = np.array([_addresses(tensor.weights, tensor.grads, tensor.signs, tensor.row_v, tensor.col_v,
+                                     tensor.row_m, tensor.col_m, (tensor.row_v, tensor.col_v),
+                                     (tensor.row_m, tensor.col_m) if with_moment else None)
+                          for tensor in tensors], dtype=np.int64)
+    scalars = np.array([_scalar_row(tensor.scalars, tensor.prior_v, tensor.prior_m, tensor.keep_v, tensor.keep_m)
+                        for tensor in tensors], dtype=np.float64)
+    layouts = [(0, tensor.weights.numel(), tensor.cols) for tensor in tensors]
+    _call(addresses, layouts, scalars, mode, _numpy_type(dtype), np.float32, np.float32, STORE_FACTORS)
+
+
+def _run_range(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars, working) -> None:
+    if weights.numel() == 0:
+        return
+    factors_v = [vector.to(working).contiguous() for vector in scaled_v]
+    factors_m = [vector.to(working).contiguous() for vector in scaled_m] if signs is not None else [None, None]
+    sign_storage = None if signs is None else signs.view(-1)
+    addresses = np.array([_addresses(weights, grads, sign_storage, *factors_v, *factors_m, new_v, new_m)],
+                         dtype=np.int64)
+    scalar_row = np.array([_scalar_row(scalars, 1.0, 1.0, 1.0, 1.0)], dtype=np.float64)
+    _call(addresses, [(start, weights.numel(), cols)], scalar_row, _sign_mode(signs), _numpy_type(working),
+          _numpy_type(working), _numpy_type(new_v[0].dtype), ADD_SUMS)
+
+
+def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: np.ndarray, mode: int, weight_type,
+          factor_type, output_type, what: int) -> None:
+    """One kernel call over ranges ``layouts`` (start, length, cols), then the combination."""
+    lengths = tuple(length for _, length, _ in layouts)
+    threads = kernel_threads(sum(lengths))
+    items, bounds, touched = split_work(lengths, threads)
+    ranges = _ranges(tuple(layouts))
+    start, length, cols, slot, rows = ranges[-1]
+    partial = np.empty((threads, 2 if mode != NO_SIGNS else 1, int(slot + rows + cols)), dtype=np.float64)
+    walk, combine = _kernel()
+    arguments = (addresses, ranges, scalars, items, bounds, mode, partial, _spread_table(), weight_type, factor_type)
+    run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
+    combine(addresses, ranges, scalars, touched, partial, partial.shape[1], what, output_type)
+
+
+@lru_cache(maxsize=64)
+def _ranges(layouts: tuple[tuple[int, int, int], ...]) -> np.ndarray:
+    """Per range: its start and length, its matrix's cols, the offset of its sums in a thread's
+    partial vectors (rows, then cols), and the rows it reaches (all of them for a whole tensor)."""
+    table = np.zeros((len(layouts), 5), dtype=np.int64)
+    slot = 0
+    for index, (start, length, cols) in enumerate(layouts):
+        rows = -(-(start + length) // cols) if length else 0
+        table[index] = (start, length, cols, slot, rows)
+        slot += rows + cols
+    return table
+
+
+def _addresses(weights, grads, signs, row_v, col_v, row_m, col_m, out_v, out_m) -> list[int]:
+    tensors = (weights, grads, signs, row_v, col_v, row_m, col_m, *out_v, *(out_m or (None, None)))
+    return [0 if tensor is None else tensor.data_ptr() for tensor in tensors]
+
+
+def _scalar_row(scalars: SMMFScalars, prior_v: float, prior_m: float, keep_v: float, keep_m: float) -> list[float]:
+    return [scalars.step_size, scalars.eps, scalars.decay, scalars.coupled_decay, scalars.grad_sign, prior_v, prior_m,
+            keep_v, keep_m]
+
+
+def _sign_mode(signs: torch.Tensor | None) -> int:
+    if signs is None:
+        return NO_SIGNS
+    return PACKED_SIGNS if signs.dtype == torch.uint8 else BYTE_SIGNS
+
+
+def _numpy_type(dtype: torch.dtype):
+    return np.float32 if dtype == torch.float32 else np.float64
 
 
 def _sign_slice(signs: torch.Tensor, offset: int, stop: int) -> torch.Tensor:
     """The signs of range elements ``[offset, stop)`` (``offset`` a multiple of 8)."""
     flat = signs.view(-1)
     return flat[offset // 8:(stop + 7) // 8] if flat.dtype == torch.uint8 else flat[offset:stop]
-
-
-def _run(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars, working) -> None:
-    numpy_float = np.float32 if working == torch.float32 else np.float64
-    length = weights.numel()
-    if signs is None:
-        mode, sign_array = NO_SIGNS, np.zeros(0, dtype=np.uint8)
-        row_m = col_m = np.zeros(0, dtype=numpy_float)
-        new_row_m = new_col_m = np.zeros(0, dtype=np.float32)
-    else:
-        flat = signs.view(-1)
-        mode = PACKED_SIGNS if flat.dtype == torch.uint8 else BYTE_SIGNS
-        sign_array = flat.view(torch.uint8).numpy()
-        row_m, col_m = (_array(vector, working) for vector in scaled_m)
-        new_row_m, new_col_m = (vector.numpy() for vector in new_m)
-    row_v, col_v = (_array(vector, working) for vector in scaled_v)
-    threads = kernel_threads(length)
-    per_thread = ((length + threads - 1) // threads + 7) // 8 * 8
-    col_partial = np.zeros((threads, 2, cols), dtype=np.float64)
-    edge_rows = np.full((threads, 2), -1, dtype=np.int64)
-    edge_sums = np.zeros((threads, 2, 2), dtype=np.float64)
-    new_row_v, new_col_v = (vector.numpy() for vector in new_v)
-    pieces, combine = _kernel()
-    arguments = (weights.numpy(), grads.numpy(), sign_array, mode, start, cols, row_v, col_v, row_m, col_m,
-                 numpy_float(scalars.step_size), numpy_float(scalars.eps), numpy_float(scalars.decay),
-                 numpy_float(scalars.coupled_decay), numpy_float(scalars.grad_sign), new_row_v, new_row_m,
-                 per_thread, col_partial, edge_rows, edge_sums, _spread_table())
-    run_in_threads(lambda low, high: pieces(*arguments, low, high), threads)
-    combine(new_row_v, new_col_v, new_row_m, new_col_m, col_partial, edge_rows, edge_sums, mode != NO_SIGNS)
 
 
 @cache
@@ -257,8 +378,4 @@ def _spread_table() -> np.ndarray:
     return (bits << (np.arange(8, dtype=np.uint64) * np.uint64(8))).sum(axis=1).astype(np.uint64)
 
 
-def _array(vector: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
-    return vector.to(dtype).contiguous().numpy()
-
-
-__all__ = ["SMMFScalars", "smmf_range"]
+__all__ = ["SMMFScalars", "SMMFTensor", "smmf_many", "smmf_range"]

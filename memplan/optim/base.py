@@ -29,6 +29,9 @@ DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 MIN_CHUNK_BYTES = 64 * 2**10
 
+BATCH_DTYPES = (torch.float32, torch.float64)
+"""The parameter dtypes a multi-tensor step takes as they are (see :meth:`MemplanOptimizer._batchable`)."""
+
 LayoutSource = (Mapping[Any, Iterable[int]] | Callable[[str | None, tuple[int, ...]], Iterable[int]]
                 | Sequence[Iterable[int] | None] | None)
 """Per-parameter layouts: a mapping keyed by parameter name or tensor, ``f(name, shape)``, or a list
@@ -250,6 +253,8 @@ class MemplanOptimizer(torch.optim.Optimizer):
         finishers = []
         for group in self.param_groups:
             mode = group.get("sharding", "exact")
+            batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] | None = \
+                [] if self._steps_in_batches(group) else None
             for position, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
@@ -263,6 +268,9 @@ class MemplanOptimizer(torch.optim.Optimizer):
                 state["step"] += 1
                 if math.prod(shard.shape) == 0:
                     continue
+                if batch is not None and not shard.sharded and self._batchable(param, grad, state):
+                    batch.append((param, grad, state))
+                    continue
                 finish = self._step_shard(group, param, grad, state, shard, reductions)
                 if finish is None:
                     continue
@@ -271,7 +279,27 @@ class MemplanOptimizer(torch.optim.Optimizer):
                 else:
                     finish()  # nothing to reduce: finished now, as a single-device step is
                 finish = None  # so its vectors are freed before the next parameter allocates its own
+            if batch:
+                self._step_batch(group, batch)
         return finishers
+
+    def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
+        """Whether this group's whole, unsharded parameters step together, in one multi-tensor
+        kernel call per step (:meth:`_step_batch`) rather than one call each."""
+        return False
+
+    def _batchable(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> bool:
+        """Whether a parameter held whole joins its group's batch: a plain contiguous fp32 or float64
+        tensor with a gradient of its own dtype and layout (any other steps on its own, through a
+        working copy where needed)."""
+        return (param.dtype in BATCH_DTYPES and grad.dtype == param.dtype and param.is_contiguous()
+                and grad.is_contiguous() and not is_distributed(param) and not is_distributed(grad))
+
+    def _step_batch(self, group: Mapping[str, Any],
+                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """Step the batch's parameters (each with its gradient and its state, its step already
+        counted) in one multi-tensor kernel call."""
+        raise NotImplementedError
 
     def _step_shard(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
                     shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:

@@ -163,17 +163,75 @@ class SMMF(MemplanOptimizer):
                         sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
+    def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
+        """CPU kernels step a group's whole parameters in one call (Triton: one call per parameter)."""
+        return self.implementation(group) == COMPILED
+
+    def _batchable(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> bool:
+        return state["layout"] is not None and super()._batchable(param, grad, state)
+
+    def _step_batch(self, group: Mapping[str, Any],
+                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """Every whole, factored parameter of the group in one call of the CPU kernel, which also
+        stores the new factors; float64 and fp32 parameters go in separate calls."""
+        from memplan.kernels import smmf_cpu
+
+        decay, coupled, negate = kernel_decay(group)
+        first_moment = group["beta1"] is not None
+        by_dtype: dict[torch.dtype, list[smmf_cpu.SMMFTensor]] = {}
+        for param, grad, state in batch:
+            beta1_t, beta2_t = _betas(group, state["step"])
+            scales = _FactoredScalars.of(group, beta1_t, beta2_t)
+            by_dtype.setdefault(param.dtype, []).append(smmf_cpu.SMMFTensor(
+                weights=param.view(-1), grads=grad.view(-1), signs=state["sign"].view(-1) if first_moment else None,
+                cols=state["layout"][1], row_v=state["row_v"], col_v=state["col_v"],
+                row_m=state["row_m"] if first_moment else None, col_m=state["col_m"] if first_moment else None,
+                scalars=smmf_cpu.SMMFScalars(step_size=scales.step_size, eps=scales.eps, decay=decay,
+                                             coupled_decay=coupled, negate=negate),
+                prior_v=scales.prior_v, prior_m=scales.prior_m, keep_v=scales.keep_v, keep_m=scales.keep_m))
+        for tensors in by_dtype.values():
+            smmf_cpu.smmf_many(tensors)
+
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
-        step = state["step"]
-        beta1 = group["beta1"]
-        beta1_t = None if beta1 is None else beta1 * group["growth_rate"] ** (step - 1)
-        beta2_t = 1.0 - step ** group["decay_rate"]
+        beta1_t, beta2_t = _betas(group, state["step"])
         if state["layout"] is None:
             _update_full(group, flat_view(weights), flat_view(grads), state, beta1_t, beta2_t)
             return None
         return _update_factored(group, flat_view(weights), flat_view(grads), state, shard, reductions,
                                 beta1_t, beta2_t)
+
+
+def _betas(group: Mapping[str, Any], step: int) -> tuple[float | None, float]:
+    """beta1_t = beta1 growth^(t-1) (None without first moment) and beta2_t = 1 - t^decay_rate."""
+    beta1 = group["beta1"]
+    beta1_t = None if beta1 is None else beta1 * group["growth_rate"] ** (step - 1)
+    return beta1_t, 1.0 - step ** group["decay_rate"]
+
+
+@dataclass(frozen=True)
+class _FactoredScalars:
+    """The scalars of the factored step on scaled moments (see :func:`_update_factored`)."""
+
+    keep_v: float
+    """1 - beta2_t: what the new sums of S are multiplied by to give V_t's factors."""
+    keep_m: float
+    """1 - beta1_t (1.0 without first moment)."""
+    prior_v: float
+    """beta2_t / (1 - beta2_t): the previous row factor's weight in S."""
+    prior_m: float
+    """beta1_t / (1 - beta1_t) (0.0 without first moment)."""
+    eps: float
+    step_size: float
+
+    @classmethod
+    def of(cls, group: Mapping[str, Any], beta1_t: float | None, beta2_t: float) -> "_FactoredScalars":
+        """The group's scalars at a step with these betas."""
+        keep_v = 1.0 - beta2_t
+        keep_m = 1.0 - beta1_t if beta1_t is not None else 1.0
+        return cls(keep_v=keep_v, keep_m=keep_m, prior_v=beta2_t / keep_v,
+                   prior_m=beta1_t / keep_m if beta1_t is not None else 0.0, eps=group["eps"] / math.sqrt(keep_v),
+                   step_size=-learning_rate(group) * keep_m / math.sqrt(keep_v))
 
 
 def _update_factored(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor, state: dict[str, Any],
@@ -188,22 +246,21 @@ def _update_factored(group: Mapping[str, Any], weights: torch.Tensor, grads: tor
     This rank's range is updated now and its partial row and column sums are reduced with every
     other parameter's; the returned function stores the new factors from the totals."""
     first_moment = beta1_t is not None
-    v_scale = 1.0 - beta2_t
-    m_scale = 1.0 - beta1_t if first_moment else 1.0
+    scales = _FactoredScalars.of(group, beta1_t, beta2_t)
     new_v = [torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])]
     new_m = [torch.zeros_like(state["row_v"]), torch.zeros_like(state["col_v"])] if first_moment else []
     update_range(
         group, weights, grads, local_tensor(state["sign"]) if first_moment else None,
-        scaled_v=[state["row_v"] * (beta2_t / v_scale), state["col_v"]],
-        scaled_m=[state["row_m"] * (beta1_t / m_scale), state["col_m"]] if first_moment else [],
+        scaled_v=[state["row_v"] * scales.prior_v, state["col_v"]],
+        scaled_m=[state["row_m"] * scales.prior_m, state["col_m"]] if first_moment else [],
         new_v=new_v, new_m=new_m, start=shard.start, stop=shard.stop, layout=state["layout"],
-        eps=group["eps"] / math.sqrt(v_scale), step_size=-learning_rate(group) * m_scale / math.sqrt(v_scale))
+        eps=scales.eps, step_size=scales.step_size)
     reductions.add(shard, new_v + new_m)
 
     def store() -> None:
-        _store_factors(state["row_v"], state["col_v"], new_v, v_scale)
+        _store_factors(state["row_v"], state["col_v"], new_v, scales.keep_v)
         if first_moment:
-            _store_factors(state["row_m"], state["col_m"], new_m, m_scale)
+            _store_factors(state["row_m"], state["col_m"], new_m, scales.keep_m)
 
     return store
 

@@ -123,3 +123,74 @@ def test_two_ranges_add_up_to_the_whole_tensor():
         assert torch.equal(shard_signs, whole[1][begin // 8:(end + 7) // 8])
     for got, want in zip(parts, whole[2]):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=ULP)
+
+
+MANY_SHAPES = [(1, 1), (7, 13), (1, 97), (97, 1), (31, 17), (8, 8), (64, 33), (3, 5)]
+
+
+def stored_factors(sums, keep):
+    """The factors the optimizer stores from a moment's row and column sums: times keep, the
+    shorter side divided by its total (unless 0)."""
+    row, col = (vector * keep for vector in sums)
+    side = row if row.numel() < col.numel() else col
+    total = side.sum()
+    if total > 0:
+        side /= total
+    return row.float(), col.float()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("sign_bits", [1, 8, None], ids=["1bit", "8bit", "no_momentum"])
+def test_many_tensors_in_one_call_equal_each_dense_step_and_store_their_factors(sign_bits, dtype, threads):
+    from memplan.kernels.smmf_cpu import SMMFTensor, smmf_many
+
+    generator = torch.Generator().manual_seed(11)
+    tensors, expected = [], []
+    for position, (rows, cols) in enumerate(MANY_SHAPES):
+        count = rows * cols
+        weights = torch.randn(count, generator=generator).to(dtype)
+        grads = torch.randn(count, generator=generator).to(dtype)
+        positive = torch.rand(count, generator=generator) > 0.5
+        factors = [torch.rand(size, generator=generator) + 0.1 for size in (rows, cols, rows, cols)]
+        scalars = SMMFScalars(step_size=-0.01 * (position + 1), eps=1e-8, decay=1.0 - 1e-3 * position,
+                              coupled_decay=0.01 * (position % 3 == 2), negate=position % 4 == 1)
+        prior_v, prior_m, keep_v, keep_m = 0.5 + position, 0.25 * position, 0.3, 0.1 + 0.05 * position
+        working = [factor.to(dtype) for factor in (factors[0] * prior_v, factors[1], factors[2] * prior_m, factors[3])]
+        dense = dense_step(weights, grads, positive, 0, rows, cols, (working[0], working[1]),
+                           (working[2], working[3]) if sign_bits else None, scalars)
+        expected.append((dense[0], dense[1], stored_factors(dense[2], keep_v),
+                         stored_factors(dense[3], keep_m) if sign_bits else None))
+        signs = None if sign_bits is None else pack(positive) if sign_bits == 1 else positive.clone()
+        tensors.append(SMMFTensor(weights=weights.clone(), grads=grads, signs=signs, cols=cols, row_v=factors[0],
+                                  col_v=factors[1], row_m=factors[2] if sign_bits else None,
+                                  col_m=factors[3] if sign_bits else None, scalars=scalars, prior_v=prior_v,
+                                  prior_m=prior_m, keep_v=keep_v, keep_m=keep_m))
+    smmf_many(tensors)
+    for tensor, (weights, positive, factors_v, factors_m) in zip(tensors, expected):
+        torch.testing.assert_close(tensor.weights, weights, rtol=1e-6, atol=ULP)
+        for got, want in zip((tensor.row_v, tensor.col_v), factors_v):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=ULP)
+        if sign_bits is not None:
+            stored = unpack(tensor.signs, weights.numel()) if sign_bits == 1 else tensor.signs
+            assert torch.equal(stored, positive)
+            for got, want in zip((tensor.row_m, tensor.col_m), factors_m):
+                torch.testing.assert_close(got, want, rtol=1e-6, atol=ULP)
+
+
+def test_many_refuses_tensors_that_cannot_share_a_call():
+    from memplan.kernels.smmf_cpu import SMMFTensor, smmf_many
+
+    def tensor(dtype, signs):
+        return SMMFTensor(weights=torch.zeros(4, dtype=dtype), grads=torch.zeros(4, dtype=dtype), signs=signs, cols=2,
+                          row_v=torch.zeros(2), col_v=torch.zeros(2), row_m=torch.zeros(2), col_m=torch.zeros(2),
+                          scalars=SMMFScalars(step_size=-0.1, eps=1e-8), prior_v=0.0, prior_m=0.0, keep_v=1.0,
+                          keep_m=1.0)
+
+    packed = torch.zeros(1, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="share"):
+        smmf_many([tensor(torch.float32, packed), tensor(torch.float64, packed)])
+    with pytest.raises(ValueError, match="share"):
+        smmf_many([tensor(torch.float32, packed), tensor(torch.float32, None)])
+    with pytest.raises(ValueError, match="bfloat16"):
+        smmf_many([tensor(torch.bfloat16, packed)])
+    smmf_many([])  # nothing to do

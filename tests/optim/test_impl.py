@@ -97,3 +97,39 @@ def test_triton_steps_follow_the_eager_reference_on_cuda(cls, options):
         results.append(params)
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_a_compiled_step_steps_the_group_in_one_kernel_call(monkeypatch):
+    """Whole fp32 parameters step together (one call per dtype); a bf16 parameter and a channels_last
+    one step on their own, and every parameter follows the eager trajectory."""
+    pytest.importorskip("numba")
+    from memplan.kernels import smmf_cpu
+
+    calls = []
+    original = smmf_cpu._call
+    monkeypatch.setattr(smmf_cpu, "_call", lambda *arguments: calls.append(len(arguments[1])) or original(*arguments))
+
+    def params():
+        generator = torch.Generator().manual_seed(3)
+        shapes = [(13, 7), (31,), (5, 4, 3, 3), (1,), (8, 3, 2, 2)]
+        made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+        made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
+        made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
+        made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
+        return made
+
+    results = []
+    for impl in ("eager", "compiled"):
+        generator = torch.Generator().manual_seed(4)
+        group = params()
+        optimizer = SMMF(group, lr=0.01, impl=impl)
+        for _ in range(2):
+            for param in group:
+                param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
+            optimizer.step()
+        results.append(group)
+    # per step: one call for the four whole fp32 parameters, one for the float64 one, and one each
+    # for the channels_last and bf16 parameters, which step alone
+    assert sorted(calls) == [1, 1, 1, 1, 1, 1, 4, 4]
+    for a, b in zip(*results):
+        torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)

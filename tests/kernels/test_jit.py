@@ -1,0 +1,32 @@
+"""How kernels split many ranges among threads."""
+
+import pytest
+
+from memplan.kernels.jit import split_work
+
+LENGTHS = [(100,), (10, 5000, 3, 70000), (0, 16), (5,), (1, 1, 1), (64,) * 20, (8, 0, 9, 1 << 20)]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 7])
+@pytest.mark.parametrize("lengths", LENGTHS, ids=[str(len(lengths)) + "ranges" for lengths in LENGTHS])
+def test_items_cover_every_range_once_in_aligned_pieces(lengths, threads):
+    items, bounds, touched = split_work(lengths, threads)
+    assert len(bounds) == threads + 1 and bounds[0] == 0 and bounds[-1] == len(items)
+    assert all(low <= high for low, high in zip(bounds, bounds[1:]))
+    covered = {index: [] for index in range(len(lengths))}
+    for thread in range(threads):
+        for index, first, stop in items[bounds[thread]:bounds[thread + 1]]:
+            assert first % 8 == 0 and first < stop
+            covered[int(index)].append((int(first), int(stop), thread))
+    for index, length in enumerate(lengths):
+        pieces = sorted(covered[index])
+        assert [first for first, _, _ in pieces] == ([0] + [stop for _, stop, _ in pieces[:-1]] if pieces else [])
+        assert (pieces[-1][1] if pieces else 0) == length
+        threads_of = [thread for _, _, thread in pieces]
+        assert list(touched[index]) == ([min(threads_of), max(threads_of)] if pieces else [-1, -1])
+
+
+def test_threads_get_about_equal_shares():
+    items, bounds, _ = split_work((10, 5000, 3, 70000, 123457), 2)
+    shares = [sum(int(stop - first) for _, first, stop in items[bounds[t]:bounds[t + 1]]) for t in range(2)]
+    assert abs(shares[0] - shares[1]) <= 16
