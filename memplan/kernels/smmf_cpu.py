@@ -43,12 +43,13 @@ class SMMFScalars(DecayScalars):
     eps: float
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SMMFTensor:
-    """One parameter of a multi-tensor step (:func:`smmf_many`), stepped whole: its flat,
-    contiguous weights and gradients (fp32 or float64, the same dtype), its signs (packed uint8 or
-    one bool per element; None without first moment) and its factors (the optimizer's state,
-    read as the previous factors and overwritten by the new, normalised ones).
+    """One parameter of a multi-tensor step (:func:`smmf_many`), stepped whole: its contiguous
+    weights and gradients (any shape, read in row-major order; fp32 or float64, the same dtype), its
+    contiguous signs (packed uint8 or one bool per element; None without first moment) and its
+    factors (the optimizer's state, read as the previous factors and overwritten by the new,
+    normalised ones).
 
     ``prior_v`` and ``prior_m`` multiply the previous row factors (beta_t / (1 - beta_t), see
     :func:`memplan.optim.smmf._update_factored`); ``keep_v`` and ``keep_m`` (1 - beta_t) multiply the
@@ -88,9 +89,11 @@ def _build_kernel():
     pointer = array_pointer()
     carray = numba.carray
 
-    fast = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy")
+    # the row loops are inlined into ``item`` (at numba's level): a call per row, with its array
+    # views, cost about as much as a short row's elements
+    row_loop = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy", inline="always")
 
-    @fast
+    @row_loop
     def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, decay, coupled, grad_sign,
                         col_sums_v, col_sums_m):
         """One row's piece (every array sliced to it): the update, the new sign flags (0/1, in
@@ -111,7 +114,7 @@ def _build_kernel():
             col_sums_m[i] += magnitude
         return sum_v, sum_m
 
-    @fast
+    @row_loop
     def row_without_moment(weights, grads, col_v, rv, step_size, eps, decay, coupled, grad_sign, col_sums_v):
         """The same without first moment: the gradient is the update's numerator."""
         sum_v = 0.0
@@ -124,7 +127,7 @@ def _build_kernel():
             col_sums_v[i] += second
         return sum_v
 
-    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
     def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
              prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, spread,
              weight_type):

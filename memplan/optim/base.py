@@ -13,6 +13,7 @@ Layouts are views of the parameter's row-major (logical) order, whatever its mem
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -215,7 +216,9 @@ class MemplanOptimizer(torch.optim.Optimizer):
             state["layout"] = (self._default_layout(group, shard.shape) if local_mode
                                else self._layout(group, param, position))
         dtype_name = str(param.dtype).removeprefix("torch.")
-        tensors = self.method.state_tensors(shard.shape, dtype_name, self._options(group), state["layout"])
+        tensors = _state_tensors(self.method, shard.shape, dtype_name,
+                                 tuple((option.name, group.get(option.name, option.default))
+                                       for option in self.method.options), state["layout"])
         if shard.sharded:
             tensors = local_state_tensors(tensors, shard.shape, shard.rows, shard.shards)
         device = local_tensor(param).device
@@ -375,6 +378,22 @@ class MemplanOptimizer(torch.optim.Optimizer):
         packed = {tensor.key for tensor in tensors if tensor.shard == "bits"}
         return {key: packed_bits(value, param) if key in packed and _portable(value, param) else value
                 for key, value in state.items()}
+
+
+def _state_tensors(method: Method, shape: tuple[int, ...], dtype_name: str, options: tuple[tuple[str, Any], ...],
+                   layout: Layout) -> tuple[Any, ...]:
+    """``method.state_tensors`` for these options (given as pairs), cached where they hash: a step
+    asks for every parameter's state list, and building it is most of a small tensor's step."""
+    try:
+        return _cached_state_tensors(method, shape, dtype_name, options, layout)
+    except TypeError:   # an unhashable option value
+        return method.state_tensors(shape, dtype_name, dict(options), layout)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_state_tensors(method: Method, shape: tuple[int, ...], dtype_name: str,
+                          options: tuple[tuple[str, Any], ...], layout: Layout) -> tuple[Any, ...]:
+    return method.state_tensors(shape, dtype_name, dict(options), layout)
 
 
 def saved_state(group: Mapping[str, Any], param: torch.Tensor, state: dict[str, Any]) -> dict[str, Any]:

@@ -178,17 +178,20 @@ class SMMF(MemplanOptimizer):
 
         decay, coupled, negate = kernel_decay(group)
         first_moment = group["beta1"] is not None
+        at_step: dict[int, tuple[_FactoredScalars, smmf_cpu.SMMFScalars]] = {}   # parameters mostly share a step
         by_dtype: dict[torch.dtype, list[smmf_cpu.SMMFTensor]] = {}
         for param, grad, state in batch:
-            beta1_t, beta2_t = _betas(group, state["step"])
-            scales = _FactoredScalars.of(group, beta1_t, beta2_t)
+            step = state["step"]
+            if step not in at_step:
+                scales = _FactoredScalars.of(group, *_betas(group, step))
+                at_step[step] = scales, smmf_cpu.SMMFScalars(step_size=scales.step_size, eps=scales.eps, decay=decay,
+                                                             coupled_decay=coupled, negate=negate)
+            scales, scalars = at_step[step]
             by_dtype.setdefault(param.dtype, []).append(smmf_cpu.SMMFTensor(
-                weights=param.view(-1), grads=grad.view(-1), signs=state["sign"].view(-1) if first_moment else None,
-                cols=state["layout"][1], row_v=state["row_v"], col_v=state["col_v"],
-                row_m=state["row_m"] if first_moment else None, col_m=state["col_m"] if first_moment else None,
-                scalars=smmf_cpu.SMMFScalars(step_size=scales.step_size, eps=scales.eps, decay=decay,
-                                             coupled_decay=coupled, negate=negate),
-                prior_v=scales.prior_v, prior_m=scales.prior_m, keep_v=scales.keep_v, keep_m=scales.keep_m))
+                weights=param, grads=grad, signs=state["sign"] if first_moment else None, cols=state["layout"][1],
+                row_v=state["row_v"], col_v=state["col_v"], row_m=state["row_m"] if first_moment else None,
+                col_m=state["col_m"] if first_moment else None, scalars=scalars, prior_v=scales.prior_v,
+                prior_m=scales.prior_m, keep_v=scales.keep_v, keep_m=scales.keep_m))
         for tensors in by_dtype.values():
             smmf_cpu.smmf_many(tensors)
 
