@@ -37,6 +37,21 @@ class SM3Scalars(DecayScalars):
     momentum: float = 0.0
 
 
+@dataclass(frozen=True)
+class SM3Tensor:
+    """One parameter of a multi-tensor SM3-II step (:func:`sm3_many`), stepped whole: its flat,
+    contiguous weights and gradients (fp32 or float64, the same dtype), its cover ``view``, its
+    per-axis accumulators (the optimizer's state: read as mu, overwritten by the new slice maxima
+    of nu) and its momentum buffer (None without momentum)."""
+
+    weights: torch.Tensor
+    grads: torch.Tensor
+    view: tuple[int, ...]
+    accumulators: tuple[torch.Tensor, ...]
+    buffer: torch.Tensor | None
+    scalars: SM3Scalars
+
+
 def _build_kernels():
     numba = numba_module()
     jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
