@@ -75,18 +75,23 @@ class StepCensus:
     foreach_launches: float = 0.0
     """Multi-tensor launches those foreach operators need on CUDA (see MULTI_TENSOR_*)."""
     peak_temporary_bytes: int = 0
+    fused: tuple[tuple[str, int, int], ...] = ()
+    """memplan's one-pass kernels in the step: (kernel key, elements, bytes), one entry per key
+    (see :meth:`memplan.methods.Method.fused_kernel`); their bytes are also in the memory traffic."""
 
     def __add__(self, other: "StepCensus") -> "StepCensus":
         """Two parts of one step done one after the other: counts add, the peak is the larger."""
-        summed = {item.name: getattr(self, item.name) + getattr(other, item.name) for item in fields(self)}
+        summed = {item.name: getattr(self, item.name) + getattr(other, item.name) for item in fields(self)
+                  if item.name != "fused"}
         summed["peak_temporary_bytes"] = max(self.peak_temporary_bytes, other.peak_temporary_bytes)
-        return StepCensus(**summed)
+        return StepCensus(**summed, fused=_merged_fused(self.fused + other.fused))
 
     def repeated(self, count: int) -> "StepCensus":
         """The same work done ``count`` times in sequence (the peak does not grow)."""
-        scaled = {item.name: getattr(self, item.name) * count for item in fields(self)}
+        scaled = {item.name: getattr(self, item.name) * count for item in fields(self) if item.name != "fused"}
         scaled["peak_temporary_bytes"] = self.peak_temporary_bytes if count else 0
-        return StepCensus(**scaled)
+        fused = tuple((key, elements * count, moved * count) for key, elements, moved in self.fused) if count else ()
+        return StepCensus(**scaled, fused=fused)
 
     def memory_traffic(self, write_allocate: bool) -> int:
         """Bytes that go to memory, with line fills for overwrites on a write-allocating device."""
@@ -105,6 +110,15 @@ class StepCensus:
         if foreach_per_tensor:
             return float(self.kernels)
         return self.kernels - self.foreach_kernels + self.foreach_launches
+
+
+def _merged_fused(entries: tuple[tuple[str, int, int], ...]) -> tuple[tuple[str, int, int], ...]:
+    """One (key, elements, bytes) entry per kernel key, summed, in key order."""
+    merged: dict[str, tuple[int, int]] = {}
+    for key, elements, moved in entries:
+        known = merged.get(key, (0, 0))
+        merged[key] = (known[0] + elements, known[1] + moved)
+    return tuple((key, *merged[key]) for key in sorted(merged))
 
 
 def distinct_bytes(tensor: Any) -> int:
@@ -162,7 +176,7 @@ def _census_mode_class() -> type:
         def __init__(self, cache_bytes: int) -> None:
             super().__init__()
             self.cache = LruCache(cache_bytes)
-            self.counts: dict[str, Any] = {item.name: 0 for item in fields(StepCensus)}
+            self.counts: dict[str, Any] = {item.name: 0 for item in fields(StepCensus) if item.name != "fused"}
             self.temporaries = _Temporaries()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -352,16 +366,21 @@ def census_step(make_optimizer: OptimizerFactory, params: Sequence[ShapeAndDtype
 def fused_census(spec: str, params: Sequence[ShapeAndDtype]) -> StepCensus:
     """A fused kernel makes one pass over every tensor it touches, so its traffic is the byte
     model's compulsory ``bytes_moved``, all of it memory traffic (torch's fused optimizers
-    cannot run on ``meta``, so this one is not counted but derived)."""
-    from memplan.methods import param_state
+    cannot run on ``meta``, so this one is not counted but derived); memplan's kernels also
+    record their elements under their key, for a device profile that measured their rate."""
+    from memplan.methods import as_spec, get_method, param_state
 
+    parsed = as_spec(spec)
+    method = get_method(parsed.name)
+    key = method.fused_kernel(method.resolve(parsed))
     total = StepCensus()
     for shape, dtype in params:
         moved = param_state(spec, shape, dtype).bytes_moved
         chunks = math.ceil(math.prod(shape) / MULTI_TENSOR_CHUNK)
         total += StepCensus(read_miss=moved // 2, update_miss=moved - moved // 2, kernels=1, foreach_kernels=1,
                             foreach_launches=max(chunks / MULTI_TENSOR_BLOCKS_PER_LAUNCH,
-                                                 1 / MULTI_TENSOR_TENSORS_PER_LAUNCH))
+                                                 1 / MULTI_TENSOR_TENSORS_PER_LAUNCH),
+                            fused=((key, math.prod(shape), moved),) if key else ())
     return total
 
 

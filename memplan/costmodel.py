@@ -6,6 +6,12 @@ The cost model::
               + cache_traffic / cache_bandwidth + strided_norm_bytes / strided_norm_bandwidth
               + kernels * kernel_overhead
 
+except that the elements of memplan's one-pass kernels whose rate the profile measured
+(``fused_element_seconds``, keyed by :meth:`memplan.methods.Method.fused_kernel`) take
+``elements * rate`` instead of their bytes over the memory bandwidth: on a CPU those kernels
+are bound by their arithmetic (a square root and a division per element, sign bits, row and
+column sums), not by memory.
+
 The traffic and kernel counts come from :mod:`memplan.census`; the device figures from a
 :class:`DeviceProfile`: bundled (``profiles/devices/*.yaml``: spec-sheet numbers, each naming its
 source) or measured on this machine by :func:`memplan.timing.calibrate` (``memplan bench
@@ -31,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from memplan.devices import DEVICE_KINDS, Device, device_type
 from memplan.errors import ProfileError
-from memplan.schema import Fields, Flag, Integer, ListOf, Nullable, Number, OneOf, Text, check
+from memplan.schema import Fields, Flag, Integer, ListOf, MapOf, Nullable, Number, OneOf, Text, check
 from memplan.yamlfile import YamlDocument, bundled_names, bundled_text
 
 if TYPE_CHECKING:
@@ -48,7 +54,7 @@ DEVICE_PROFILE_FIELDS = Fields(
               "cache_bytes": Integer(at_least=0), "cache_bandwidth": Nullable(Number(above=0)),
               "reduction_bandwidth": Nullable(Number(above=0)), "strided_norm_bandwidth": Nullable(Number(above=0)),
               "write_allocate": Flag(), "threads": Nullable(Integer(at_least=0)), "match": Nullable(ListOf(Text())),
-              "made_with": Text()},
+              "fused_element_seconds": MapOf(Number(above=0)), "made_with": Text()},
 )
 """The keys of a device profile and their types."""
 DEFAULT_DEVICE_PROFILE_PATH = Path(".memplan") / "device.yaml"
@@ -81,6 +87,9 @@ class DeviceProfile(YamlDocument):
     match: tuple[str, ...] = ()
     """Substrings of the device model names this profile describes (``"H100 80GB HBM3"``); a
     calibrated profile names the model it was measured on."""
+    fused_element_seconds: tuple[tuple[str, float], ...] = ()
+    """Measured seconds per element of memplan's one-pass kernels, by kernel key (a mapping in
+    the file; see :meth:`fused_rate`)."""
     made_with: str = ""
 
     document_name = "device profile"
@@ -92,8 +101,16 @@ class DeviceProfile(YamlDocument):
 
     def __post_init__(self) -> None:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
+        values["fused_element_seconds"] = dict(self.fused_element_seconds or ())
         check(values, DEVICE_PROFILE_FIELDS, ProfileError, where=f"device profile {self.name}")
         object.__setattr__(self, "match", tuple(self.match or ()))
+        rates = self.fused_element_seconds
+        object.__setattr__(self, "fused_element_seconds",
+                           tuple(sorted((rates.items() if isinstance(rates, Mapping) else rates) or ())))
+
+    def fused_rate(self, key: str) -> float | None:
+        """Seconds per element of the one-pass kernel ``key``, when this profile measured it."""
+        return dict(self.fused_element_seconds).get(key)
 
     @property
     def effective_cache_bandwidth(self) -> float:
@@ -115,6 +132,8 @@ class DeviceProfile(YamlDocument):
         data: dict[str, Any] = {"memplan_device": DEVICE_FORMAT}
         for item in fields(self):
             value = getattr(self, item.name)
+            if item.name == "fused_element_seconds":
+                value = dict(value)
             data[item.name] = list(value) if item.name == "match" else value
         return data
 
@@ -197,7 +216,7 @@ def resolve_device_profile(device: Device, given: str | Path | None = None,
 
 @dataclass(frozen=True)
 class StepCost:
-    """A predicted step time and the five terms it adds up (seconds)."""
+    """A predicted step time and the six terms it adds up (seconds)."""
 
     seconds: float
     memory_seconds: float
@@ -205,16 +224,23 @@ class StepCost:
     cache_seconds: float
     strided_norm_seconds: float
     overhead_seconds: float
+    fused_seconds: float = 0.0
+    """memplan's one-pass kernels timed at their measured rates (their bytes are then not in
+    ``memory_seconds``)."""
 
 
 def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
     """The cost model: one census on one device."""
-    memory = census.memory_traffic(device.write_allocate) / device.memory_bandwidth
+    rated = [(elements, moved, device.fused_rate(key)) for key, elements, moved in census.fused]
+    fused = sum(elements * rate for elements, _, rate in rated if rate is not None)
+    rated_bytes = sum(moved for _, moved, rate in rated if rate is not None)
+    memory = (census.memory_traffic(device.write_allocate) - rated_bytes) / device.memory_bandwidth
     reductions = census.reduction_miss / device.effective_reduction_bandwidth
     cache = census.cache_traffic / device.effective_cache_bandwidth
     norms = census.strided_norm_bytes / device.effective_strided_norm_bandwidth
     overhead = census.launches(device_type(device.kind).foreach_kernel_per_tensor) * device.kernel_overhead
-    return StepCost(memory + reductions + cache + norms + overhead, memory, reductions, cache, norms, overhead)
+    return StepCost(memory + reductions + cache + norms + overhead + fused, memory, reductions, cache, norms,
+                    overhead, fused)
 
 
 @dataclass(frozen=True)

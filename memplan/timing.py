@@ -1,13 +1,16 @@
 """Calibration: measuring this machine's device for the cost model.
 
-:func:`calibrate` times small synthetic kernels, never an optimizer, and returns the
+:func:`calibrate` times small synthetic kernels and returns the
 :class:`memplan.costmodel.DeviceProfile` the cost model (:func:`memplan.costmodel.predict_seconds`)
-reads: memory, reduction and cache bandwidths, the strided-norm rate and the per-kernel overhead
-(``memplan bench --calibrate``).
+reads: memory, reduction and cache bandwidths, the strided-norm rate, the per-kernel overhead
+(``memplan bench --calibrate``), and the per-element rate of each of memplan's one-pass kernels
+that can run here, stepping a fixed synthetic parameter set (:data:`FUSED_CALIBRATION_SHAPES`),
+never the user's model.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from dataclasses import dataclass
@@ -32,6 +35,11 @@ CALIBRATION_STREAM_BYTES = 256 * 2**20
 
 STRIDED_NORM_SHAPE = (8192, 1024)
 """The matrix whose column norms (a reduction over axis 0) calibrate the strided-norm rate."""
+
+
+FUSED_CALIBRATION_SHAPES = ((1024, 1024),) * 4 + ((768,),) * 4
+"""The parameters whose steps time memplan's one-pass kernels: 16 MiB of fp32 matrices (with their
+gradients, beyond a core's L2) and a few vectors."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +83,8 @@ REDUCTION_KERNEL = StreamKernel("x.sum()", reads=1, updates=0, overwrites=0, run
 
 
 def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int = CALIBRATION_STREAM_BYTES,
-              progress: Callable[[str], None] | None = None) -> DeviceProfile:
+              progress: Callable[[str], None] | None = None,
+              fused_shapes: Sequence[tuple[int, ...]] = FUSED_CALIBRATION_SHAPES) -> DeviceProfile:
     """Measure this device's memory, reduction and cache bandwidths, strided-norm rate and
     kernel overhead.
 
@@ -106,6 +115,8 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
         strided_norm_bandwidth = _strided_norm_bandwidth(target, repeats)
         report("kernel overhead")
         kernel_overhead = _kernel_overhead(target, repeats)
+        report("one-pass kernels")
+        fused_rates = fused_element_seconds(target, repeats, fused_shapes)
     description = target.description
     kernels = ", ".join(kernel.name for kernel in STREAM_KERNELS)
     return DeviceProfile(
@@ -114,14 +125,53 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
         cache_bandwidth=cache_bandwidth, reduction_bandwidth=reduction_bandwidth,
         strided_norm_bandwidth=strided_norm_bandwidth,
         write_allocate=write_allocate, threads=target.threads(),
-        match=(target.model_name(),),
+        match=(target.model_name(),), fused_element_seconds=fused_rates,
         source=(f"measured on {description} by memplan bench --calibrate: median of {repeats} runs; "
                 f"bandwidths from {kernels} over {stream_bytes // 2**20} MiB tensors (memory) and, with "
                 f"{REDUCTION_KERNEL.name}, over {CALIBRATION_CACHE_SETS} triples of 2 MiB tensors (cache); "
                 f"{REDUCTION_KERNEL.name} over {stream_bytes // 2**20} MiB (reduction); column norms of a "
-                f"{STRIDED_NORM_SHAPE[0]}x{STRIDED_NORM_SHAPE[1]} matrix; 1000 one-element add_ calls (overhead)"),
+                f"{STRIDED_NORM_SHAPE[0]}x{STRIDED_NORM_SHAPE[1]} matrix; 1000 one-element add_ calls (overhead); "
+                f"steps of memplan's one-pass kernels over {_shapes_text(fused_shapes)} "
+                f"(their rates)"),
         made_with=f"memplan {memplan.__version__}, torch {torch.__version__}",
     )
+
+
+def fused_element_seconds(target: Device, repeats: int,
+                          shapes: Sequence[tuple[int, ...]] = FUSED_CALIBRATION_SHAPES) -> dict[str, float]:
+    """Seconds per element of each one-pass kernel that runs on ``target`` (memplan's CPU kernels
+    where numba is installed, its Triton kernels on CUDA), keyed as
+    :meth:`memplan.methods.Method.fused_kernel` names them: the median step over ``shapes`` (fp32,
+    random weights and gradients), divided by their elements."""
+    import torch
+
+    from memplan.methods import METHODS, build, parse_spec
+    from memplan.optim.implementation import implementation_of
+
+    impl = "triton" if target.kind == "cuda" else "compiled"
+    elements = sum(math.prod(shape) for shape in shapes)
+    rates: dict[str, float] = {}
+    generator = torch.Generator().manual_seed(0)
+    for method in METHODS.values():
+        for key in method.fused_kernel_variants():
+            spec = parse_spec(f"{key}{',' if ':' in key else ':'}impl={impl}")
+            params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(target.torch_device))
+                      for shape in shapes]
+            for param in params:
+                param.grad = torch.randn(param.shape, generator=generator).to(target.torch_device) * 1e-3
+            optimizer = build(spec, params)
+            if implementation_of(optimizer) != impl:
+                continue   # this kernel cannot run here (numba or Triton missing)
+            optimizer.step()   # allocates the state (and compiles, on a first run)
+            rates[key] = _median_seconds(target, optimizer.step, repeats) / elements
+    return rates
+
+
+def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
+    counts: dict[tuple[int, ...], int] = {}
+    for shape in shapes:
+        counts[shape] = counts.get(shape, 0) + 1
+    return " + ".join(f"{count} x {'x'.join(map(str, shape))}" for shape, count in counts.items())
 
 
 def _median_seconds(target: Device, function: Callable[[], Any], repeats: int) -> float:

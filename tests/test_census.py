@@ -101,3 +101,14 @@ def test_adam_keeps_one_full_size_temporary_and_memplan_stays_in_blocks():
     assert method_census("adam", SHAPES, CALIBRATION_CACHE_BYTES).peak_temporary_bytes == 4 * numel
     big = [((2048, 1024), "float32")]
     assert method_census("smmf", big, CALIBRATION_CACHE_BYTES).peak_temporary_bytes < 8 * 2**20
+
+
+def test_a_fused_census_records_memplan_kernels_elements_under_their_key():
+    census = fused_census("smmf:beta1=none,impl=compiled", [(shape, dtype) for shape, dtype in SHAPES])
+    moved = sum(param_state("smmf:beta1=none", shape, dtype).bytes_moved for shape, dtype in SHAPES)
+    assert census.fused == (("smmf:beta1=none", sum(math.prod(shape) for shape, _ in SHAPES), moved),)
+    assert fused_census("adamw:impl=fused", SHAPES).fused == ()   # torch's kernel: bandwidth only
+    twice = census.repeated(2) + census
+    assert twice.fused == (("smmf:beta1=none", 3 * census.fused[0][1], 3 * moved),)
+    mixed = census + fused_census("sm3:momentum=0,impl=compiled", SHAPES[:1])
+    assert [key for key, _, _ in mixed.fused] == ["sm3:momentum=0", "smmf:beta1=none"]

@@ -1,6 +1,7 @@
 """memplan.costmodel: device profiles (bundled, saved, resolved) and the cost model."""
 
 import pytest
+import yaml
 
 from memplan.census import StepCensus
 from memplan.costmodel import (CollectiveModel, DeviceProfile, bundled_device_names, default_device_profile, describes,
@@ -80,3 +81,23 @@ def test_a_collective_costs_its_latency_and_its_bus_bytes():
     assert model.seconds(StepCommunication(1, 1_000), 4) == pytest.approx(1e-4 + 1.5e-3)
     assert model.seconds(StepCommunication(1, 1_000, gathered=True), 4) == pytest.approx(1e-4 + 3e-3)
     assert model.seconds(StepCommunication(0, 0), 4) == 0.0
+
+
+def test_a_measured_kernel_rate_replaces_its_bytes_over_the_bandwidth():
+    census = StepCensus(read_miss=600, update_miss=400, kernels=2,
+                        fused=(("smmf", 100, 800), ("sm3", 50, 200)))
+    device = DeviceProfile("d", "cpu", memory_bandwidth=100.0, kernel_overhead=0.5, source="test",
+                           fused_element_seconds={"smmf": 0.25})
+    cost = predict_seconds(census, device)
+    # smmf's 100 elements at 0.25 s; its 800 bytes leave the memory term, sm3's 200 stay (no rate)
+    assert cost.fused_seconds == pytest.approx(25.0) and cost.memory_seconds == pytest.approx(2.0)
+    assert cost.seconds == pytest.approx(25.0 + 2.0 + 1.0)
+    assert device.fused_rate("smmf") == 0.25 and device.fused_rate("sm3") is None
+    assert DeviceProfile.from_yaml(device.to_yaml()) == device
+    assert yaml.safe_load(device.to_yaml())["fused_element_seconds"] == {"smmf": 0.25}
+
+
+def test_a_profile_refuses_a_bad_kernel_rate():
+    with pytest.raises(ProfileError, match="fused_element_seconds"):
+        DeviceProfile("d", "cpu", memory_bandwidth=1.0, kernel_overhead=0.0, source="t",
+                      fused_element_seconds={"smmf": -1.0})

@@ -32,9 +32,16 @@ def test_calibration_kernels_count_as_the_census_counts_them(kernel):
 
 
 def test_calibrate_measures_positive_figures_for_this_machine():
-    profile = calibrate("cpu", repeats=1, stream_bytes=8 * 2**20)
+    profile = calibrate("cpu", repeats=1, stream_bytes=8 * 2**20, fused_shapes=((64, 48), (33,)))
     assert profile.kind == "cpu" and profile.write_allocate and profile.threads == torch.get_num_threads()
     assert profile.memory_bandwidth > 1e8 and profile.cache_bandwidth > 1e8 and profile.reduction_bandwidth > 1e8
     assert profile.strided_norm_bandwidth > 1e6
     assert 0 < profile.kernel_overhead < 1e-3 and profile.cache_bytes == CALIBRATION_CACHE_BYTES
     assert describes(profile, CpuDevice()) and DeviceProfile.from_yaml(profile.to_yaml()) == profile
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        assert profile.fused_element_seconds == ()
+    else:   # every CPU kernel variant timed
+        assert {"smmf", "smmf:beta1=none", "sm3", "et2"} <= {key for key, _ in profile.fused_element_seconds}
+        assert all(0 < rate < 1e-3 for _, rate in profile.fused_element_seconds)

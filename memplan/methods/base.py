@@ -235,6 +235,25 @@ class Method(ABC):
             return "fused"
         return "per_parameter" if self.optimizer_reference(options).startswith("memplan.") else "whole"
 
+    def fused_kernel(self, options: Options) -> str | None:
+        """The key of the one-pass memplan kernel these options run (a spec string naming only the
+        options that change its work per element), under which a calibrated device profile keeps
+        that kernel's measured rate (:attr:`memplan.costmodel.DeviceProfile.fused_element_seconds`);
+        None when the step is not one of memplan's fused kernels."""
+        if self.implementation != "memplan" or self.step_structure(options) != "fused":
+            return None
+        work = [(name, options[name]) for name in self.fused_work_options(options)]
+        return str(MethodSpec(self.name, tuple(work)))
+
+    def fused_work_options(self, options: Options) -> tuple[str, ...]:
+        """The options (given a value other than their default) that change the work per element
+        of this method's one-pass kernel: they name its calibrated rate (see :meth:`fused_kernel`)."""
+        return ()
+
+    def fused_kernel_variants(self) -> tuple[str, ...]:
+        """The kernels whose rates ``memplan bench --calibrate`` measures, as :meth:`fused_kernel` keys."""
+        return ()
+
     # -- building the optimizer ------------------------------------------------------------
 
     def optimizer_reference(self, options: Options) -> str:

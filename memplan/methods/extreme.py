@@ -94,6 +94,12 @@ class ExtremeTensoring(Method):
     def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:
         return {**super().optimizer_kwargs(options, params), "index": f"et{self.level or 1}"}
 
+    def fused_work_options(self, options: Options) -> tuple[str, ...]:
+        return ("momentum",) if options["momentum"] > 0 else ()
+
+    def fused_kernel_variants(self) -> tuple[str, ...]:
+        return (self.name,) if self.level is not None else ()
+
 
 class ETInfinity(Method):
     """ET-infinity: one accumulated squared norm per tensor."""
@@ -111,6 +117,9 @@ class ETInfinity(Method):
 
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         return "scalar"
+
+    def fused_kernel_variants(self) -> tuple[str, ...]:
+        return (self.name,)
 
 
 ET, ET1, ET2, ET3 = (ExtremeTensoring(level) for level in (None, 1, 2, 3))

@@ -44,6 +44,13 @@ class SM3(Method):
         kernel_option(("pytorch_optimizer",)),
     )
 
+    def fused_work_options(self, options: Options) -> tuple[str, ...]:
+        return tuple(name for name, changes in (("momentum", options["momentum"] == 0),
+                                                ("variant", options["variant"] != "II")) if changes)
+
+    def fused_kernel_variants(self) -> tuple[str, ...]:
+        return ("sm3", "sm3:momentum=0")
+
     def grad_passes(self, options: Options) -> int:
         # SM3-I needs every slice maximum of G^2 before any update; SM3-II updates in one pass.
         return 2 if options["variant"] == "I" else 1

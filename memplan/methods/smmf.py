@@ -113,5 +113,13 @@ class SMMF(Method):
     def layout_argument(self, options: Options) -> str | None:
         return "matricization"
 
+    def fused_work_options(self, options: Options) -> tuple[str, ...]:
+        if options["beta1"] is None:
+            return ("beta1",)   # no signs, no first moment
+        return ("sign_bits",) if options["sign_bits"] != 1 else ()
+
+    def fused_kernel_variants(self) -> tuple[str, ...]:
+        return ("smmf", "smmf:sign_bits=8", "smmf:beta1=none")
+
 
 SMMF_METHOD = SMMF()

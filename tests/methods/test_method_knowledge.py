@@ -85,3 +85,21 @@ def test_the_documented_learning_rate_ratios_are_the_methods_defaults():
         for name in names.split(", "):
             documented[name] = float(ratio)
     assert documented == {name: method.lr_ratio for name, method in METHODS.items()}
+
+
+def test_every_calibrated_kernel_key_names_the_kernel_its_spec_runs():
+    """``memplan bench --calibrate`` times each method's kernel variants; a census finds the rate
+    again under the key the spec's options give."""
+    from memplan.methods import METHODS, parse_spec
+
+    keys = []
+    for method in METHODS.values():
+        for key in method.fused_kernel_variants():
+            spec = parse_spec(f"{key}{',' if ':' in key else ':'}impl=compiled")
+            assert method.fused_kernel(method.resolve(spec)) == key
+            keys.append(key)
+    assert {"smmf", "smmf:beta1=none", "smmf:sign_bits=8", "sm3", "sm3:momentum=0", "et2", "et_inf"} <= set(keys)
+    smmf = METHODS["smmf"]
+    assert smmf.fused_kernel(smmf.resolve(parse_spec("smmf:beta1=none,sign_bits=8,impl=compiled"))) == "smmf:beta1=none"
+    assert smmf.fused_kernel(smmf.resolve(parse_spec("smmf:impl=eager"))) is None
+    assert METHODS["adam"].fused_kernel(METHODS["adam"].resolve(parse_spec("adam:impl=fused"))) is None
