@@ -1,23 +1,38 @@
-"""SM3's one-pass step on a flat range of its cover view, as a Triton kernel (CUDA tensors;
-tested on CPU tensors under ``TRITON_INTERPRET=1``).
+"""SM3's one-pass step as Triton kernels (CUDA tensors; tested on CPU tensors under
+``TRITON_INTERPRET=1``): on a flat range of one parameter's cover view, or on many whole
+parameters at once (SM3-II).
 
 The same update as :mod:`memplan.kernels.sm3_cpu`. Each program takes ``BLOCK`` consecutive
 elements; an element's index on every axis comes from its flat position and the axis strides
 (the cover has at most :data:`MAX_AXES` axes), and the new slice maxima go to the output vectors
 by atomic max (exact: max is order-free, and nu >= 0).
+
+:func:`sm3_many` steps many whole parameters with SM3-II in one launch of the update kernel: the
+new slice maxima of every tensor go to one flat fp32 buffer (zero-filled: nu >= 0), which one
+launch of a finalize kernel then copies over the accumulators. The kernels reach the tensors
+through a table uploaded once per call (without waiting for the device: through pinned memory):
+per tensor, the ``data_ptr`` of its weights, gradients, momentum buffer and accumulators, then its
+scalars (as the int64 bits of float64 values). Each tensor's cover (dims, strides and the offsets
+of its maxima in the buffer, padded to :data:`MAX_AXES` axes) and which tensor and which block of
+it each program steps depend only on the views; those tables are built with numpy and cached, so a
+training loop that steps the same parameters every step reuses them.
 """
 
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
-from memplan.kernels.sm3_cpu import SM3Scalars
+from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
 BLOCK = 1024
 MAX_AXES = 8
+VECTOR_BLOCK = 1024
+"""Accumulator elements that a finalize program of :func:`sm3_many` copies at a time."""
 
 
 @cache
@@ -99,4 +114,214 @@ def sm3_square_maxima_range(weights: torch.Tensor, grads: torch.Tensor, start: i
     _launch(weights, grads, start, view, maxima, maxima, None, scalars, 2)
 
 
-__all__ = ["sm3_range", "sm3_square_maxima_range"]
+# sm3_many's per-call table, one int64 row per tensor: the data pointers of its weights, grads and
+# momentum buffer (0 without), the float64 bits of its lr, eps, momentum, dampening, decay, coupled
+# decay and gradient sign, then the data pointers of its MAX_AXES accumulators (0 past its last
+# axis). Its cached cover table: numel, axes, then per axis its dim, stride and the offset of its
+# maxima in the flat maxima buffer (1, 1, 0 past the last axis). The kernels read both at these
+# fixed offsets.
+_TABLE_FIELDS = 10 + MAX_AXES
+_COVER_FIELDS = 2 + 3 * MAX_AXES
+
+
+@cache
+def _many_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def sm3_many_kernel(table, covers, programs, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
+                        DTYPE: tl.constexpr, AXES: tl.constexpr, WITH_BUFFER: tl.constexpr, INDEX: tl.constexpr,
+                        BLOCK: tl.constexpr):
+        program = tl.program_id(0)
+        tensor = tl.load(programs + 2 * program)
+        positions = tl.load(programs + 2 * program + 1).to(INDEX) * BLOCK + tl.arange(0, BLOCK)
+        cover = covers + COVER_FIELDS * tensor
+        length = tl.load(cover).to(INDEX)
+        inside = positions < length
+        axes = tl.load(cover + 1)
+        entry = table + FIELDS * tensor
+        weights = tl.load(entry).to(tl.pointer_type(DTYPE))
+        grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
+        lr = tl.load(entry + 3).to(tl.float64, bitcast=True).to(DTYPE)
+        eps = tl.load(entry + 4).to(tl.float64, bitcast=True).to(DTYPE)
+        decay = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
+        coupled = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
+        grad_sign = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
+        weight = tl.load(weights + positions, mask=inside, other=0.0)
+        gradient = tl.load(grads + positions, mask=inside, other=0.0) * grad_sign + coupled * weight
+        nu = tl.full((BLOCK,), float("inf"), DTYPE)
+        # AXES is the batch's most: an axis past a tensor's own masks every element (a mask from positions,
+        # not a scalar condition, so that it stays a block of booleans)
+        for axis in tl.static_range(AXES):
+            index = (positions // tl.load(cover + 3 + 3 * axis).to(INDEX)) % tl.load(cover + 2 + 3 * axis).to(INDEX)
+            accumulator = tl.load(entry + 10 + axis).to(tl.pointer_type(tl.float32))
+            on_axis = positions < tl.where(axis < axes, length, 0)
+            nu = tl.minimum(nu, tl.load(accumulator + index, mask=on_axis, other=float("inf")).to(DTYPE))
+        nu = nu + gradient * gradient
+        for axis in tl.static_range(AXES):
+            index = (positions // tl.load(cover + 3 + 3 * axis).to(INDEX)) % tl.load(cover + 2 + 3 * axis).to(INDEX)
+            on_axis = positions < tl.where(axis < axes, length, 0)
+            tl.atomic_max(maxima + tl.load(cover + 4 + 3 * axis) + index, nu.to(tl.float32), mask=on_axis)
+        scaled = gradient * (1.0 / tl.sqrt(nu + eps))
+        if WITH_BUFFER:
+            # a tensor without a buffer has momentum 0 and dampening 1 in the table: moving = scaled exactly
+            address = tl.load(entry + 2)
+            buffer = address.to(tl.pointer_type(tl.float32))
+            buffered = positions < tl.where(address != 0, length, 0)
+            momentum = tl.load(entry + 5).to(tl.float64, bitcast=True).to(tl.float32)
+            dampening = tl.load(entry + 6).to(tl.float64, bitcast=True).to(DTYPE)
+            moving = tl.load(buffer + positions, mask=buffered, other=0.0) * momentum + dampening * scaled
+            tl.store(buffer + positions, moving.to(tl.float32), mask=buffered)
+            updated = weight * decay - lr * moving
+        else:
+            updated = weight * decay - lr * scaled
+        tl.store(weights + positions, updated, mask=inside)
+
+    @triton.jit
+    def sm3_finalize_kernel(table, covers, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
+                            AXES: tl.constexpr, BLOCK: tl.constexpr):
+        """One tensor's accumulators replaced by its slice maxima."""
+        tensor = tl.program_id(0)
+        cover = covers + COVER_FIELDS * tensor
+        axes = tl.load(cover + 1)
+        entry = table + FIELDS * tensor
+        for axis in tl.static_range(AXES):
+            length = tl.where(axis < axes, tl.load(cover + 2 + 3 * axis), 0)
+            source = maxima + tl.load(cover + 4 + 3 * axis)
+            accumulator = tl.load(entry + 10 + axis).to(tl.pointer_type(tl.float32))
+            for first in range(0, length, BLOCK):
+                at = first + tl.arange(0, BLOCK)
+                tl.store(accumulator + at, tl.load(source + at, mask=at < length), mask=at < length)
+
+    return sm3_many_kernel, sm3_finalize_kernel
+
+
+class _Batch(NamedTuple):
+    """The launch tables of one list of cover views (see :func:`_batch`)."""
+
+    covers: torch.Tensor
+    """int64 (tensors, 2 + 3 MAX_AXES): numel, axes, and per axis its dim, stride and maxima offset."""
+    programs: torch.Tensor
+    """int32 (programs, 2): the tensor each program steps, and which block of it."""
+    program_count: int
+    maxima_length: int
+    axes: int
+    """The most axes of a view."""
+    wide: bool
+    """Whether element indices, padded to whole blocks, need int64 (int32 otherwise: cheaper division)."""
+
+
+@lru_cache(maxsize=16)
+def _batch(views: tuple[tuple[int, ...], ...], block: int, device: torch.device) -> _Batch:
+    """The launch tables of tensors with these cover ``views``, on ``device``; cached, as a
+    training loop steps the same shapes every step."""
+    covers = np.zeros((len(views), _COVER_FIELDS), dtype=np.int64)
+    covers[:, 2:] = np.tile([1, 1, 0], MAX_AXES)
+    numel = np.array([math.prod(view) for view in views], dtype=np.int64)
+    covers[:, 0] = numel
+    covers[:, 1] = [len(view) for view in views]
+    offset = 0
+    for tensor, view in enumerate(views):
+        for axis, dim in enumerate(view):
+            covers[tensor, 2 + 3 * axis:5 + 3 * axis] = (dim, math.prod(view[axis + 1:]), offset)
+            offset += dim
+    blocks = -(-numel // block)
+    programs = _program_table(blocks)
+    return _Batch(_upload(covers, device), _upload(programs, device), len(programs), offset,
+                  max(len(view) for view in views), bool((blocks * block).max() >= 2 ** 31))
+
+
+def _program_table(blocks: np.ndarray) -> np.ndarray:
+    """int32 (sum(blocks), 2): tensor t's blocks 0 ... blocks[t] - 1, one row per program."""
+    tensor = np.repeat(np.arange(len(blocks), dtype=np.int64), blocks)
+    first_program = np.cumsum(blocks) - blocks
+    block = np.arange(len(tensor), dtype=np.int64) - np.repeat(first_program, blocks)
+    return np.stack([tensor, block], axis=1).astype(np.int32)
+
+
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device``; to a CUDA device through pinned memory, without waiting (a copy from
+    pageable memory would wait for the stream's queued work)."""
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _call_table(tensors: Sequence[SM3Tensor], device: torch.device) -> torch.Tensor:
+    """The per-call table (pointers and scalars, see the layout above) on ``device``."""
+    pointers = np.zeros((len(tensors), 3), dtype=np.int64)
+    scalars = np.empty((len(tensors), 7), dtype=np.float64)
+    accumulators = np.zeros((len(tensors), MAX_AXES), dtype=np.int64)
+    for row, tensor in enumerate(tensors):
+        buffer = 0 if tensor.buffer is None else tensor.buffer.data_ptr()
+        pointers[row] = (tensor.weights.data_ptr(), tensor.grads.data_ptr(), buffer)
+        momentum = tensor.scalars.momentum if tensor.buffer is not None else 0.0
+        scalars[row] = (tensor.scalars.lr, tensor.scalars.eps, momentum, 1.0 - momentum, tensor.scalars.decay,
+                        tensor.scalars.coupled_decay, tensor.scalars.grad_sign)
+        accumulators[row, :len(tensor.accumulators)] = [accumulator.data_ptr() for accumulator in tensor.accumulators]
+    return _upload(np.concatenate([pointers, scalars.view(np.int64), accumulators], axis=1), device)
+
+
+def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:
+    """The batch's weights dtype; ValueError where a tensor does not fit the kernel."""
+    dtype = tensors[0].weights.dtype
+    device = tensors[0].weights.device
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"sm3_many steps fp32 or float64 weights, got {dtype}")
+    for index, tensor in enumerate(tensors):
+        if tensor.weights.dtype != dtype or tensor.grads.dtype != dtype:
+            raise ValueError(f"sm3_many: every weight and gradient must be {dtype} (the first tensor's); "
+                             f"tensor {index} has {tensor.weights.dtype} weights and {tensor.grads.dtype} gradients")
+        if not 1 <= len(tensor.view) <= MAX_AXES:
+            raise ValueError(f"the Triton SM3 kernel takes covers of 1 to {MAX_AXES} axes, got {len(tensor.view)} "
+                             f"(tensor {index})")
+        length = tensor.weights.numel()
+        if tensor.weights.device != device or not (tensor.weights.is_contiguous() and tensor.grads.is_contiguous()) \
+                or tensor.grads.numel() != length or math.prod(tensor.view) != length:
+            raise ValueError(f"sm3_many: tensor {index}'s weights and gradients must be contiguous, on {device}, "
+                             f"with as many elements as its view {tensor.view}")
+        if len(tensor.accumulators) != len(tensor.view) or any(
+                accumulator.dtype != torch.float32 or accumulator.numel() != dim or not accumulator.is_contiguous()
+                for accumulator, dim in zip(tensor.accumulators, tensor.view)):
+            raise ValueError(f"sm3_many: tensor {index}'s accumulators must be contiguous fp32 vectors, one per axis "
+                             f"of its view {tensor.view}")
+        if tensor.buffer is not None and (tensor.buffer.dtype != torch.float32 or tensor.buffer.numel() != length
+                                          or not tensor.buffer.is_contiguous()):
+            raise ValueError(f"sm3_many: tensor {index}'s momentum buffer must be a contiguous fp32 tensor of its size")
+    return dtype
+
+
+def sm3_many(tensors: Sequence[SM3Tensor]) -> None:
+    """Step every tensor whole with SM3-II and replace its accumulators by the new slice maxima, in
+    one launch of the update kernel.
+
+    Per tensor, what :func:`sm3_range` does on ``[0, numel)`` of its view with new maxima (nu = the
+    minimum of its accumulators + G^2; the update, through its momentum buffer when it has one),
+    then its accumulators are overwritten by the slice maxima of nu, as the optimizer's SM3-II step
+    does. The tensors share the weights dtype (fp32 or float64: the math's), and their views have 1
+    to :data:`MAX_AXES` axes; ValueError otherwise. No host synchronisation; an empty list is a
+    no-op.
+    """
+    if not tensors:
+        return
+    dtype = _check_batch(tensors)
+    device = tensors[0].weights.device
+    batch = _batch(tuple(tuple(int(dim) for dim in tensor.view) for tensor in tensors), BLOCK, device)
+    table = _call_table(tensors, device)
+    maxima = torch.zeros(batch.maxima_length, dtype=torch.float32, device=device)
+    update, finalize = _many_kernels()
+    if batch.program_count:
+        import triton.language as tl
+
+        with_buffer = any(tensor.buffer is not None for tensor in tensors)
+        update[(batch.program_count,)](table, batch.covers, batch.programs, maxima, FIELDS=_TABLE_FIELDS,
+                                       COVER_FIELDS=_COVER_FIELDS,
+                                       DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, AXES=batch.axes,
+                                       WITH_BUFFER=with_buffer, INDEX=tl.int64 if batch.wide else tl.int32, BLOCK=BLOCK)
+    finalize[(len(tensors),)](table, batch.covers, maxima, FIELDS=_TABLE_FIELDS, COVER_FIELDS=_COVER_FIELDS,
+                              AXES=batch.axes, BLOCK=VECTOR_BLOCK)
+
+
+__all__ = ["sm3_many", "sm3_range", "sm3_square_maxima_range"]

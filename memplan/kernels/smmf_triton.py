@@ -1,22 +1,38 @@
-"""SMMF's one-pass step on a flat range, as a Triton kernel (CUDA tensors; tested on CPU tensors
-under ``TRITON_INTERPRET=1``).
+"""SMMF's one-pass step as Triton kernels (CUDA tensors; tested on CPU tensors under
+``TRITON_INTERPRET=1``): on a flat range of one parameter, or on many whole parameters at once.
 
 The same update as :mod:`memplan.kernels.smmf_cpu`. Each program takes ``BLOCK`` consecutive
 elements of the range (a multiple of 8, so it owns whole packed sign bytes: it reads them, and
-writes the new ones packed in registers, one bit position at a time, without a reduction); the row and column sums go to the output vectors by
-atomic adds (fp32; their order, hence the last bits of the sums, is not deterministic). No host
-synchronisation: every scalar is a kernel argument.
+writes the new ones packed in registers, one bit position at a time, without a reduction); the
+row and column sums go to the output vectors by atomic adds (fp32; their order, hence the last
+bits of the sums, is not deterministic). No host synchronisation: every scalar of
+:func:`smmf_range` is a kernel argument.
+
+:func:`smmf_many` steps many whole parameters with one launch of the update kernel, the
+zero-fill of one flat fp32 buffer for their row and column sums, and one launch of a finalize
+kernel that turns the sums into the new factors. The kernels reach the tensors through a table
+uploaded once per call (without waiting for the device: through pinned memory): per tensor, the
+``data_ptr`` of its weights, gradients, signs and factors, then its scalars (as the int64 bits of
+float64 values). Which tensor and which block of it each program steps, and where each tensor's
+sums lie in the buffer, depend only on the shapes; those tables are built with numpy and cached,
+so a training loop that steps the same parameters every step reuses them. The finalize kernel
+runs one program per tensor: it scales the sums by ``keep``, divides the shorter side by its total
+(:func:`memplan.optim.smmf.normalize_factors_`) and writes the factors over the state.
 """
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
+from typing import NamedTuple, Sequence
 
+import numpy as np
 import torch
 
-from memplan.kernels.smmf_cpu import SMMFScalars
+from memplan.kernels.smmf_cpu import SMMFScalars, SMMFTensor
 
 BLOCK = 1024
+VECTOR_BLOCK = 1024
+"""Elements of a factor vector that a finalize program of :func:`smmf_many` handles at a time."""
 SIGN_MODES = {None: 0, torch.uint8: 1, torch.bool: 8}
 
 
@@ -96,4 +112,243 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
                     scalars.coupled_decay, scalars.grad_sign, SIGN_MODE=mode, BLOCK=BLOCK)
 
 
-__all__ = ["smmf_range"]
+# smmf_many's per-call table, one int64 row of 16 per tensor: the data pointers of its weights,
+# grads, signs, row_v, col_v, row_m and col_m (0 where absent), then the float64 bits of its
+# step_size, eps, decay, coupled decay, gradient sign, prior_v, prior_m, keep_v and keep_m. Its
+# cached shape table, a row of 4: numel, cols, rows and the offset of its sums (row_v's, col_v's,
+# then row_m's and col_m's) in the flat sums buffer. The kernels read both at these fixed offsets.
+@cache
+def _many_kernels():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def smmf_many_kernel(table, shapes, programs, sums, SIGN_MODE: tl.constexpr, DTYPE: tl.constexpr,
+                         INDEX: tl.constexpr, BLOCK: tl.constexpr):
+        program = tl.program_id(0)
+        tensor = tl.load(programs + 2 * program)
+        byte = tl.load(programs + 2 * program + 1).to(INDEX) * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
+        shape = shapes + 4 * tensor
+        length = tl.load(shape).to(INDEX)
+        cols = tl.load(shape + 1).to(INDEX)
+        rows = tl.load(shape + 2).to(INDEX)
+        row_sums_v = sums + tl.load(shape + 3)
+        col_sums_v = row_sums_v + rows
+        row_sums_m = col_sums_v + cols
+        col_sums_m = row_sums_m + rows
+        entry = table + 16 * tensor
+        weights = tl.load(entry).to(tl.pointer_type(DTYPE))
+        grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
+        signs = tl.load(entry + 2).to(tl.pointer_type(tl.uint8))
+        row_v = tl.load(entry + 3).to(tl.pointer_type(tl.float32))
+        col_v = tl.load(entry + 4).to(tl.pointer_type(tl.float32))
+        row_m = tl.load(entry + 5).to(tl.pointer_type(tl.float32))
+        col_m = tl.load(entry + 6).to(tl.pointer_type(tl.float32))
+        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
+        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
+        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
+        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(DTYPE)
+        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(DTYPE)
+        # the previous row factor times its prior is rounded to fp32, as the optimizer's scaled factor is
+        prior_v = tl.load(entry + 12).to(tl.float64, bitcast=True).to(tl.float32)
+        prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
+        if SIGN_MODE == 1:
+            old_bytes = tl.load(signs + byte, mask=byte < (length + 7) // 8, other=0).to(tl.int32)
+        new_bytes = tl.full((BLOCK // 8,), 0, tl.int32)
+        for bit in tl.static_range(8):  # element 8 b + bit of every byte b of the block, as in smmf_kernel
+            offsets = byte * 8 + bit
+            inside = offsets < length
+            row = offsets // cols
+            col = offsets % cols
+            weight = tl.load(weights + offsets, mask=inside, other=0.0)
+            gradient = tl.load(grads + offsets, mask=inside, other=0.0) * grad_sign + coupled * weight
+            # the outer products in the math's dtype: float64 multiplies the fp32 factors exactly, as torch does
+            second = gradient * gradient + ((tl.load(row_v + row, mask=inside, other=0.0) * prior_v).to(DTYPE)
+                                            * tl.load(col_v + col, mask=inside, other=0.0).to(DTYPE))
+            if SIGN_MODE == 0:
+                moment = gradient
+            else:
+                if SIGN_MODE == 1:
+                    positive = ((old_bytes >> bit) & 1) != 0
+                else:
+                    positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
+                scale = tl.load(row_m + row, mask=inside, other=0.0) * prior_m
+                moment = gradient + (tl.where(positive, scale, -scale).to(DTYPE)
+                                     * tl.load(col_m + col, mask=inside, other=0.0).to(DTYPE))
+            updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
+            tl.store(weights + offsets, updated, mask=inside)
+            tl.atomic_add(row_sums_v + row, second.to(tl.float32), mask=inside)
+            tl.atomic_add(col_sums_v + col, second.to(tl.float32), mask=inside)
+            if SIGN_MODE != 0:
+                now_positive = (moment > 0) & inside
+                magnitude = tl.abs(moment).to(tl.float32)
+                tl.atomic_add(row_sums_m + row, magnitude, mask=inside)
+                tl.atomic_add(col_sums_m + col, magnitude, mask=inside)
+                if SIGN_MODE == 1:
+                    new_bytes = new_bytes | (now_positive.to(tl.int32) << bit)
+                else:
+                    tl.store(signs + offsets, now_positive.to(tl.uint8), mask=inside)
+        if SIGN_MODE == 1:
+            tl.store(signs + byte, new_bytes.to(tl.uint8), mask=byte < (length + 7) // 8)
+
+    @triton.jit
+    def smmf_finalize_kernel(table, shapes, sums, MOMENTS: tl.constexpr, BLOCK: tl.constexpr):
+        """One tensor's new factors: row = keep * row sums, col = keep * column sums, then the shorter
+        side divided by its own total unless that is 0 (fp32, as the optimizer's factor store)."""
+        tensor = tl.program_id(0)
+        shape = shapes + 4 * tensor
+        cols = tl.load(shape + 1)
+        rows = tl.load(shape + 2)
+        entry = table + 16 * tensor
+        row_is_shorter = rows < cols
+        shorter = tl.where(row_is_shorter, rows, cols)
+        for moment in tl.static_range(MOMENTS):  # v, then m: their pointers, keep and sums follow each other
+            row_sums = sums + tl.load(shape + 3) + moment * (rows + cols)
+            col_sums = row_sums + rows
+            row = tl.load(entry + 3 + 2 * moment).to(tl.pointer_type(tl.float32))
+            col = tl.load(entry + 4 + 2 * moment).to(tl.pointer_type(tl.float32))
+            keep = tl.load(entry + 14 + moment).to(tl.float64, bitcast=True).to(tl.float32)
+            shorter_sums = row_sums + tl.where(row_is_shorter, 0, rows)
+            partial = tl.zeros((BLOCK,), tl.float32)
+            for first in range(0, shorter, BLOCK):
+                at = first + tl.arange(0, BLOCK)
+                partial += tl.load(shorter_sums + at, mask=at < shorter, other=0.0) * keep
+            total = tl.sum(partial)
+            divisor = tl.where(total > 0, total, 1.0)
+            row_divisor = tl.where(row_is_shorter, divisor, 1.0)
+            col_divisor = tl.where(row_is_shorter, 1.0, divisor)
+            for first in range(0, rows, BLOCK):
+                at = first + tl.arange(0, BLOCK)
+                tl.store(row + at, tl.load(row_sums + at, mask=at < rows) * keep / row_divisor, mask=at < rows)
+            for first in range(0, cols, BLOCK):
+                at = first + tl.arange(0, BLOCK)
+                tl.store(col + at, tl.load(col_sums + at, mask=at < cols) * keep / col_divisor, mask=at < cols)
+
+    return smmf_many_kernel, smmf_finalize_kernel
+
+
+class _Batch(NamedTuple):
+    """The launch tables of one list of shapes (see :func:`_batch`)."""
+
+    shapes: torch.Tensor
+    """int64 (tensors, 4): numel, cols, rows and the offset of the tensor's sums in the sums buffer."""
+    programs: torch.Tensor
+    """int32 (programs, 2): the tensor each program steps, and which block of it."""
+    program_count: int
+    sums_length: int
+    wide: bool
+    """Whether element indices, padded to whole blocks, need int64 (int32 otherwise: cheaper division)."""
+
+
+@lru_cache(maxsize=16)
+def _batch(sizes: tuple[tuple[int, int], ...], moments: int, block: int, device: torch.device) -> _Batch:
+    """The launch tables of tensors of ``(numel, cols)`` with ``moments`` (1 or 2) pairs of factors,
+    on ``device``; cached, as a training loop steps the same shapes every step."""
+    numel, cols = np.array(sizes, dtype=np.int64).reshape(-1, 2).T
+    rows = numel // np.maximum(cols, 1)
+    vector_lengths = moments * (rows + cols)
+    offsets = np.cumsum(vector_lengths) - vector_lengths
+    shapes = np.stack([numel, cols, rows, offsets], axis=1)
+    blocks = -(-numel // block)
+    programs = _program_table(blocks)
+    return _Batch(_upload(shapes, device), _upload(programs, device), len(programs), int(vector_lengths.sum()),
+                  bool((blocks * block).max() >= 2 ** 31))
+
+
+def _program_table(blocks: np.ndarray) -> np.ndarray:
+    """int32 (sum(blocks), 2): tensor t's blocks 0 ... blocks[t] - 1, one row per program."""
+    tensor = np.repeat(np.arange(len(blocks), dtype=np.int64), blocks)
+    first_program = np.cumsum(blocks) - blocks
+    block = np.arange(len(tensor), dtype=np.int64) - np.repeat(first_program, blocks)
+    return np.stack([tensor, block], axis=1).astype(np.int32)
+
+
+def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``array`` on ``device``; to a CUDA device through pinned memory, without waiting (a copy from
+    pageable memory would wait for the stream's queued work)."""
+    host = torch.from_numpy(np.ascontiguousarray(array))
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
+def _address(tensor: torch.Tensor | None) -> int:
+    return 0 if tensor is None else tensor.data_ptr()
+
+
+def _call_table(tensors: Sequence[SMMFTensor], device: torch.device) -> torch.Tensor:
+    """The per-call table (pointers and scalars, see the layout above) on ``device``."""
+    pointers = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(), _address(tensor.signs),
+                          tensor.row_v.data_ptr(), tensor.col_v.data_ptr(), _address(tensor.row_m),
+                          _address(tensor.col_m)) for tensor in tensors], dtype=np.int64)
+    scalars = np.array([(tensor.scalars.step_size, tensor.scalars.eps, tensor.scalars.decay,
+                         tensor.scalars.coupled_decay, tensor.scalars.grad_sign, tensor.prior_v, tensor.prior_m,
+                         tensor.keep_v, tensor.keep_m) for tensor in tensors], dtype=np.float64)
+    return _upload(np.concatenate([pointers, scalars.view(np.int64)], axis=1), device)
+
+
+def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtype | None]:
+    """The batch's weights dtype and sign dtype; ValueError where a tensor does not fit the kernel."""
+    dtype = tensors[0].weights.dtype
+    sign_dtype = None if tensors[0].signs is None else tensors[0].signs.dtype
+    device = tensors[0].weights.device
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"smmf_many steps fp32 or float64 weights, got {dtype}")
+    if sign_dtype not in SIGN_MODES:
+        raise ValueError(f"smmf_many takes packed uint8 or bool signs, got {sign_dtype}")
+    for index, tensor in enumerate(tensors):
+        length = tensor.weights.numel()
+        rows = length // tensor.cols if tensor.cols > 0 else 0
+        if tensor.weights.dtype != dtype or tensor.grads.dtype != dtype:
+            raise ValueError(f"smmf_many: every weight and gradient must be {dtype} (the first tensor's); "
+                             f"tensor {index} has {tensor.weights.dtype} weights and {tensor.grads.dtype} gradients")
+        if (None if tensor.signs is None else tensor.signs.dtype) != sign_dtype:
+            raise ValueError(f"smmf_many: every tensor must have {sign_dtype} signs (the first tensor's); "
+                             f"tensor {index} differs")
+        if tensor.weights.device != device or not (tensor.weights.is_contiguous() and tensor.grads.is_contiguous()) \
+                or tensor.grads.numel() != length:
+            raise ValueError(f"smmf_many: tensor {index}'s weights and gradients must be contiguous, of the same "
+                             f"size, on {device}")
+        if tensor.signs is not None and (not tensor.signs.is_contiguous() or tensor.signs.numel() != (
+                -(-length // 8) if sign_dtype == torch.uint8 else length)):
+            raise ValueError(f"smmf_many: tensor {index}'s signs must be contiguous, 8 per byte or one per element")
+        factors = [(tensor.row_v, rows), (tensor.col_v, tensor.cols)]
+        if sign_dtype is not None:
+            factors += [(tensor.row_m, rows), (tensor.col_m, tensor.cols)]
+        if any(factor is None or factor.dtype != torch.float32 or factor.numel() != size or not factor.is_contiguous()
+               for factor, size in factors):
+            raise ValueError(f"smmf_many: tensor {index}'s factors must be contiguous fp32 vectors of {rows} and "
+                             f"{tensor.cols} elements")
+    return dtype, sign_dtype
+
+
+def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
+    """Step every tensor whole and store its new factors, in one launch of the update kernel.
+
+    Per tensor, what :func:`smmf_range` does on ``[0, numel)`` with the scaled factors
+    ``(row_v * prior_v, col_v)`` and ``(row_m * prior_m, col_m)``, then what the optimizer's factor
+    store does: ``row = keep * row sums``, ``col = keep * column sums``, the shorter side divided by
+    its total, written over the state (v's factors, and m's with signs). The tensors share the
+    weights dtype (fp32 or float64: the math's) and the sign storage; ValueError otherwise. No host
+    synchronisation; an empty list is a no-op.
+    """
+    if not tensors:
+        return
+    dtype, sign_dtype = _check_batch(tensors)
+    device = tensors[0].weights.device
+    mode = SIGN_MODES[sign_dtype]
+    moments = 1 if sign_dtype is None else 2
+    batch = _batch(tuple((tensor.weights.numel(), tensor.cols) for tensor in tensors), moments, BLOCK, device)
+    table = _call_table(tensors, device)
+    sums = torch.zeros(batch.sums_length, dtype=torch.float32, device=device)
+    update, finalize = _many_kernels()
+    if batch.program_count:
+        import triton.language as tl
+
+        update[(batch.program_count,)](table, batch.shapes, batch.programs, sums, SIGN_MODE=mode,
+                                       DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
+                                       INDEX=tl.int64 if batch.wide else tl.int32, BLOCK=BLOCK)
+    finalize[(len(tensors),)](table, batch.shapes, sums, MOMENTS=moments, BLOCK=VECTOR_BLOCK)
+
+
+__all__ = ["smmf_many", "smmf_range"]

@@ -164,18 +164,19 @@ class SMMF(MemplanOptimizer):
         super().__init__(params, defaults)
 
     def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
-        """CPU kernels step a group's whole parameters in one call (Triton: one call per parameter)."""
-        return self.implementation(group) == COMPILED
+        """The kernels step a group's whole parameters in one call (one launch on CUDA)."""
+        return self.implementation(group) in (COMPILED, TRITON)
 
     def _batchable(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> bool:
         return state["layout"] is not None and super()._batchable(param, grad, state)
 
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
-        """Every whole, factored parameter of the group in one call of the CPU kernel, which also
-        stores the new factors; float64 and fp32 parameters go in separate calls."""
-        from memplan.kernels import smmf_cpu
+        """Every whole, factored parameter of the group in one call of the kernel (CPU or Triton),
+        which also stores the new factors; float64 and fp32 parameters go in separate calls."""
+        from memplan.kernels import smmf_cpu, smmf_triton
 
+        many = smmf_triton.smmf_many if self.implementation(group) == TRITON else smmf_cpu.smmf_many
         decay, coupled, negate = kernel_decay(group)
         first_moment = group["beta1"] is not None
         at_step: dict[int, tuple[_FactoredScalars, smmf_cpu.SMMFScalars]] = {}   # parameters mostly share a step
@@ -193,7 +194,7 @@ class SMMF(MemplanOptimizer):
                 col_m=state["col_m"] if first_moment else None, scalars=scalars, prior_v=scales.prior_v,
                 prior_m=scales.prior_m, keep_v=scales.keep_v, keep_m=scales.keep_m))
         for tensors in by_dtype.values():
-            smmf_cpu.smmf_many(tensors)
+            many(tensors)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
