@@ -1,4 +1,4 @@
-"""SM3's step on a flat range of its cover view (d_1, ..., d_p), compiled with numba.
+"""SM3's step on ranges of cover views (d_1, ..., d_p), compiled with numba.
 
 Per element, with mu the previous per-axis accumulators (read-only, in the working dtype)::
 
@@ -8,23 +8,37 @@ Per element, with mu the previous per-axis accumulators (read-only, in the worki
     W <- W * decay - lr G r                    or, with momentum:  m <- momentum m + (1 - momentum) G r;
                                                                    W <- W * decay - lr m
 
-SM3-II's update is one pass; SM3-I first needs :func:`sm3_square_maxima_range` (the maxima of
-G^2, a read-only pass over the gradient). The range is walked in runs along the trailing axes
-(the last, and the ones before it while their product is at most :data:`TAIL_ELEMENTS`; the
-minimum over the other axes is one number per run); each thread (a Python thread running a ``nogil`` kernel) keeps its own maxima, combined exactly
-(max is order-free) afterwards.
+(the fp32 buffer m is computed and stored as the eager step does: momentum m in fp32, and W steps
+by the stored m, also for float64 weights).
+
+One kernel call steps a table of ranges, reached through their addresses: a rank's range of one
+parameter (:func:`sm3_range`, whose new maxima are max-combined into output vectors that the
+caller reduces across ranks; SM3-I first needs :func:`sm3_square_maxima_range`, the maxima of
+G^2, a read-only pass over the gradient), or many whole parameters (:func:`sm3_many`, SM3-II,
+which also stores their new accumulators: one call per step however many small tensors a model
+has).
+
+A range is walked in runs along its trailing axes (the last, and the ones before it while their
+product is at most :data:`TAIL_ELEMENTS`); the minimum over the other (head) axes is one number per
+run. Threads (Python threads running ``nogil`` kernels) take contiguous runs of items
+(:func:`memplan.kernels.jit.split_work`). For an item whose runs span several trailing axes, a
+thread builds the table of their accumulators' minima (one entry per element of a run), keeps the
+maxima of nu per table entry, and folds them into each trailing axis's maxima when the item ends;
+runs along the last axis alone read that axis's accumulator as the table. Each thread keeps its
+maxima in its own row of partial vectors; after the threads join, one serial step combines the
+rows (exactly: max is order-free, and nu >= 0).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, numba_module, run_in_threads, tail_axes
+from memplan.kernels.jit import array_pointer, kernel_threads, numba_module, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -37,12 +51,13 @@ class SM3Scalars(DecayScalars):
     momentum: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SM3Tensor:
-    """One parameter of a multi-tensor SM3-II step (:func:`sm3_many`), stepped whole: its flat,
-    contiguous weights and gradients (fp32 or float64, the same dtype), its cover ``view``, its
-    per-axis accumulators (the optimizer's state: read as mu, overwritten by the new slice maxima
-    of nu) and its momentum buffer (None without momentum)."""
+    """One parameter of a multi-tensor SM3-II step (:func:`sm3_many`), stepped whole: its
+    contiguous weights and gradients (any shape, read in row-major order; fp32 or float64, the same
+    dtype), its cover ``view``, its per-axis accumulators (the optimizer's contiguous fp32 state:
+    read as mu, overwritten by the new slice maxima of nu) and its contiguous fp32 momentum buffer
+    (None without momentum)."""
 
     weights: torch.Tensor
     grads: torch.Tensor
@@ -52,119 +67,286 @@ class SM3Tensor:
     scalars: SM3Scalars
 
 
-def _build_kernels():
-    numba = numba_module()
-    jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
-    serial_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+TAIL_ELEMENTS = 1 << 15
+"""Trailing axes are walked as one axis while their product stays this small (see
+:mod:`memplan.kernels.extreme_cpu`): their accumulators' minima become one table, and the
+table's maxima are folded back into each trailing axis's maxima after each item."""
 
-    @jit
-    def run_update(weights, grads, buffer, last_acc, last_max, nus, base, add_square, lr, eps, momentum, dampening,
-                   decay, coupled, grad_sign, with_buffer, with_maxima):
-        """One run along the walked last axis (arrays sliced to it; ``nus`` is scratch); returns
-        the run's maximum of nu. Each loop is branch-free, so LLVM vectorizes it."""
-        count = weights.shape[0]
+RUN_PIECE = 1 << 10
+"""Elements of a run a thread steps at a time (its scratch nu stays in L1/L2)."""
+
+SM3_II, SM3_I, SQUARE_MAXIMA = 0, 1, 2
+"""What a call computes: SM3-II's update and maxima of nu, SM3-I's update (no maxima), or SM3-I's
+maxima of G^2 (no update)."""
+ADD_MAXIMA, STORE_MAXIMA = 0, 1
+"""What a call does with each range's maxima: max-combine them into the output vectors, or store
+them (over the accumulators, once every thread has read those)."""
+
+RANGE_FIELDS = ("start", "length", "first_axis", "axes", "head", "tail", "slot", "width")
+"""The columns of a call's range table: the range's first element in its view and its length,
+its view's first row in the axis table and its axes, the head axes (walked one by one), the
+elements of a run (the product of the trailing axes), and the offset and count of its maxima in a
+thread's partial vectors (one per slice of every axis)."""
+AXIS_FIELDS = ("dim", "offset")
+"""The columns of a call's axis table, one row per axis of every range: its length, and the offset
+of its maxima among its range's (the axes' in order)."""
+SCALARS = ("lr", "eps", "momentum", "dampening", "decay", "coupled", "grad_sign")
+"""The columns of a call's per-range scalars (float64; cast to the weights' dtype in the kernel,
+momentum to the buffer's fp32)."""
+
+
+def _build_kernel():
+    numba = numba_module()
+    pointer = array_pointer()
+    carray = numba.carray
+    jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+    # the run loops are inlined into ``item`` (a call per run, with its array views, costs about as
+    # much as a short run's elements)
+    run_loop = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"}, inline="always")
+
+    @run_loop
+    def largest(values):
+        """The largest of non-negative ``values`` (0 for none), in eight independent maxima: one
+        running maximum is a chain of dependent compares that LLVM does not vectorize."""
+        zero = values.dtype.type(0)
+        m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = zero
+        whole = values.shape[0] - values.shape[0] % 8
+        for i in range(0, whole, 8):
+            m0 = max(m0, values[i])
+            m1 = max(m1, values[i + 1])
+            m2 = max(m2, values[i + 2])
+            m3 = max(m3, values[i + 3])
+            m4 = max(m4, values[i + 4])
+            m5 = max(m5, values[i + 5])
+            m6 = max(m6, values[i + 6])
+            m7 = max(m7, values[i + 7])
+        result = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+        for i in range(whole, values.shape[0]):
+            result = max(result, values[i])
+        return result
+
+    @run_loop
+    def run_update(weights, grads, buffer, table, table_max, nus, base, with_maxima, lr, eps, momentum, dampening,
+                   decay, coupled, grad_sign, with_buffer):
+        """One run (arrays sliced to it; ``nus`` is scratch). SM3-II (``with_maxima``): nu adds G^2,
+        its maxima go into ``table_max`` and the run's is returned; SM3-I: nu is the minimum alone
+        (returns 0). One branch-free loop per case, so LLVM vectorizes it."""
         one = weights.dtype.type(1)
-        if add_square:
-            for i in range(count):
-                gradient = grads[i] * grad_sign + coupled * weights[i]
-                nus[i] = min(base, last_acc[i]) + gradient * gradient
-        else:
-            for i in range(count):
-                nus[i] = min(base, last_acc[i])
-        run_max = eps * 0
-        if with_maxima:
-            for i in range(count):
-                last_max[i] = max(last_max[i], nus[i])
-            for i in range(count):
-                run_max = max(run_max, nus[i])
-        if with_buffer:
-            for i in range(count):
+        if with_maxima and with_buffer:
+            for i in range(weights.shape[0]):
                 weight = weights[i]
                 gradient = grads[i] * grad_sign + coupled * weight
-                moving = buffer[i] * momentum + dampening * (gradient * (one / np.sqrt(nus[i] + eps)))
+                nu = min(base, table[i]) + gradient * gradient
+                nus[i] = nu
+                table_max[i] = max(table_max[i], nu)
+                # as the eager step: the product in the buffer's dtype, the weight from the stored buffer
+                moving = buffer.dtype.type(buffer[i] * momentum + dampening * (gradient * (one / np.sqrt(nu + eps))))
+                buffer[i] = moving
+                weights[i] = weight * decay - lr * moving
+        elif with_maxima:
+            for i in range(weights.shape[0]):
+                weight = weights[i]
+                gradient = grads[i] * grad_sign + coupled * weight
+                nu = min(base, table[i]) + gradient * gradient
+                nus[i] = nu
+                table_max[i] = max(table_max[i], nu)
+                weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(nu + eps)))
+        elif with_buffer:
+            for i in range(weights.shape[0]):
+                weight = weights[i]
+                gradient = grads[i] * grad_sign + coupled * weight
+                moving = buffer.dtype.type(buffer[i] * momentum
+                                           + dampening * (gradient * (one / np.sqrt(min(base, table[i]) + eps))))
                 buffer[i] = moving
                 weights[i] = weight * decay - lr * moving
         else:
-            for i in range(count):
+            for i in range(weights.shape[0]):
                 weight = weights[i]
                 gradient = grads[i] * grad_sign + coupled * weight
-                weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(nus[i] + eps)))
-        return run_max
+                weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(min(base, table[i]) + eps)))
+        return largest(nus) if with_maxima else one - one
 
-    @jit
-    def run_square_max(weights, grads, last_max, coupled, grad_sign):
-        run_max = coupled * 0
+    @run_loop
+    def run_square_max(weights, grads, table_max, squares, coupled, grad_sign):
+        """SM3-I's first pass on one run: the maxima of G^2 into ``table_max``; returns the run's."""
         for i in range(weights.shape[0]):
             gradient = grads[i] * grad_sign + coupled * weights[i]
             square = gradient * gradient
-            last_max[i] = max(last_max[i], square)
-            run_max = max(run_max, square)
-        return run_max
+            squares[i] = square
+            table_max[i] = max(table_max[i], square)
+        return largest(squares)
 
-    @serial_jit
-    def walk(weights, grads, buffer, dims, offsets, acc, partial, start, mode, lr, eps, momentum, dampening, decay,
-             coupled, grad_sign, per_thread, low, high):
-        """Pieces ``low`` to ``high`` of the range into their rows of ``partial``. mode 0: SM3-II
-        update; 1: SM3-I update; 2: SM3-I's maxima of G^2 (no update)."""
-        length = weights.shape[0]
-        axes = dims.shape[0]
+    @run_loop
+    def bounded(out, values, bound):
+        for i in range(out.shape[0]):
+            out[i] = min(bound, values[i])
+
+    @run_loop
+    def merge(out, values, store):
+        """``out`` <- ``values`` (``store``) or their maximum with ``out``, in ``out``'s dtype."""
+        if store:
+            for i in range(out.shape[0]):
+                out[i] = values[i]
+        else:
+            for i in range(out.shape[0]):
+                out[i] = max(out[i], values[i])
+
+    @jit
+    def fill_head(head_values, axis_addresses, dims, offsets, first_axis, head, accumulator_type):
+        """The head axes' accumulators, in the working dtype, at their offsets in ``head_values``."""
+        for axis in range(head):
+            accumulator = carray(pointer(axis_addresses[first_axis + axis, 0], accumulator_type), (dims[axis],))
+            values = head_values[offsets[axis]:offsets[axis] + dims[axis]]
+            for i in range(dims[axis]):
+                values[i] = accumulator[i]
+
+    @jit
+    def fill_table(table, axis_addresses, dims, first_axis, head, axes, accumulator_type):
+        """The minima of the trailing axes' accumulators over their row-major product, in the
+        working dtype: the last axis's, then each axis before it spread over the table so far."""
         last = dims[axes - 1]
-        last_offset = offsets[axes - 1]
-        with_maxima = mode != 1
-        infinity = np.full(1, np.inf, dtype=acc.dtype)
-        nus = np.empty(last, dtype=weights.dtype)
-        for thread in range(low, high):
-            first = thread * per_thread
-            stop = min(length, first + per_thread)
-            if first >= stop:
-                continue
-            index = np.zeros(axes, dtype=np.int64)  # the outer axes' indices of the current run
-            run = (start + first) // last
-            for axis in range(axes - 2, -1, -1):
-                index[axis] = run % dims[axis]
-                run //= dims[axis]
-            k = first
-            while k < stop:
-                col0 = (start + k) % last
-                end = min(stop, k + last - col0)
-                base = infinity[0]
-                for axis in range(axes - 1):
-                    base = min(base, acc[offsets[axis] + index[axis]])
-                if mode == 2:
-                    run_max = run_square_max(weights[k:end], grads[k:end],
-                                             partial[thread, last_offset + col0:last_offset + col0 + end - k],
-                                             coupled, grad_sign)
-                else:
-                    run_max = run_update(weights[k:end], grads[k:end], buffer[k:end] if buffer.shape[0] else buffer,
-                                         acc[last_offset + col0:last_offset + col0 + end - k],
-                                         partial[thread, last_offset + col0:last_offset + col0 + end - k],
-                                         nus[:end - k], base,
-                                         mode == 0, lr, eps, momentum, dampening, decay, coupled, grad_sign,
-                                         buffer.shape[0] > 0, with_maxima)
-                if with_maxima:
-                    for axis in range(axes - 1):
-                        slot = offsets[axis] + index[axis]
-                        partial[thread, slot] = max(partial[thread, slot], run_max)
-                for axis in range(axes - 2, -1, -1):  # the next run's outer indices
+        accumulator = carray(pointer(axis_addresses[first_axis + axes - 1, 0], accumulator_type), (last,))
+        for i in range(last):
+            table[i] = accumulator[i]
+        size = last
+        for axis in range(axes - 2, head - 1, -1):
+            accumulator = carray(pointer(axis_addresses[first_axis + axis, 0], accumulator_type), (dims[axis],))
+            for i in range(dims[axis] - 1, -1, -1):   # block 0 last: the blocks above read it
+                bounded(table[i * size:(i + 1) * size], table[:size], table.dtype.type(accumulator[i]))
+            size *= dims[axis]
+
+    @jit
+    def fold_table(table_max, maxima, dims, offsets, head, axes, tail):
+        """Each trailing axis's maxima max-combined with the table's, over the other trailing axes."""
+        stride = tail
+        for axis in range(head, axes):
+            block = stride   # elements per index of the axis before
+            stride //= dims[axis]
+            out = maxima[offsets[axis]:offsets[axis] + dims[axis]]
+            for outer in range(0, tail, block):
+                if stride == 1:
+                    merge(out, table_max[outer:outer + block], False)
+                    continue
+                for i in range(dims[axis]):
+                    first = outer + i * stride
+                    out[i] = max(out[i], largest(table_max[first:first + stride]))
+
+    @jit
+    def item(weights, grads, buffer, table, table_max, nus, head_values, maxima, dims, offsets, index, start, first,
+             stop, head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer):
+        """Elements ``[first, stop)`` of a range that starts at element ``start`` of its view, in
+        pieces of runs at most ``nus`` long (a function of its own: inside a loop body numba would
+        type the index arithmetic as float64, and the loops would not vectorize). ``table`` and
+        ``table_max`` hold one entry per element of a run."""
+        with_maxima = mode != SM3_I
+        run = (start + first) // tail
+        for axis in range(head - 1, -1, -1):   # the head axes' indices of the first run
+            index[axis] = run % dims[axis]
+            run //= dims[axis]
+        infinity = nus.dtype.type(np.inf)
+        k = first
+        while k < stop:
+            col0 = (start + k) % tail
+            end = min(stop, k + tail - col0, k + nus.shape[0])
+            col1 = col0 + end - k
+            base = infinity
+            for axis in range(head):
+                base = min(base, head_values[offsets[axis] + index[axis]])
+            if mode == SQUARE_MAXIMA:
+                run_max = run_square_max(weights[k:end], grads[k:end], table_max[col0:col1], nus[:end - k],
+                                         coupled, grad_sign)
+            else:
+                run_max = run_update(weights[k:end], grads[k:end], buffer[k:end] if with_buffer else buffer,
+                                     table[col0:col1], table_max[col0:col1], nus[:end - k], base, with_maxima, lr,
+                                     eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
+            if with_maxima:
+                for axis in range(head):
+                    slot = offsets[axis] + index[axis]
+                    maxima[slot] = max(maxima[slot], run_max)
+            if col1 == tail:
+                for axis in range(head - 1, -1, -1):   # the next run's head indices
                     index[axis] += 1
                     if index[axis] < dims[axis]:
                         break
                     index[axis] = 0
-                k = end
+            k = end
 
-    @serial_jit
-    def combine(out, partial):
-        for slot in range(out.shape[0]):
-            for thread in range(partial.shape[0]):
-                out[slot] = max(out[slot], partial[thread, slot])
+    @numba.njit(cache=True, nogil=True, error_model="numpy")
+    def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, partial, mode, weight_type,
+             accumulator_type, scratch, low, high):
+        """The items of threads ``low`` to ``high``; each thread's maxima go to its row of
+        ``partial`` (zeroed here, per range, where the thread first meets it).
+
+        A tail of one axis reads that axis's accumulator as the table and keeps the maxima of nu
+        in the thread's partial vector for it; a merged tail builds the table (at most
+        TAIL_ELEMENTS entries) and folds its maxima into each trailing axis's after the item."""
+        table = np.empty(scratch[0], dtype=partial.dtype)
+        table_max = np.empty(scratch[0], dtype=partial.dtype)
+        nus = np.empty(scratch[1], dtype=partial.dtype)
+        head_values = np.empty(scratch[2], dtype=partial.dtype)
+        index = np.zeros(scratch[3], dtype=np.int64)
+        for thread in range(low, high):
+            previous = -1
+            for position in range(bounds[thread], bounds[thread + 1]):
+                at = items[position, 0]
+                start, length, first_axis, axes, head, tail, slot, width = ranges[at]
+                dims = axis_table[first_axis:first_axis + axes, 0]
+                offsets = axis_table[first_axis:first_axis + axes, 1]
+                maxima = partial[thread, slot:slot + width]
+                if at != previous:
+                    maxima[:] = 0
+                    previous = at
+                weights = carray(pointer(addresses[at, 0], weight_type), (length,))
+                grads = carray(pointer(addresses[at, 1], weight_type), (length,))
+                with_buffer = addresses[at, 2] != 0
+                buffer = carray(pointer(addresses[at, 2], np.float32), (length if with_buffer else 0,))
+                if mode != SQUARE_MAXIMA:
+                    fill_head(head_values, axis_addresses, dims, offsets, first_axis, head, accumulator_type)
+                values = scalars[at]
+                lr, eps, momentum, dampening = (weight_type(values[0]), weight_type(values[1]),
+                                                np.float32(values[2]), weight_type(values[3]))
+                decay, coupled, grad_sign = weight_type(values[4]), weight_type(values[5]), weight_type(values[6])
+                if axes - head == 1:
+                    last = carray(pointer(axis_addresses[first_axis + axes - 1, 0], accumulator_type), (tail,))
+                    item(weights, grads, buffer, last, maxima[offsets[axes - 1]:offsets[axes - 1] + tail], nus,
+                         head_values, maxima, dims, offsets, index, start, items[position, 1], items[position, 2],
+                         head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
+                    continue
+                if mode != SQUARE_MAXIMA:
+                    fill_table(table, axis_addresses, dims, first_axis, head, axes, accumulator_type)
+                if mode != SM3_I:
+                    table_max[:tail] = 0
+                item(weights, grads, buffer, table, table_max, nus, head_values, maxima, dims, offsets, index, start,
+                     items[position, 1], items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay,
+                     coupled, grad_sign, with_buffer)
+                if mode != SM3_I:
+                    fold_table(table_max, maxima, dims, offsets, head, axes, tail)
+
+    @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+    def combine(ranges, axis_table, axis_addresses, touched, partial, what, output_type):
+        """Each range's maxima, over the threads that touched it (into the first one's row; 0 where
+        none did), max-combined into its output vectors (ADD_MAXIMA) or stored there (STORE_MAXIMA)."""
+        for at in range(ranges.shape[0]):
+            first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
+            low, high = touched[at, 0], touched[at, 1]
+            if low < 0:   # an empty range: no thread zeroed its maxima
+                low = high = 0
+                partial[0, slot:slot + width] = 0
+            totals = partial[low, slot:slot + width]
+            for thread in range(low + 1, high + 1):
+                merge(totals, partial[thread, slot:slot + width], False)
+            for axis in range(first_axis, first_axis + axes):
+                dim, offset = axis_table[axis, 0], axis_table[axis, 1]
+                merge(carray(pointer(axis_addresses[axis, 1], output_type), (dim,)), totals[offset:offset + dim],
+                      what == STORE_MAXIMA)
 
     return walk, combine
 
 
 @cache
-def _walk():
+def _kernel():
     """The compiled kernels, built (or read from numba's cache) on first use."""
-    return _build_kernels()
+    return _build_kernel()
 
 
 def sm3_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],
@@ -173,11 +355,13 @@ def sm3_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tupl
     """Update the elements ``[start, start + weights.numel())`` of the cover ``view``.
 
     ``accumulators`` are the per-axis mu (read-only); with ``new_maxima`` (SM3-II) the range's
-    slice maxima of nu are max-combined into those vectors, without (SM3-I) nu is the minimum of
-    the accumulators alone. ``buffer`` is the range's momentum buffer (fp32), or None.
+    slice maxima of nu are max-combined into those vectors (contiguous, of one dtype), without
+    (SM3-I) nu is the minimum of the accumulators alone. ``buffer`` is the range's contiguous
+    momentum buffer (fp32), or None. fp32 and float64 run as they are; narrower floats are
+    stepped through fp32 copies of at most ``chunk_elements`` elements at a time.
     """
     _dispatch(weights, grads, start, view, accumulators, new_maxima, buffer, scalars, chunk_elements,
-              0 if new_maxima is not None else 1)
+              SM3_II if new_maxima is not None else SM3_I)
 
 
 def sm3_square_maxima_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],
@@ -185,64 +369,157 @@ def sm3_square_maxima_range(weights: torch.Tensor, grads: torch.Tensor, start: i
                             chunk_elements: int | None = None) -> None:
     """SM3-I's first pass: max-combine the range's slice maxima of G^2 into ``maxima``
     (``weights`` only enter through coupled weight decay; nothing is written to them)."""
-    _dispatch(weights, grads, start, view, maxima, maxima, None, scalars, chunk_elements, 2)
+    _dispatch(weights, grads, start, view, maxima, maxima, None, scalars, chunk_elements, SQUARE_MAXIMA)
+
+
+def sm3_many(tensors: list[SM3Tensor]) -> None:
+    """Step every tensor whole with SM3-II and replace its accumulators by the new slice maxima of
+    nu, in one kernel call (see :class:`SM3Tensor`).
+
+    Per tensor, what :func:`sm3_range` does on ``[0, numel)`` of its view with new maxima, then
+    the optimizer's store of the new accumulators. The tensors share the weights' dtype (fp32 or
+    float64; ValueError otherwise); an empty list is a no-op.
+    """
+    if not tensors:
+        return
+    dtype = _checked_dtype(tensors)
+    addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(),
+                           0 if tensor.buffer is None else tensor.buffer.data_ptr()) for tensor in tensors],
+                         dtype=np.int64).reshape(-1, 3)
+    accumulators = np.array([accumulator.data_ptr() for tensor in tensors for accumulator in tensor.accumulators],
+                            dtype=np.int64)
+    scalars = np.array([_scalar_row(tensor.scalars) for tensor in tensors], dtype=np.float64)
+    layouts = tuple((0, tensor.weights.numel(), tuple(tensor.view)) for tensor in tensors)
+    _call(addresses, layouts, np.stack([accumulators, accumulators], axis=1), scalars, SM3_II, _numpy_type(dtype),
+          np.float32, np.float32, STORE_MAXIMA)
+
+
+def _checked_dtype(tensors: list[SM3Tensor]) -> torch.dtype:
+    """The tensors' weights dtype; ValueError where a tensor does not fit the kernel, which reaches
+    them through their addresses (a wrong size, dtype or layout would read or write past them)."""
+    dtype = tensors[0].weights.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"sm3_many steps fp32 or float64 tensors, not {dtype}")
+    for index, tensor in enumerate(tensors):
+        weights, grads, buffer = tensor.weights, tensor.grads, tensor.buffer
+        if weights.dtype != dtype or grads.dtype != dtype:
+            raise ValueError(f"sm3_many: every weight and gradient must be {dtype} (the first tensor's); tensor "
+                             f"{index} has {weights.dtype} weights and {grads.dtype} gradients")
+        length = weights.numel()
+        if not (weights.is_cpu and grads.is_cpu and weights.is_contiguous() and grads.is_contiguous()) \
+                or grads.numel() != length or math.prod(tensor.view) != length:
+            raise ValueError(f"sm3_many: tensor {index}'s weights and gradients must be contiguous CPU tensors with "
+                             f"as many elements as its view {tensor.view}")
+        if len(tensor.accumulators) != len(tensor.view) or any(
+                accumulator.dtype != torch.float32 or accumulator.numel() != dim or not accumulator.is_cpu
+                or not accumulator.is_contiguous() for accumulator, dim in zip(tensor.accumulators, tensor.view)):
+            raise ValueError(f"sm3_many: tensor {index}'s accumulators must be contiguous fp32 CPU vectors, one per "
+                             f"axis of its view {tensor.view}")
+        if buffer is not None and (buffer.dtype != torch.float32 or buffer.numel() != length or not buffer.is_cpu
+                                   or not buffer.is_contiguous()):
+            raise ValueError(f"sm3_many: tensor {index}'s momentum buffer must be a contiguous fp32 CPU tensor of "
+                             f"its size")
+    return dtype
 
 
 def _dispatch(weights, grads, start, view, accumulators, outputs, buffer, scalars, chunk_elements, mode) -> None:
     working = weights.dtype if weights.dtype.itemsize >= 4 else torch.float32
     length = weights.numel()
+    readable = [accumulator.reshape(-1).to(working).contiguous() for accumulator in accumulators]
     if weights.dtype == working and grads.dtype == working:
-        _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mode, working)
+        _run(weights, grads, start, view, readable, outputs, buffer, scalars, mode, working)
         return
     piece = max(1, chunk_elements or length)
     for offset in range(0, length, piece):
         stop = min(length, offset + piece)
         weight = weights[offset:stop].to(working)
-        _run(weight, grads[offset:stop].to(working), start + offset, view, accumulators, outputs,
+        _run(weight, grads[offset:stop].to(working), start + offset, view, readable, outputs,
              None if buffer is None else buffer[offset:stop], scalars, mode, working)
-        if mode != 2:
+        if mode != SQUARE_MAXIMA:
             weights[offset:stop].copy_(weight)
 
 
-TAIL_ELEMENTS = 1 << 15
-"""Trailing axes are walked as one axis while their product stays this small (see
-:mod:`memplan.kernels.extreme_cpu`): their accumulators' minima become one table, and the
-table's maxima are folded back into each trailing axis's maxima after the walk."""
-
-
 def _run(weights, grads, start, view, accumulators, outputs, buffer, scalars, mode, working) -> None:
-    numpy_float = np.float32 if working == torch.float32 else np.float64
-    full = tuple(int(dim) for dim in view)
-    tail = tail_axes(full, TAIL_ELEMENTS)
-    head, trailing = full[:len(full) - tail], full[len(full) - tail:]
-    dims = np.array(head + (math.prod(trailing),), dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(dims)[:-1]]).astype(np.int64)
-    table = accumulators[len(head)].reshape(-1).to(working)
-    for accumulator in accumulators[len(head) + 1:]:
-        table = torch.minimum(table[:, None], accumulator.reshape(-1).to(working)[None, :]).reshape(-1)
-    acc = torch.cat([accumulator.reshape(-1).to(working) for accumulator in accumulators[:len(head)]] +
-                    [table]).numpy()
-    out = np.zeros(int(dims.sum()), dtype=numpy_float)   # maxima of nu (or G^2) are >= 0
-    buffer_array = np.zeros(0, dtype=numpy_float) if buffer is None else buffer.numpy()
-    threads = kernel_threads(weights.numel())
-    partial = np.zeros((threads, out.shape[0]), dtype=numpy_float)
-    walk, combine = _walk()
-    arguments = (weights.numpy(), grads.numpy(), buffer_array, dims, offsets, acc, partial, start, mode,
-                 numpy_float(scalars.lr), numpy_float(scalars.eps), numpy_float(scalars.momentum),
-                 numpy_float(1.0 - scalars.momentum), numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-                 numpy_float(scalars.grad_sign), -(-weights.numel() // threads))
+    """One range as a table of one: ``accumulators`` contiguous in the working dtype, the maxima
+    (unless SM3-I's update) max-combined into ``outputs``."""
+    view = tuple(int(dim) for dim in view)
+    with_maxima = mode != SM3_I
+    _check_range(weights, grads, start, view, accumulators, outputs if with_maxima else None, buffer)
+    addresses = np.array([[weights.data_ptr(), grads.data_ptr(), 0 if buffer is None else buffer.data_ptr()]],
+                         dtype=np.int64)
+    axis_addresses = np.array([[accumulator.data_ptr(), output.data_ptr() if with_maxima else 0]
+                               for accumulator, output in zip(accumulators, outputs or accumulators)], dtype=np.int64)
+    _call(addresses, ((start, weights.numel(), view),), axis_addresses,
+          np.array([_scalar_row(scalars)], dtype=np.float64), mode, _numpy_type(working), _numpy_type(working),
+          _numpy_type(outputs[0].dtype) if with_maxima else None, ADD_MAXIMA)
+
+
+def _check_range(weights, grads, start, view, accumulators, outputs, buffer) -> None:
+    """ValueError where a range does not fit the kernel, which reaches its tensors through their
+    addresses (a wrong size, dtype or layout would read or write past them)."""
+    length = weights.numel()
+    if not (weights.is_contiguous() and grads.is_contiguous()) or grads.numel() != length \
+            or not 0 <= start <= start + length <= math.prod(view):
+        raise ValueError(f"sm3_range: the weights and gradients must be contiguous, of one length, and lie within "
+                         f"the view {view}")
+    if len(accumulators) != len(view) or any(accumulator.numel() != dim
+                                             for accumulator, dim in zip(accumulators, view)):
+        raise ValueError(f"sm3_range: one accumulator per axis of the view {view}, of its length")
+    if outputs is not None and (len(outputs) != len(view) or outputs[0].dtype not in (torch.float32, torch.float64)
+                                or any(output.numel() != dim or output.dtype != outputs[0].dtype
+                                       or not output.is_contiguous() for output, dim in zip(outputs, view))):
+        raise ValueError(f"sm3_range: the maxima must be contiguous fp32 or float64 vectors of one dtype, one per axis "
+                         f"of the view {view}")
+    if buffer is not None and (buffer.dtype != torch.float32 or buffer.numel() != length
+                               or not buffer.is_contiguous()):
+        raise ValueError("sm3_range: the momentum buffer must be a contiguous fp32 tensor of the range's length")
+
+
+def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]], ...], axis_addresses: np.ndarray,
+          scalars: np.ndarray, mode: int, weight_type, accumulator_type, output_type, what: int) -> None:
+    """One kernel call over the ranges ``layouts`` (start, length, view), then the combination
+    (none for SM3-I's update, which has no maxima)."""
+    ranges, axis_table, scratch = _tables(layouts, TAIL_ELEMENTS)
+    lengths = tuple(length for _, length, _ in layouts)
+    threads = kernel_threads(sum(lengths))
+    items, bounds, touched = split_work(lengths, threads)
+    partial = np.empty((threads, int(ranges[-1, 6] + ranges[-1, 7])), dtype=weight_type)
+    walk, combine = _kernel()
+    arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, partial, mode, weight_type,
+                 accumulator_type, scratch)
     run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
-    if outputs is None or mode == 1:
-        return
-    combine(out, partial)
-    parts = torch.from_numpy(out).split([int(dim) for dim in dims])
-    for output, part in zip(outputs[:len(head)], parts):
-        torch.maximum(output.view(-1), part.to(output.dtype), out=output.view(-1))
-    maxima = parts[-1].view(trailing)   # the table's maxima, folded into each trailing axis
-    for axis, output in enumerate(outputs[len(head):]):
-        others = [other for other in range(tail) if other != axis]
-        folded = maxima.amax(dim=others) if others else maxima
-        torch.maximum(output.view(-1), folded.to(output.dtype), out=output.view(-1))
+    if mode != SM3_I:
+        combine(ranges, axis_table, axis_addresses, touched, partial, what, output_type)
 
 
-__all__ = ["SM3Scalars", "sm3_range", "sm3_square_maxima_range"]
+@lru_cache(maxsize=64)
+def _tables(layouts: tuple[tuple[int, int, tuple[int, ...]], ...],
+            tail_elements: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The range table (see :data:`RANGE_FIELDS`) and the axis table (:data:`AXIS_FIELDS`) of ranges
+    (start, length, view), and the lengths of a thread's scratch vectors: the longest merged tail's
+    table, the longest piece of a run, the most maxima and the most axes. Cached: a training loop
+    steps the same views every step."""
+    ranges = np.zeros((len(layouts), len(RANGE_FIELDS)), dtype=np.int64)
+    axis_rows: list[tuple[int, int]] = []
+    scratch = np.ones(4, dtype=np.int64)
+    slot = 0
+    for at, (start, length, view) in enumerate(layouts):
+        trailing = tail_axes(view, tail_elements)
+        run = math.prod(view[len(view) - trailing:])
+        ranges[at] = (start, length, len(axis_rows), len(view), len(view) - trailing, run, slot, sum(view))
+        axis_rows += [(dim, sum(view[:axis])) for axis, dim in enumerate(view)]
+        slot += sum(view)
+        scratch = np.maximum(scratch, (run if trailing > 1 else 1, min(run, RUN_PIECE), sum(view), len(view)))
+    return ranges, np.array(axis_rows, dtype=np.int64).reshape(-1, len(AXIS_FIELDS)), scratch
+
+
+def _scalar_row(scalars: SM3Scalars) -> list[float]:
+    return [scalars.lr, scalars.eps, scalars.momentum, 1.0 - scalars.momentum, scalars.decay, scalars.coupled_decay,
+            scalars.grad_sign]
+
+
+def _numpy_type(dtype: torch.dtype):
+    return np.float32 if dtype == torch.float32 else np.float64
+
+
+__all__ = ["SM3Scalars", "SM3Tensor", "sm3_many", "sm3_range", "sm3_square_maxima_range"]

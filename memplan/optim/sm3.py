@@ -66,6 +66,32 @@ class SM3(MemplanOptimizer):
                         sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
+    def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
+        """SM3-II's kernels step a group's whole parameters in one call (one launch on CUDA);
+        SM3-I's two passes step one parameter at a time."""
+        return group["variant"] == "II" and self.implementation(group) in (COMPILED, TRITON)
+
+    def _step_batch(self, group: Mapping[str, Any],
+                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """Every whole parameter of the group in one call of the kernel (CPU or Triton), which also
+        stores the new accumulators; float64 and fp32 parameters go in separate calls."""
+        from memplan.kernels import sm3_cpu, sm3_triton
+
+        many = sm3_triton.sm3_many if self.implementation(group) == TRITON else sm3_cpu.sm3_many
+        decay, coupled, negate = kernel_decay(group)
+        scalars = sm3_cpu.SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"],
+                                     decay=decay, coupled_decay=coupled, negate=negate)
+        with_buffer = bool(group["momentum"])
+        by_dtype: dict[torch.dtype, list[sm3_cpu.SM3Tensor]] = {}
+        for param, grad, state in batch:
+            view = state["layout"]
+            by_dtype.setdefault(param.dtype, []).append(sm3_cpu.SM3Tensor(
+                weights=param, grads=grad, view=view,
+                accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(view))),
+                buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars))
+        for tensors in by_dtype.values():
+            many(tensors)
+
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
         """SM3-II: the range's update and slice maxima of nu now, the new accumulators once the maxima

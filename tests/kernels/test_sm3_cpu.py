@@ -5,9 +5,14 @@ import math
 import pytest
 import torch
 
-from memplan.kernels.sm3_cpu import SM3Scalars, sm3_range, sm3_square_maxima_range
+from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor, sm3_many, sm3_range, sm3_square_maxima_range
 
 VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5), (3, 70, 70), (2, 5, 1000, 3)]
+
+MANY_VIEWS = [(1,), (97,), (7, 13), (31, 1), (1, 1), (5, 3, 7), (2, 3, 1, 5), (3, 5, 1, 7, 2), (1, 11, 1, 1, 3),
+              (3, 70, 70), (2, 5, 1000, 3), (4099,), (2, 40000)]
+"""Views of one to five axes: primes, unit axes, runs longer than a thread's piece, and a last axis
+longer than the merged tail."""
 
 ULP = 1.2e-7
 """Absolute slack: one fp32 ulp of O(1) operands (a difference in the last bit, e.g. from a fused
@@ -95,3 +100,71 @@ def test_dtypes_run_in_their_working_precision(dtype, threads):
         assert torch.equal(weights, expected[0].to(dtype))
     for got, want in zip(new, expected[2]):
         torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=0)
+
+
+def many_case(view, dtype, momentum, seed):
+    """One whole tensor of a multi-tensor step (its accumulators positive, as the optimizer's are
+    after a step), with varied scalars."""
+    generator = torch.Generator().manual_seed(seed)
+    weights = torch.randn(view, generator=generator).to(dtype)
+    grads = torch.randn(view, generator=generator).to(dtype)
+    buffer = torch.randn(view, generator=generator) if momentum else None
+    accumulators = tuple(torch.rand(dim, generator=generator) + 0.1 for dim in view)
+    scalars = SM3Scalars(lr=0.1 * (1 + seed % 3), eps=1e-30 if seed % 2 else 1e-8, momentum=momentum,
+                         decay=1.0 - 1e-3 * (seed % 4), coupled_decay=0.01 * (seed % 3 == 2), negate=seed % 2 == 1)
+    return SM3Tensor(weights=weights, grads=grads, view=view, accumulators=accumulators, buffer=buffer,
+                     scalars=scalars)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("momentum", ["none", "all", "some"])
+def test_many_tensors_equal_the_dense_step(momentum, dtype, threads, tail_elements):
+    """Each tensor as the dense step on its whole view, then its accumulators replaced by the new
+    slice maxima, as the optimizer's SM3-II step stores them."""
+    tensors = [many_case(view, dtype, 0.9 if momentum == "all" or (momentum == "some" and seed % 2) else 0.0, seed)
+               for seed, view in enumerate(MANY_VIEWS)]
+    expected = []
+    for tensor in tensors:
+        weights, moving, maxima = dense_update(
+            tensor.weights.view(-1), tensor.grads.view(-1), None if tensor.buffer is None else tensor.buffer.view(-1),
+            0, tensor.view, [accumulator.to(dtype) for accumulator in tensor.accumulators], tensor.scalars, True)
+        expected.append((weights, moving, maxima))
+    sm3_many(tensors)
+    for tensor, (weights, moving, maxima) in zip(tensors, expected):
+        # float64 weights follow an fp32 momentum buffer as it is stored (the dense step keeps it unrounded)
+        exact = dtype == torch.float64 and moving is None
+        torch.testing.assert_close(tensor.weights.view(-1), weights, rtol=1e-12 if exact else 1e-6,
+                                   atol=1e-15 if exact else ULP)
+        if moving is not None:
+            torch.testing.assert_close(tensor.buffer.view(-1), moving.float(), rtol=1e-6, atol=ULP)
+        for accumulator, maximum in zip(tensor.accumulators, maxima):
+            torch.testing.assert_close(accumulator, maximum.float(), rtol=1e-6, atol=0)
+
+
+def test_many_tensors_refuse_mixed_dtypes():
+    with pytest.raises(ValueError):
+        sm3_many([many_case((3, 5), torch.float32, 0.0, 0), many_case((4,), torch.float64, 0.0, 1)])
+    mixed = many_case((3, 5), torch.float32, 0.0, 2)
+    with pytest.raises(ValueError):
+        sm3_many([SM3Tensor(weights=mixed.weights, grads=mixed.grads.double(), view=mixed.view,
+                            accumulators=mixed.accumulators, buffer=None, scalars=mixed.scalars)])
+    with pytest.raises(ValueError):
+        sm3_many([many_case((3, 5), torch.bfloat16, 0.0, 3)])
+
+
+def test_many_tensors_refuse_tensors_the_kernel_cannot_reach_whole():
+    """The kernel reaches tensors through their addresses: a wrong length or layout is refused."""
+    case = many_case((3, 5), torch.float32, 0.9, 4)
+    short_accumulator = (case.accumulators[0], torch.zeros(4))
+    for tensor in (SM3Tensor(weights=case.weights, grads=case.grads, view=case.view, accumulators=short_accumulator,
+                             buffer=case.buffer, scalars=case.scalars),
+                   SM3Tensor(weights=case.weights.t(), grads=case.grads.t(), view=(5, 3),
+                             accumulators=case.accumulators[::-1], buffer=case.buffer, scalars=case.scalars),
+                   SM3Tensor(weights=case.weights, grads=case.grads, view=case.view, accumulators=case.accumulators,
+                             buffer=case.buffer.double(), scalars=case.scalars)):
+        with pytest.raises(ValueError):
+            sm3_many([tensor])
+
+
+def test_many_tensors_of_an_empty_list_is_a_no_op():
+    sm3_many([])

@@ -133,3 +133,45 @@ def test_a_compiled_step_steps_the_group_in_one_kernel_call(monkeypatch):
     assert sorted(calls) == [1, 1, 1, 1, 1, 1, 4, 4]
     for a, b in zip(*results):
         torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_compiled_sm3_step_steps_the_group_in_one_kernel_call(monkeypatch, momentum):
+    """SM3-II's whole fp32 parameters step together (one call per dtype); a bf16 parameter and a
+    channels_last one step on their own, and every parameter and accumulator follows the eager
+    trajectory."""
+    pytest.importorskip("numba")
+    from memplan.kernels import sm3_cpu
+
+    calls = []
+    original = sm3_cpu._call
+    monkeypatch.setattr(sm3_cpu, "_call", lambda *arguments: calls.append(len(arguments[1])) or original(*arguments))
+
+    def params():
+        generator = torch.Generator().manual_seed(3)
+        shapes = [(13, 7), (31,), (5, 4, 3, 3), (1,), (8, 3, 2, 2)]
+        made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+        made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
+        made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
+        made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
+        return made
+
+    results = []
+    for impl in ("eager", "compiled"):
+        generator = torch.Generator().manual_seed(4)
+        group = params()
+        optimizer = SM3(group, lr=0.1, momentum=momentum, weight_decay=0.01, impl=impl)
+        for _ in range(2):
+            for param in group:
+                param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
+            optimizer.step()
+        results.append((group, optimizer))
+    # per step: one call for the four whole fp32 parameters, one for the float64 one, and one each
+    # for the channels_last and bf16 parameters, which step alone
+    assert sorted(calls) == [1, 1, 1, 1, 1, 1, 4, 4]
+    (eager, eager_optimizer), (compiled, compiled_optimizer) = results
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
+        for key, value in eager_optimizer.state[a].items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(compiled_optimizer.state[b][key], value, rtol=1e-5, atol=1e-7)
