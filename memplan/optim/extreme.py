@@ -87,6 +87,30 @@ class ExtremeTensoring(MemplanOptimizer):
     def _layout_source(self, group: Mapping[str, Any]) -> Any:
         return None if isinstance(group["index"], str) else super()._layout_source(group)
 
+    def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
+        """The CPU kernels step a group's whole parameters together, one kernel call per pass."""
+        return self.implementation(group) == COMPILED
+
+    def _step_batch(self, group: Mapping[str, Any],
+                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
+        passes, and the accumulators' update and rescaling between them); float64 and fp32
+        parameters go in separate steps."""
+        from memplan.kernels import extreme_cpu
+
+        scalars = _kernel_scalars(group)
+        beta2, eps = group["beta2"], group["eps"]
+        with_buffer = bool(group["momentum"])
+        by_dtype: dict[torch.dtype, list[extreme_cpu.ETTensor]] = {}
+        for param, grad, state in batch:
+            index = state["layout"]
+            by_dtype.setdefault(param.dtype, []).append(extreme_cpu.ETTensor(
+                weights=param, grads=grad, index=index,
+                accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(index))),
+                buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars, beta2=beta2, eps=eps))
+        for tensors in by_dtype.values():
+            extreme_cpu.et_many(tensors)
+
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
         """Slice sums of this rank's range now; the update once they are reduced across ranks."""

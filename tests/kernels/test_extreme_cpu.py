@@ -1,4 +1,5 @@
-"""The extreme-tensoring and ET-infinity CPU kernels against dense re-implementations on flat ranges."""
+"""The extreme-tensoring and ET-infinity CPU kernels against dense re-implementations, on flat ranges
+and on many whole tensors at once."""
 
 import math
 
@@ -9,6 +10,16 @@ from memplan.kernels.extreme_cpu import (ETScalars, et_square_sums_range, et_upd
                                          squared_norm_range)
 
 from .test_sm3_cpu import ULP, axis_indices
+
+
+@pytest.fixture
+def threads(threads, monkeypatch):
+    """The conftest's thread counts, for the extreme-tensoring kernels too."""
+    import memplan.kernels.extreme_cpu as extreme_cpu
+
+    monkeypatch.setattr(extreme_cpu, "kernel_threads", lambda elements, count=threads: count)
+    return threads
+
 
 INDICES = [(1,), (97,), (7, 13), (5, 3, 7), (2, 3, 1, 5), (3, 70, 70), (2, 5, 1000, 3)]
 
@@ -68,3 +79,93 @@ def test_et_infinity_passes(dtype, threads):
     expected = (weights.to(working) - 0.1 * (gradient * 0.5)).to(dtype)
     scale_range(weights, grads, 0.5, scalars)
     torch.testing.assert_close(weights, expected, rtol=1e-6 if dtype != torch.bfloat16 else 0, atol=ULP)
+
+
+MANY_INDICES = [(1,), (97,), (7, 13), (1, 31), (5, 3, 7), (2, 3, 1, 5), (3, 1, 7, 2, 5), (4, 5, 3, 7, 3),
+                (3, 70, 70), (13, 11, 3), (2, 2, 2, 2, 2, 3)]
+
+
+def dense_et_step(weights, grads, buffer, index, accumulators, scalars, beta2, eps):
+    """The optimizer's per-parameter step on whole tensors, in torch: the accumulators (updated in
+    place), the new weights and the new buffer."""
+    from memplan.optim.extreme import _scaled_factors, decay_accumulators
+
+    indices = axis_indices(0, weights.numel(), index)
+    gradient = grads * scalars.grad_sign + scalars.coupled_decay * weights
+    alpha = decay_accumulators(accumulators, beta2)
+    for accumulator, axis_index in zip(accumulators, indices):
+        sums = torch.zeros(accumulator.numel(), dtype=torch.float64).index_add_(0, axis_index, gradient.double() ** 2)
+        accumulator.add_(sums.float(), alpha=alpha)
+    scaled, scale, offset = _scaled_factors(accumulators, eps, weights.dtype)
+    product = torch.stack([vector[axis_index] for vector, axis_index in zip(scaled, indices)]).prod(0) + offset
+    step = product ** (-1 / (2 * len(index))) * gradient
+    if buffer is None:
+        return weights * scalars.decay - scalars.lr * (step * scale), None
+    moving = (buffer * scalars.momentum + step * scale).float()
+    return weights * scalars.decay - scalars.lr * moving.to(weights.dtype), moving
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.parametrize("beta2", [None, 0.9])
+@pytest.mark.parametrize("accumulated", ["small", "large"])
+def test_many_tensors_step_as_each_dense_step(accumulated, beta2, momentum, dtype, threads, tail_elements):
+    """Both passes and the accumulators' update for many tensors in one call of each pass. Small
+    accumulators (below 1: nothing rescales them) take an eps near the median product of each
+    tensor's accumulators, so half the roots have eps mattering; large ones are rescaled, and eps is
+    negligible."""
+    from memplan.kernels.extreme_cpu import ETTensor, et_many
+
+    generator = torch.Generator().manual_seed(5)
+    tensors, expected = [], []
+    for position, index in enumerate(MANY_INDICES):
+        count = math.prod(index)
+        weights = torch.randn(count, generator=generator).to(dtype)
+        grads = (torch.randn(count, generator=generator) * (1e-2 if accumulated == "small" else 1.0)).to(dtype)
+        buffer = torch.randn(count, generator=generator) if momentum else None
+        low, high = (0.0, 0.1) if accumulated == "small" else (1.0, 100.0)
+        accumulators = [torch.rand(dim, generator=generator) * (high - low) + low for dim in index]
+        scalars = ETScalars(lr=0.1, momentum=momentum, decay=1.0 - 1e-3 * (position % 3),
+                            coupled_decay=0.01 * (position % 4 == 2), negate=position % 5 == 1)
+        eps = 1e-8
+        if accumulated == "small":
+            trial = [accumulator.clone() for accumulator in accumulators]
+            dense_et_step(weights, grads, buffer, index, trial, scalars, beta2, 0.0)
+            indices = axis_indices(0, count, index)
+            products = torch.stack([vector[axis_index] for vector, axis_index in zip(trial, indices)]).prod(0)
+            eps = float(products.median())
+        new_accumulators = [accumulator.clone() for accumulator in accumulators]
+        expected.append((*dense_et_step(weights, grads, buffer, index, new_accumulators, scalars, beta2, eps),
+                         new_accumulators, weights * scalars.decay))
+        tensors.append(ETTensor(weights=weights.clone(), grads=grads, index=index, accumulators=tuple(accumulators),
+                                buffer=None if buffer is None else buffer.clone(), scalars=scalars, beta2=beta2,
+                                eps=eps))
+    et_many(tensors)
+    unit = ULP if dtype == torch.float32 else 2.3e-16
+    for tensor, (weights, moving, accumulators, decayed) in zip(tensors, expected):
+        for got, want in zip(tensor.accumulators, accumulators):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=0.0)
+        # the update cancels against the decayed weights to an ulp of the larger; rescaled
+        # accumulators give fp32 scales and offsets from logs and exps that may differ from
+        # torch's by an ulp, which bounds the update's precision
+        update = (weights - decayed).abs()
+        slack = 1e-6 * float(update.max()) if accumulated == "large" else 0.0
+        torch.testing.assert_close(tensor.weights, weights, rtol=1e-6 if dtype == torch.float32 else 1e-12,
+                                   atol=float(4 * unit * (decayed.abs() + update).max().clamp(min=1)) + slack)
+        if moving is not None:
+            torch.testing.assert_close(tensor.buffer, moving, rtol=1e-6, atol=ULP)
+
+
+def test_many_refuses_tensors_that_cannot_share_a_call():
+    from memplan.kernels.extreme_cpu import ETTensor, et_many
+
+    def tensor(dtype):
+        return ETTensor(weights=torch.zeros(6, dtype=dtype), grads=torch.zeros(6, dtype=dtype), index=(2, 3),
+                        accumulators=(torch.zeros(2), torch.zeros(3)), buffer=None, scalars=ETScalars(lr=0.1),
+                        beta2=None, eps=1e-8)
+
+    with pytest.raises(ValueError, match="share"):
+        et_many([tensor(torch.float32), tensor(torch.float64)])
+    with pytest.raises(ValueError, match="bfloat16"):
+        et_many([tensor(torch.bfloat16)])
+    et_many([])  # nothing to do

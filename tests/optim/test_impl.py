@@ -175,3 +175,49 @@ def test_a_compiled_sm3_step_steps_the_group_in_one_kernel_call(monkeypatch, mom
         for key, value in eager_optimizer.state[a].items():
             if isinstance(value, torch.Tensor):
                 torch.testing.assert_close(compiled_optimizer.state[b][key], value, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("options", [dict(index="et2"), dict(index="et2", momentum=0.9, beta2=0.99, weight_decay=0.1)],
+                         ids=["plain", "momentum-beta2-decay"])
+def test_a_compiled_extreme_tensoring_step_makes_one_kernel_call_per_pass(monkeypatch, options):
+    """Whole fp32 parameters (indices of orders 1, 2, 4 and 5) step together, one call of each pass
+    per dtype; a bf16 parameter and a channels_last one step on their own, and every parameter and
+    accumulator follows the eager trajectory."""
+    pytest.importorskip("numba")
+    from memplan.kernels import extreme_cpu
+
+    calls = []
+    for name in ("_square_sums", "_update"):
+        original = getattr(extreme_cpu, name)
+        monkeypatch.setattr(extreme_cpu, name, lambda *arguments, name=name, original=original:
+                            calls.append((name, len(arguments[1]))) or original(*arguments))
+
+    def params():
+        generator = torch.Generator().manual_seed(3)
+        shapes = [(13, 7), (64, 40, 3, 3), (48, 36), (1,), (8, 3, 2, 2)]
+        made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+        made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
+        made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
+        made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
+        return made
+
+    results = []
+    for impl in ("eager", "compiled"):
+        generator = torch.Generator().manual_seed(4)
+        group = params()
+        optimizer = ExtremeTensoring(group, lr=0.01, impl=impl, **options)
+        for _ in range(2):
+            for param in group:
+                param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
+            optimizer.step()
+        results.append((group, optimizer))
+    # per step and pass: one call for the four whole fp32 parameters, one for the float64 one, and
+    # one each for the channels_last and bf16 parameters, which step alone
+    for name in ("_square_sums", "_update"):
+        assert sorted(count for called, count in calls if called == name) == [1, 1, 1, 1, 1, 1, 4, 4]
+    (eager, eager_optimizer), (compiled, compiled_optimizer) = results
+    for a, b in zip(eager, compiled):
+        torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
+        for key, value in eager_optimizer.state[a].items():
+            if isinstance(value, torch.Tensor):
+                torch.testing.assert_close(compiled_optimizer.state[b][key], value, rtol=1e-5, atol=1e-7)
