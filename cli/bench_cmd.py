@@ -37,7 +37,7 @@ def bench(
                                          help="Memory to fit into instead of the device's free memory "
                                               "(e.g. 64MiB); methods that would not fit are skipped."),
     calibrate: bool = typer.Option(False, "--calibrate",
-                                   help="Measure this device's bandwidth and kernel overhead first and "
+                                   help="Measure this device's bandwidths, kernel overhead and one-pass kernel rates first and "
                                         f"save the device profile (to --device-profile, or {DEFAULT_DEVICE_PROFILE_PATH})."),
     device_profile: DeviceProfileOpt = None,
     plan: Optional[Path] = typer.Option(None, "--plan", help="Also measure the optimizer this plan builds "
@@ -247,4 +247,6 @@ def _show_device_profile(profile: DeviceProfile, path: Path, as_json: bool) -> N
     table.add_row("kernel overhead", f"{profile.kernel_overhead * 1e6:.2f} µs")
     if profile.threads:
         table.add_row("threads", str(profile.threads))
+    for key, seconds in profile.fused_element_seconds:
+        table.add_row(f"one-pass kernel {key}", f"{seconds * 1e9:.3f} ns/element")
     output.stdout().print(table)

@@ -42,6 +42,11 @@ FUSED_CALIBRATION_SHAPES = ((1024, 1024),) * 4 + ((768,),) * 4
 gradients, beyond a core's L2) and a few vectors."""
 
 
+FUSED_CALIBRATION_STEPS = 25
+"""Timed steps (at least) behind each kernel's rate: one step takes a few milliseconds, and the median
+of five in a row swung by a third between runs on a shared machine."""
+
+
 @dataclass(frozen=True)
 class StreamKernel:
     """One kernel of the bandwidth suite and what the census counts for it per element:
@@ -142,7 +147,9 @@ def fused_element_seconds(target: Device, repeats: int,
     """Seconds per element of each one-pass kernel that runs on ``target`` (memplan's CPU kernels
     where numba is installed, its Triton kernels on CUDA), keyed as
     :meth:`memplan.methods.Method.fused_kernel` names them: the median step over ``shapes`` (fp32,
-    random weights and gradients), divided by their elements."""
+    random weights and gradients), divided by their elements. The kernels are timed in
+    interleaved rounds of ``repeats`` steps (at least :data:`FUSED_CALIBRATION_STEPS` steps each in
+    all), so that a slow phase of a shared machine does not fall on one kernel alone."""
     import torch
 
     from memplan.methods import METHODS, build, parse_spec
@@ -150,21 +157,37 @@ def fused_element_seconds(target: Device, repeats: int,
 
     impl = "triton" if target.kind == "cuda" else "compiled"
     elements = sum(math.prod(shape) for shape in shapes)
-    rates: dict[str, float] = {}
     generator = torch.Generator().manual_seed(0)
+    steps: dict[str, Callable[[], Any]] = {}
     for method in METHODS.values():
         for key in method.fused_kernel_variants():
-            spec = parse_spec(f"{key}{',' if ':' in key else ':'}impl={impl}")
             params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(target.torch_device))
                       for shape in shapes]
             for param in params:
                 param.grad = torch.randn(param.shape, generator=generator).to(target.torch_device) * 1e-3
-            optimizer = build(spec, params)
-            if implementation_of(optimizer) != impl:
-                continue   # this kernel cannot run here (numba or Triton missing)
-            optimizer.step()   # allocates the state (and compiles, on a first run)
-            rates[key] = _median_seconds(target, optimizer.step, repeats) / elements
-    return rates
+            optimizer = build(parse_spec(f"{key}{',' if ':' in key else ':'}impl={impl}"), params)
+            if implementation_of(optimizer) == impl:   # else numba or Triton is missing here
+                optimizer.step()   # allocates the state (and compiles, on a first run)
+                steps[key] = optimizer.step
+    per_round = max(1, repeats)
+    times: dict[str, list[float]] = {key: [] for key in steps}
+    for _ in range(-(-FUSED_CALIBRATION_STEPS // per_round)):
+        for key, step in steps.items():
+            times[key] += _step_seconds(target, step, per_round)
+    return {key: statistics.median(seconds) / elements for key, seconds in times.items()}
+
+
+def _step_seconds(target: Device, function: Callable[[], Any], count: int) -> list[float]:
+    """The wall times of ``count`` synchronized runs of ``function`` after an untimed one."""
+    function()
+    target.synchronize()
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        function()
+        target.synchronize()
+        times.append(time.perf_counter() - start)
+    return times
 
 
 def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
@@ -176,15 +199,7 @@ def _shapes_text(shapes: Sequence[tuple[int, ...]]) -> str:
 
 def _median_seconds(target: Device, function: Callable[[], Any], repeats: int) -> float:
     """Median wall time of ``function`` (synchronized) over ``repeats`` runs after an untimed one."""
-    function()
-    target.synchronize()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        target.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(_step_seconds(target, function, repeats))
 
 
 def _suite_bandwidth(target: Device, kernels: Sequence[StreamKernel], numel: int, sets: int, repeats: int,
