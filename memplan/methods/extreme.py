@@ -39,6 +39,7 @@ class ExtremeTensoring(Method):
     """ET at one of the paper's levels; accepts any tensor index as a layout."""
 
     implementation = "memplan"
+    auto_kernels = ("compiled",)   # 5x faster than eager on ResNet-50 (RESULTS.md); no Triton kernels
     optimizer = "memplan.optim.extreme:ExtremeTensoring"
     family = "et"
     accepts_layout = True
@@ -107,6 +108,7 @@ class ETInfinity(Method):
     name = "et_inf"
     summary = "ET-infinity, one scalar accumulator per tensor"
     implementation = "memplan"
+    # no auto_kernels: its compiled passes (one call per tensor) ran 1.7x slower than eager on ResNet-50
     optimizer = "memplan.optim.extreme:ETInfinity"
     gradient_passes = 2  # the gradient's norm first, then the update
     lr_ratio = 100.0

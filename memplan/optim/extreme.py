@@ -169,12 +169,11 @@ def update_range(group: Mapping[str, Any], weights: torch.Tensor, grads: torch.T
 
 # One function per block: its temporaries are freed before the next block allocates its own.
 
-def _compiled(group: Mapping[str, Any], weights: torch.Tensor) -> bool:
+def _compiled(group: Mapping[str, Any], weights: torch.Tensor, preferred: tuple[str, ...] = ET1.auto_kernels) -> bool:
     """Whether ``impl`` selects the CPU kernels (:mod:`memplan.kernels.extreme_cpu`) for this
-    range (ET-infinity's kernels are the same technology); there are no Triton kernels for extreme
-    tensoring yet."""
-    kernels, preferred = ExtremeTensoring.kernels, ET1.auto_kernels
-    return resolve(group["impl"], weights.device, kernels, preferred) == COMPILED
+    range (ET-infinity's kernels are the same technology, ``auto`` picks them only where
+    ``preferred`` says so); there are no Triton kernels for extreme tensoring yet."""
+    return resolve(group["impl"], weights.device, ExtremeTensoring.kernels, preferred) == COMPILED
 
 
 def _kernel_scalars(group: Mapping[str, Any]):
@@ -261,7 +260,7 @@ class ETInfinity(MemplanOptimizer):
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
         """This rank's squared norm now; the update once it is summed across ranks."""
         weights, grads = flat_view(weights), flat_view(grads)
-        compiled = _compiled(group, weights)
+        compiled = _compiled(group, weights, ET_INF.auto_kernels)
         plan = partition((weights.numel(),), block_budget(group, 0), 16)
         squared_norm = torch.zeros_like(state["sum_sq"])
         if compiled:

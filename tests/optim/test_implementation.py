@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from memplan.kernels import select
-from memplan.optim import SM3, SMMF, ExtremeTensoring, from_plan
+from memplan.optim import SM3, SMMF, ETInfinity, ExtremeTensoring, from_plan
 from memplan.optim.implementation import implementation_of
 
 from .optimizer_table import mixed_plan
@@ -19,10 +19,11 @@ def test_memplan_optimizers_report_their_resolved_impl(monkeypatch):
     assert implementation_of(SMMF(params())) == "eager"
     monkeypatch.setattr(select, "compiled_available", lambda: True)
     assert implementation_of(SMMF(params(), impl="compiled")) == "compiled"
-    # auto picks the kernels measured faster than the eager step: SMMF's, not ET's or SM3's on CPU
+    # auto picks the kernels measured faster than the eager step: SMMF's, SM3's and ET's, not ET-infinity's
     assert implementation_of(SMMF(params(), impl="auto")) == "compiled"
-    assert implementation_of(ExtremeTensoring(params(), impl="auto")) == "eager"
-    assert implementation_of(SM3(params(), impl="auto")) == "eager"
+    assert implementation_of(ExtremeTensoring(params(), impl="auto")) == "compiled"
+    assert implementation_of(SM3(params(), impl="auto")) == "compiled"
+    assert implementation_of(ETInfinity(params(), impl="auto")) == "eager"
     assert implementation_of(ExtremeTensoring(params(), impl="compiled")) == "compiled"
     # triton asked for on CPU tensors runs the eager step (with the one warning of the fallback)
     monkeypatch.setattr(select, "_WARNED", {"triton"})
