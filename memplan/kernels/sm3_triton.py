@@ -27,6 +27,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from memplan.kernels.launch import program_table, upload
 from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
 BLOCK = 1024
@@ -227,26 +228,9 @@ def _batch(views: tuple[tuple[int, ...], ...], block: int, device: torch.device)
             covers[tensor, 2 + 3 * axis:5 + 3 * axis] = (dim, math.prod(view[axis + 1:]), offset)
             offset += dim
     blocks = -(-numel // block)
-    programs = _program_table(blocks)
-    return _Batch(_upload(covers, device), _upload(programs, device), len(programs), offset,
+    programs = program_table(blocks)
+    return _Batch(upload(covers, device), upload(programs, device), len(programs), offset,
                   max(len(view) for view in views), bool((blocks * block).max() >= 2 ** 31))
-
-
-def _program_table(blocks: np.ndarray) -> np.ndarray:
-    """int32 (sum(blocks), 2): tensor t's blocks 0 ... blocks[t] - 1, one row per program."""
-    tensor = np.repeat(np.arange(len(blocks), dtype=np.int64), blocks)
-    first_program = np.cumsum(blocks) - blocks
-    block = np.arange(len(tensor), dtype=np.int64) - np.repeat(first_program, blocks)
-    return np.stack([tensor, block], axis=1).astype(np.int32)
-
-
-def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array`` on ``device``; to a CUDA device through pinned memory, without waiting (a copy from
-    pageable memory would wait for the stream's queued work)."""
-    host = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _call_table(tensors: Sequence[SM3Tensor], device: torch.device) -> torch.Tensor:
@@ -261,7 +245,7 @@ def _call_table(tensors: Sequence[SM3Tensor], device: torch.device) -> torch.Ten
         scalars[row] = (tensor.scalars.lr, tensor.scalars.eps, momentum, 1.0 - momentum, tensor.scalars.decay,
                         tensor.scalars.coupled_decay, tensor.scalars.grad_sign)
         accumulators[row, :len(tensor.accumulators)] = [accumulator.data_ptr() for accumulator in tensor.accumulators]
-    return _upload(np.concatenate([pointers, scalars.view(np.int64), accumulators], axis=1), device)
+    return upload(np.concatenate([pointers, scalars.view(np.int64), accumulators], axis=1), device)
 
 
 def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:

@@ -28,6 +28,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from memplan.kernels.launch import program_table, upload
 from memplan.kernels.smmf_cpu import SMMFScalars, SMMFTensor
 
 BLOCK = 1024
@@ -250,26 +251,9 @@ def _batch(sizes: tuple[tuple[int, int], ...], moments: int, block: int, device:
     offsets = np.cumsum(vector_lengths) - vector_lengths
     shapes = np.stack([numel, cols, rows, offsets], axis=1)
     blocks = -(-numel // block)
-    programs = _program_table(blocks)
-    return _Batch(_upload(shapes, device), _upload(programs, device), len(programs), int(vector_lengths.sum()),
+    programs = program_table(blocks)
+    return _Batch(upload(shapes, device), upload(programs, device), len(programs), int(vector_lengths.sum()),
                   bool((blocks * block).max() >= 2 ** 31))
-
-
-def _program_table(blocks: np.ndarray) -> np.ndarray:
-    """int32 (sum(blocks), 2): tensor t's blocks 0 ... blocks[t] - 1, one row per program."""
-    tensor = np.repeat(np.arange(len(blocks), dtype=np.int64), blocks)
-    first_program = np.cumsum(blocks) - blocks
-    block = np.arange(len(tensor), dtype=np.int64) - np.repeat(first_program, blocks)
-    return np.stack([tensor, block], axis=1).astype(np.int32)
-
-
-def _upload(array: np.ndarray, device: torch.device) -> torch.Tensor:
-    """``array`` on ``device``; to a CUDA device through pinned memory, without waiting (a copy from
-    pageable memory would wait for the stream's queued work)."""
-    host = torch.from_numpy(np.ascontiguousarray(array))
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
 
 
 def _address(tensor: torch.Tensor | None) -> int:
@@ -284,7 +268,7 @@ def _call_table(tensors: Sequence[SMMFTensor], device: torch.device) -> torch.Te
     scalars = np.array([(tensor.scalars.step_size, tensor.scalars.eps, tensor.scalars.decay,
                          tensor.scalars.coupled_decay, tensor.scalars.grad_sign, tensor.prior_v, tensor.prior_m,
                          tensor.keep_v, tensor.keep_m) for tensor in tensors], dtype=np.float64)
-    return _upload(np.concatenate([pointers, scalars.view(np.int64)], axis=1), device)
+    return upload(np.concatenate([pointers, scalars.view(np.int64)], axis=1), device)
 
 
 def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtype | None]:

@@ -275,19 +275,23 @@ def test_a_batch_is_two_launches_with_cached_tables(module, monkeypatch):
     assert triton_module._batch.cache_info().misses == 1
 
 
-def test_an_smmf_group_on_triton_steps_through_smmf_many(monkeypatch):
+@pytest.mark.parametrize("cls,options,module,function,state_key", [
+    (SMMF, dict(lr=0.01, weight_decay=0.1), smmf_triton, "smmf_many", "row_v"),
+    (SM3, dict(lr=0.1, momentum=0.9), sm3_triton, "sm3_many", "acc_0"),
+], ids=["smmf", "sm3"])
+def test_a_group_on_triton_steps_through_one_multi_tensor_call(monkeypatch, cls, options, module, function, state_key):
     """The optimizer's Triton path (run here through the interpreter on CPU tensors): every whole
-    fp32 parameter of the group in one smmf_many call per step, on the eager trajectory."""
+    fp32 parameter of the group in one call per step, on the eager trajectory."""
     calls = []
-    original = smmf_triton.smmf_many
-    monkeypatch.setattr(smmf_triton, "smmf_many", lambda tensors: calls.append(len(tensors)) or original(tensors))
+    original = getattr(module, function)
+    monkeypatch.setattr(module, function, lambda tensors: calls.append(len(tensors)) or original(tensors))
     results = []
     for impl in ("eager", "triton"):
         generator = torch.Generator().manual_seed(5)
         params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in [(13, 7), (31,), (4, 3, 5)]]
-        optimizer = SMMF(params, lr=0.01, weight_decay=0.1)
+        optimizer = cls(params, **options)
         if impl == "triton":
-            monkeypatch.setattr(SMMF, "implementation", lambda self, group: "triton")
+            monkeypatch.setattr(cls, "implementation", lambda self, group: "triton")
         for _ in range(3):
             for param in params:
                 param.grad = torch.randn(param.shape, generator=generator)
@@ -298,30 +302,6 @@ def test_an_smmf_group_on_triton_steps_through_smmf_many(monkeypatch):
     for a, b in zip(eager, triton):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     for a, b in zip(eager_optimizer.state.values(), triton_optimizer.state.values()):
-        assert torch.equal(a["sign"], b["sign"])
-        torch.testing.assert_close(b["row_v"], a["row_v"], rtol=1e-5, atol=1e-7)
-
-
-def test_an_sm3_group_on_triton_steps_through_sm3_many(monkeypatch):
-    """SM3-II's Triton path in the optimizer (through the interpreter): one sm3_many call per step."""
-    calls = []
-    original = sm3_triton.sm3_many
-    monkeypatch.setattr(sm3_triton, "sm3_many", lambda tensors: calls.append(len(tensors)) or original(tensors))
-    results = []
-    for impl in ("eager", "triton"):
-        generator = torch.Generator().manual_seed(6)
-        params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in [(13, 7), (31,), (4, 3, 5)]]
-        optimizer = SM3(params, lr=0.1, momentum=0.9)
-        if impl == "triton":
-            monkeypatch.setattr(SM3, "implementation", lambda self, group: "triton")
-        for _ in range(3):
-            for param in params:
-                param.grad = torch.randn(param.shape, generator=generator)
-            optimizer.step()
-        results.append((params, optimizer))
-    assert calls == [3, 3, 3]
-    (eager, eager_optimizer), (triton, triton_optimizer) = results
-    for a, b in zip(eager, triton):
-        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
-    for a, b in zip(eager_optimizer.state.values(), triton_optimizer.state.values()):
-        torch.testing.assert_close(b["acc_0"], a["acc_0"], rtol=1e-5, atol=1e-7)
+        if "sign" in a:
+            assert torch.equal(a["sign"], b["sign"])
+        torch.testing.assert_close(b[state_key], a[state_key], rtol=1e-5, atol=1e-7)

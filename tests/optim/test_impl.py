@@ -99,125 +99,86 @@ def test_triton_steps_follow_the_eager_reference_on_cuda(cls, options):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
 
 
-def test_a_compiled_step_steps_the_group_in_one_kernel_call(monkeypatch):
-    """Whole fp32 parameters step together (one call per dtype); a bf16 parameter and a channels_last
-    one step on their own, and every parameter follows the eager trajectory."""
-    pytest.importorskip("numba")
-    from memplan.kernels import smmf_cpu
+MIXED_SHAPES = [(13, 7), (31,), (5, 4, 3, 3), (1,), (8, 3, 2, 2)]
+"""fp32 parameters a multi-tensor step takes together (the last is made channels_last)."""
+CALLS_PER_STEP = [1, 1, 1, 1, 1, 1, 4, 4]
+"""Ranges per kernel call over two steps of :func:`mixed_group`: the four whole contiguous fp32
+parameters in one call, the float64 one in another, the channels_last and bf16 ones alone."""
 
-    calls = []
-    original = smmf_cpu._call
-    monkeypatch.setattr(smmf_cpu, "_call", lambda *arguments: calls.append(len(arguments[1])) or original(*arguments))
 
-    def params():
-        generator = torch.Generator().manual_seed(3)
-        shapes = [(13, 7), (31,), (5, 4, 3, 3), (1,), (8, 3, 2, 2)]
-        made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
-        made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
-        made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
-        made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
-        return made
+def mixed_group(shapes: list[tuple[int, ...]]) -> list[torch.nn.Parameter]:
+    """fp32 parameters of ``shapes`` (the last one channels_last), then a float64 and a bf16 one."""
+    generator = torch.Generator().manual_seed(3)
+    made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
+    made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
+    made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
+    made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
+    return made
 
+
+def assert_compiled_follows_eager(make_optimizer, shapes: list[tuple[int, ...]] = MIXED_SHAPES) -> None:
+    """Two steps of ``make_optimizer(params, impl)`` over identical mixed groups, eager and compiled:
+    every parameter and state tensor of the compiled one follows the eager trajectory."""
     results = []
     for impl in ("eager", "compiled"):
         generator = torch.Generator().manual_seed(4)
-        group = params()
-        optimizer = SMMF(group, lr=0.01, impl=impl)
-        for _ in range(2):
-            for param in group:
-                param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
-            optimizer.step()
-        results.append(group)
-    # per step: one call for the four whole fp32 parameters, one for the float64 one, and one each
-    # for the channels_last and bf16 parameters, which step alone
-    assert sorted(calls) == [1, 1, 1, 1, 1, 1, 4, 4]
-    for a, b in zip(*results):
-        torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
-
-
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-def test_a_compiled_sm3_step_steps_the_group_in_one_kernel_call(monkeypatch, momentum):
-    """SM3-II's whole fp32 parameters step together (one call per dtype); a bf16 parameter and a
-    channels_last one step on their own, and every parameter and accumulator follows the eager
-    trajectory."""
-    pytest.importorskip("numba")
-    from memplan.kernels import sm3_cpu
-
-    calls = []
-    original = sm3_cpu._call
-    monkeypatch.setattr(sm3_cpu, "_call", lambda *arguments: calls.append(len(arguments[1])) or original(*arguments))
-
-    def params():
-        generator = torch.Generator().manual_seed(3)
-        shapes = [(13, 7), (31,), (5, 4, 3, 3), (1,), (8, 3, 2, 2)]
-        made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
-        made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
-        made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
-        made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
-        return made
-
-    results = []
-    for impl in ("eager", "compiled"):
-        generator = torch.Generator().manual_seed(4)
-        group = params()
-        optimizer = SM3(group, lr=0.1, momentum=momentum, weight_decay=0.01, impl=impl)
+        group = mixed_group(shapes)
+        optimizer = make_optimizer(group, impl)
         for _ in range(2):
             for param in group:
                 param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
             optimizer.step()
         results.append((group, optimizer))
-    # per step: one call for the four whole fp32 parameters, one for the float64 one, and one each
-    # for the channels_last and bf16 parameters, which step alone
-    assert sorted(calls) == [1, 1, 1, 1, 1, 1, 4, 4]
     (eager, eager_optimizer), (compiled, compiled_optimizer) = results
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
         for key, value in eager_optimizer.state[a].items():
-            if isinstance(value, torch.Tensor):
-                torch.testing.assert_close(compiled_optimizer.state[b][key], value, rtol=1e-5, atol=1e-7)
+            if key == "sign":
+                assert torch.equal(compiled_optimizer.state[b][key], value)
+            elif isinstance(value, torch.Tensor):
+                torch.testing.assert_close(compiled_optimizer.state[b][key], value,
+                                           rtol=1e-5 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
+
+
+def count_calls(monkeypatch, module, name: str, calls: list) -> None:
+    """Record the number of ranges (the second argument) of every call of ``module.name``."""
+    original = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *arguments: calls.append((name, len(arguments[1]))) or original(*arguments))
+
+
+def test_a_compiled_smmf_step_steps_the_group_in_one_kernel_call(monkeypatch):
+    pytest.importorskip("numba")
+    from memplan.kernels import smmf_cpu
+
+    calls = []
+    count_calls(monkeypatch, smmf_cpu, "_call", calls)
+    assert_compiled_follows_eager(lambda params, impl: SMMF(params, lr=0.01, impl=impl))
+    assert sorted(count for _, count in calls) == CALLS_PER_STEP
+
+
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_a_compiled_sm3_step_steps_the_group_in_one_kernel_call(monkeypatch, momentum):
+    pytest.importorskip("numba")
+    from memplan.kernels import sm3_cpu
+
+    calls = []
+    count_calls(monkeypatch, sm3_cpu, "_call", calls)
+    assert_compiled_follows_eager(
+        lambda params, impl: SM3(params, lr=0.1, momentum=momentum, weight_decay=0.01, impl=impl))
+    assert sorted(count for _, count in calls) == CALLS_PER_STEP
 
 
 @pytest.mark.parametrize("options", [dict(index="et2"), dict(index="et2", momentum=0.9, beta2=0.99, weight_decay=0.1)],
                          ids=["plain", "momentum-beta2-decay"])
 def test_a_compiled_extreme_tensoring_step_makes_one_kernel_call_per_pass(monkeypatch, options):
-    """Whole fp32 parameters (indices of orders 1, 2, 4 and 5) step together, one call of each pass
-    per dtype; a bf16 parameter and a channels_last one step on their own, and every parameter and
-    accumulator follows the eager trajectory."""
+    """Indices of orders 1, 2, 4 and 5: one call of each pass per dtype and step."""
     pytest.importorskip("numba")
     from memplan.kernels import extreme_cpu
 
     calls = []
     for name in ("_square_sums", "_update"):
-        original = getattr(extreme_cpu, name)
-        monkeypatch.setattr(extreme_cpu, name, lambda *arguments, name=name, original=original:
-                            calls.append((name, len(arguments[1]))) or original(*arguments))
-
-    def params():
-        generator = torch.Generator().manual_seed(3)
-        shapes = [(13, 7), (64, 40, 3, 3), (48, 36), (1,), (8, 3, 2, 2)]
-        made = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in shapes]
-        made.append(torch.nn.Parameter(torch.randn(6, 5, generator=generator).double()))
-        made.append(torch.nn.Parameter(torch.randn(9, 2, generator=generator).bfloat16()))
-        made[-3].data = made[-3].data.to(memory_format=torch.channels_last)
-        return made
-
-    results = []
-    for impl in ("eager", "compiled"):
-        generator = torch.Generator().manual_seed(4)
-        group = params()
-        optimizer = ExtremeTensoring(group, lr=0.01, impl=impl, **options)
-        for _ in range(2):
-            for param in group:
-                param.grad = torch.randn(param.shape, generator=generator).to(param.dtype)
-            optimizer.step()
-        results.append((group, optimizer))
-    # per step and pass: one call for the four whole fp32 parameters, one for the float64 one, and
-    # one each for the channels_last and bf16 parameters, which step alone
+        count_calls(monkeypatch, extreme_cpu, name, calls)
+    assert_compiled_follows_eager(lambda params, impl: ExtremeTensoring(params, lr=0.01, impl=impl, **options),
+                                  [(13, 7), (64, 40, 3, 3), (48, 36), (1,), (8, 3, 2, 2)])
     for name in ("_square_sums", "_update"):
-        assert sorted(count for called, count in calls if called == name) == [1, 1, 1, 1, 1, 1, 4, 4]
-    (eager, eager_optimizer), (compiled, compiled_optimizer) = results
-    for a, b in zip(eager, compiled):
-        torch.testing.assert_close(b, a, rtol=1e-6 if a.dtype != torch.bfloat16 else 1e-2, atol=1e-7)
-        for key, value in eager_optimizer.state[a].items():
-            if isinstance(value, torch.Tensor):
-                torch.testing.assert_close(compiled_optimizer.state[b][key], value, rtol=1e-5, atol=1e-7)
+        assert sorted(count for called, count in calls if called == name) == CALLS_PER_STEP
