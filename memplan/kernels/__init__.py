@@ -10,8 +10,10 @@ tensor is the range ``[0, numel)``.
 
 Technologies, one module per method and technology:
 
-- ``*_cpu``: numba, compiled on first use (and cached on disk, see :mod:`memplan.kernels.jit`),
-  multi-threaded over cache-sized pieces of the range;
+- ``*_cpu``: numba, multi-threaded over cache-sized pieces of the range; the kernels themselves
+  are in ``*_numba``, which a ``*_cpu`` module imports on first use (importing it does not import
+  numba), and are compiled once and then loaded from numba's cache on disk (see
+  :mod:`memplan.kernels.jit`);
 - ``*_triton``: Triton kernels for CUDA tensors (their tests run on CPU under ``TRITON_INTERPRET=1``).
 
 :mod:`memplan.kernels.select` resolves an optimizer's ``impl`` option to the technology that runs.

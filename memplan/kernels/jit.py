@@ -1,4 +1,15 @@
-"""The CPU JIT (numba), imported on demand, with its on-disk cache outside the source tree."""
+"""The CPU JIT (numba), imported on demand, with its on-disk cache outside the source tree.
+
+The kernels are defined in modules of their own (``smmf_numba``, ``sm3_numba``, ``extreme_numba``,
+and the pointer intrinsic in :mod:`memplan.kernels.numba_pointer`) that get numba from
+:func:`numba_module`; the ``*_cpu`` modules import them on first use, so importing those does not
+import numba. The kernels are module-level functions that reach each other as globals: numba keys a
+cached kernel on its closure too, and a closure holding dispatchers or an intrinsic pickles
+differently in every process, so kernels defined inside a function would be compiled again by every
+process. numba freezes the globals a kernel reads when it compiles it, and checks only the kernel's
+own file for changes: after changing a constant that a ``*_numba`` module imports from another
+module, clear the cache (or touch that file).
+"""
 
 from __future__ import annotations
 
@@ -24,31 +35,14 @@ def cache_dir() -> Path:
 def numba_module() -> ModuleType:
     """numba, configured to cache compiled kernels in :func:`cache_dir` (never beside the sources).
 
-    Raises ImportError when numba is not installed (``pip install 'memplan[kernels]'``).
+    A module of kernels calls this before it defines any: a kernel finds its cache directory when
+    it is defined. Raises ImportError when numba is not installed (``pip install 'memplan[kernels]'``).
     """
     os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir()))
     import numba
 
     numba.config.CACHE_DIR = str(cache_dir())  # also when numba was imported before the variable was set
     return numba
-
-
-@cache
-def array_pointer() -> Callable:
-    """A numba intrinsic ``array_pointer(address, dtype)``: the int64 ``address`` as a typed pointer
-    for ``numba.carray``, so that one kernel call reaches many tensors through a table of their
-    ``data_ptr()`` (numba takes no list of arrays of different lengths without boxing each one)."""
-    numba_module()
-    from numba.core import types
-    from numba.extending import intrinsic
-
-    @intrinsic
-    def pointer(typingctx, address, dtype):
-        target = types.CPointer(dtype.dtype)
-        return target(address, dtype), lambda context, builder, signature, arguments: builder.inttoptr(
-            arguments[0], context.get_value_type(target))
-
-    return pointer
 
 
 def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:

@@ -1,0 +1,404 @@
+"""The numba kernels of :mod:`memplan.kernels.extreme_cpu` (the passes, and how a call walks its
+ranges, are described there), imported by it on first use. Module-level functions, so that numba's
+cache serves them to a new process (see :mod:`memplan.kernels.jit`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from memplan.kernels.extreme_cpu import ADD_SUMS, CORRECTIONS, SCALARS, STORE_ACCUMULATORS
+from memplan.kernels.jit import numba_module
+from memplan.kernels.numba_pointer import array_pointer
+
+numba = numba_module()
+carray = numba.carray
+
+_LR, _MOMENTUM, _DECAY, _COUPLED, _GRAD_SIGN, _KEEP, _ALPHA, _EPS = range(len(SCALARS))
+_SCALE, _OFFSET, _SQRT2_ROOT, _OFFSET_ROOT = range(len(CORRECTIONS))
+
+_TINY = np.float32(np.finfo(np.float32).tiny)
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+_serial_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+# the run loops are inlined into the item functions (a call per run, with its array views,
+# costs about as much as a short run's elements), and the element functions into the run loops
+_run_loop = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"}, inline="always")
+_element = _run_loop
+
+
+@_run_loop
+def run_squares(weights, grads, table_sums, coupled, grad_sign):
+    """One run: G^2 added to the table's sums; returns the run's sum. The weights are read
+    only for coupled weight decay (this pass reads nothing else)."""
+    total = 0.0
+    if coupled == 0:
+        for i in range(grads.shape[0]):
+            square = grads[i] * grads[i]
+            table_sums[i] += square
+            total += square
+        return total
+    for i in range(grads.shape[0]):
+        gradient = grads[i] * grad_sign + coupled * weights[i]
+        square = gradient * gradient
+        table_sums[i] += square
+        total += square
+    return total
+
+
+@_element
+def reduced_root(table, table_roots, i, outer, outer_root, offset, offset_root):
+    """For x = outer * table[i] + offset, of an order other than 1, 2 and 4 (see
+    :mod:`memplan.kernels.extreme_cpu`; ``outer_root`` and ``offset_root`` are outer^a 2^(a/2) and
+    offset^a 2^(a/2)): M^a 2^(a/2), and w = (z - 1) / (z + 1), so that x^a = M^a 2^(a/2) exp(2 a atanh(w))."""
+    product = outer * table[i]
+    total = product + offset
+    above = product > offset
+    largest = table.dtype.type(math.sqrt(2.0)) * (product if above else offset)
+    return outer_root * table_roots[i] if above else offset_root, (total - largest) / (total + largest)
+
+
+# ln z = 2 (w + w^3 / 3 + ...) with |w| <= 0.172, and exp(a ln z) with |a ln z| <= 0.058 (p >= 3):
+# the terms kept leave both under a tenth of an ulp of the working dtype
+
+@_element
+def single_root(table, table_roots, i, outer, outer_root, offset, offset_root, exponent):
+    """(outer * table[i] + offset) ^ exponent in fp32 (see :func:`reduced_root`)."""
+    kind = table.dtype.type
+    base, w = reduced_root(table, table_roots, i, outer, outer_root, offset, offset_root)
+    w2 = w * w
+    v = exponent * w * (kind(2) + w2 * (kind(2 / 3) + w2 * (kind(2 / 5) + w2 * (kind(2 / 7) + w2 * kind(2 / 9)))))
+    return base * (kind(1) + v * (kind(1) + v * (kind(1 / 2) + v * (kind(1 / 6) + v * kind(1 / 24)))))
+
+
+@_element
+def double_root(table, table_roots, i, outer, outer_root, offset, offset_root, exponent):
+    """The same in float64."""
+    kind = table.dtype.type
+    base, w = reduced_root(table, table_roots, i, outer, outer_root, offset, offset_root)
+    w2 = w * w
+    v = exponent * w * (kind(2) + w2 * (kind(2 / 3) + w2 * (kind(2 / 5) + w2 * (kind(2 / 7) + w2 * (
+        kind(2 / 9) + w2 * (kind(2 / 11) + w2 * (kind(2 / 13) + w2 * (kind(2 / 15) + w2 * (kind(2 / 17) + w2 * kind(
+            2 / 19))))))))))
+    return base * (kind(1) + v * (kind(1) + v * (kind(1 / 2) + v * (kind(1 / 6) + v * (kind(1 / 24) + v * (
+        kind(1 / 120) + v * (kind(1 / 720) + v * (kind(1 / 5040) + v * (kind(1 / 40320) + v * kind(
+            1 / 362880))))))))))
+
+
+@_element
+def plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign):
+    weight = weights[i]
+    weights[i] = weight * decay - lr * (root * (grads[i] * grad_sign + coupled * weight) * scale)
+
+
+@_element
+def momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign):
+    """``momentum`` has the buffer's dtype: the decayed buffer and the new one are rounded to it,
+    and the weights read the rounded buffer, as in the eager step (where they differ, float64
+    weights keep an fp32 buffer)."""
+    weight = weights[i]
+    moving = buffer.dtype.type(buffer[i] * momentum + root * (grads[i] * grad_sign + coupled * weight) * scale)
+    buffer[i] = moving
+    weights[i] = weight * decay - lr * moving
+
+
+@_run_loop
+def run_update(weights, grads, buffer, table, table_roots, outer, outer_root, offset, offset_root, exponent,
+               order, scale, lr, momentum, decay, coupled, grad_sign, with_buffer):
+    """One run's update (arrays sliced to it), root and step fused: one branch-free loop per
+    order (square roots for 1, 2 and 4, as the eager step takes them) and buffer."""
+    one = weights.dtype.type(1)
+    count = weights.shape[0]
+    if order == 1:
+        if with_buffer:
+            for i in range(count):
+                root = one / np.sqrt(outer * table[i] + offset)
+                momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                root = one / np.sqrt(outer * table[i] + offset)
+                plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
+    elif order == 2:
+        if with_buffer:
+            for i in range(count):
+                root = one / np.sqrt(np.sqrt(outer * table[i] + offset))
+                momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                root = one / np.sqrt(np.sqrt(outer * table[i] + offset))
+                plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
+    elif order == 4:
+        if with_buffer:
+            for i in range(count):
+                root = one / np.sqrt(np.sqrt(np.sqrt(outer * table[i] + offset)))
+                momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                root = one / np.sqrt(np.sqrt(np.sqrt(outer * table[i] + offset)))
+                plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
+    elif weights.itemsize == 8:
+        if with_buffer:
+            for i in range(count):
+                root = double_root(table, table_roots, i, outer, outer_root, offset, offset_root, exponent)
+                momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                root = double_root(table, table_roots, i, outer, outer_root, offset, offset_root, exponent)
+                plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
+    elif with_buffer:
+        for i in range(count):
+            root = single_root(table, table_roots, i, outer, outer_root, offset, offset_root, exponent)
+            momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign)
+    else:
+        for i in range(count):
+            root = single_root(table, table_roots, i, outer, outer_root, offset, offset_root, exponent)
+            plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
+
+
+@_serial_jit
+def head_indices(index, dims, head, start, first, tail):
+    """The head axes' indices of the run that holds element ``start + first``."""
+    run = (start + first) // tail
+    for axis in range(head - 1, -1, -1):
+        index[axis] = run % dims[axis]
+        run //= dims[axis]
+
+
+@_serial_jit
+def next_run(index, dims, head):
+    for axis in range(head - 1, -1, -1):
+        index[axis] += 1
+        if index[axis] < dims[axis]:
+            return
+        index[axis] = 0
+
+
+@_jit
+def spread(table, vectors, dims, offsets, head, axes):
+    """The row-major outer product of the trailing axes' ``vectors`` (at their offsets) into
+    ``table``, multiplied in its dtype left to right (as a chain of ``torch.outer``)."""
+    size = dims[head]
+    for i in range(size):
+        table[i] = vectors[offsets[head] + i]
+    for axis in range(head + 1, axes):
+        dim, offset = dims[axis], offsets[axis]
+        for i in range(size - 1, -1, -1):   # from the back: entry i is read before anything overwrites it
+            value = table[i]
+            for j in range(dim):
+                table[i * dim + j] = value * vectors[offset + j]
+        size *= dim
+
+
+@_jit
+def fold(table_sums, sums, dims, offsets, head, axes, tail):
+    """Each trailing axis's slice sums of the table (row-major over the trailing axes), added
+    to its sums."""
+    stride = tail
+    for axis in range(head, axes):
+        block = stride   # elements per index of the axis before
+        stride //= dims[axis]
+        for outer in range(0, tail, block):
+            for i in range(dims[axis]):
+                first = outer + i * stride
+                total = 0.0
+                for k in range(first, first + stride):
+                    total += table_sums[k]
+                sums[offsets[axis] + i] += total
+
+
+@_jit
+def square_item(weights, grads, table_sums, sums, dims, offsets, index, start, first, stop, head, tail, coupled,
+                grad_sign):
+    """Pass 1 over elements ``[first, stop)`` of a range that starts at element ``start`` of
+    its index (a function of its own: inside a loop body numba would type the index arithmetic
+    as float64, and the loops would not vectorize)."""
+    head_indices(index, dims, head, start, first, tail)
+    k = first
+    while k < stop:
+        col0 = (start + k) % tail
+        end = min(stop, k + tail - col0)
+        col1 = col0 + end - k
+        total = run_squares(weights[k:end], grads[k:end], table_sums[col0:col1], coupled, grad_sign)
+        for axis in range(head):
+            sums[offsets[axis] + index[axis]] += total
+        if col1 == tail:
+            next_run(index, dims, head)
+        k = end
+
+
+@_jit
+def update_item(weights, grads, buffer, table, table_roots, scaled, axis_roots, dims, offsets, index, start, first,
+                stop, head, tail, order, scale, offset, sqrt2_root, offset_root, lr, momentum, decay, coupled,
+                grad_sign, with_buffer):
+    """Pass 2 over elements ``[first, stop)`` of a range (``scaled`` and ``axis_roots`` sliced
+    to the range's slices)."""
+    general = order != 1 and order != 2 and order != 4
+    kind = table.dtype.type
+    exponent = kind(-0.5 / order)
+    head_indices(index, dims, head, start, first, tail)
+    k = first
+    while k < stop:
+        col0 = (start + k) % tail
+        end = min(stop, k + tail - col0)
+        col1 = col0 + end - k
+        outer = kind(1)
+        outer_root = sqrt2_root
+        for axis in range(head):
+            outer = outer * scaled[offsets[axis] + index[axis]]
+            if general:
+                outer_root *= axis_roots[offsets[axis] + index[axis]]
+        run_update(weights[k:end], grads[k:end], buffer[k:end] if with_buffer else buffer, table[col0:col1],
+                   table_roots[col0:col1], outer, kind(outer_root), offset, offset_root, exponent, order, scale,
+                   lr, momentum, decay, coupled, grad_sign, with_buffer)
+        if col1 == tail:
+            next_run(index, dims, head)
+        k = end
+
+
+@_serial_jit
+def square_walk(ranges, axis_table, addresses, scalars, items, bounds, partial, weight_type, scratch, low, high):
+    """Pass 1 over the items of threads ``low`` to ``high``; each thread's slice sums go to its
+    row of ``partial`` (zeroed here, per range: a thread meets a range in one item at most)."""
+    table_sums = np.empty(scratch[0])
+    index = np.zeros(scratch[1], dtype=np.int64)
+    for thread in range(low, high):
+        for position in range(bounds[thread], bounds[thread + 1]):
+            at = items[position, 0]
+            start, length, first_axis, axes, head, tail, slot, width = ranges[at]
+            dims = axis_table[first_axis:first_axis + axes, 0]
+            offsets = axis_table[first_axis:first_axis + axes, 1]
+            sums = partial[thread, slot:slot + width]
+            sums[:] = 0.0
+            table_sums[:tail] = 0.0
+            weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
+            grads = carray(array_pointer(addresses[at, 1], weight_type), (length,))
+            square_item(weights, grads, table_sums, sums, dims, offsets, index, start, items[position, 1],
+                        items[position, 2], head, tail, weight_type(scalars[at, _COUPLED]),
+                        weight_type(scalars[at, _GRAD_SIGN]))
+            fold(table_sums, sums, dims, offsets, head, axes, tail)
+
+
+@_serial_jit
+def update_walk(ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
+                weight_type, scratch, low, high):
+    """Pass 2 over the items of threads ``low`` to ``high``, from the ranges' scaled
+    accumulators (and, for orders other than 1, 2 and 4, their roots) in ``scaled`` and
+    ``axis_roots``."""
+    table = np.empty(scratch[0], dtype=scaled.dtype)
+    table_roots = np.empty(scratch[0], dtype=scaled.dtype)
+    root_products = np.empty(scratch[0])
+    index = np.zeros(scratch[1], dtype=np.int64)
+    for thread in range(low, high):
+        for position in range(bounds[thread], bounds[thread + 1]):
+            at = items[position, 0]
+            start, length, first_axis, axes, head, tail, slot, width = ranges[at]
+            dims = axis_table[first_axis:first_axis + axes, 0]
+            offsets = axis_table[first_axis:first_axis + axes, 1]
+            range_scaled = scaled[slot:slot + width]
+            range_roots = axis_roots[slot:slot + width]
+            spread(table, range_scaled, dims, offsets, head, axes)
+            if axes != 1 and axes != 2 and axes != 4:
+                # the roots' products in float64, rounded once
+                spread(root_products, range_roots, dims, offsets, head, axes)
+                for i in range(tail):
+                    table_roots[i] = root_products[i]
+            weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
+            grads = carray(array_pointer(addresses[at, 1], weight_type), (length,))
+            with_buffer = addresses[at, 2] != 0
+            buffer = carray(array_pointer(addresses[at, 2], np.float32), (length if with_buffer else 0,))
+            values, correction = scalars[at], corrections[at]
+            update_item(weights, grads, buffer, table, table_roots, range_scaled, range_roots, dims, offsets,
+                        index, start, items[position, 1], items[position, 2], head, tail, axes,
+                        weight_type(correction[_SCALE]), weight_type(correction[_OFFSET]),
+                        correction[_SQRT2_ROOT], weight_type(correction[_OFFSET_ROOT]),
+                        weight_type(values[_LR]), np.float32(values[_MOMENTUM]), weight_type(values[_DECAY]),
+                        weight_type(values[_COUPLED]), weight_type(values[_GRAD_SIGN]), with_buffer)
+
+
+@_serial_jit
+def prepare_roots(ranges, axis_table, scaled, axis_roots, corrections):
+    """For each range of an order p other than 1, 2 and 4, with a = -1 / (2p): its scaled
+    accumulators to the power a (float64, from their working-dtype values), 2^(a/2), and
+    offset^a 2^(a/2) (the offset as the working dtype holds it)."""
+    for at in range(ranges.shape[0]):
+        axes, slot, width = ranges[at, 3], ranges[at, 6], ranges[at, 7]
+        if axes == 1 or axes == 2 or axes == 4:
+            continue
+        exponent = -0.5 / axes
+        for i in range(slot, slot + width):
+            axis_roots[i] = np.exp(np.log(np.float64(scaled[i])) * exponent)
+        sqrt2_root = np.exp(np.log(2.0) * exponent * 0.5)
+        offset = np.float64(scaled.dtype.type(corrections[at, _OFFSET]))
+        corrections[at, _SQRT2_ROOT] = sqrt2_root
+        corrections[at, _OFFSET_ROOT] = np.exp(np.log(offset) * exponent) * sqrt2_root
+
+
+@_serial_jit
+def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, partial, what, output_type, scaled,
+                axis_roots, corrections):
+    """Each range's slice sums, combined over the threads that touched it in thread order: added
+    to its output vectors (ADD_SUMS), or (STORE_ACCUMULATORS) folded into its fp32
+    accumulators, S <- keep S + alpha sums, which are then scaled for pass 2 as
+    :func:`memplan.optim.extreme._scaled_factors` does, in fp32 (into ``scaled`` and
+    ``corrections``, with their roots: :func:`prepare_roots`)."""
+    totals = np.zeros(partial.shape[1])
+    for at in range(ranges.shape[0]):
+        first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
+        sums = totals[slot:slot + width]
+        sums[:] = 0.0
+        if touched[at, 0] >= 0:
+            for thread in range(touched[at, 0], touched[at, 1] + 1):
+                for i in range(width):
+                    sums[i] += partial[thread, slot + i]
+        if what == ADD_SUMS:
+            for axis in range(first_axis, first_axis + axes):
+                dim, offset = axis_table[axis, 0], axis_table[axis, 1]
+                out = carray(array_pointer(axis_addresses[axis], output_type), (dim,))
+                for i in range(dim):
+                    out[i] += output_type(sums[offset + i])
+            continue
+        keep, alpha = np.float32(scalars[at, _KEEP]), np.float32(scalars[at, _ALPHA])
+        log_scale = np.float32(0)
+        for axis in range(first_axis, first_axis + axes):
+            dim, offset = axis_table[axis, 0], axis_table[axis, 1]
+            accumulator = carray(array_pointer(axis_addresses[axis], np.float32), (dim,))
+            maximum = np.float32(1)
+            for i in range(dim):
+                # decayed in fp32, then this step's sums added as torch's fused multiply-add does
+                decayed = accumulator[i] * keep
+                step_sum = np.float64(np.float32(sums[offset + i]))
+                value = np.float32(np.float64(decayed) + np.float64(alpha) * step_sum)
+                accumulator[i] = value
+                maximum = max(maximum, value)
+            for i in range(dim):
+                scaled[slot + offset + i] = accumulator[i] / maximum
+            log_scale += np.log(maximum)
+        corrections[at, _SCALE] = np.exp(np.float32(-0.5 / axes) * log_scale)
+        corrections[at, _OFFSET] = max(np.float32(scalars[at, _EPS]) * np.exp(-log_scale), _TINY)
+    if what == STORE_ACCUMULATORS:
+        prepare_roots(ranges, axis_table, scaled, axis_roots, corrections)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def infinity_squared_norm(weights, grads, coupled, grad_sign, threads):
+    """ET-infinity's pass 1: the sum of G^2 over the range."""
+    total = 0.0
+    for i in numba.prange(weights.shape[0]):
+        gradient = grads[i] * grad_sign + coupled * weights[i]
+        total += gradient * gradient
+    return total
+
+
+@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+def infinity_scale(weights, grads, inverse_root, lr, decay, coupled, grad_sign, threads):
+    """ET-infinity's pass 2: W <- W * decay - lr * G * inverse_root over the range."""
+    for i in numba.prange(weights.shape[0]):
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        weights[i] = weight * decay - lr * (gradient * inverse_root)
+
+
+__all__ = ["finish_sums", "infinity_scale", "infinity_squared_norm", "prepare_roots", "square_walk",
+           "update_walk"]

@@ -1,0 +1,271 @@
+"""The numba kernels of :mod:`memplan.kernels.sm3_cpu` (the step, and how a call walks its ranges,
+are described there), imported by it on first use. Module-level functions, so that numba's cache
+serves them to a new process (see :mod:`memplan.kernels.jit`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from memplan.kernels.jit import numba_module
+from memplan.kernels.numba_pointer import array_pointer
+from memplan.kernels.sm3_cpu import SM3_I, SQUARE_MAXIMA, STORE_MAXIMA
+
+numba = numba_module()
+carray = numba.carray
+
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+# the run loops are inlined into ``item`` (a call per run, with its array views, costs about as
+# much as a short run's elements)
+_run_loop = numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"}, inline="always")
+
+
+@_run_loop
+def largest(values):
+    """The largest of non-negative ``values`` (0 for none), in eight independent maxima: one
+    running maximum is a chain of dependent compares that LLVM does not vectorize."""
+    zero = values.dtype.type(0)
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = zero
+    whole = values.shape[0] - values.shape[0] % 8
+    for i in range(0, whole, 8):
+        m0 = max(m0, values[i])
+        m1 = max(m1, values[i + 1])
+        m2 = max(m2, values[i + 2])
+        m3 = max(m3, values[i + 3])
+        m4 = max(m4, values[i + 4])
+        m5 = max(m5, values[i + 5])
+        m6 = max(m6, values[i + 6])
+        m7 = max(m7, values[i + 7])
+    result = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for i in range(whole, values.shape[0]):
+        result = max(result, values[i])
+    return result
+
+
+@_run_loop
+def run_update(weights, grads, buffer, table, table_max, nus, base, with_maxima, lr, eps, momentum, dampening,
+               decay, coupled, grad_sign, with_buffer):
+    """One run (arrays sliced to it; ``nus`` is scratch). SM3-II (``with_maxima``): nu adds G^2,
+    its maxima go into ``table_max`` and the run's is returned; SM3-I: nu is the minimum alone
+    (returns 0). One branch-free loop per case, so LLVM vectorizes it."""
+    one = weights.dtype.type(1)
+    if with_maxima and with_buffer:
+        for i in range(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i] * grad_sign + coupled * weight
+            nu = min(base, table[i]) + gradient * gradient
+            nus[i] = nu
+            table_max[i] = max(table_max[i], nu)
+            # as the eager step: the product in the buffer's dtype, the weight from the stored buffer
+            moving = buffer.dtype.type(buffer[i] * momentum + dampening * (gradient * (one / np.sqrt(nu + eps))))
+            buffer[i] = moving
+            weights[i] = weight * decay - lr * moving
+    elif with_maxima:
+        for i in range(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i] * grad_sign + coupled * weight
+            nu = min(base, table[i]) + gradient * gradient
+            nus[i] = nu
+            table_max[i] = max(table_max[i], nu)
+            weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(nu + eps)))
+    elif with_buffer:
+        for i in range(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i] * grad_sign + coupled * weight
+            moving = buffer.dtype.type(buffer[i] * momentum
+                                       + dampening * (gradient * (one / np.sqrt(min(base, table[i]) + eps))))
+            buffer[i] = moving
+            weights[i] = weight * decay - lr * moving
+    else:
+        for i in range(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i] * grad_sign + coupled * weight
+            weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(min(base, table[i]) + eps)))
+    return largest(nus) if with_maxima else one - one
+
+
+@_run_loop
+def run_square_max(weights, grads, table_max, squares, coupled, grad_sign):
+    """SM3-I's first pass on one run: the maxima of G^2 into ``table_max``; returns the run's."""
+    for i in range(weights.shape[0]):
+        gradient = grads[i] * grad_sign + coupled * weights[i]
+        square = gradient * gradient
+        squares[i] = square
+        table_max[i] = max(table_max[i], square)
+    return largest(squares)
+
+
+@_run_loop
+def bounded(out, values, bound):
+    for i in range(out.shape[0]):
+        out[i] = min(bound, values[i])
+
+
+@_run_loop
+def merge(out, values, store):
+    """``out`` <- ``values`` (``store``) or their maximum with ``out``, in ``out``'s dtype."""
+    if store:
+        for i in range(out.shape[0]):
+            out[i] = values[i]
+    else:
+        for i in range(out.shape[0]):
+            out[i] = max(out[i], values[i])
+
+
+@_jit
+def fill_head(head_values, axis_addresses, dims, offsets, first_axis, head, accumulator_type):
+    """The head axes' accumulators, in the working dtype, at their offsets in ``head_values``."""
+    for axis in range(head):
+        accumulator = carray(array_pointer(axis_addresses[first_axis + axis, 0], accumulator_type), (dims[axis],))
+        values = head_values[offsets[axis]:offsets[axis] + dims[axis]]
+        for i in range(dims[axis]):
+            values[i] = accumulator[i]
+
+
+@_jit
+def fill_table(table, axis_addresses, dims, first_axis, head, axes, accumulator_type):
+    """The minima of the trailing axes' accumulators over their row-major product, in the
+    working dtype: the last axis's, then each axis before it spread over the table so far."""
+    last = dims[axes - 1]
+    accumulator = carray(array_pointer(axis_addresses[first_axis + axes - 1, 0], accumulator_type), (last,))
+    for i in range(last):
+        table[i] = accumulator[i]
+    size = last
+    for axis in range(axes - 2, head - 1, -1):
+        accumulator = carray(array_pointer(axis_addresses[first_axis + axis, 0], accumulator_type), (dims[axis],))
+        for i in range(dims[axis] - 1, -1, -1):   # block 0 last: the blocks above read it
+            bounded(table[i * size:(i + 1) * size], table[:size], table.dtype.type(accumulator[i]))
+        size *= dims[axis]
+
+
+@_jit
+def fold_table(table_max, maxima, dims, offsets, head, axes, tail):
+    """Each trailing axis's maxima max-combined with the table's, over the other trailing axes."""
+    stride = tail
+    for axis in range(head, axes):
+        block = stride   # elements per index of the axis before
+        stride //= dims[axis]
+        out = maxima[offsets[axis]:offsets[axis] + dims[axis]]
+        for outer in range(0, tail, block):
+            if stride == 1:
+                merge(out, table_max[outer:outer + block], False)
+                continue
+            for i in range(dims[axis]):
+                first = outer + i * stride
+                out[i] = max(out[i], largest(table_max[first:first + stride]))
+
+
+@_jit
+def item(weights, grads, buffer, table, table_max, nus, head_values, maxima, dims, offsets, index, start, first,
+         stop, head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer):
+    """Elements ``[first, stop)`` of a range that starts at element ``start`` of its view, in
+    pieces of runs at most ``nus`` long (a function of its own: inside a loop body numba would
+    type the index arithmetic as float64, and the loops would not vectorize). ``table`` and
+    ``table_max`` hold one entry per element of a run."""
+    with_maxima = mode != SM3_I
+    run = (start + first) // tail
+    for axis in range(head - 1, -1, -1):   # the head axes' indices of the first run
+        index[axis] = run % dims[axis]
+        run //= dims[axis]
+    infinity = nus.dtype.type(np.inf)
+    k = first
+    while k < stop:
+        col0 = (start + k) % tail
+        end = min(stop, k + tail - col0, k + nus.shape[0])
+        col1 = col0 + end - k
+        base = infinity
+        for axis in range(head):
+            base = min(base, head_values[offsets[axis] + index[axis]])
+        if mode == SQUARE_MAXIMA:
+            run_max = run_square_max(weights[k:end], grads[k:end], table_max[col0:col1], nus[:end - k],
+                                     coupled, grad_sign)
+        else:
+            run_max = run_update(weights[k:end], grads[k:end], buffer[k:end] if with_buffer else buffer,
+                                 table[col0:col1], table_max[col0:col1], nus[:end - k], base, with_maxima, lr,
+                                 eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
+        if with_maxima:
+            for axis in range(head):
+                slot = offsets[axis] + index[axis]
+                maxima[slot] = max(maxima[slot], run_max)
+        if col1 == tail:
+            for axis in range(head - 1, -1, -1):   # the next run's head indices
+                index[axis] += 1
+                if index[axis] < dims[axis]:
+                    break
+                index[axis] = 0
+        k = end
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, partial, mode, weight_type,
+         accumulator_type, scratch, low, high):
+    """The items of threads ``low`` to ``high``; each thread's maxima go to its row of
+    ``partial`` (zeroed here, per range, where the thread first meets it).
+
+    A tail of one axis reads that axis's accumulator as the table and keeps the maxima of nu
+    in the thread's partial vector for it; a merged tail builds the table (at most
+    :data:`~memplan.kernels.sm3_cpu.TAIL_ELEMENTS` entries) and folds its maxima into each
+    trailing axis's after the item."""
+    table = np.empty(scratch[0], dtype=partial.dtype)
+    table_max = np.empty(scratch[0], dtype=partial.dtype)
+    nus = np.empty(scratch[1], dtype=partial.dtype)
+    head_values = np.empty(scratch[2], dtype=partial.dtype)
+    index = np.zeros(scratch[3], dtype=np.int64)
+    for thread in range(low, high):
+        previous = -1
+        for position in range(bounds[thread], bounds[thread + 1]):
+            at = items[position, 0]
+            start, length, first_axis, axes, head, tail, slot, width = ranges[at]
+            dims = axis_table[first_axis:first_axis + axes, 0]
+            offsets = axis_table[first_axis:first_axis + axes, 1]
+            maxima = partial[thread, slot:slot + width]
+            if at != previous:
+                maxima[:] = 0
+                previous = at
+            weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
+            grads = carray(array_pointer(addresses[at, 1], weight_type), (length,))
+            with_buffer = addresses[at, 2] != 0
+            buffer = carray(array_pointer(addresses[at, 2], np.float32), (length if with_buffer else 0,))
+            if mode != SQUARE_MAXIMA:
+                fill_head(head_values, axis_addresses, dims, offsets, first_axis, head, accumulator_type)
+            values = scalars[at]
+            lr, eps, momentum, dampening = (weight_type(values[0]), weight_type(values[1]),
+                                            np.float32(values[2]), weight_type(values[3]))
+            decay, coupled, grad_sign = weight_type(values[4]), weight_type(values[5]), weight_type(values[6])
+            if axes - head == 1:
+                last = carray(array_pointer(axis_addresses[first_axis + axes - 1, 0], accumulator_type), (tail,))
+                item(weights, grads, buffer, last, maxima[offsets[axes - 1]:offsets[axes - 1] + tail], nus,
+                     head_values, maxima, dims, offsets, index, start, items[position, 1], items[position, 2],
+                     head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
+                continue
+            if mode != SQUARE_MAXIMA:
+                fill_table(table, axis_addresses, dims, first_axis, head, axes, accumulator_type)
+            if mode != SM3_I:
+                table_max[:tail] = 0
+            item(weights, grads, buffer, table, table_max, nus, head_values, maxima, dims, offsets, index, start,
+                 items[position, 1], items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay,
+                 coupled, grad_sign, with_buffer)
+            if mode != SM3_I:
+                fold_table(table_max, maxima, dims, offsets, head, axes, tail)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def combine(ranges, axis_table, axis_addresses, touched, partial, what, output_type):
+    """Each range's maxima, over the threads that touched it (into the first one's row; 0 where
+    none did), max-combined into its output vectors (ADD_MAXIMA) or stored there (STORE_MAXIMA)."""
+    for at in range(ranges.shape[0]):
+        first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
+        low, high = touched[at, 0], touched[at, 1]
+        if low < 0:   # an empty range: no thread zeroed its maxima
+            low = high = 0
+            partial[0, slot:slot + width] = 0
+        totals = partial[low, slot:slot + width]
+        for thread in range(low + 1, high + 1):
+            merge(totals, partial[thread, slot:slot + width], False)
+        for axis in range(first_axis, first_axis + axes):
+            dim, offset = axis_table[axis, 0], axis_table[axis, 1]
+            merge(carray(array_pointer(axis_addresses[axis, 1], output_type), (dim,)), totals[offset:offset + dim],
+                  what == STORE_MAXIMA)
+
+
+__all__ = ["combine", "walk"]

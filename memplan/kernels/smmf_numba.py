@@ -1,0 +1,182 @@
+"""The numba kernels of :mod:`memplan.kernels.smmf_cpu` (the step, and how a call is cut into
+items, are described there), imported by it on first use. Module-level functions, so that numba's
+cache serves them to a new process (see :mod:`memplan.kernels.jit`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from memplan.kernels.jit import numba_module
+from memplan.kernels.numba_pointer import array_pointer
+from memplan.kernels.smmf_cpu import ADD_SUMS
+
+numba = numba_module()
+carray = numba.carray
+
+TILE = 4096
+"""Elements a thread handles at a time (a multiple of 8): its sign and moment buffers stay in L1/L2."""
+
+
+# the row loops are inlined into ``item`` (at numba's level): a call per row, with its array
+# views, cost about as much as a short row's elements
+_row_loop = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy", inline="always")
+
+
+@_row_loop
+def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, decay, coupled, grad_sign,
+                    col_sums_v, col_sums_m):
+    """One row's piece (every array sliced to it): the update, the new sign flags (0/1, in
+    place of the old ones) and the column sums; returns the row's sums."""
+    sum_v = 0.0
+    sum_m = 0.0
+    for i in range(weights.shape[0]):
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        second = gradient * gradient + rv * col_v[i]
+        moment = gradient + (rm if flags[i] else -rm) * col_m[i]
+        flags[i] = moment > 0
+        magnitude = abs(moment)
+        weights[i] = weight * decay + step_size * (moment / (np.sqrt(second) + eps))
+        sum_v += second
+        sum_m += magnitude
+        col_sums_v[i] += second
+        col_sums_m[i] += magnitude
+    return sum_v, sum_m
+
+
+@_row_loop
+def row_without_moment(weights, grads, col_v, rv, step_size, eps, decay, coupled, grad_sign, col_sums_v):
+    """The same without first moment: the gradient is the update's numerator."""
+    sum_v = 0.0
+    for i in range(weights.shape[0]):
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        second = gradient * gradient + rv * col_v[i]
+        weights[i] = weight * decay + step_size * (gradient / (np.sqrt(second) + eps))
+        sum_v += second
+        col_sums_v[i] += second
+    return sum_v
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
+         prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, spread,
+         weight_type):
+    """Elements ``[first, stop)`` of a range that starts at element ``start`` of its matrix (a
+    function of its own: inside a loop body numba would type the index arithmetic as float64,
+    and the loops would not vectorize): the update, the new signs, and the row sums
+    (``sums[:rows]``) and column sums (after them)."""
+    gather = np.uint64(0x0102040810204080)  # bit j of the top byte of word * gather = byte j of word
+    with_moment = sign_mode != 0
+    for tile_start in range(first, stop, TILE):
+        tile_stop = min(stop, tile_start + TILE)
+        byte_start = tile_start >> 3
+        byte_count = (tile_stop - tile_start + 7) >> 3
+        if sign_mode == 1:
+            for word in range(byte_count):
+                words[word] = spread[signs[byte_start + word]]
+            flags = unpacked
+        elif sign_mode == 8:
+            flags = signs[tile_start:tile_stop]
+        else:
+            flags = unpacked
+        k = tile_start
+        while k < tile_stop:
+            row = (start + k) // cols
+            col0 = start + k - row * cols
+            end = min(tile_stop, k + cols - col0)
+            col1 = col0 + end - k
+            # the row factor scaled in the factors' dtype (as the eager step does), then widened
+            rv = weight_type(row_v[row] * prior_v)
+            if with_moment:
+                sum_v, sum_m = row_with_moment(
+                    weights[k:end], grads[k:end], flags[k - tile_start:end - tile_start], col_v[col0:col1],
+                    col_m[col0:col1], rv, weight_type(row_m[row] * prior_m), step_size, eps, decay, coupled,
+                    grad_sign, sums_v[rows + col0:rows + col1], sums_m[rows + col0:rows + col1])
+                sums_m[row] += sum_m
+            else:
+                sum_v = row_without_moment(weights[k:end], grads[k:end], col_v[col0:col1], rv, step_size, eps,
+                                           decay, coupled, grad_sign, sums_v[rows + col0:rows + col1])
+            sums_v[row] += sum_v
+            k = end
+        if sign_mode == 1:
+            unpacked[tile_stop - tile_start:byte_count * 8] = 0  # padding bits of the range's last byte
+            for word in range(byte_count):
+                signs[byte_start + word] = np.uint8((words[word] * gather) >> np.uint64(56))
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, weight_type, factor_type, low,
+         high):
+    """The items of threads ``low`` to ``high``; each thread's sums go to its row of ``partial``
+    (zeroed here, per range, where the thread first meets it)."""
+    unpacked = np.zeros(TILE, dtype=np.uint8)
+    words = unpacked.view(np.uint64)
+    for thread in range(low, high):
+        previous = -1
+        for position in range(bounds[thread], bounds[thread + 1]):
+            index = items[position, 0]
+            start, length, cols, slot, rows = ranges[index]
+            sums_v = partial[thread, 0, slot:slot + rows + cols]
+            sums_m = partial[thread, partial.shape[1] - 1, slot:slot + rows + cols]  # = sums_v without signs
+            if index != previous:
+                sums_v[:] = 0.0
+                sums_m[:] = 0.0
+                previous = index
+            address = addresses[index]
+            weights = carray(array_pointer(address[0], weight_type), (length,))
+            grads = carray(array_pointer(address[1], weight_type), (length,))
+            if sign_mode == 1:
+                signs = carray(array_pointer(address[2], np.uint8), ((length + 7) >> 3,))
+            elif sign_mode == 8:
+                signs = carray(array_pointer(address[2], np.uint8), (length,))
+            else:
+                signs = unpacked
+            row_v = carray(array_pointer(address[3], factor_type), (rows,))
+            col_v = carray(array_pointer(address[4], factor_type), (cols,))
+            if sign_mode != 0:
+                row_m = carray(array_pointer(address[5], factor_type), (rows,))
+                col_m = carray(array_pointer(address[6], factor_type), (cols,))
+            else:
+                row_m, col_m = row_v, col_v
+            values = scalars[index]
+            item(weights, grads, signs, sign_mode, start, items[position, 1], items[position, 2], cols, row_v,
+                 col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
+                 weight_type(values[1]), weight_type(values[2]), weight_type(values[3]), weight_type(values[4]),
+                 sums_v, sums_m, rows, unpacked, words, spread, weight_type)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_type):
+    """Each range's sums, combined over the threads that touched it in thread order, added to
+    its output vectors (ADD_SUMS) or stored as its new factors (STORE_FACTORS): times keep, the
+    shorter side divided by its total unless that is 0."""
+    for index in range(ranges.shape[0]):
+        if touched[index, 0] < 0:
+            continue
+        _, _, cols, slot, rows = ranges[index]
+        for moment in range(moments):
+            totals = np.zeros(rows + cols)
+            for thread in range(touched[index, 0], touched[index, 1] + 1):
+                totals += partial[thread, moment, slot:slot + rows + cols]
+            out_row = carray(array_pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
+            out_col = carray(array_pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
+            if mode == ADD_SUMS:
+                for i in range(rows):
+                    out_row[i] += totals[i]
+                for j in range(cols):
+                    out_col[j] += totals[rows + j]
+                continue
+            totals *= scalars[index, 7 + moment]
+            side = totals[:rows] if rows < cols else totals[rows:]
+            total = side.sum()
+            if total > 0:
+                side /= total
+            for i in range(rows):
+                out_row[i] = totals[i]
+            for j in range(cols):
+                out_col[j] = totals[rows + j]
+
+
+__all__ = ["combine", "walk"]

@@ -1,0 +1,68 @@
+"""A new process loads the compiled kernels from numba's on-disk cache rather than compiling them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+STEP_EVERY_METHOD = """
+import json
+
+import torch
+from numba.core.dispatcher import Dispatcher
+
+from memplan.optim import SM3, SMMF, ETInfinity, ExtremeTensoring
+
+params = [torch.nn.Parameter(torch.randn(64, 32))]
+params[0].grad = torch.randn(64, 32)
+for optimizer in (SMMF(params, impl="compiled"), SM3(params, momentum=0.0, impl="compiled"),
+                  ExtremeTensoring(params, index="et2", impl="compiled"), ETInfinity(params, impl="compiled")):
+    optimizer.step()
+
+from memplan.kernels import extreme_numba, sm3_numba, smmf_numba
+
+stats = {}
+for module in (smmf_numba, sm3_numba, extreme_numba):
+    for name, kernel in vars(module).items():
+        if isinstance(kernel, Dispatcher):
+            stats[f"{module.__name__.rsplit('.', 1)[-1]}.{name}"] = [sum(kernel.stats.cache_hits.values()),
+                                                                     sum(kernel.stats.cache_misses.values())]
+print(json.dumps(stats))
+"""
+"""Steps each method's compiled kernels once and prints, per numba kernel, its cache hits and misses."""
+
+CALLED_FROM_PYTHON = {"smmf_numba.walk", "smmf_numba.combine", "sm3_numba.walk", "sm3_numba.combine",
+                      "extreme_numba.square_walk", "extreme_numba.finish_sums", "extreme_numba.update_walk",
+                      "extreme_numba.infinity_squared_norm", "extreme_numba.infinity_scale"}
+"""The kernels that a step of SMMF, SM3, ET2 and ET-infinity calls from Python (the others are
+called, and compiled, from inside them)."""
+
+
+def _step_in_new_process(cache: Path) -> dict[str, list[int]]:
+    result = subprocess.run([sys.executable, "-c", STEP_EVERY_METHOD], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "NUMBA_CACHE_DIR": str(cache)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def _files(directory: Path) -> dict[str, tuple[int, int]]:
+    return {str(path.relative_to(directory)): (path.stat().st_size, path.stat().st_mtime_ns)
+            for path in directory.rglob("*") if path.is_file()}
+
+
+@pytest.mark.slow
+def test_a_new_process_loads_every_kernel_from_the_cache(tmp_path):
+    compiled = _step_in_new_process(tmp_path)
+    assert all(misses for name, (_, misses) in compiled.items() if name in CALLED_FROM_PYTHON), compiled
+    written = _files(tmp_path)
+    assert written
+
+    loaded = _step_in_new_process(tmp_path)
+    assert {name for name, (_, misses) in loaded.items() if misses} == set(), loaded
+    assert {name for name, (hits, _) in loaded.items() if hits} == CALLED_FROM_PYTHON, loaded
+    assert _files(tmp_path) == written   # nothing compiled, so nothing saved
