@@ -198,7 +198,12 @@ class MemplanOptimizer(torch.optim.Optimizer):
             layout = self._resolved_layouts(group, source)[position]
         return self._default_layout(group, tuple(param.shape)) if layout is None else layout
 
-    def _state(self, group: Mapping[str, Any], param: torch.Tensor, position: int, shard: Shard) -> dict[str, Any]:
+    def _option_items(self, group: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+        """The group's method options as (name, value) pairs, the key of its cached state lists."""
+        return tuple((option.name, group.get(option.name, option.default)) for option in self.method.options)
+
+    def _state(self, group: Mapping[str, Any], param: torch.Tensor, position: int, shard: Shard,
+               options: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
         """The parameter's state, allocated as the byte model predicts for the group's current options.
 
         State is created at the parameter's first step. A tensor that the options ask for later
@@ -216,9 +221,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
             state["layout"] = (self._default_layout(group, shard.shape) if local_mode
                                else self._layout(group, param, position))
         dtype_name = str(param.dtype).removeprefix("torch.")
-        tensors = _state_tensors(self.method, shard.shape, dtype_name,
-                                 tuple((option.name, group.get(option.name, option.default))
-                                       for option in self.method.options), state["layout"])
+        tensors = _state_tensors(self.method, shard.shape, dtype_name, options, state["layout"])
         if shard.sharded:
             tensors = local_state_tensors(tensors, shard.shape, shard.rows, shard.shards)
         device = local_tensor(param).device
@@ -258,6 +261,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
             mode = group.get("sharding", "exact")
             batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] | None = \
                 [] if self._steps_in_batches(group) else None
+            options = self._option_items(group)   # once per group: the same for all its parameters
             for position, param in enumerate(group["params"]):
                 grad = param.grad
                 if grad is None:
@@ -267,7 +271,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
                                        f"({_describe(param, group.get('param_names'), position)}); "
                                        f"densify them with grad.to_dense()")
                 shard = shard_of(param, mode)
-                state = self._state(group, param, position, shard)
+                state = self._state(group, param, position, shard, options)
                 state["step"] += 1
                 if math.prod(shard.shape) == 0:
                     continue
