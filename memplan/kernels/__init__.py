@@ -8,6 +8,12 @@ slice statistics it produces (row and column sums, slice maxima) are *added* int
 so a rank's partial results can be all-reduced before the optimizer finalizes them. The whole
 tensor is the range ``[0, numel)``.
 
+A kernel call takes a table of such ranges, reached through their addresses: one range (a
+rank's shard, or a parameter stepped alone), or a group's whole parameters at once
+(``smmf_many``, ``sm3_many``, ``et_many``, which also store the new state), so that a model with
+hundreds of small tensors makes one call per step rather than one per tensor. The Triton modules
+do the same with one launch (:mod:`memplan.kernels.launch` builds their tables).
+
 Technologies, one module per method and technology:
 
 - ``*_cpu``: numba, multi-threaded over cache-sized pieces of the range; the kernels themselves
