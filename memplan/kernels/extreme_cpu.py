@@ -33,7 +33,10 @@ root is within a few ulp of the exact one in fp32 and float64, and is taken in t
 it (one loop per order and momentum); the loops stay branch-free and vectorize (libm's log and exp
 per element do not: 12.5 ns an element, against under 1 ns for the whole update now).
 
-ET-infinity's passes are :func:`squared_norm_range` and :func:`scale_range`.
+ET-infinity's passes are :func:`squared_norm_range` and :func:`scale_range` over a range, and
+:func:`et_inf_many` over many whole tensors (pass 1, the accumulators' update and inverse roots in
+one serial step, then pass 2; one kernel call per pass), walked the same way: items of
+:func:`memplan.kernels.jit.split_work`, per-thread float64 sums combined in thread order.
 """
 
 from __future__ import annotations
@@ -288,27 +291,116 @@ def _numpy_type(dtype: torch.dtype):
     return np.float32 if dtype == torch.float32 else np.float64
 
 
+@dataclass(frozen=True, slots=True)
+class ETInfinityTensor:
+    """One parameter of a multi-tensor ET-infinity step (:func:`et_inf_many`), stepped whole: its
+    contiguous weights and gradients (any shape, read in row-major order; fp32 or float64, the same
+    dtype) and its accumulated squared norm ``sum_sq`` (the optimizer's 0-d fp32 state, updated in
+    place). ``beta2`` None adds this step's squared norm to it; a number decays it first
+    (s <- beta2 s + (1 - beta2) ||G||^2). ``eps`` is added to it under the root."""
+
+    weights: torch.Tensor
+    grads: torch.Tensor
+    sum_sq: torch.Tensor
+    scalars: ETScalars
+    beta2: float | None
+    eps: float
+
+
+INFINITY_SCALARS = ("lr", "decay", "coupled", "grad_sign", "keep", "alpha", "eps")
+"""The columns of an ET-infinity call's per-tensor scalars (float64): the update's, then the
+accumulator's s <- keep s + alpha ||G||^2, and eps."""
+
+
+def et_inf_many(tensors: list[ETInfinityTensor]) -> None:
+    """Step every tensor whole, both passes, one kernel call each (see :class:`ETInfinityTensor`).
+
+    Per tensor, what the optimizer's per-parameter step does, rounded as it rounds: the squared norm
+    of G (summed in float64, rounded to fp32), the accumulator updated with it in fp32, the inverse
+    root (eps + s)^(-1/2) in fp32, then W <- W * decay - lr * G * inverse_root. The tensors share
+    the weights' dtype (fp32 or float64; ValueError otherwise); an empty list is a no-op.
+    """
+    tensors = [tensor for tensor in tensors if tensor.weights.numel()]
+    if not tensors:
+        return
+    dtype = tensors[0].weights.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"et_inf_many steps fp32 or float64 tensors, not {dtype}")
+    if any(tensor.weights.dtype != dtype or tensor.grads.dtype != dtype for tensor in tensors):
+        raise ValueError("et_inf_many: every tensor's weights and gradients must share the first tensor's dtype")
+    if any(tensor.sum_sq.dtype != torch.float32 or tensor.sum_sq.numel() != 1 for tensor in tensors):
+        raise ValueError("et_inf_many: every accumulator must be a single fp32 value")
+    addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr()) for tensor in tensors],
+                         dtype=np.int64)
+    states = np.array([tensor.sum_sq.data_ptr() for tensor in tensors], dtype=np.int64)
+    scalars = np.array([_infinity_row(tensor.scalars, tensor.beta2, tensor.eps) for tensor in tensors],
+                       dtype=np.float64)
+    lengths = tuple(tensor.weights.numel() for tensor in tensors)
+    weight_type = _numpy_type(dtype)
+    _, inverse_roots = _infinity_squared_norms(addresses, lengths, scalars, weight_type, states)
+    _infinity_scale(addresses, lengths, scalars, inverse_roots, weight_type)
+
+
 def squared_norm_range(weights: torch.Tensor, grads: torch.Tensor, scalars: ETScalars) -> float:
     """ET-infinity's pass 1: the range's sum of G^2 (in float64)."""
     weight, gradient = _working(weights), _working(grads)
-    numpy_float = weight.numpy().dtype.type
-    return float(_norm_kernels()[0](weight.numpy(), gradient.numpy(), numpy_float(scalars.coupled_decay),
-                                    numpy_float(scalars.grad_sign), kernel_threads(weights.numel())))
+    addresses = np.array([(weight.data_ptr(), gradient.data_ptr())], dtype=np.int64)
+    row = np.array([_infinity_row(scalars, None, 0.0)], dtype=np.float64)
+    norms, _ = _infinity_squared_norms(addresses, (weight.numel(),), row, _numpy_type(weight.dtype),
+                                       np.empty(0, dtype=np.int64))
+    return float(norms[0])
 
 
 def scale_range(weights: torch.Tensor, grads: torch.Tensor, inverse_root: float, scalars: ETScalars) -> None:
     """ET-infinity's pass 2: W <- W * decay - lr * G * inverse_root over the range."""
     weight, gradient = _working(weights), _working(grads)
-    numpy_float = weight.numpy().dtype.type
-    _norm_kernels()[1](weight.numpy(), gradient.numpy(), numpy_float(inverse_root), numpy_float(scalars.lr),
-                       numpy_float(scalars.decay), numpy_float(scalars.coupled_decay),
-                       numpy_float(scalars.grad_sign), kernel_threads(weights.numel()))
+    addresses = np.array([(weight.data_ptr(), gradient.data_ptr())], dtype=np.int64)
+    row = np.array([_infinity_row(scalars, None, 0.0)], dtype=np.float64)
+    _infinity_scale(addresses, (weight.numel(),), row, np.array([inverse_root], dtype=np.float64),
+                    _numpy_type(weight.dtype))
     if weight is not weights:
         weights.copy_(weight)
 
 
+def _infinity_squared_norms(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray, weight_type,
+                            states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ET-infinity's pass 1 over the tensors ``addresses`` (weights, gradients) of ``lengths``
+    elements in one kernel call, then the serial combination of the sums: returns each tensor's
+    squared norm (float64) and, where ``states`` gives the tensors' accumulators (one address per
+    tensor, or none), their updated values' inverse roots."""
+    threads = kernel_threads(sum(lengths))
+    items, bounds, touched = split_work(lengths, threads)
+    partial = np.zeros((threads, len(lengths)), dtype=np.float64)
+    norms = np.empty(len(lengths), dtype=np.float64)
+    inverse_roots = np.empty(states.shape[0], dtype=np.float64)
+    kernel = _norm_kernels()[0]
+    arguments = (addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots, weight_type)
+    run_in_threads(lambda low, high: kernel(*arguments, low, high, False), threads)
+    kernel(*arguments, 0, 0, True)
+    return norms, inverse_roots
+
+
+def _infinity_scale(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray,
+                    inverse_roots: np.ndarray, weight_type) -> None:
+    """ET-infinity's pass 2 over the tensors in one kernel call."""
+    threads = kernel_threads(sum(lengths))
+    items, bounds, _ = split_work(lengths, threads)
+    kernel = _norm_kernels()[1]
+    arguments = (addresses, scalars, inverse_roots, items, bounds, weight_type)
+    run_in_threads(lambda low, high: kernel(*arguments, low, high), threads)
+
+
+@lru_cache(maxsize=256)
+def _infinity_row(scalars: ETScalars, beta2: float | None, eps: float) -> tuple[float, ...]:
+    """A tensor's row of :data:`INFINITY_SCALARS` (cached: a group's tensors share their scalars)."""
+    keep, alpha = (1.0, 1.0) if beta2 is None else (beta2, 1.0 - beta2)
+    return scalars.lr, scalars.decay, scalars.coupled_decay, scalars.grad_sign, keep, alpha, eps
+
+
 def _working(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor if tensor.dtype.itemsize >= 4 else tensor.to(torch.float32)
+    """The range as the kernels read it: fp32 and float64 contiguous, narrower floats as fp32."""
+    working = tensor if tensor.dtype.itemsize >= 4 else tensor.to(torch.float32)
+    return working.contiguous()
 
 
 @cache
@@ -319,5 +411,5 @@ def _norm_kernels():
     return extreme_numba.infinity_squared_norm, extreme_numba.infinity_scale
 
 
-__all__ = ["ETScalars", "ETTensor", "et_many", "et_square_sums_range", "et_update_range", "scale_range",
-           "squared_norm_range"]
+__all__ = ["ETInfinityTensor", "ETScalars", "ETTensor", "et_inf_many", "et_many", "et_square_sums_range",
+           "et_update_range", "scale_range", "squared_norm_range"]

@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from memplan.kernels.extreme_cpu import ADD_SUMS, CORRECTIONS, SCALARS, STORE_ACCUMULATORS
+from memplan.kernels.extreme_cpu import ADD_SUMS, CORRECTIONS, INFINITY_SCALARS, SCALARS, STORE_ACCUMULATORS
 from memplan.kernels.jit import numba_module
 from memplan.kernels.numba_pointer import array_pointer
 
@@ -18,6 +18,7 @@ carray = numba.carray
 
 _LR, _MOMENTUM, _DECAY, _COUPLED, _GRAD_SIGN, _KEEP, _ALPHA, _EPS = range(len(SCALARS))
 _SCALE, _OFFSET, _SQRT2_ROOT, _OFFSET_ROOT = range(len(CORRECTIONS))
+_INF_LR, _INF_DECAY, _INF_COUPLED, _INF_GRAD_SIGN, _INF_KEEP, _INF_ALPHA, _INF_EPS = range(len(INFINITY_SCALARS))
 
 _TINY = np.float32(np.finfo(np.float32).tiny)
 
@@ -381,23 +382,81 @@ def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, partial, w
         prepare_roots(ranges, axis_table, scaled, axis_roots, corrections)
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def infinity_squared_norm(weights, grads, coupled, grad_sign, threads):
-    """ET-infinity's pass 1: the sum of G^2 over the range."""
+@_jit
+def infinity_run_squares(weights, grads, coupled, grad_sign):
+    """ET-infinity's pass 1 over one item (arrays sliced to it): its sum of G^2, each square in
+    the weights' dtype, summed in float64. The weights are read only for coupled weight decay."""
     total = 0.0
-    for i in numba.prange(weights.shape[0]):
+    if coupled == 0:
+        for i in range(grads.shape[0]):
+            gradient = grads[i]
+            total += gradient * gradient
+        return total
+    for i in range(grads.shape[0]):
         gradient = grads[i] * grad_sign + coupled * weights[i]
         total += gradient * gradient
     return total
 
 
-@numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
-def infinity_scale(weights, grads, inverse_root, lr, decay, coupled, grad_sign, threads):
-    """ET-infinity's pass 2: W <- W * decay - lr * G * inverse_root over the range."""
-    for i in numba.prange(weights.shape[0]):
+@_jit
+def infinity_run_scale(weights, grads, inverse_root, lr, decay, coupled, grad_sign):
+    """ET-infinity's pass 2 over one item: W <- W * decay - lr * G * inverse_root."""
+    for i in range(weights.shape[0]):
         weight = weights[i]
         gradient = grads[i] * grad_sign + coupled * weight
         weights[i] = weight * decay - lr * (gradient * inverse_root)
+
+
+@_serial_jit
+def infinity_squared_norm(addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots,
+                          weight_type, low, high, finish):
+    """ET-infinity's pass 1. Without ``finish``: the items of threads ``low`` to ``high``, each
+    thread's sums of G^2 added to its row of ``partial`` (one column per tensor). With ``finish``,
+    once the threads have joined: each tensor's squared norm, its partial sums combined in thread
+    order, into ``norms``; then, for each tensor with a state (``states`` holds the addresses of
+    the 0-d fp32 accumulators; none for a lone range), the accumulator updated as the eager step
+    rounds it, s <- keep s + alpha ||G||^2 in fp32 with the squared norm rounded to fp32 first, and
+    (eps + s)^(-1/2) in fp32 into ``inverse_roots``."""
+    if not finish:
+        for thread in range(low, high):
+            for position in range(bounds[thread], bounds[thread + 1]):
+                at, first, stop = items[position, 0], items[position, 1], items[position, 2]
+                weights = carray(array_pointer(addresses[at, 0], weight_type), (stop,))
+                grads = carray(array_pointer(addresses[at, 1], weight_type), (stop,))
+                partial[thread, at] += infinity_run_squares(weights[first:stop], grads[first:stop],
+                                                            weight_type(scalars[at, _INF_COUPLED]),
+                                                            weight_type(scalars[at, _INF_GRAD_SIGN]))
+        return
+    for at in range(norms.shape[0]):
+        total = 0.0
+        if touched[at, 0] >= 0:
+            for thread in range(touched[at, 0], touched[at, 1] + 1):
+                total += partial[thread, at]
+        norms[at] = total
+    for at in range(states.shape[0]):
+        state = carray(array_pointer(states[at], np.float32), (1,))
+        keep, alpha = np.float32(scalars[at, _INF_KEEP]), np.float32(scalars[at, _INF_ALPHA])
+        # decayed in fp32, then the squared norm (an fp32 tensor's value) added as torch's fused multiply-add does
+        decayed = state[0] * keep
+        squared_norm = np.float64(np.float32(norms[at]))
+        value = np.float32(np.float64(decayed) + np.float64(alpha) * squared_norm)
+        state[0] = value
+        inverse_roots[at] = np.float32(1) / np.sqrt(value + np.float32(scalars[at, _INF_EPS]))
+
+
+@_serial_jit
+def infinity_scale(addresses, scalars, inverse_roots, items, bounds, weight_type, low, high):
+    """ET-infinity's pass 2 over the items of threads ``low`` to ``high``, each tensor scaled by
+    its ``inverse_roots`` entry."""
+    for thread in range(low, high):
+        for position in range(bounds[thread], bounds[thread + 1]):
+            at, first, stop = items[position, 0], items[position, 1], items[position, 2]
+            weights = carray(array_pointer(addresses[at, 0], weight_type), (stop,))
+            grads = carray(array_pointer(addresses[at, 1], weight_type), (stop,))
+            values = scalars[at]
+            infinity_run_scale(weights[first:stop], grads[first:stop], weight_type(inverse_roots[at]),
+                               weight_type(values[_INF_LR]), weight_type(values[_INF_DECAY]),
+                               weight_type(values[_INF_COUPLED]), weight_type(values[_INF_GRAD_SIGN]))
 
 
 __all__ = ["finish_sums", "infinity_scale", "infinity_squared_norm", "prepare_roots", "square_walk",

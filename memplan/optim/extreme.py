@@ -256,6 +256,26 @@ class ETInfinity(MemplanOptimizer):
                         chunk_bytes=chunk_bytes, maximize=maximize, sharding=sharding, impl=impl)
         super().__init__(params, defaults)
 
+    def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
+        """The CPU kernels step a group's whole parameters together, one kernel call per pass."""
+        return self.implementation(group) == COMPILED
+
+    def _step_batch(self, group: Mapping[str, Any],
+                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
+        """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
+        passes, and the accumulators' update between them); float64 and fp32 parameters go in
+        separate steps."""
+        from memplan.kernels import extreme_cpu
+
+        scalars = _kernel_scalars(group)
+        beta2, eps = group["beta2"], group["eps"]
+        by_dtype: dict[torch.dtype, list[extreme_cpu.ETInfinityTensor]] = {}
+        for param, grad, state in batch:
+            by_dtype.setdefault(param.dtype, []).append(extreme_cpu.ETInfinityTensor(
+                weights=param, grads=grad, sum_sq=state["sum_sq"], scalars=scalars, beta2=beta2, eps=eps))
+        for tensors in by_dtype.values():
+            extreme_cpu.et_inf_many(tensors)
+
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
         """This rank's squared norm now; the update once it is summed across ranks."""

@@ -169,3 +169,63 @@ def test_many_refuses_tensors_that_cannot_share_a_call():
     with pytest.raises(ValueError, match="bfloat16"):
         et_many([tensor(torch.bfloat16)])
     et_many([])  # nothing to do
+
+
+INFINITY_SHAPES = [(1,), (97,), (7, 13), (3, 70, 70), (5, 3, 7), (2, 2, 2, 2, 2, 3), (1, 31), (1000, 3)]
+
+
+def dense_et_inf_step(weights, grads, sum_sq, scalars, beta2, eps):
+    """ET-infinity's step on a whole tensor, in torch: the accumulator (updated in place) and the new
+    weights."""
+    gradient = grads * scalars.grad_sign + scalars.coupled_decay * weights
+    squared_norm = (gradient.double() ** 2).sum().float()
+    if beta2 is not None:
+        sum_sq.mul_(beta2)
+    sum_sq.add_(squared_norm, alpha=1.0 if beta2 is None else 1.0 - beta2)
+    inverse_root = (sum_sq + eps).rsqrt()
+    return weights * scalars.decay - scalars.lr * (gradient * inverse_root.to(weights.dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("beta2", [None, 0.9])
+def test_et_infinity_many_tensors_step_as_each_dense_step(beta2, dtype, threads):
+    """Both passes and the accumulators' update for many tensors in one call of each pass, with
+    maximize and coupled and decoupled weight decay varying among them."""
+    from memplan.kernels.extreme_cpu import ETInfinityTensor, et_inf_many
+
+    generator = torch.Generator().manual_seed(7)
+    tensors, expected = [], []
+    for position, shape in enumerate(INFINITY_SHAPES):
+        weights = torch.randn(shape, generator=generator).to(dtype)
+        grads = torch.randn(shape, generator=generator).to(dtype)
+        sum_sq = torch.rand((), generator=generator) * 10
+        scalars = ETScalars(lr=0.1, decay=1.0 - 1e-3 * (position % 3), coupled_decay=0.01 * (position % 4 == 2),
+                            negate=position % 5 == 1)
+        eps = 1e-8 if position % 2 else 1.0
+        new_sum_sq = sum_sq.clone()
+        expected.append((dense_et_inf_step(weights, grads, new_sum_sq, scalars, beta2, eps), new_sum_sq))
+        tensors.append(ETInfinityTensor(weights=weights.clone(), grads=grads, sum_sq=sum_sq, scalars=scalars,
+                                        beta2=beta2, eps=eps))
+    et_inf_many(tensors)
+    unit = ULP if dtype == torch.float32 else 2.3e-16
+    for tensor, (weights, sum_sq) in zip(tensors, expected):
+        torch.testing.assert_close(tensor.sum_sq, sum_sq, rtol=1e-6, atol=0.0)
+        torch.testing.assert_close(tensor.weights, weights, rtol=1e-6 if dtype == torch.float32 else 1e-12,
+                                   atol=float(4 * unit * weights.abs().max().clamp(min=1)))
+
+
+def test_et_infinity_many_refuses_tensors_that_cannot_share_a_call():
+    from memplan.kernels.extreme_cpu import ETInfinityTensor, et_inf_many
+
+    def tensor(dtype, sum_sq=None):
+        return ETInfinityTensor(weights=torch.zeros(6, dtype=dtype), grads=torch.zeros(6, dtype=dtype),
+                                sum_sq=torch.zeros(()) if sum_sq is None else sum_sq, scalars=ETScalars(lr=0.1),
+                                beta2=None, eps=1e-8)
+
+    with pytest.raises(ValueError, match="share"):
+        et_inf_many([tensor(torch.float32), tensor(torch.float64)])
+    with pytest.raises(ValueError, match="bfloat16"):
+        et_inf_many([tensor(torch.bfloat16)])
+    with pytest.raises(ValueError, match="fp32"):
+        et_inf_many([tensor(torch.float32, torch.zeros((), dtype=torch.float64))])
+    et_inf_many([])  # nothing to do

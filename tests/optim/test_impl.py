@@ -182,3 +182,17 @@ def test_a_compiled_extreme_tensoring_step_makes_one_kernel_call_per_pass(monkey
                                   [(13, 7), (64, 40, 3, 3), (48, 36), (1,), (8, 3, 2, 2)])
     for name in ("_square_sums", "_update"):
         assert sorted(count for called, count in calls if called == name) == CALLS_PER_STEP
+
+
+@pytest.mark.parametrize("options", [dict(maximize=True), dict(beta2=0.9, weight_decay=0.1, weight_decay_mode="adam")],
+                         ids=["maximize", "beta2-coupled-decay"])
+def test_a_compiled_et_infinity_step_makes_one_kernel_call_per_pass(monkeypatch, options):
+    pytest.importorskip("numba")
+    from memplan.kernels import extreme_cpu
+
+    calls = []
+    for name in ("_infinity_squared_norms", "_infinity_scale"):
+        count_calls(monkeypatch, extreme_cpu, name, calls)
+    assert_compiled_follows_eager(lambda params, impl: ETInfinity(params, lr=0.01, impl=impl, **options))
+    for name in ("_infinity_squared_norms", "_infinity_scale"):
+        assert sorted(count for called, count in calls if called == name) == CALLS_PER_STEP
