@@ -14,6 +14,7 @@ import json
 import os
 import tempfile
 import traceback
+import warnings
 from datetime import timedelta
 from typing import Any, Callable
 
@@ -460,6 +461,7 @@ def main(rank: int, world: int, port: int, out_path: str, directory: str, phase:
         merged = {name: [ranks[name] for ranks in gathered] for name in results}
         with open(out_path, "w") as file:
             json.dump(merged, file, default=str)
+    dist.barrier()   # no rank tears its connections down while another still uses them
     dist.destroy_process_group()
 
 
@@ -473,7 +475,17 @@ def spawn(world: int, directory: str, phase: str = "two_ranks") -> dict[str, lis
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     out_path = os.path.join(directory, f"results-{phase}.json")
-    mp.spawn(main, args=(world, port, out_path, directory, phase), nprocs=world)
+    try:
+        mp.spawn(main, args=(world, port, out_path, directory, phase), nprocs=world)
+    except mp.ProcessExitedException as error:
+        # A rank killed by a signal (twice, on a loaded 2-core machine, a rank aborted with
+        # "terminate called without an active exception" and the next run passed): run the phase
+        # once more on a fresh port; a crash that repeats fails the tests with this error.
+        warnings.warn(f"{phase}: {error}; running the phase again", RuntimeWarning)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        mp.spawn(main, args=(world, port, out_path, directory, phase), nprocs=world)
     with open(out_path) as file:
         return json.load(file)
 
