@@ -125,12 +125,28 @@ def run_ranks_bench(source: str | Path, world_size: int, specs: Sequence[str] | 
         out_path = os.path.join(directory, "ranks.json")
         job = _Job(profile.to_dict(), labels, plan_path, device, steps, warmup,
                    None if device_profile is None else str(device_profile), port, out_path)
-        multiprocessing.spawn(_rank_main, args=(world_size, job), nprocs=world_size)
+        try:
+            multiprocessing.spawn(_rank_main, args=(world_size, job), nprocs=world_size)
+        except multiprocessing.ProcessExitedException:
+            # a rank killed by a signal while the ranks tore down their process group, after rank 0
+            # wrote every result (gloo on CPU sometimes aborts there): the measurements stand
+            if not results_complete(out_path):
+                raise
         with open(out_path) as file:
             data = json.load(file)
     results = tuple(RanksResult(**record) for record in data["results"])
     return RanksReport(world_size, data["backend"], profile.name, steps, CollectiveModel(**data["collective"]),
                        results)
+
+
+def results_complete(path: str) -> bool:
+    """Whether the JSON file rank 0 writes once every rank has measured is there, whole."""
+    try:
+        with open(path) as file:
+            json.load(file)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,7 @@ def _rank_main(rank: int, world_size: int, job: _Job) -> None:
             merged = [_merge(per_rank) for per_rank in zip(*gathered)]
             with open(job.out_path, "w") as file:
                 json.dump({"backend": backend, "collective": asdict(collective), "results": merged}, file)
+        dist.barrier()   # no rank tears its connections down while another still uses them
     finally:
         dist.destroy_process_group()
 
