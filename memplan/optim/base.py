@@ -286,8 +286,11 @@ class MemplanOptimizer(torch.optim.Optimizer):
                 else:
                     finish()  # nothing to reduce: finished now, as a single-device step is
                 finish = None  # so its vectors are freed before the next parameter allocates its own
-            if batch:
-                self._step_batch(group, batch)
+            by_dtype: dict[torch.dtype, list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]] = {}
+            for item in batch or ():
+                by_dtype.setdefault(item[0].dtype, []).append(item)
+            for same_dtype in by_dtype.values():   # a kernel call steps one dtype
+                self._step_batch(group, same_dtype)
         return finishers
 
     def _steps_in_batches(self, group: Mapping[str, Any]) -> bool:
@@ -305,7 +308,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """Step the batch's parameters (each with its gradient and its state, its step already
-        counted) in one multi-tensor kernel call."""
+        counted; all of one dtype) in one multi-tensor kernel call."""
         raise NotImplementedError
 
     def _step_shard(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],

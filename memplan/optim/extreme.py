@@ -94,22 +94,17 @@ class ExtremeTensoring(MemplanOptimizer):
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
-        passes, and the accumulators' update and rescaling between them); float64 and fp32
-        parameters go in separate steps."""
+        passes, and the accumulators' update and rescaling between them)."""
         from memplan.kernels import extreme_cpu
 
         scalars = _kernel_scalars(group)
         beta2, eps = group["beta2"], group["eps"]
         with_buffer = bool(group["momentum"])
-        by_dtype: dict[torch.dtype, list[extreme_cpu.ETTensor]] = {}
-        for param, grad, state in batch:
-            index = state["layout"]
-            by_dtype.setdefault(param.dtype, []).append(extreme_cpu.ETTensor(
-                weights=param, grads=grad, index=index,
-                accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(index))),
-                buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars, beta2=beta2, eps=eps))
-        for tensors in by_dtype.values():
-            extreme_cpu.et_many(tensors)
+        extreme_cpu.et_many([extreme_cpu.ETTensor(
+            weights=param, grads=grad, index=state["layout"],
+            accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(state["layout"]))),
+            buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars, beta2=beta2, eps=eps)
+            for param, grad, state in batch])
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
@@ -263,18 +258,14 @@ class ETInfinity(MemplanOptimizer):
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
-        passes, and the accumulators' update between them); float64 and fp32 parameters go in
-        separate steps."""
+        passes, and the accumulators' update between them)."""
         from memplan.kernels import extreme_cpu
 
         scalars = _kernel_scalars(group)
         beta2, eps = group["beta2"], group["eps"]
-        by_dtype: dict[torch.dtype, list[extreme_cpu.ETInfinityTensor]] = {}
-        for param, grad, state in batch:
-            by_dtype.setdefault(param.dtype, []).append(extreme_cpu.ETInfinityTensor(
-                weights=param, grads=grad, sum_sq=state["sum_sq"], scalars=scalars, beta2=beta2, eps=eps))
-        for tensors in by_dtype.values():
-            extreme_cpu.et_inf_many(tensors)
+        extreme_cpu.et_inf_many([extreme_cpu.ETInfinityTensor(
+            weights=param, grads=grad, sum_sq=state["sum_sq"], scalars=scalars, beta2=beta2, eps=eps)
+            for param, grad, state in batch])
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:

@@ -74,7 +74,7 @@ class SM3(MemplanOptimizer):
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """Every whole parameter of the group in one call of the kernel (CPU or Triton), which also
-        stores the new accumulators; float64 and fp32 parameters go in separate calls."""
+        stores the new accumulators."""
         from memplan.kernels import sm3_cpu, sm3_triton
 
         many = sm3_triton.sm3_many if self.implementation(group) == TRITON else sm3_cpu.sm3_many
@@ -82,15 +82,11 @@ class SM3(MemplanOptimizer):
         scalars = sm3_cpu.SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"],
                                      decay=decay, coupled_decay=coupled, negate=negate)
         with_buffer = bool(group["momentum"])
-        by_dtype: dict[torch.dtype, list[sm3_cpu.SM3Tensor]] = {}
-        for param, grad, state in batch:
-            view = state["layout"]
-            by_dtype.setdefault(param.dtype, []).append(sm3_cpu.SM3Tensor(
-                weights=param, grads=grad, view=view,
-                accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(view))),
-                buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars))
-        for tensors in by_dtype.values():
-            many(tensors)
+        many([sm3_cpu.SM3Tensor(
+            weights=param, grads=grad, view=state["layout"],
+            accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(state["layout"]))),
+            buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars)
+            for param, grad, state in batch])
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:

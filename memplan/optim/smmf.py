@@ -173,14 +173,14 @@ class SMMF(MemplanOptimizer):
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """Every whole, factored parameter of the group in one call of the kernel (CPU or Triton),
-        which also stores the new factors; float64 and fp32 parameters go in separate calls."""
+        which also stores the new factors."""
         from memplan.kernels import smmf_cpu, smmf_triton
 
         many = smmf_triton.smmf_many if self.implementation(group) == TRITON else smmf_cpu.smmf_many
         decay, coupled, negate = kernel_decay(group)
         first_moment = group["beta1"] is not None
         at_step: dict[int, tuple[_FactoredScalars, smmf_cpu.SMMFScalars]] = {}   # parameters mostly share a step
-        by_dtype: dict[torch.dtype, list[smmf_cpu.SMMFTensor]] = {}
+        tensors = []
         for param, grad, state in batch:
             step = state["step"]
             if step not in at_step:
@@ -188,13 +188,12 @@ class SMMF(MemplanOptimizer):
                 at_step[step] = scales, smmf_cpu.SMMFScalars(step_size=scales.step_size, eps=scales.eps, decay=decay,
                                                              coupled_decay=coupled, negate=negate)
             scales, scalars = at_step[step]
-            by_dtype.setdefault(param.dtype, []).append(smmf_cpu.SMMFTensor(
+            tensors.append(smmf_cpu.SMMFTensor(
                 weights=param, grads=grad, signs=state["sign"] if first_moment else None, cols=state["layout"][1],
                 row_v=state["row_v"], col_v=state["col_v"], row_m=state["row_m"] if first_moment else None,
                 col_m=state["col_m"] if first_moment else None, scalars=scalars, prior_v=scales.prior_v,
                 prior_m=scales.prior_m, keep_v=scales.keep_v, keep_m=scales.keep_m))
-        for tensors in by_dtype.values():
-            many(tensors)
+        many(tensors)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
