@@ -48,7 +48,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import batch_dtype, kernel_threads, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -181,11 +181,7 @@ def et_many(tensors: list[ETTensor]) -> None:
     tensors = [tensor for tensor in tensors if tensor.weights.numel()]
     if not tensors:
         return
-    dtype = tensors[0].weights.dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"et_many steps fp32 or float64 tensors, not {dtype}")
-    if any(tensor.weights.dtype != dtype or tensor.grads.dtype != dtype for tensor in tensors):
-        raise ValueError("et_many: every tensor's weights and gradients must share the first tensor's dtype")
+    dtype = batch_dtype("et_many", tensors)
     addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(),
                            0 if tensor.buffer is None else tensor.buffer.data_ptr()) for tensor in tensors],
                          dtype=np.int64).reshape(-1, 3)
@@ -323,11 +319,7 @@ def et_inf_many(tensors: list[ETInfinityTensor]) -> None:
     tensors = [tensor for tensor in tensors if tensor.weights.numel()]
     if not tensors:
         return
-    dtype = tensors[0].weights.dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"et_inf_many steps fp32 or float64 tensors, not {dtype}")
-    if any(tensor.weights.dtype != dtype or tensor.grads.dtype != dtype for tensor in tensors):
-        raise ValueError("et_inf_many: every tensor's weights and gradients must share the first tensor's dtype")
+    dtype = batch_dtype("et_inf_many", tensors)
     if any(tensor.sum_sq.dtype != torch.float32 or tensor.sum_sq.numel() != 1 for tensor in tensors):
         raise ValueError("et_inf_many: every accumulator must be a single fp32 value")
     addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr()) for tensor in tensors],

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 from pathlib import Path
 from types import ModuleType
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -69,6 +69,19 @@ def run_in_threads(piece: Callable[[int, int], None], threads: int) -> None:
     piece(0, 1)
     for future in futures:
         future.result()
+
+
+def batch_dtype(name: str, tensors: Sequence[Any]) -> Any:
+    """The weights' dtype that the tensors of one multi-tensor call (``name``) share, fp32 or
+    float64; ValueError when a tensor's weights or gradients have another."""
+    import torch
+
+    dtype = tensors[0].weights.dtype
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"{name} steps fp32 or float64 tensors, not {dtype}")
+    if any(tensor.weights.dtype != dtype or tensor.grads.dtype != dtype for tensor in tensors):
+        raise ValueError(f"{name}: every tensor's weights and gradients must share the first tensor's dtype")
+    return dtype
 
 
 @lru_cache(maxsize=64)

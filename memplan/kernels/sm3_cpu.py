@@ -38,7 +38,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import batch_dtype, kernel_threads, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -152,14 +152,9 @@ def sm3_many(tensors: list[SM3Tensor]) -> None:
 def _checked_dtype(tensors: list[SM3Tensor]) -> torch.dtype:
     """The tensors' weights dtype; ValueError where a tensor does not fit the kernel, which reaches
     them through their addresses (a wrong size, dtype or layout would read or write past them)."""
-    dtype = tensors[0].weights.dtype
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"sm3_many steps fp32 or float64 tensors, not {dtype}")
+    dtype = batch_dtype("sm3_many", tensors)
     for index, tensor in enumerate(tensors):
         weights, grads, buffer = tensor.weights, tensor.grads, tensor.buffer
-        if weights.dtype != dtype or grads.dtype != dtype:
-            raise ValueError(f"sm3_many: every weight and gradient must be {dtype} (the first tensor's); tensor "
-                             f"{index} has {weights.dtype} weights and {grads.dtype} gradients")
         length = weights.numel()
         if not (weights.is_cpu and grads.is_cpu and weights.is_contiguous() and grads.is_contiguous()) \
                 or grads.numel() != length or math.prod(tensor.view) != length:

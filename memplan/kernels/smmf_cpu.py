@@ -28,7 +28,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import kernel_threads, run_in_threads, split_work
+from memplan.kernels.jit import batch_dtype, kernel_threads, run_in_threads, split_work
 from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
@@ -127,12 +127,9 @@ def smmf_many(tensors: list[SMMFTensor]) -> None:
     """
     if not tensors:
         return
-    dtype, mode = tensors[0].weights.dtype, _sign_mode(tensors[0].signs)
-    if any(tensor.weights.dtype != dtype or tensor.grads.dtype != dtype or _sign_mode(tensor.signs) != mode
-           for tensor in tensors):
-        raise ValueError("smmf_many: every tensor must share the weights' and gradients' dtype and the sign storage")
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"smmf_many steps fp32 or float64 tensors, not {dtype}")
+    dtype, mode = batch_dtype("smmf_many", tensors), _sign_mode(tensors[0].signs)
+    if any(_sign_mode(tensor.signs) != mode for tensor in tensors):
+        raise ValueError("smmf_many: every tensor must share the first tensor's sign storage")
     with_moment = mode != NO_SIGNS
     addresses = np.array([_addresses(tensor.weights, tensor.grads, tensor.signs, tensor.row_v, tensor.col_v,
                                      tensor.row_m, tensor.col_m, (tensor.row_v, tensor.col_v),
