@@ -35,7 +35,10 @@ def trial(
     lr_factors: str = typer.Option("1/3,1,3", "--lr-factors",
                                    help="Learning-rate grid around each method's start (numbers or fractions such "
                                         "as 1/3), widened while an edge wins."),
-    widen: int = typer.Option(2, "--widen", help="Extra rates a sweep may try past an edge that wins."),
+    widen: int = typer.Option(4, "--widen", help="Extra rates a sweep may try past an edge that wins."),
+    refine: bool = typer.Option(True, "--refine/--no-refine",
+                                help="One more run per sweep, at the vertex of a parabola through the best rate and "
+                                     "its neighbours (kept if it wins)."),
     schedule: str = typer.Option("cosine", "--schedule", help=f"{' | '.join(SCHEDULES)} after warm-up."),
     warmup: Optional[int] = typer.Option(None, "--warmup", help="Warm-up steps (default: 5% of --steps)."),
     clip: Optional[float] = typer.Option(1.0, "--clip", help="Clip the gradient's global norm (0: no clipping)."),
@@ -63,7 +66,7 @@ def trial(
     settings = TrialSettings(
         schedule=Schedule(steps=steps, shape=schedule, warmup=max(0, steps // 20) if warmup is None else warmup,
                           clip=clip or None),
-        seeds=seeds, lr_factors=factors, widen=widen, probes=probes,
+        seeds=seeds, lr_factors=factors, widen=widen, refine=refine, probes=probes,
         probe_methods=tuple(probe_specs) if probe_specs else None, time_limit=time_limit, device=device)
     paths = {name: out_dir / name for name in ("trial.csv", "priors.yaml", *(("trial.png",) if plot else ()))}
     for path in paths.values():

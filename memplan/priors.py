@@ -46,7 +46,8 @@ METHOD_PRIOR = Either(Number(), Fields(optional={
 """One method's prior: its quality alone, or with its spread, learning-rate ratio, per-role
 qualities and the evidence behind them."""
 
-CURVE_POINT = Fields(required={"depth": Number(), "quality": Number()}, optional={"evidence": Text()})
+CURVE_POINT = Fields(required={"depth": Number(), "quality": Number()},
+                     optional={"std": Number(at_least=0), "evidence": Text()})
 """One point of the extreme-tensoring curve: quality at an index depth."""
 
 PRIORS_FIELDS = Fields(

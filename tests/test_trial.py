@@ -1,4 +1,6 @@
+import dataclasses
 import math
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -9,8 +11,8 @@ from memplan.loaders import load_profile
 from memplan.planner import make_plan
 from memplan.priors import load_priors
 from memplan.training import Schedule
-from memplan.trial import (REFERENCE_FAMILY, TrialSettings, priors_document, role_shares, run_trial,
-                           uniform_state_bytes, write_priors)
+from memplan.trial import (REFERENCE_FAMILY, Arm, Trial, TrialResult, TrialSettings, priors_document, refined_rate,
+                           role_shares, run_trial, uniform_state_bytes, write_priors)
 from tests.conftest import REPO
 
 TINY = REPO / "tests" / "fixtures" / "tiny_trainable.py"
@@ -112,3 +114,67 @@ def test_a_best_rate_at_the_edge_of_the_sweep_is_noted():
 def test_widen_must_not_be_negative():
     with pytest.raises(MemplanError, match="--widen"):
         TrialSettings(Schedule(steps=1), widen=-1)
+
+
+def _parabola(best: float):
+    return lambda lr: 2.0 + (math.log(lr) - math.log(best)) ** 2
+
+
+def test_the_refined_rate_is_the_vertex_of_the_parabola_through_the_best_and_its_neighbours():
+    loss = _parabola(0.0123)
+    assert refined_rate({lr: loss(lr) for lr in (0.003, 0.009, 0.027)}) == pytest.approx(0.0123)
+    # uneven grids too
+    assert refined_rate({lr: loss(lr) for lr in (0.001, 0.01, 0.02, 0.5)}) == pytest.approx(0.0123)
+
+
+def test_no_refined_rate_at_an_edge_past_a_divergence_or_for_a_tiny_move():
+    loss = _parabola(0.0123)
+    assert refined_rate({lr: loss(lr) for lr in (0.03, 0.09, 0.27)}) is None  # the smallest wins
+    assert refined_rate({0.003: math.inf, 0.009: 1.0, 0.027: 2.0}) is None
+    assert refined_rate({lr: loss(lr) for lr in (0.00301, 0.0123 * 1.01, 0.0503)}) is None
+    assert refined_rate({0.003: 2.0, 0.009: 2.0, 0.027: 2.0}) is None
+
+
+def test_a_refined_rate_stays_half_way_to_a_neighbour_at_most():
+    # a lopsided sweep whose parabola puts the vertex far past the right neighbour's midpoint
+    rate = refined_rate({0.001: 3.0, 0.01: 1.0, 0.1: 1.0 + 1e-9})
+    assert rate == pytest.approx(math.sqrt(0.01 * 0.1))
+
+
+def test_a_sweep_runs_once_more_at_the_refined_rate_and_keeps_it_when_it_wins(monkeypatch):
+    loss = _parabola(0.0123)
+    tried = []
+
+    def fake_run(self, arm, lr, seed):
+        tried.append((arm.label, lr, seed))
+        return SimpleNamespace(loss=loss(lr))
+
+    monkeypatch.setattr(Trial, "_run", fake_run)
+    settings = TrialSettings(schedule=Schedule(steps=2), seeds=2, lr_factors=(1 / 3, 1.0, 3.0), widen=0, probes=0)
+    trial = Trial(TINY, None, [], settings)
+    trial._sweep_and_seed(Arm("adam", "uniform", "adam"), 0.009)
+    assert [lr for _, lr, seed in tried if seed == 0][-1] == pytest.approx(0.0123)
+    assert trial.result.best_lr["adam"] == pytest.approx(0.0123)
+    assert tried[-1][1:] == (trial.result.best_lr["adam"], 1)  # the other seed trains the refined rate
+    tried.clear()
+    off = Trial(TINY, None, [], dataclasses.replace(settings, refine=False))
+    off._sweep_and_seed(Arm("adam", "uniform", "adam"), 0.009)
+    assert len(tried) == 4 and off.result.best_lr["adam"] == pytest.approx(0.009)
+
+
+def _references(adam: list[float], sgd: list[float]) -> TrialResult:
+    result = TrialResult(source="x", settings=TrialSettings(Schedule(steps=1)), profile=load_profile(str(TINY)))
+    for label, losses in (("adam", adam), ("sgd", sgd)):
+        result.best_lr[label] = 0.1
+        result.runs += [{"arm": label, "kind": "uniform", "seed": seed, "lr": 0.1, "loss": value}
+                        for seed, value in enumerate(losses)]
+    return result
+
+
+def test_the_trial_warns_when_the_scale_has_no_unit_or_only_noise():
+    assert _references([1.0, 1.1, 1.05], [1.5, 1.6, 1.52]).scale_note() is None
+    assert "no unit" in _references([1.0], [0.9]).scale_note()
+    noisy = _references([1.0, 1.3, 0.9], [1.2, 1.0, 1.1])  # gaps 0.2, -0.3, 0.2
+    unit, error = noisy.scale_unit()
+    assert unit == pytest.approx(0.1 / 3) and error is not None and "seed noise" in noisy.scale_note()
+    assert _references([1.0], [1.5]).scale_note() is None  # one seed: no spread to judge by

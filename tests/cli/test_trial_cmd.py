@@ -29,6 +29,19 @@ def test_trial_json_is_one_document(run_memplan):
     assert document["complete"] is True and document["probes"] == []
 
 
+def test_no_refine_trains_the_grid_only(run_memplan, tmp_path):
+    import pandas as pd
+
+    counts = {}
+    for flag in ("--refine", "--no-refine"):
+        result = run_memplan("trial", TINY, "--methods", "smmf", "--steps", "3", "--probes", "0", "--no-plot",
+                             "--widen", "0", flag, "--out-dir", flag)
+        assert result.code == 0, result.stderr
+        counts[flag] = len(pd.read_csv(tmp_path / flag / "trial.csv"))
+    assert counts["--no-refine"] == 9  # three rates of adam, sgd and smmf
+    assert counts["--refine"] >= counts["--no-refine"]
+
+
 def test_trial_verifies_a_plan(run_memplan, tmp_path):
     assert run_memplan("plan", TINY, "--budget", "1KiB", "--out", "plan.yaml").code == 0
     result = run_memplan("trial", TINY, "--plan", "plan.yaml", "--methods", "smmf,et2,adagrad", "--steps", "3",
