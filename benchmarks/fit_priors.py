@@ -1,15 +1,20 @@
 """Write memplan's bundled priors (profiles/priors.yaml) from the quality benchmarks' measured priors.
 
 Reads ``benchmarks/results/<workload>_priors.yaml`` (written by ``benchmarks/plan_quality.py``)
-for every workload except those in ``HELD_OUT`` and combines them, per prior key:
+for every workload except those in ``HELD_OUT`` and combines them, per prior key, as a
+random-effects meta-analysis (DerSimonian and Laird) of the workloads' measurements:
 
-- quality: the mean over workloads;
-- std: the standard error of that mean, counting both each workload's seed spread and the
-  workloads' disagreement, sqrt((se_1^2 + ... + se_k^2) / k^2 + var_between / k), so that a method
-  whose measured advantage does not carry across workloads counts as noise;
+- quality: the mean over workloads, each weighted by 1 / (se_i^2 + tau^2), where se_i is the
+  workload's standard error over seeds and tau^2 the between-workload variance the measurements
+  show beyond their seed noise. A workload whose quality scale is mostly noise (SGD within noise
+  of Adam: its qualities divide by a small, uncertain L_SGD - L_Adam, and carry large standard
+  errors) then counts for little, while two precise workloads that disagree count equally;
+- std: the standard error of that mean, sqrt(1 / sum of the weights), which holds both the
+  seed noise and the workloads' disagreement, so that a method whose measured advantage does not
+  carry across workloads counts as noise;
 - lr_ratio: the geometric mean over workloads;
-- roles: the mean (and standard error, as for the quality) of the roles each workload measured;
-- the extreme-tensoring curve: per ET preset, the mean depth and the mean quality.
+- roles: each role's measurements combined the same way;
+- the extreme-tensoring curve: per ET preset, the mean depth and the quality combined the same way.
 
 The calibrated-quality constants are kept from the current file. Usage::
 
@@ -27,7 +32,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BUNDLED = HERE.parent / "profiles" / "priors.yaml"
-HELD_OUT = frozenset({"source_gru", "source_words"})
+HELD_OUT = frozenset({"source_gru", "source_lm", "source_words"})
 """Workloads the bundled priors are never fitted on: ``plan_quality.py --summary`` checks the priors'
 ranking of the methods against what is measured on them."""
 
@@ -47,11 +52,24 @@ HEADER = """\
 """
 
 
-def _mean_se(values: list[float], errors: list[float]) -> float:
-    count = len(values)
-    within = sum(error ** 2 for error in errors) / count ** 2
-    between = statistics.variance(values) / count if count > 1 else 0.0
-    return math.sqrt(within + between)
+SE_FLOOR = 1e-3
+"""The least standard error a measurement counts with (a quality of exactly 1 or 0, Adam and SGD on
+their own scale, has none)."""
+
+
+def pooled(values: list[float], errors: list[float]) -> tuple[float, float]:
+    """The random-effects (DerSimonian-Laird) mean of ``values`` measured with standard errors
+    ``errors``, and its standard error. Identical values without error pool to themselves."""
+    if all(error == 0 for error in errors) and len(set(values)) == 1:
+        return values[0], 0.0
+    variances = [max(error, SE_FLOOR) ** 2 for error in errors]
+    weights = [1 / variance for variance in variances]
+    fixed = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    spread = sum(w * (v - fixed) ** 2 for w, v in zip(weights, values))  # Cochran's Q
+    scale = sum(weights) - sum(w * w for w in weights) / sum(weights)
+    between = max(0.0, (spread - (len(values) - 1)) / scale) if scale > 0 else 0.0
+    weights = [1 / (variance + between) for variance in variances]
+    return sum(w * v for w, v in zip(weights, values)) / sum(weights), math.sqrt(1 / sum(weights))
 
 
 def combine(documents: dict[str, dict]) -> dict:
@@ -61,9 +79,9 @@ def combine(documents: dict[str, dict]) -> dict:
     methods = {}
     for key in keys:
         measured = {name: document["methods"][key] for name, document in documents.items() if key in document["methods"]}
-        qualities = [entry["quality"] for entry in measured.values()]
-        entry: dict = {"quality": round(statistics.fmean(qualities), 4),
-                       "std": round(_mean_se(qualities, [entry.get("std", 0.0) for entry in measured.values()]), 4)}
+        quality, error = pooled([entry["quality"] for entry in measured.values()],
+                                [entry.get("std", 0.0) for entry in measured.values()])
+        entry: dict = {"quality": round(quality, 4), "std": round(error, 4)}
         ratios = [entry["lr_ratio"] for entry in measured.values() if "lr_ratio" in entry]
         if ratios:
             entry["lr_ratio"] = float(f"{math.exp(statistics.fmean(math.log(r) for r in ratios)):.3g}")
@@ -73,22 +91,26 @@ def combine(documents: dict[str, dict]) -> dict:
                 roles.setdefault(role, []).append((value["quality"], value.get("std", 0.0)) if isinstance(value, dict)
                                                   else (value, 0.0))
         if roles:
-            entry["roles"] = {role: {"quality": round(statistics.fmean(q for q, _ in values), 4),
-                                     "std": round(_mean_se([q for q, _ in values], [e for _, e in values]), 4)}
-                              for role, values in roles.items()}
+            entry["roles"] = {}
+            for role, values in roles.items():
+                quality, error = pooled([q for q, _ in values], [e for _, e in values])
+                entry["roles"][role] = {"quality": round(quality, 4), "std": round(error, 4)}
         entry["evidence"] = "; ".join(f"{name}: {item['quality']:+.3f}" + (f" ± {item['std']:.3f}" if "std" in item else "")
                                       + f" ({item['evidence'].split(': ', 1)[0]})" for name, item in measured.items())
         methods[key] = entry
     for key, entry in current["methods"].items():
         methods.setdefault(key, entry)
-    curve: dict[str, list[tuple[float, float]]] = {}
+    curve: dict[str, list[tuple[float, float, float]]] = {}
     for document in documents.values():
         for point in document.get("extreme_tensoring", []):
-            curve.setdefault(point["evidence"].split(":")[0], []).append((point["depth"], point["quality"]))
-    points = sorted(({"depth": round(statistics.fmean(d for d, _ in values), 3),
-                      "quality": round(statistics.fmean(q for _, q in values), 4),
-                      "evidence": f"{preset}, mean over {len(values)} workload(s)"}
-                     for preset, values in curve.items()), key=lambda point: point["depth"])
+            curve.setdefault(point["evidence"].split(":")[0], []).append(
+                (point["depth"], point["quality"], point.get("std", 0.0)))
+    points = []
+    for preset, values in curve.items():
+        quality, error = pooled([q for _, q, _ in values], [e for _, _, e in values])
+        points.append({"depth": round(statistics.fmean(d for d, _, _ in values), 3), "quality": round(quality, 4),
+                       "std": round(error, 4), "evidence": f"{preset}, pooled over {len(values)} workload(s)"})
+    points.sort(key=lambda point: point["depth"])
     if len({point["depth"] for point in points}) < 2:
         points = current["extreme_tensoring"]
     evidence = "; ".join(f"{name}: {document['evidence']}" for name, document in documents.items())
