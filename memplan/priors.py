@@ -181,11 +181,20 @@ def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
     return merged
 
 
+MEASUREMENT_FIELDS = ("std", "roles")
+"""Fields that describe a quality measurement: an entry that gives its own quality drops the bundled
+ones (another workload's standard error and per-role qualities do not belong to the new quality)."""
+
+
 def _merge_entry(base: Any, override: Any) -> Any:
     """A method entry with the fields the user gave in place of the bundled ones (a bare number
-    is a quality): a file that measured only a learning-rate ratio keeps the bundled quality."""
+    is a quality): a file that measured only a learning-rate ratio keeps the bundled quality, and
+    one that gives a quality keeps none of the bundled :data:`MEASUREMENT_FIELDS`."""
     as_mapping = lambda entry: dict(entry) if isinstance(entry, Mapping) else ({} if entry is None else {"quality": entry})
-    return {**as_mapping(base), **as_mapping(override)}
+    kept, given = as_mapping(base), as_mapping(override)
+    if "quality" in given:
+        kept = {key: value for key, value in kept.items() if key not in MEASUREMENT_FIELDS}
+    return {**kept, **given}
 
 
 def _measured(entry: Any) -> tuple[float, float]:

@@ -24,6 +24,20 @@ def test_a_format_1_file_still_reads(tmp_path):
     assert priors.methods["adagrad"].lr_ratio == load_priors().methods["adagrad"].lr_ratio
 
 
+def test_a_measured_quality_drops_the_bundled_spread_and_roles_it_replaces(tmp_path):
+    bundled = load_priors().methods["adafactor"]
+    assert bundled.roles and bundled.std > 0  # the bundled entry was probed
+    path = tmp_path / "own.yaml"
+    path.write_text("methods:\n  adafactor: {quality: 1.05}\n  smmf_no_momentum: {lr_ratio: 3.0}\n")
+    priors = load_priors(path)
+    own = priors.methods["adafactor"]
+    assert own.quality == 1.05 and own.roles == {} and own.std == 0.0 and own.lr_ratio == bundled.lr_ratio
+    assert priors.quality("adafactor", {"beta1": None}, (10, 10), (10, 10), role="embedding") == 1.05
+    # an entry without a quality of its own keeps the bundled measurement whole
+    kept, bundled_smmf = priors.methods["smmf_no_momentum"], load_priors().methods["smmf_no_momentum"]
+    assert kept.roles == bundled_smmf.roles != {} and kept.quality == bundled_smmf.quality and kept.lr_ratio == 3.0
+
+
 def test_measured_entries_give_roles_spreads_and_ratios(tmp_path):
     path = tmp_path / "measured.yaml"
     path.write_text("adam_lr: 0.003\nmethods:\n"
