@@ -146,6 +146,12 @@ class TrialResult:
                     f"qualities are mostly seed noise; train longer (--steps) or with more --seeds")
         return None
 
+    def scale_holds(self) -> bool:
+        """Whether the quality scale has a unit above seed noise (no :meth:`scale_note`), so that
+        the qualities rank the methods and priors written from them can steer a plan."""
+        unit, _ = self.scale_unit()
+        return math.isfinite(unit) and self.scale_note() is None
+
     def table(self) -> pd.DataFrame:
         """Per uniform method and plan: state bytes, best lr, its ratio to Adam's, loss (mean, std over
         seeds), quality and its standard error, seeds."""

@@ -64,7 +64,7 @@ SMALLER_BENCH_MODEL = {"gpt2": "model.py", "resnet50": "model.py"}
 parameters), for one timed step, rather than on GPT-2 or ResNet-50."""
 
 SMALLER_TRIAL_MODEL = {"benchmarks/workloads/char_lm.py": "model.py"}
-"""``trial`` trains: here the README's model.py for two steps of smmf beside Adam and SGD."""
+"""``trial`` trains: here the README's model.py for 30 steps of smmf beside Adam and SGD."""
 
 NEEDS_TRANSFORMERS = {"memplan analyze path/to/hf-folder"}
 
@@ -144,9 +144,10 @@ def test_a_newcomer_can_run_every_readme_command_in_order(run_memplan, tmp_path)
         if ">" in args:
             args, stdout_file = args[:args.index(">")], args[args.index(">") + 1]
         if args[0] == "trial":
-            # a few steps of two methods on the README's model.py, rather than a full trial
+            # a few steps of two methods on the README's model.py, rather than a full trial (enough
+            # for Adam to beat SGD there: a trial where it does not writes no priors file)
             args = [SMALLER_TRIAL_MODEL.get(arg, arg) for arg in args]
-            for option, value in (("--steps", "2"), ("--methods", "smmf"), ("--probes", "1"), ("--seeds", "1")):
+            for option, value in (("--steps", "30"), ("--methods", "smmf"), ("--probes", "1"), ("--seeds", "1")):
                 if option in args:
                     args[args.index(option) + 1] = value
                 else:

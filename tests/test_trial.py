@@ -178,3 +178,5 @@ def test_the_trial_warns_when_the_scale_has_no_unit_or_only_noise():
     unit, error = noisy.scale_unit()
     assert unit == pytest.approx(0.1 / 3) and error is not None and "seed noise" in noisy.scale_note()
     assert _references([1.0], [1.5]).scale_note() is None  # one seed: no spread to judge by
+    assert _references([1.0], [1.5]).scale_holds() and not noisy.scale_holds()
+    assert not _references([1.0], [0.9]).scale_holds()

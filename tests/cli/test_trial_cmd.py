@@ -42,6 +42,15 @@ def test_no_refine_trains_the_grid_only(run_memplan, tmp_path):
     assert counts["--refine"] >= counts["--no-refine"]
 
 
+def test_no_priors_are_written_where_sgd_beats_adam(run_memplan, tmp_path):
+    bowl = REPO / "tests" / "fixtures" / "sgd_wins.py"
+    result = run_memplan("trial", bowl, "--methods", "adagrad", "--steps", "30", "--clip", "0", "--probes", "0",
+                         "--no-plot")
+    assert result.code == 0, result.stderr
+    assert "no unit" in result.stderr and "no priors file written" in result.stderr
+    assert (tmp_path / ".memplan" / "trial.csv").exists() and not (tmp_path / ".memplan" / "priors.yaml").exists()
+
+
 def test_trial_verifies_a_plan(run_memplan, tmp_path):
     assert run_memplan("plan", TINY, "--budget", "1KiB", "--out", "plan.yaml").code == 0
     result = run_memplan("trial", TINY, "--plan", "plan.yaml", "--methods", "smmf,et2,adagrad", "--steps", "3",
