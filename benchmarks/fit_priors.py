@@ -1,17 +1,18 @@
 """Write memplan's bundled priors (profiles/priors.yaml) from the quality benchmarks' measured priors.
 
 Reads ``benchmarks/results/<workload>_priors.yaml`` (written by ``benchmarks/plan_quality.py``)
-for every workload except those in ``HELD_OUT`` and combines them, per prior key, as a
-random-effects meta-analysis (DerSimonian and Laird) of the workloads' measurements:
+for every workload except those in ``HELD_OUT`` and combines them, per prior key:
 
-- quality: the mean over workloads, each weighted by 1 / (se_i^2 + tau^2), where se_i is the
-  workload's standard error over seeds and tau^2 the between-workload variance the measurements
-  show beyond their seed noise. A workload whose quality scale is mostly noise (SGD within noise
-  of Adam: its qualities divide by a small, uncertain L_SGD - L_Adam, and carry large standard
-  errors) then counts for little, while two precise workloads that disagree count equally;
-- std: the standard error of that mean, sqrt(1 / sum of the weights), which holds both the
-  seed noise and the workloads' disagreement, so that a method whose measured advantage does not
-  carry across workloads counts as noise;
+- quality: the mean over workloads weighted by precision, 1 / se_i^2, where se_i is the workload's
+  standard error over seeds. A workload whose quality scale is mostly noise (SGD within noise of
+  Adam, as on ``digits_cnn``: its qualities divide by a small, uncertain L_SGD - L_Adam and carry
+  standard errors of 0.3 to 4) then counts for little beside one where the scale holds (0.01 to
+  0.07 on ``char_lm``). An equal-weight mean, or a random-effects one (whose between-workload
+  variance, estimated from two workloads that disagree, levels the weights), let the noise of
+  ``digits_cnn`` set the priors and rank the held-out transformer at 0.38;
+- std: the random-effects (DerSimonian and Laird) standard error of that mean: the seed noise and
+  the between-workload variance the measurements show beyond it, so that a method whose measured
+  advantage does not carry across workloads counts as noise in the planner;
 - lr_ratio: the geometric mean over workloads;
 - roles: each role's measurements combined the same way;
 - the extreme-tensoring curve: per ET preset, the mean depth and the quality combined the same way.
@@ -42,13 +43,15 @@ HEADER = """\
 # each entry cites the runs. Regenerate: the commands in benchmarks/RESULTS.md, "Plan quality".
 #
 # Scale: 1.0 = Adam, 0.0 = SGD without momentum, each at its best learning rate, from the held-out
-# loss after a short run. std is the standard error of the mean over workloads (seed spread and the
-# workloads' disagreement); lr_ratio is the best learning rate over Adam's (geometric mean);
-# roles are the per-role qualities of the probes (docs/trial.md). The papers' long-run results
-# are in docs/evidence.md, as context.
+# loss after each run (600 steps). quality is the workloads' mean weighted by their precision (a
+# workload whose scale is mostly seed noise counts for little); std is its random-effects standard
+# error (seed spread and the workloads' disagreement); lr_ratio is the best learning rate over
+# Adam's (geometric mean); roles are the per-role qualities of the probes (docs/trial.md). The
+# papers' long-run results are in docs/evidence.md, as context.
 #
 # Override any entry with `memplan plan --priors my_priors.yaml` (same keys; only the fields you
-# give change); `memplan trial model.py` writes such a file for your own model.
+# give change, and a quality of your own drops the bundled std and roles); `memplan trial model.py`
+# writes such a file for your own model.
 """
 
 
@@ -58,18 +61,18 @@ their own scale, has none)."""
 
 
 def pooled(values: list[float], errors: list[float]) -> tuple[float, float]:
-    """The random-effects (DerSimonian-Laird) mean of ``values`` measured with standard errors
-    ``errors``, and its standard error. Identical values without error pool to themselves."""
+    """The precision-weighted mean of ``values`` measured with standard errors ``errors``, and its
+    random-effects (DerSimonian-Laird) standard error, which adds the between-workload variance
+    the values show beyond their own errors. Identical values without error pool to themselves."""
     if all(error == 0 for error in errors) and len(set(values)) == 1:
         return values[0], 0.0
     variances = [max(error, SE_FLOOR) ** 2 for error in errors]
     weights = [1 / variance for variance in variances]
-    fixed = sum(w * v for w, v in zip(weights, values)) / sum(weights)
-    spread = sum(w * (v - fixed) ** 2 for w, v in zip(weights, values))  # Cochran's Q
+    mean = sum(w * v for w, v in zip(weights, values)) / sum(weights)
+    spread = sum(w * (v - mean) ** 2 for w, v in zip(weights, values))  # Cochran's Q
     scale = sum(weights) - sum(w * w for w in weights) / sum(weights)
     between = max(0.0, (spread - (len(values) - 1)) / scale) if scale > 0 else 0.0
-    weights = [1 / (variance + between) for variance in variances]
-    return sum(w * v for w, v in zip(weights, values)) / sum(weights), math.sqrt(1 / sum(weights))
+    return mean, math.sqrt(1 / sum(1 / (variance + between) for variance in variances))
 
 
 def combine(documents: dict[str, dict]) -> dict:

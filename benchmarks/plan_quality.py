@@ -17,12 +17,14 @@ priors (``profiles/priors.yaml``) and the qualities and losses measured there.
 
 Usage (each workload in its own process, one thread each, so that both cores work)::
 
-    python benchmarks/plan_quality.py char_lm --steps 200 --seeds 3 &
-    python benchmarks/plan_quality.py digits_cnn --steps 200 --seeds 3 &
+    python benchmarks/plan_quality.py char_lm --steps 600 --seeds 3 &
+    python benchmarks/plan_quality.py source_lm --steps 600 --seeds 3 &      # held out from
+    wait                                                                      # the bundled priors
+    python benchmarks/plan_quality.py source_gru --steps 600 --seeds 3 &     # (fit_priors.HELD_OUT)
+    python benchmarks/plan_quality.py source_words --steps 600 --seeds 3 &
     wait
-    python benchmarks/plan_quality.py source_gru --steps 200 --seeds 3 &     # held out from
-    python benchmarks/plan_quality.py source_words --steps 200 --seeds 3 &   # the bundled priors
-    wait; python benchmarks/plan_quality.py --summary
+    python benchmarks/plan_quality.py digits_cnn --steps 600 --seeds 3
+    python benchmarks/fit_priors.py; python benchmarks/plan_quality.py --summary
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ RESULTS = HERE / "results"
 BUDGET_SHARES = (0.01, 0.05)
 
 
-def run_workload(name: str, steps: int, seeds: int, probes: int) -> None:
-    """Trial, priors, plans and their training for one workload; writes benchmarks/results/<name>.*."""
+def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: bool = False) -> None:
+    """Trial, priors, plans and their training for one workload; writes benchmarks/results/<name>.*.
+    With ``plans_only``, the trial's runs are read back from the last run's CSV and only the plans
+    are made and trained again (after a change to the planner or to how priors are read)."""
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
     path = WORKLOADS / f"{name}.py"
@@ -65,17 +69,30 @@ def run_workload(name: str, steps: int, seeds: int, probes: int) -> None:
     trial = Trial(path, None, TRIAL_METHODS[2:], settings,
                   progress=lambda done, label: print(f"[{name} {time.perf_counter() - started:7.0f}s] {done:4d} {label}",
                                                      flush=True))
-    result = trial.run()
-    trial_seconds = time.perf_counter() - started
+    if plans_only:
+        result = reload_trial(trial, name, steps, seeds)
+        trial_seconds = json.loads((RESULTS / f"{name}_summary.json").read_text())["trial_seconds"]
+    else:
+        result = trial.run()
+        trial_seconds = time.perf_counter() - started
+    plans_started = time.perf_counter()
     evidence = trial_evidence(f"benchmarks/workloads/{name}.py", settings) + " (benchmarks/plan_quality.py)"
     priors_path = RESULTS / f"{name}_priors.yaml"
-    priors_path.write_text(yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
-    priors = load_priors(priors_path)
+    # as memplan trial does: no priors file from a workload where Adam is not ahead of SGD
+    unit, _ = result.scale_unit()
+    priors_path.unlink(missing_ok=True)
+    if unit > 0:
+        priors_path.write_text(yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
+    # a workload's own priors steer its plans only where its quality scale holds (Adam ahead of SGD
+    # by more than seed noise); elsewhere its qualities are noise, or run backwards, and the plans
+    # are made with the bundled priors, as a user without a trustworthy trial would make them
+    planned_with = priors_path if result.scale_holds() else None
+    priors = load_priors(planned_with)
     profile = result.profile
     adam_bytes = uniform_state_bytes(profile, REFERENCE_FAMILY)
     plans = {}
     for share in BUDGET_SHARES:
-        plan = make_plan(profile, int(adam_bytes * share), priors_path=str(priors_path))
+        plan = make_plan(profile, int(adam_bytes * share), priors_path=None if planned_with is None else str(planned_with))
         label = f"plan {share:.0%}"
         trial.add_plan(plan, label)
         plans[label] = {"budget_bytes": plan.budget_bytes, "state_bytes": plan.state_bytes,
@@ -86,11 +103,30 @@ def run_workload(name: str, steps: int, seeds: int, probes: int) -> None:
     result.probe_table().to_csv(RESULTS / f"{name}_probes.csv", index=False)
     (RESULTS / f"{name}_summary.json").write_text(json.dumps({
         "workload": name, "steps": steps, "seeds": seeds, "trial_seconds": round(trial_seconds, 1),
-        "total_seconds": round(time.perf_counter() - started, 1), "adam_state_bytes": adam_bytes,
+        "total_seconds": round(trial_seconds + time.perf_counter() - plans_started, 1), "adam_state_bytes": adam_bytes,
         "plans": plans, "comparison": compare(result, plans), "notes": result.notes,
         "parameters": sum(param.numel for param in profile.trainable_params),
-        "priors_adam_lr": priors.adam_lr,
+        "priors_adam_lr": priors.adam_lr, "planned_with": "own" if planned_with else "bundled",
     }, indent=2, default=str))
+
+
+def reload_trial(trial: Trial, name: str, steps: int, seeds: int):
+    """``trial``'s result with the uniform and probe runs of the last run of ``name`` (which must
+    have used the same steps and seeds), without its plans."""
+    summary = json.loads((RESULTS / f"{name}_summary.json").read_text())
+    if (summary["steps"], summary["seeds"]) != (steps, seeds):
+        raise SystemExit(f"{name}'s saved runs used --steps {summary['steps']} --seeds {summary['seeds']}")
+    runs = pd.read_csv(RESULTS / f"{name}_runs.csv")
+    runs = runs[runs["kind"] != "plan"].astype(object).where(runs.notna(), None)
+    table = pd.read_csv(RESULTS / f"{name}_table.csv")
+    result = trial.result
+    result.runs = [{**row, "seed": int(row["seed"]), "diverged": bool(row["diverged"])}
+                   for row in runs.to_dict("records")]
+    result.best_lr = {row.method: row.best_lr for row in table.itertuples() if row.kind == "uniform"}
+    result.best_lr.update({label: result.best_lr[REFERENCE_FAMILY]
+                           for label in runs.loc[runs["kind"] == "probe", "arm"].unique()})
+    result.notes = list(summary["notes"])
+    return result
 
 
 def compare(result, plans: dict) -> list[dict]:
@@ -129,7 +165,8 @@ def summary() -> None:
     for name, table in tables.items():
         info = json.loads((RESULTS / f"{name}_summary.json").read_text())
         print(f"\n### {name}: {info['parameters']:,} parameters, {info['steps']} steps, {info['seeds']} seeds, "
-              f"trial {info['trial_seconds']:.0f} s, all {info['total_seconds']:.0f} s\n")
+              f"trial {info['trial_seconds']:.0f} s, all {info['total_seconds']:.0f} s, plans made with the "
+              f"{info.get('planned_with', 'own')} priors\n")
         shown = table[["method", "state_bytes", "best_lr", "lr_ratio", "loss", "loss_std", "quality", "quality_se"]]
         print(markdown(shown))
         print()
@@ -183,6 +220,24 @@ def held_out_check(name: str, table: pd.DataFrame) -> None:
     for view in ("prior", "planner"):
         print(f"\nSpearman (bundled priors, {view} view, vs measured on {name}, {len(rows)} methods): "
               f"quality {spearman(rows[view], rows['measured']):.3f}, loss {spearman(rows[view], -rows['loss']):.3f}")
+    low, middle, high = noise_ceiling(rows["measured"], rows["measured_se"].fillna(0.0))
+    print(f"\nNoise ceiling on {name}: a prior equal to this workload's own measured qualities would rank a "
+          f"fresh measurement with the same seed noise at Spearman {middle:.3f} (10-90%: {low:.3f} to {high:.3f})")
+
+
+def noise_ceiling(qualities: pd.Series, errors: pd.Series, draws: int = 2000) -> tuple[float, float, float]:
+    """The 10th, 50th and 90th percentiles of the Spearman correlation between ``qualities`` and a
+    replicate of them with independent normal noise of standard deviation ``errors`` (each
+    method's standard error over seeds): how well even a perfect prior could rank a measurement
+    whose methods lie within noise of each other."""
+    generator = torch.Generator().manual_seed(0)
+    means = torch.tensor(qualities.to_numpy(), dtype=torch.float64)
+    spreads = torch.tensor(errors.to_numpy(), dtype=torch.float64)
+    ranks = pd.Series(means.numpy()).rank()
+    values = sorted(float(ranks.corr(pd.Series((means + spreads * torch.randn(len(means), generator=generator,
+                                                                               dtype=torch.float64)).numpy()).rank()))
+                    for _ in range(draws))
+    return values[draws // 10], values[draws // 2], values[draws * 9 // 10]
 
 
 def uniform_prior(profile: ModelProfile, spec: str, priors: Priors) -> float:
@@ -224,11 +279,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--probes", type=int, default=2)
     parser.add_argument("--summary", action="store_true", help="report every workload's results")
+    parser.add_argument("--plans-only", action="store_true",
+                        help="reuse the workload's saved trial runs; make and train its plans again")
     args = parser.parse_args()
     if args.summary:
         summary()
     elif args.workload:
-        run_workload(args.workload, args.steps, args.seeds, args.probes)
+        run_workload(args.workload, args.steps, args.seeds, args.probes, args.plans_only)
     else:
         parser.error("name a workload or give --summary")
 

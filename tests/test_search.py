@@ -8,7 +8,7 @@ from memplan.methods import PLAN_METHODS, param_state
 from memplan.priors import load_priors
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.planner import make_plan, plan_search, traffic_seconds
-from memplan.search import candidates_for, expand_methods, prune
+from memplan.search import candidates_for, expand_methods, prune, within_noise
 from tests.test_mckp import brute_force
 from tests.conftest import PAPER_PRIORS
 
@@ -42,7 +42,9 @@ def test_real_candidates_on_a_small_model_match_brute_force():
     groups = []
     for spec in profile.params:
         weight = spec.numel / total
-        front = prune(candidates_for(spec, expand_methods(PLAN_METHODS), priors), lambda c, w=weight: w * c.quality)
+        # as the planner sees them: each quality capped by a cheaper one within noise of it
+        front = prune(within_noise(candidates_for(spec, expand_methods(PLAN_METHODS), priors)),
+                      lambda c, w=weight: w * c.quality)
         groups.append([Option(c.state_bytes, spec.numel / total * c.quality, c) for c in front])
     for budget in (100, 2000, 9000, 30000, 10**6):
         choice = plan_search(profile, budget)

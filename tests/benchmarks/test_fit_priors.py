@@ -19,13 +19,13 @@ def test_measurements_that_agree_pool_with_inverse_variance_weights():
     assert error == pytest.approx(math.sqrt(1 / sum(weights)))
 
 
-def test_a_noisy_workload_counts_for_little_and_disagreement_widens_the_error():
-    # a disagreement within the noisy workload's own error: it counts by its precision only
-    mean, error = pooled([2.0, 0.5], [0.05, 2.0])
-    assert mean == pytest.approx((400 * 2.0 + 0.25 * 0.5) / 400.25) and error < 0.05
-    # beyond it: the excess counts as between-workload variance, which levels the weights and widens the error
+def test_a_noisy_workload_counts_by_its_precision_and_disagreement_widens_the_error():
     mean, error = pooled([2.0, -1.0], [0.05, 2.0])
-    assert -1.0 < mean < 2.0 and error > 1.0
+    assert mean == pytest.approx((400 * 2.0 - 0.25) / 400.25)
+    assert error > 1.0  # Q = 2.25 > k - 1: the excess is between-workload variance
+    # within the noisy workload's own error, no excess: the fixed-effect error
+    mean, error = pooled([2.0, 0.5], [0.05, 2.0])
+    assert error == pytest.approx(math.sqrt(1 / 400.25))
     # two precise workloads that disagree count equally, with the disagreement as the error
     mean, error = pooled([2.0, 0.0], [0.05, 0.05])
     assert mean == pytest.approx(1.0) and error == pytest.approx(1.0, rel=0.01)

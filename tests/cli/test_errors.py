@@ -47,13 +47,14 @@ def test_version_and_help(run_memplan):
 
 def test_a_mistyped_value_in_a_hand_edited_plan_names_its_key(run_memplan, tmp_path):
     text = make_plan(load_profile("gpt2"), 64 * 2**20).to_yaml()
-    smmf_line = next(line for line in text.splitlines() if line.startswith("  smmf: {"))
-    assert "eps: 1.0e-08" in smmf_line
-    (tmp_path / "plan.yaml").write_text(text.replace(smmf_line, smmf_line.replace("eps: 1.0e-08", "eps: tiny")))
+    # the first method whose hyperparameters hold an eps
+    line = next(line for line in text.splitlines() if line.startswith("  ") and ": {" in line and "eps: 1.0e-08" in line)
+    method = line.strip().split(":")[0]
+    (tmp_path / "plan.yaml").write_text(text.replace(line, line.replace("eps: 1.0e-08", "eps: tiny")))
     result = run_memplan("show", "plan.yaml")
     assert result.code == 1 and result.stdout == ""
     assert result.stderr.splitlines() == [
-        "memplan: error: plan.yaml: hyperparameters.smmf.eps: expected a number, got 'tiny'"], result.stderr
+        f"memplan: error: plan.yaml: hyperparameters.{method}.eps: expected a number, got 'tiny'"], result.stderr
 
 
 @pytest.mark.parametrize("args", [

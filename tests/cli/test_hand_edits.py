@@ -7,10 +7,12 @@ from memplan.planner import make_plan
 
 
 def _edited_plan(tmp_path, key, value):
+    """The plan of resnet18-cifar at 1 MiB with the first parameter's ``key`` set to ``value`` (the
+    first parameter whose ``key`` is not already ``value``)."""
     text = make_plan(load_profile("resnet18-cifar"), 2**20).to_yaml()
     lines = text.splitlines()
     index = next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:")
-                 and "parameters:" in "\n".join(lines[:i]))
+                 and line.strip() != f"{key}: {value}" and "parameters:" in "\n".join(lines[:i]))
     indent = lines[index][:len(lines[index]) - len(lines[index].lstrip())]
     lines[index] = f"{indent}{key}: {value}"
     (tmp_path / "plan.yaml").write_text("\n".join(lines) + "\n")
