@@ -30,7 +30,7 @@ MethodsOpt = methods_option(TRIAL_METHODS[2:], "train (adam and sgd always run)"
 def trial(
     source: str = typer.Argument(..., help="A model.py defining training_batch(step) and loss(model, batch)."),
     methods: MethodsOpt = None,
-    steps: int = typer.Option(200, "--steps", help="Training steps per run."),
+    steps: int = typer.Option(600, "--steps", help="Training steps per run (shorter runs rank methods by seed noise: see docs/trial.md)."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds (initialisations and batch orders); >1 measures the spread."),
     lr_factors: str = typer.Option("1/3,1,3", "--lr-factors",
                                    help="Learning-rate grid around each method's start (numbers or fractions such "
@@ -49,6 +49,8 @@ def trial(
     priors: Optional[Path] = typer.Option(None, "--priors", help="Priors whose learning-rate ratios start the sweeps."),
     time_limit: Optional[float] = typer.Option(None, "--time-limit", help="Stop starting runs after this many seconds."),
     threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for torch (default: torch's)."),
+    jobs: int = typer.Option(1, "--jobs", help="Train this many methods at once, each in its own process "
+                                               "(CPU; torch's threads are shared among them)."),
     device: str = typer.Option("cpu", "--device", help="Where to train: cpu, cuda or cuda:N."),
     entry: EntryOpt = None,
     out_dir: Path = typer.Option(DEFAULT_TRIAL_DIR, "--out-dir", help="Where trial.csv, trial.png and "
@@ -67,7 +69,7 @@ def trial(
         schedule=Schedule(steps=steps, shape=schedule, warmup=max(0, steps // 20) if warmup is None else warmup,
                           clip=clip or None),
         seeds=seeds, lr_factors=factors, widen=widen, refine=refine, probes=probes,
-        probe_methods=tuple(probe_specs) if probe_specs else None, time_limit=time_limit, device=device)
+        probe_methods=tuple(probe_specs) if probe_specs else None, time_limit=time_limit, device=device, jobs=jobs)
     paths = {name: out_dir / name for name in ("trial.csv", "priors.yaml", *(("trial.png",) if plot else ()))}
     for path in paths.values():
         check_writable(path)

@@ -18,6 +18,7 @@ at its best learning rate. It runs, within a budget of steps, seeds and wall tim
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 import time
@@ -62,6 +63,7 @@ class TrialSettings:
     probe_methods: tuple[str, ...] | None = None
     time_limit: float | None = None
     device: str = "cpu"
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         if self.seeds < 1:
@@ -72,6 +74,10 @@ class TrialSettings:
             raise SourceError(f"--probes must be >= 0, got {self.probes}")
         if self.widen < 0:
             raise SourceError(f"--widen must be >= 0, got {self.widen}")
+        if self.jobs < 1:
+            raise SourceError(f"--jobs must be at least 1, got {self.jobs}")
+        if self.jobs > 1 and self.device != "cpu":
+            raise SourceError("--jobs above 1 trains in several processes on the CPU: give --device cpu")
 
 
 @dataclass(frozen=True)
@@ -261,10 +267,19 @@ class Trial:
             plan.check_model(profile)
         self.result = TrialResult(source=str(path), settings=settings, profile=profile)
         self.methods = self._available([REFERENCE_FAMILY, SGD_REFERENCE, *methods])
-        self.started = time.perf_counter()
+        self.started = time.monotonic()  # system-wide: worker processes share the time limit
+        self.pool: Any = None
 
     def run(self) -> TrialResult:
         """Train every arm (stopping cleanly at the time limit) and return the result."""
+        try:
+            return self._run_arms()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(cancel_futures=True)
+                self.pool = None
+
+    def _run_arms(self) -> TrialResult:
         try:
             self._uniform()
             weak = self.result.scale_note()
@@ -304,12 +319,14 @@ class Trial:
         if adam_lr is None:
             raise SourceError(f"{self.path}: Adam diverged at every learning rate tried: check loss(model, batch)")
         budget = self.plan.budget_bytes if self.plan is not None else None
+        sweeps = []
         for spec in self.methods[1:]:
             if budget is not None and spec != SGD_REFERENCE and uniform_state_bytes(self.result.profile, spec) > budget:
                 continue
             method = get_method(parse_spec(spec).name)
             ratio = method.learning_rate_ratio(self.priors, method.resolve(parse_spec(spec)))
-            self._sweep_and_seed(Arm(spec, "uniform", spec), adam_lr * ratio)
+            sweeps.append((Arm(spec, "uniform", spec), adam_lr * ratio))
+        self._in_jobs(SWEEP, sweeps)
 
     def _probes(self) -> None:
         probes = self.settings.probe_methods
@@ -326,13 +343,12 @@ class Trial:
             if spec not in self.result.best_lr:
                 continue
             ratios = {REFERENCE_FAMILY: 1.0, spec: self.result.best_lr[spec] / adam_lr}
+            arms = []
             for role in (role for role in ROLES if role in shares):
                 plan = _assigned(self.result.profile, lambda name: spec if roles[name] == role else REFERENCE_FAMILY,
                                  adam_lr, ratios, self.priors)
-                arm = Arm(f"{spec} on {role}", "probe", spec, role, plan)
-                for seed in range(self.settings.seeds):
-                    self._run(arm, adam_lr, seed)
-                self.result.best_lr[arm.label] = adam_lr
+                arms.append((Arm(f"{spec} on {role}", "probe", spec, role, plan), adam_lr))
+            self._in_jobs(EVERY_SEED, arms)
 
     def _probe_candidates(self) -> list[str]:
         """Compressed methods measured so far, best quality first."""
@@ -393,6 +409,51 @@ class Trial:
         for seed in range(1, self.settings.seeds):
             self._run(arm, best, seed)
 
+    def _every_seed(self, arm: Arm, lr: float) -> None:
+        """Train ``arm`` at ``lr`` on every seed (a probe: its rates are the methods' best)."""
+        for seed in range(self.settings.seeds):
+            self._run(arm, lr, seed)
+        self.result.best_lr[arm.label] = lr
+
+    def _in_jobs(self, kind: str, arms: Sequence[tuple[Arm, float]]) -> None:
+        """Train each (arm, rate) as ``kind`` (:data:`SWEEP` or :data:`EVERY_SEED`): here, one after
+        the other, or in ``settings.jobs`` worker processes. Arms do not depend on each other and
+        every run is deterministic given its seed, so the runs are the same either way, and they
+        are recorded in the same order."""
+        if self.settings.jobs == 1 or len(arms) < 2:
+            for arm, lr in arms:
+                (self._sweep_and_seed if kind == SWEEP else self._every_seed)(arm, lr)
+            return
+        threads = max(1, torch.get_num_threads() // self.settings.jobs)
+        jobs = [_Job(self.path, self.entry, self.settings, self.priors, self.started, kind, arm, lr, threads)
+                for arm, lr in arms]
+        from concurrent.futures.process import BrokenProcessPool
+
+        out_of_time = False
+        try:
+            for done in self._pool().map(_run_job, jobs):
+                for run in done.runs:
+                    self.result.runs.append(run)
+                    self.progress(len(self.result.runs), f"{run['arm']} lr={run['lr']:.3g} seed={run['seed']}")
+                self.result.best_lr.update(done.best_lr)
+                self.result.notes.extend(done.notes)
+                out_of_time = out_of_time or done.out_of_time
+        except BrokenProcessPool:
+            raise MemplanError(f"a trial worker process died (out of memory, or killed): rerun with --jobs 1 "
+                               f"to train in this process") from None
+        if out_of_time:
+            raise _OutOfTime
+
+    def _pool(self) -> Any:
+        """The worker processes, started on first use (spawned: a forked copy of a process that has
+        run torch's thread pool can hang) and kept for the trial."""
+        if self.pool is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            self.pool = ProcessPoolExecutor(self.settings.jobs, mp_context=multiprocessing.get_context("spawn"))
+        return self.pool
+
     def _workload(self, seed: int) -> Workload:
         if seed not in self.workloads:
             self.workloads[seed] = Workload.load(self.path, self.entry, self.settings.device, seed=seed)
@@ -400,7 +461,7 @@ class Trial:
 
     def _run(self, arm: Arm, lr: float, seed: int) -> RunResult:
         limit = self.settings.time_limit
-        if limit is not None and time.perf_counter() - self.started > limit:
+        if limit is not None and time.monotonic() - self.started > limit:
             raise _OutOfTime
         workload = self._workload(seed)
         result = train(workload, lambda model: self._optimizer(arm, model, lr), self.settings.schedule)
@@ -421,6 +482,60 @@ class Trial:
         return build(arm.spec, named, lr=lr)
 
 
+SWEEP = "sweep"
+"""A job that sweeps an arm's rate and trains the best on the other seeds."""
+EVERY_SEED = "every seed"
+"""A job that trains an arm at one rate on every seed."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One arm for a worker process: what it needs to rebuild the trial there, and the arm."""
+
+    path: Path
+    entry: str | None
+    settings: TrialSettings
+    priors: Priors
+    started: float
+    kind: str
+    arm: Arm
+    lr: float
+    threads: int
+
+
+@dataclass(frozen=True)
+class _Done:
+    """What a worker sends back: its runs, in order, the best rates it chose, its notes."""
+
+    runs: list[dict[str, Any]]
+    best_lr: dict[str, float]
+    notes: list[str]
+    out_of_time: bool
+
+
+_WORKER_TRIALS: dict[tuple, "Trial"] = {}
+"""A worker process's trials, by model file and settings, kept so that the model file is imported
+and its workloads built once per process, not once per job."""
+
+
+def _run_job(job: _Job) -> _Done:
+    """Train one job in a worker process (see :meth:`Trial._in_jobs`)."""
+    torch.set_num_threads(job.threads)
+    key = (str(job.path), job.entry, job.settings)
+    if key not in _WORKER_TRIALS:
+        _WORKER_TRIALS[key] = Trial(job.path, job.entry, [], dataclasses.replace(job.settings, jobs=1), job.priors)
+    trial = _WORKER_TRIALS[key]
+    trial.started = job.started
+    trial.result = TrialResult(source=trial.result.source, settings=trial.result.settings,
+                               profile=trial.result.profile)
+    out_of_time = False
+    try:
+        (trial._sweep_and_seed if job.kind == SWEEP else trial._every_seed)(job.arm, job.lr)
+    except _OutOfTime:
+        out_of_time = True
+    return _Done(trial.result.runs, trial.result.best_lr, trial.result.notes, out_of_time)
+
+
 def _assigned(profile: ModelProfile, specs: Callable[[str], str], adam_lr: float, ratios: dict[str, float],
               priors: Priors) -> Plan:
     from memplan.planner import assigned_plan
@@ -432,7 +547,7 @@ def run_trial(path: Path, entry: str | None = None, methods: Sequence[str] = TRI
               settings: TrialSettings | None = None, priors: Priors | None = None, plan: Plan | None = None,
               progress: Callable[[int, str], None] | None = None) -> TrialResult:
     """Run a trial of the model file ``path`` (see the module docstring); Adam and SGD always run."""
-    settings = settings or TrialSettings(schedule=Schedule(steps=200))
+    settings = settings or TrialSettings(schedule=Schedule(steps=600))
     return Trial(path, entry, methods, settings, priors, plan, progress).run()
 
 

@@ -3,6 +3,7 @@ import math
 from types import SimpleNamespace
 
 import pytest
+import torch
 import yaml
 
 from memplan.errors import MemplanError
@@ -180,3 +181,35 @@ def test_the_trial_warns_when_the_scale_has_no_unit_or_only_noise():
     assert _references([1.0], [1.5]).scale_note() is None  # one seed: no spread to judge by
     assert _references([1.0], [1.5]).scale_holds() and not noisy.scale_holds()
     assert not _references([1.0], [0.9]).scale_holds()
+
+
+def test_jobs_in_worker_processes_train_the_same_runs_in_the_same_order():
+    settings = TrialSettings(schedule=Schedule(steps=6, warmup=1), seeds=2, lr_factors=(0.3, 1.0, 3.0), widen=1,
+                             probes=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # each of two workers gets one thread: so must the run alone, for equal sums
+    try:
+        shared = run_trial(TINY, methods=["smmf", "et2", "adagrad"], settings=dataclasses.replace(settings, jobs=2))
+        torch.set_num_threads(1)
+        alone = run_trial(TINY, methods=["smmf", "et2", "adagrad"], settings=settings)
+    finally:
+        torch.set_num_threads(threads)
+    columns = ["arm", "kind", "spec", "role", "seed", "lr", "loss", "diverged", "steps_run", "state_bytes"]
+    assert alone.runs_frame()[columns].equals(shared.runs_frame()[columns])
+    assert alone.best_lr == shared.best_lr and alone.notes == shared.notes
+    assert len(shared.probe_table()) == 4
+
+
+def test_jobs_stop_at_the_time_limit_too():
+    settings = TrialSettings(schedule=Schedule(steps=200), lr_factors=(1.0,), widen=0, probes=0, jobs=2,
+                             time_limit=0.5)
+    result = run_trial(TINY, methods=["smmf", "et2", "adagrad", "sm3"], settings=settings)
+    assert not result.complete and "time limit" in result.notes[-1]
+    assert len(result.runs) < 6 * 1  # adam, sgd and four methods at one rate each, had it not stopped
+
+
+def test_jobs_must_be_positive_and_on_the_cpu():
+    with pytest.raises(MemplanError, match="--jobs must be at least 1"):
+        TrialSettings(Schedule(steps=1), jobs=0)
+    with pytest.raises(MemplanError, match="--device cpu"):
+        TrialSettings(Schedule(steps=1), jobs=2, device="cuda")

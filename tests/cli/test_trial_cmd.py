@@ -51,6 +51,16 @@ def test_no_priors_are_written_where_sgd_beats_adam(run_memplan, tmp_path):
     assert (tmp_path / ".memplan" / "trial.csv").exists() and not (tmp_path / ".memplan" / "priors.yaml").exists()
 
 
+def test_jobs_train_methods_in_worker_processes(run_memplan, tmp_path):
+    import pandas as pd
+
+    result = run_memplan("trial", TINY, "--methods", "smmf,et2", "--steps", "4", "--probes", "1", "--no-plot",
+                         "--jobs", "2")
+    assert result.code == 0, result.stderr
+    runs = pd.read_csv(tmp_path / ".memplan" / "trial.csv")
+    assert {"adam", "sgd", "smmf", "et2"} <= set(runs["arm"]) and (runs["kind"] == "probe").sum() == 4
+
+
 def test_trial_verifies_a_plan(run_memplan, tmp_path):
     assert run_memplan("plan", TINY, "--budget", "1KiB", "--out", "plan.yaml").code == 0
     result = run_memplan("trial", TINY, "--plan", "plan.yaml", "--methods", "smmf,et2,adagrad", "--steps", "3",
@@ -70,6 +80,7 @@ def test_bad_trial_inputs_are_one_line_each(run_memplan, tmp_path):
         (("trial", TINY, "--lr-factors", "a,b"), 2, "--lr-factors must be comma-separated numbers"),
         (("trial", TINY, "--lr-factors", "1/0"), 2, "--lr-factors must be comma-separated numbers"),
         (("trial", TINY, "--widen", "-1"), 1, "--widen must be >= 0"),
+        (("trial", TINY, "--jobs", "0"), 1, "--jobs must be at least 1"),
         (("trial", TINY, "--steps", "0"), 1, "--steps must be at least 1"),
         (("trial", TINY, "--methods", "adam,lion"), 2, "unknown method"),
         (("trial", TINY, "--out-dir", "/proc/x"), 1, "/proc/x"),
