@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from text_windows import fixed_batches, next_token_loss, random_batch
+
 CONTEXT = 32
 BATCH = 16
 EVAL_BATCHES = 8
@@ -35,11 +37,13 @@ class CharTransformer(nn.Module):
     """Token and position embeddings, pre-norm transformer blocks with a causal mask, a final norm
     and a linear head over the characters."""
 
-    def __init__(self, vocab: int = VOCAB, width: int = 64, heads: int = 4, layers: int = 2) -> None:
+    def __init__(self, vocab: int = VOCAB, width: int = 64, heads: int = 4, layers: int = 2, context: int = CONTEXT,
+                 activation: str = "relu") -> None:
         super().__init__()
         self.tokens = nn.Embedding(vocab, width)
-        self.positions = nn.Embedding(CONTEXT, width)
-        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, batch_first=True, norm_first=True)
+        self.positions = nn.Embedding(context, width)
+        block = nn.TransformerEncoderLayer(width, heads, 4 * width, dropout=0.0, activation=activation,
+                                           batch_first=True, norm_first=True)
         self.blocks = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, vocab)
@@ -56,29 +60,19 @@ def build_model() -> nn.Module:
     return CharTransformer()
 
 
-def _windows(start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    offsets = start[:, None] + torch.arange(CONTEXT + 1)
-    chunk = TOKENS[offsets]
-    return chunk[:, :-1], chunk[:, 1:]
-
-
 def training_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of the training text (memplan seeds torch's generator per step)."""
-    return _windows(torch.randint(0, SPLIT - CONTEXT - 1, (BATCH,)))
+    return random_batch(TOKENS[:SPLIT], CONTEXT, BATCH)
 
 
 def eval_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed windows of the held-out text."""
-    generator = torch.Generator().manual_seed(1234)
-    return [_windows(torch.randint(SPLIT, len(TOKENS) - CONTEXT - 1, (BATCH,), generator=generator))
-            for _ in range(EVAL_BATCHES)]
+    return fixed_batches(TOKENS[SPLIT:], CONTEXT, BATCH, EVAL_BATCHES)
 
 
 def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-character cross-entropy (nats)."""
-    inputs, targets = batch
-    logits = model(inputs)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return next_token_loss(model, batch)
 
 
 def calibration_loss(model: nn.Module) -> torch.Tensor:

@@ -22,6 +22,8 @@ import string
 import torch
 from torch import nn
 
+from text_windows import fixed_batches, next_token_loss, random_batch
+
 MODULES = ("argparse", "configparser", "dataclasses", "difflib", "enum", "functools", "heapq", "statistics",
            "textwrap")
 CONTEXT = 32
@@ -72,30 +74,19 @@ def build_model() -> nn.Module:
     return SourceGRU()
 
 
-def _windows(tokens: torch.Tensor, start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    offsets = start[:, None] + torch.arange(CONTEXT + 1)
-    chunk = tokens[offsets]
-    return chunk[:, :-1], chunk[:, 1:]
-
-
 def training_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of the training text (memplan seeds torch's generator per step)."""
-    return _windows(TRAIN_TOKENS, torch.randint(0, len(TRAIN_TOKENS) - CONTEXT - 1, (BATCH,)))
+    return random_batch(TRAIN_TOKENS, CONTEXT, BATCH)
 
 
 def eval_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed windows of the held-out text."""
-    generator = torch.Generator().manual_seed(1234)
-    return [_windows(HELD_OUT_TOKENS, torch.randint(0, len(HELD_OUT_TOKENS) - CONTEXT - 1, (BATCH,),
-                                                    generator=generator))
-            for _ in range(EVAL_BATCHES)]
+    return fixed_batches(HELD_OUT_TOKENS, CONTEXT, BATCH, EVAL_BATCHES)
 
 
 def loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
     """Mean next-character cross-entropy (nats)."""
-    inputs, targets = batch
-    logits = model(inputs)
-    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+    return next_token_loss(model, batch)
 
 
 def calibration_loss(model: nn.Module) -> torch.Tensor:

@@ -1,0 +1,31 @@
+"""The quality benchmarks' workloads keep memplan trial's protocol and their roles."""
+
+import math
+
+import pytest
+import torch
+
+from memplan.loaders.module import profile_from_module
+from memplan.training import Workload
+from tests.conftest import REPO
+
+WORKLOADS = REPO / "benchmarks" / "workloads"
+
+
+@pytest.mark.parametrize("name", ["char_lm", "source_gru", "source_lm", "source_words"])
+def test_a_language_model_workload_trains_and_evaluates(name):
+    workload = Workload.load(WORKLOADS / f"{name}.py", seed=0)
+    torch.manual_seed(0)
+    value = workload.loss_function(workload.model, workload.training_batch(0))
+    assert value.ndim == 0 and math.isfinite(value.item())
+    assert workload.eval_batches and len(workload.eval_batches) == 8
+    roles = {param.role for param in profile_from_module(workload.model, name=name, source=name).trainable_params}
+    assert {"embedding", "head"} <= roles
+
+
+def test_source_lm_is_char_lm_s_transformer_with_its_own_details():
+    workload = Workload.load(WORKLOADS / "source_lm.py", seed=0)
+    model = workload.model
+    assert type(model).__name__ == "CharTransformer" and model.positions.num_embeddings == 48
+    layer = model.blocks.layers[0]
+    assert layer.self_attn.num_heads == 2 and layer.activation is torch.nn.functional.gelu
