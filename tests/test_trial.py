@@ -205,7 +205,7 @@ def test_jobs_stop_at_the_time_limit_too():
                              time_limit=0.5)
     result = run_trial(TINY, methods=["smmf", "et2", "adagrad", "sm3"], settings=settings)
     assert not result.complete and "time limit" in result.notes[-1]
-    assert len(result.runs) < 6 * 1  # adam, sgd and four methods at one rate each, had it not stopped
+    assert len(result.runs) < 6  # adam, sgd and four methods at one rate each, had it not stopped
 
 
 def test_jobs_must_be_positive_and_on_the_cpu():
