@@ -10,9 +10,14 @@ for every workload except those in ``HELD_OUT`` and combines them, per prior key
   0.07 on ``char_lm``). An equal-weight mean, or a random-effects one (whose between-workload
   variance, estimated from two workloads that disagree, levels the weights), let the noise of
   ``digits_cnn`` set the priors and rank the held-out transformer at 0.38;
-- std: the random-effects (DerSimonian and Laird) standard error of that mean: the seed noise and
-  the between-workload variance the measurements show beyond it, so that a method whose measured
-  advantage does not carry across workloads counts as noise in the planner;
+- std: the standard error of that mean: the seed noise alone (fixed effect) unless Cochran's Q shows
+  the workloads disagreeing beyond it (above its 95th percentile), and then with the
+  DerSimonian-Laird between-workload variance added (random effects), so that a method whose
+  measured advantage does not carry across workloads counts as noise in the planner. Without the
+  test, two workloads of which one is noisy give a between-workload variance of the order of the
+  noisy one's own (DerSimonian and Laird's estimate divides the excess of Q by about twice the
+  smaller weight), and the planner then ranks a well-measured method as noise (SMMF without first
+  moment on matrices at 1.28 ± 5.4, which lost GPT-2's matrices to ET at 0.56);
 - lr_ratio: the geometric mean over workloads;
 - roles: each role's measurements combined the same way;
 - the extreme-tensoring curve: per ET preset, the mean depth and the quality combined the same way.
@@ -44,8 +49,8 @@ HEADER = """\
 #
 # Scale: 1.0 = Adam, 0.0 = SGD without momentum, each at its best learning rate, from the held-out
 # loss after each run (600 steps). quality is the workloads' mean weighted by their precision (a
-# workload whose scale is mostly seed noise counts for little); std is its random-effects standard
-# error (seed spread and the workloads' disagreement); lr_ratio is the best learning rate over
+# workload whose scale is mostly seed noise counts for little); std is its standard error (seed
+# spread, and the workloads' disagreement where it exceeds that); lr_ratio is the best rate over
 # Adam's (geometric mean); roles are the per-role qualities of the probes (docs/trial.md). The
 # papers' long-run results are in docs/evidence.md, as context.
 #
@@ -62,17 +67,28 @@ their own scale, has none)."""
 
 def pooled(values: list[float], errors: list[float]) -> tuple[float, float]:
     """The precision-weighted mean of ``values`` measured with standard errors ``errors``, and its
-    random-effects (DerSimonian-Laird) standard error, which adds the between-workload variance
-    the values show beyond their own errors. Identical values without error pool to themselves."""
+    standard error: fixed-effect, or random-effects (DerSimonian-Laird) where Cochran's Q exceeds
+    its 95th percentile. Identical values without error pool to themselves."""
     if all(error == 0 for error in errors) and len(set(values)) == 1:
         return values[0], 0.0
     variances = [max(error, SE_FLOOR) ** 2 for error in errors]
     weights = [1 / variance for variance in variances]
     mean = sum(w * v for w, v in zip(weights, values)) / sum(weights)
     spread = sum(w * (v - mean) ** 2 for w, v in zip(weights, values))  # Cochran's Q
-    scale = sum(weights) - sum(w * w for w in weights) / sum(weights)
-    between = max(0.0, (spread - (len(values) - 1)) / scale) if scale > 0 else 0.0
+    freedom = len(values) - 1
+    between = 0.0
+    if freedom > 0 and spread > chi_square_95(freedom):
+        scale = sum(weights) - sum(w * w for w in weights) / sum(weights)
+        between = (spread - freedom) / scale
     return mean, math.sqrt(1 / sum(1 / (variance + between) for variance in variances))
+
+
+def chi_square_95(freedom: int) -> float:
+    """The 95th percentile of the chi-square distribution with ``freedom`` degrees of freedom
+    (Wilson-Hilferty; 3.75 for one degree, where the exact value is 3.84)."""
+    z = statistics.NormalDist().inv_cdf(0.95)
+    scale = 2 / (9 * freedom)
+    return freedom * (1 - scale + z * math.sqrt(scale)) ** 3
 
 
 def combine(documents: dict[str, dict]) -> dict:

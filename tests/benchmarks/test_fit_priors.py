@@ -1,4 +1,4 @@
-"""benchmarks/fit_priors.py: the random-effects pooling of workloads' measured qualities."""
+"""benchmarks/fit_priors.py: the pooling of workloads' measured qualities."""
 
 import math
 import sys
@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from fit_priors import pooled  # noqa: E402
+from fit_priors import chi_square_95, pooled  # noqa: E402
 
 
 def test_measurements_that_agree_pool_with_inverse_variance_weights():
@@ -19,16 +19,24 @@ def test_measurements_that_agree_pool_with_inverse_variance_weights():
     assert error == pytest.approx(math.sqrt(1 / sum(weights)))
 
 
-def test_a_noisy_workload_counts_by_its_precision_and_disagreement_widens_the_error():
-    mean, error = pooled([2.0, -1.0], [0.05, 2.0])
-    assert mean == pytest.approx((400 * 2.0 - 0.25) / 400.25)
-    assert error > 1.0  # Q = 2.25 > k - 1: the excess is between-workload variance
-    # within the noisy workload's own error, no excess: the fixed-effect error
-    mean, error = pooled([2.0, 0.5], [0.05, 2.0])
-    assert error == pytest.approx(math.sqrt(1 / 400.25))
-    # two precise workloads that disagree count equally, with the disagreement as the error
+def test_a_noisy_workload_counts_by_its_precision():
+    mean, error = pooled([2.0, 0.0], [0.05, 1.0])
+    assert mean == pytest.approx((400 * 2.0 + 0.0) / 401)
+    # Q = 3.99 is above chi-square's 95th percentile: the disagreement widens the error (fixed: 0.05)
+    assert error > 0.5
+    # a disagreement that Q does not call significant (Q = 1.8) leaves the fixed-effect error
+    mean, error = pooled([2.0, 0.66], [0.05, 1.0])
+    assert error == pytest.approx(math.sqrt(1 / 401))
+
+
+def test_two_precise_workloads_that_disagree_count_equally_with_the_disagreement_as_the_error():
     mean, error = pooled([2.0, 0.0], [0.05, 0.05])
     assert mean == pytest.approx(1.0) and error == pytest.approx(1.0, rel=0.01)
+
+
+def test_chi_square_percentiles():
+    assert chi_square_95(1) == pytest.approx(3.841, rel=0.03)
+    assert chi_square_95(4) == pytest.approx(9.488, rel=0.01)
 
 
 def test_exact_references_pool_to_themselves():
