@@ -150,6 +150,9 @@ def _render(result: TrialResult) -> None:
                       "-" if row.lr_ratio is None or math.isnan(row.lr_ratio) else f"{row.lr_ratio:.3g}",
                       _plus_minus(row.loss, row.loss_std), _plus_minus(row.quality, row.quality_se))
     console.print(table)
+    unit, error = result.scale_unit()
+    if math.isfinite(unit):
+        console.print(f"Scale unit: L_SGD - L_Adam = {_plus_minus(unit, error)} (qualities divide by it)", markup=False)
     probes = result.probe_table()
     if len(probes):
         roles = Table(title="Per-role probes (Adam elsewhere)", title_justify="left")
@@ -177,6 +180,8 @@ def _document(result: TrialResult, with_priors: bool) -> dict:
         return [{key: (None if isinstance(value, float) and not math.isfinite(value) else value)
                  for key, value in record.items()} for record in plain]
 
+    unit, error = result.scale_unit()
     return {"source": result.source, "complete": result.complete, "runs": len(result.runs),
+            "scale_unit": unit if math.isfinite(unit) else None, "scale_unit_se": error,
             "methods": clean(result.table().to_dict("records")), "probes": clean(result.probe_table().to_dict("records")),
             "notes": result.notes}

@@ -1,3 +1,4 @@
+import pytest
 import yaml
 
 from memplan.priors import load_priors
@@ -11,6 +12,7 @@ def test_trial_writes_its_table_runs_plot_and_priors_that_plan_reads(run_memplan
                          "--threads", "1")
     assert result.code == 0, result.stderr
     assert "Methods" in result.stdout and "smmf" in result.stdout and "Per-role probes" in result.stdout
+    assert "Scale unit: L_SGD - L_Adam = " in result.stdout and " ± " in result.stdout  # two seeds
     for name in ("trial.csv", "trial.png", "priors.yaml"):
         assert (tmp_path / ".memplan" / name).stat().st_size > 0
     assert yaml.safe_load((tmp_path / ".memplan" / "priors.yaml").read_text())["memplan_priors"] == 2
@@ -27,6 +29,9 @@ def test_trial_json_is_one_document(run_memplan):
     document = json.loads(result.stdout)
     assert [row["method"] for row in document["methods"]] == ["adam", "sgd", "smmf"]
     assert document["complete"] is True and document["probes"] == []
+    losses = {row["method"]: row["loss"] for row in document["methods"]}
+    assert document["scale_unit"] == pytest.approx(losses["sgd"] - losses["adam"])
+    assert document["scale_unit_se"] is None  # one seed
 
 
 def test_no_refine_trains_the_grid_only(run_memplan, tmp_path):
