@@ -62,19 +62,24 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):  #
 _PYTHON_SHOW_WARNING = warnings.showwarning
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the command line; return (and, as a console script, exit with) the exit code."""
-    # Libraries memplan imports (torchao, through transformers too) log warnings about optional
-    # kernels their build lacks and about torch deprecations they trigger at import (through
-    # torch's own pytree logger); nothing a memplan user can act on, on the stderr where this
-    # command promises one line per error and notes of its own only.
+def quiet_libraries() -> None:
+    """Silence what the libraries memplan imports say that a memplan user cannot act on, on the
+    stderr where this command promises one line per error and notes of its own only. Also run in
+    the worker processes of ``memplan trial --jobs``."""
+    # torchao (through transformers too) logs warnings about optional kernels its build lacks and
+    # about torch deprecations it triggers at import (through torch's own pytree logger)
     root = logging.getLogger()
     if not any(isinstance(handler, logging.NullHandler) for handler in root.handlers):
         root.addHandler(logging.NullHandler())   # once, however often main() runs in one process
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # torchao's quantized optimizer state asks torch.compile's cache for a hash it lacks, once per
-    # state class, as a UserWarning: nothing a memplan user can act on either
+    # state class, as a UserWarning
     warnings.filterwarnings("ignore", message=r".*does not implement _stable_hash_for_caching")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return (and, as a console script, exit with) the exit code."""
+    quiet_libraries()
     warnings.showwarning = _show_warning
     warnings.simplefilter("always", AssumptionWarning)
     args = list(sys.argv[1:] if argv is None else argv)

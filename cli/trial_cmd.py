@@ -129,7 +129,9 @@ def _run_with_progress(path: Path, entry: str | None, specs: list[str], settings
         def advance(done: int, label: str) -> None:
             progress.update(task, completed=done, description=label, refresh=True)
 
-        return run_trial(path, entry, specs, settings, priors, plan, advance)
+        from memplan.cli.main import quiet_libraries
+
+        return run_trial(path, entry, specs, settings, priors, plan, advance, worker_setup=quiet_libraries)
 
 
 def _render(result: TrialResult) -> None:

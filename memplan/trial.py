@@ -254,13 +254,15 @@ class Trial:
 
     def __init__(self, path: Path, entry: str | None, methods: Sequence[str], settings: TrialSettings,
                  priors: Priors | None = None, plan: Plan | None = None,
-                 progress: Callable[[int, str], None] | None = None) -> None:
+                 progress: Callable[[int, str], None] | None = None,
+                 worker_setup: Callable[[], None] | None = None) -> None:
         from memplan.loaders.module import profile_from_module
 
         self.path, self.entry, self.settings = path, entry, settings
         self.priors = priors or load_priors()
         self.plan = plan
         self.progress = progress or (lambda done, label: None)
+        self.worker_setup = worker_setup  # run first in each worker process (a module-level function)
         self.workloads: dict[int, Workload] = {0: Workload.load(path, entry, settings.device, seed=0)}
         profile = profile_from_module(self.workloads[0].model, name=entry or path.stem, source=str(path))
         if plan is not None:
@@ -451,7 +453,8 @@ class Trial:
             import multiprocessing
             from concurrent.futures import ProcessPoolExecutor
 
-            self.pool = ProcessPoolExecutor(self.settings.jobs, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(self.settings.jobs, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=self.worker_setup)
         return self.pool
 
     def _workload(self, seed: int) -> Workload:
@@ -545,10 +548,13 @@ def _assigned(profile: ModelProfile, specs: Callable[[str], str], adam_lr: float
 
 def run_trial(path: Path, entry: str | None = None, methods: Sequence[str] = TRIAL_METHODS[2:],
               settings: TrialSettings | None = None, priors: Priors | None = None, plan: Plan | None = None,
-              progress: Callable[[int, str], None] | None = None) -> TrialResult:
-    """Run a trial of the model file ``path`` (see the module docstring); Adam and SGD always run."""
+              progress: Callable[[int, str], None] | None = None,
+              worker_setup: Callable[[], None] | None = None) -> TrialResult:
+    """Run a trial of the model file ``path`` (see the module docstring); Adam and SGD always run.
+    ``worker_setup``, a module-level function, runs first in each worker process of
+    ``settings.jobs`` (the command line silences library warnings there as in its own process)."""
     settings = settings or TrialSettings(schedule=Schedule(steps=600))
-    return Trial(path, entry, methods, settings, priors, plan, progress).run()
+    return Trial(path, entry, methods, settings, priors, plan, progress, worker_setup).run()
 
 
 # -- priors ----------------------------------------------------------------------------------------

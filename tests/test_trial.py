@@ -1,5 +1,6 @@
 import dataclasses
 import math
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -198,6 +199,16 @@ def test_jobs_in_worker_processes_train_the_same_runs_in_the_same_order():
     assert alone.runs_frame()[columns].equals(shared.runs_frame()[columns])
     assert alone.best_lr == shared.best_lr and alone.notes == shared.notes
     assert len(shared.probe_table()) == 4
+
+
+def test_the_worker_setup_runs_in_every_worker_process(tmp_path, monkeypatch):
+    from tests.fixtures.worker_marks import mark
+
+    monkeypatch.setenv("MEMPLAN_TEST_WORKER_MARKS", str(tmp_path))
+    settings = TrialSettings(schedule=Schedule(steps=3), lr_factors=(1.0,), widen=0, probes=0, jobs=2)
+    run_trial(TINY, methods=["smmf", "et2", "adagrad"], settings=settings, worker_setup=mark)
+    marks = {int(path.name) for path in tmp_path.iterdir()}
+    assert len(marks) == 2 and os.getpid() not in marks
 
 
 def test_jobs_stop_at_the_time_limit_too():
