@@ -79,9 +79,8 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
     evidence = trial_evidence(f"benchmarks/workloads/{name}.py", settings) + " (benchmarks/plan_quality.py)"
     priors_path = RESULTS / f"{name}_priors.yaml"
     # as memplan trial does: no priors file from a workload where Adam is not ahead of SGD
-    unit, _ = result.scale_unit()
     priors_path.unlink(missing_ok=True)
-    if unit > 0:
+    if not result.scale_inverted():
         priors_path.write_text(yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
     # a workload's own priors steer its plans only where its quality scale holds (Adam ahead of SGD
     # by more than seed noise); elsewhere its qualities are noise, or run backwards, and the plans

@@ -84,8 +84,7 @@ def trial(
         torch.set_num_threads(threads)
     result = _run_with_progress(Path(source), entry, specs, settings, plan, priors)
     write_csv(result, paths["trial.csv"])
-    unit, _ = result.scale_unit()
-    inverted = math.isfinite(unit) and unit <= 0
+    inverted = result.scale_inverted()
     wrote_priors = plan is None and REFERENCE_FAMILY in result.best_lr and not inverted
     if plan is None and REFERENCE_FAMILY in result.best_lr and inverted:
         result.notes.append(f"no priors file written: with Adam not ahead of SGD the qualities would steer a plan "

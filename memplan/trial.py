@@ -138,13 +138,19 @@ class TrialResult:
             return math.nan, None
         return statistics.fmean(gaps), statistics.stdev(gaps) / math.sqrt(len(gaps)) if len(gaps) > 1 else None
 
+    def scale_inverted(self) -> bool:
+        """Whether SGD trained as well as Adam or better: the scale then runs backwards, and priors
+        written from it would steer a plan the wrong way (False when the unit was not measured)."""
+        unit, _ = self.scale_unit()
+        return math.isfinite(unit) and unit <= 0
+
     def scale_note(self, least_z: float = 3.0) -> str | None:
         """A warning when the scale's unit is not positive, or within ``least_z`` standard errors of
         zero: qualities then divide by noise (or run backwards) and rank nothing; None when it holds."""
         unit, error = self.scale_unit()
         if not math.isfinite(unit):
             return None
-        if unit <= 0:
+        if self.scale_inverted():
             return (f"SGD trained as well as Adam or better (L_SGD - L_Adam = {unit:.4g}): the quality scale has "
                     f"no unit here and its qualities rank nothing; train longer (--steps) or on a harder task")
         if error is not None and unit < least_z * error:

@@ -182,6 +182,7 @@ def test_the_trial_warns_when_the_scale_has_no_unit_or_only_noise():
     assert _references([1.0], [1.5]).scale_note() is None  # one seed: no spread to judge by
     assert _references([1.0], [1.5]).scale_holds() and not noisy.scale_holds()
     assert not _references([1.0], [0.9]).scale_holds()
+    assert _references([1.0], [0.9]).scale_inverted() and not noisy.scale_inverted()
 
 
 def test_jobs_in_worker_processes_train_the_same_runs_in_the_same_order():
