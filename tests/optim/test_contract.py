@@ -68,6 +68,42 @@ def test_copies_step_exactly_like_the_original(case, copy):
 
 
 @pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=IDS)
+def test_a_state_dict_loaded_between_steps_is_the_state_the_next_step_uses(case):
+    """Loading into an optimizer that has stepped replaces what its steps had checked and kept."""
+    torch.manual_seed(0)
+    source_params = [Parameter(torch.randn(6, 4)), Parameter(torch.randn(6))]
+    params = [Parameter(param.detach().clone()) for param in source_params]
+    source, loaded = case.build(source_params, lr=case.lr), case.build(params, lr=case.lr)
+    for seed in range(2):
+        random_gradients(source_params, seed)
+        source.step()
+    random_gradients(params, 7)
+    loaded.step()
+    loaded.load_state_dict(_saved(source.state_dict()))  # as from a file: torch's Adam would share its step tensors
+    with torch.no_grad():
+        for param, reference in zip(params, source_params):
+            param.copy_(reference)
+    random_gradients(source_params, 2)
+    random_gradients(params, 2)
+    source.step()
+    loaded.step()
+    assert all(torch.equal(a, b) for a, b in zip(params, source_params))
+
+
+@pytest.mark.parametrize("optim_cls, key", [(SMMF, "row_v"), (ExtremeTensoring, "acc_0"), (SM3, "acc_0")])
+def test_a_state_entry_deleted_between_steps_is_allocated_again(optim_cls, key):
+    weight = Parameter(torch.randn(6, 4))
+    optimizer = optim_cls([weight], lr=0.01)
+    random_gradients([weight], 0)
+    optimizer.step()
+    bytes_after_one_step = state_storage_bytes(optimizer)
+    del optimizer.state[weight][key]
+    random_gradients([weight], 1)
+    optimizer.step()
+    assert key in optimizer.state[weight] and state_storage_bytes(optimizer) == bytes_after_one_step
+
+
+@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=IDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16],
                          ids=["float64", "float32", "bfloat16", "float16"])
 def test_every_floating_dtype_trains_in_place_with_the_byte_models_state(case, dtype):
