@@ -131,12 +131,27 @@ def smmf_many(tensors: list[SMMFTensor]) -> None:
     if any(_sign_mode(tensor.signs) != mode for tensor in tensors):
         raise ValueError("smmf_many: every tensor must share the first tensor's sign storage")
     with_moment = mode != NO_SIGNS
-    addresses = np.array([_addresses(tensor.weights, tensor.grads, tensor.signs, tensor.row_v, tensor.col_v,
-                                     tensor.row_m, tensor.col_m, (tensor.row_v, tensor.col_v),
-                                     (tensor.row_m, tensor.col_m) if with_moment else None)
-                          for tensor in tensors], dtype=np.int64)
-    scalars = np.array([_scalar_row(tensor.scalars, tensor.prior_v, tensor.prior_m, tensor.keep_v, tensor.keep_m)
-                        for tensor in tensors], dtype=np.float64)
+    # flat lists, converted once: a list of per-tensor lists converts row by row (most of a
+    # 161-tensor call's Python time went there)
+    pointers: list[int] = []
+    rows: list[list[float]] = []
+    row_of: dict[tuple, list[float]] = {}   # tensors at one step share their scalars
+    for tensor in tensors:
+        row_v, col_v = tensor.row_v.data_ptr(), tensor.col_v.data_ptr()
+        if with_moment:
+            row_m, col_m = tensor.row_m.data_ptr(), tensor.col_m.data_ptr()
+            signs = tensor.signs.data_ptr()
+        else:
+            row_m = col_m = signs = 0
+        pointers += (tensor.weights.data_ptr(), tensor.grads.data_ptr(), signs, row_v, col_v, row_m, col_m, row_v,
+                     col_v, row_m, col_m)
+        key = (id(tensor.scalars), tensor.prior_v, tensor.prior_m, tensor.keep_v, tensor.keep_m)
+        row = row_of.get(key)
+        if row is None:
+            row = row_of[key] = _scalar_row(tensor.scalars, *key[1:])
+        rows.append(row)
+    addresses = np.array(pointers, dtype=np.int64).reshape(len(tensors), len(ADDRESSES))
+    scalars = np.array(rows, dtype=np.float64)
     layouts = [(0, tensor.weights.numel(), tensor.cols) for tensor in tensors]
     _call(addresses, layouts, scalars, mode, _numpy_type(dtype), np.float32, np.float32, STORE_FACTORS)
 

@@ -19,7 +19,11 @@ TILE = 4096
 
 
 # the row loops are inlined into ``item`` (at numba's level): a call per row, with its array
-# views, cost about as much as a short row's elements
+# views, cost about as much as a short row's elements. Unlike SM3's and extreme tensoring's kernels
+# (see sm3_numba.FAST_MATH), these keep exact division: the update divides by sqrt(S) + eps, not
+# by a square root alone, and the two ways of trading the division for a reciprocal square root
+# estimate (of (sqrt(S) + eps)^2, or sqrt(S) as S times one) made the step 5 to 15% slower; this
+# loop is bound by its count of floating-point operations (the four sums), not by the divider
 _row_loop = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model="numpy", inline="always")
 
 
@@ -149,16 +153,18 @@ def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_type):
-    """Each range's sums, combined over the threads that touched it in thread order, added to
-    its output vectors (ADD_SUMS) or stored as its new factors (STORE_FACTORS): times keep, the
-    shorter side divided by its total unless that is 0."""
+    """Each range's sums, combined over the threads that touched it in thread order (into the
+    first one's partial vectors, which are scratch), added to its output vectors (ADD_SUMS) or
+    stored as its new factors (STORE_FACTORS): times keep, the shorter side divided by its total
+    unless that is 0."""
     for index in range(ranges.shape[0]):
-        if touched[index, 0] < 0:
+        first = touched[index, 0]
+        if first < 0:
             continue
         _, _, cols, slot, rows = ranges[index]
         for moment in range(moments):
-            totals = np.zeros(rows + cols)
-            for thread in range(touched[index, 0], touched[index, 1] + 1):
+            totals = partial[first, moment, slot:slot + rows + cols]
+            for thread in range(first + 1, touched[index, 1] + 1):
                 totals += partial[thread, moment, slot:slot + rows + cols]
             out_row = carray(array_pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
             out_col = carray(array_pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
@@ -168,15 +174,18 @@ def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_
                 for j in range(cols):
                     out_col[j] += totals[rows + j]
                 continue
-            totals *= scalars[index, 7 + moment]
-            side = totals[:rows] if rows < cols else totals[rows:]
-            total = side.sum()
-            if total > 0:
-                side /= total
+            keep = scalars[index, 7 + moment]
+            short, length = (0, rows) if rows < cols else (rows, cols)
+            total = 0.0
+            for k in range(short, short + length):
+                total += totals[k] * keep
+            scale = 1.0 / total if total > 0 else 1.0
             for i in range(rows):
-                out_row[i] = totals[i]
+                value = totals[i] * keep
+                out_row[i] = value * scale if rows < cols else value
             for j in range(cols):
-                out_col[j] = totals[rows + j]
+                value = totals[rows + j] * keep
+                out_col[j] = value if rows < cols else value * scale
 
 
 __all__ = ["combine", "walk"]
