@@ -20,9 +20,9 @@ product is small: :data:`CACHED_TAIL`, or :data:`TAIL_ELEMENTS` where runs would
 axes' product is one number per run, and the trailing axes' scaled accumulators are a table, their
 row-major outer product, which a thread builds for each range it meets. In pass 1 a thread keeps
 one sum of G^2 per table entry and folds them into the trailing axes' sums when it leaves the
-range. Sums are float64, in each thread's own partial vectors, combined in thread order after the
-threads join. The threads are Python threads running ``nogil`` kernels over contiguous runs of
-items (:func:`memplan.kernels.jit.split_work`).
+range. Sums are float64, in each piece's own partial vectors, combined in piece order after the
+threads join. The threads are Python threads running ``nogil`` kernels over pieces, contiguous runs
+of items (:func:`memplan.kernels.jit.split_work`), each taking the next piece when it finishes one.
 
 Roots: orders 1, 2 and 4 take square roots, as the eager step does. Another order p, with
 a = -1 / (2p), x = t + offset (t the accumulators' product), M = max(t, offset) and
@@ -36,7 +36,7 @@ per element do not: 12.5 ns an element, against under 1 ns for the whole update 
 ET-infinity's passes are :func:`squared_norm_range` and :func:`scale_range` over a range, and
 :func:`et_inf_many` over many whole tensors (pass 1, the accumulators' update and inverse roots in
 one serial step, then pass 2; one kernel call per pass), walked the same way: items of
-:func:`memplan.kernels.jit.split_work`, per-thread float64 sums combined in thread order.
+:func:`memplan.kernels.jit.split_work`, per-piece float64 sums combined in piece order.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_threads, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import batch_dtype, kernel_pieces, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -204,12 +204,12 @@ def _square_sums(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int
     corrections that pass 2 reads (filled for STORE_ACCUMULATORS only)."""
     ranges, axis_table, scratch = _tables(layouts, TAIL_ELEMENTS)
     lengths = tuple(length for _, length, _ in layouts)
-    threads = kernel_threads(sum(lengths))
-    items, bounds, touched = split_work(lengths, threads)
-    partial = np.empty((threads, int(ranges[-1, 6] + ranges[-1, 7])), dtype=np.float64)
+    pieces = kernel_pieces(sum(lengths))
+    items, bounds, touched = split_work(lengths, pieces)
+    partial = np.empty((pieces, int(ranges[-1, 6] + ranges[-1, 7])), dtype=np.float64)
     square_walk, finish_sums, _, _ = _kernel()
     arguments = (ranges, axis_table, addresses, scalars, items, bounds, partial, weight_type, scratch)
-    run_in_threads(lambda low, high: square_walk(*arguments, low, high), threads)
+    run_in_threads(lambda low, high: square_walk(*arguments, low, high), pieces)
     storing = what == STORE_ACCUMULATORS
     scaled = np.empty(partial.shape[1] if storing else 0, dtype=weight_type)
     axis_roots = np.empty(scaled.shape[0], dtype=np.float64)
@@ -224,12 +224,12 @@ def _update(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...
     """Pass 2 over the ranges ``layouts`` in one kernel call."""
     ranges, axis_table, scratch = _tables(layouts, TAIL_ELEMENTS)
     lengths = tuple(length for _, length, _ in layouts)
-    threads = kernel_threads(sum(lengths))
-    items, bounds, _ = split_work(lengths, threads)
+    pieces = kernel_pieces(sum(lengths))
+    items, bounds, _ = split_work(lengths, pieces)
     _, _, _, update_walk = _kernel()
     arguments = (ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds, weight_type,
                  scratch)
-    run_in_threads(lambda low, high: update_walk(*arguments, low, high), threads)
+    run_in_threads(lambda low, high: update_walk(*arguments, low, high), pieces)
 
 
 @lru_cache(maxsize=64)
@@ -360,14 +360,14 @@ def _infinity_squared_norms(addresses: np.ndarray, lengths: tuple[int, ...], sca
     elements in one kernel call, then the serial combination of the sums: returns each tensor's
     squared norm (float64) and, where ``states`` gives the tensors' accumulators (one address per
     tensor, or none), their updated values' inverse roots."""
-    threads = kernel_threads(sum(lengths))
-    items, bounds, touched = split_work(lengths, threads)
-    partial = np.zeros((threads, len(lengths)), dtype=np.float64)
+    pieces = kernel_pieces(sum(lengths))
+    items, bounds, touched = split_work(lengths, pieces)
+    partial = np.zeros((pieces, len(lengths)), dtype=np.float64)
     norms = np.empty(len(lengths), dtype=np.float64)
     inverse_roots = np.empty(states.shape[0], dtype=np.float64)
     kernel = _norm_kernels()[0]
     arguments = (addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots, weight_type)
-    run_in_threads(lambda low, high: kernel(*arguments, low, high, False), threads)
+    run_in_threads(lambda low, high: kernel(*arguments, low, high, False), pieces)
     kernel(*arguments, 0, 0, True)
     return norms, inverse_roots
 
@@ -375,11 +375,11 @@ def _infinity_squared_norms(addresses: np.ndarray, lengths: tuple[int, ...], sca
 def _infinity_scale(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray,
                     inverse_roots: np.ndarray, weight_type) -> None:
     """ET-infinity's pass 2 over the tensors in one kernel call."""
-    threads = kernel_threads(sum(lengths))
-    items, bounds, _ = split_work(lengths, threads)
+    pieces = kernel_pieces(sum(lengths))
+    items, bounds, _ = split_work(lengths, pieces)
     kernel = _norm_kernels()[1]
     arguments = (addresses, scalars, inverse_roots, items, bounds, weight_type)
-    run_in_threads(lambda low, high: kernel(*arguments, low, high), threads)
+    run_in_threads(lambda low, high: kernel(*arguments, low, high), pieces)
 
 
 @lru_cache(maxsize=256)

@@ -266,17 +266,17 @@ def update_item(weights, grads, buffer, table, table_roots, scaled, axis_roots, 
 
 @_serial_jit
 def square_walk(ranges, axis_table, addresses, scalars, items, bounds, partial, weight_type, scratch, low, high):
-    """Pass 1 over the items of threads ``low`` to ``high``; each thread's slice sums go to its
-    row of ``partial`` (zeroed here, per range: a thread meets a range in one item at most)."""
+    """Pass 1 over the items of pieces ``low`` to ``high``; each piece's slice sums go to its
+    row of ``partial`` (zeroed here, per range: a piece meets a range in one item at most)."""
     table_sums = np.empty(scratch[0])
     index = np.zeros(scratch[1], dtype=np.int64)
-    for thread in range(low, high):
-        for position in range(bounds[thread], bounds[thread + 1]):
+    for piece in range(low, high):
+        for position in range(bounds[piece], bounds[piece + 1]):
             at = items[position, 0]
             start, length, first_axis, axes, head, tail, slot, width = ranges[at]
             dims = axis_table[first_axis:first_axis + axes, 0]
             offsets = axis_table[first_axis:first_axis + axes, 1]
-            sums = partial[thread, slot:slot + width]
+            sums = partial[piece, slot:slot + width]
             sums[:] = 0.0
             table_sums[:tail] = 0.0
             weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
@@ -290,15 +290,15 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, partial, 
 @_serial_jit
 def update_walk(ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
                 weight_type, scratch, low, high):
-    """Pass 2 over the items of threads ``low`` to ``high``, from the ranges' scaled
+    """Pass 2 over the items of pieces ``low`` to ``high``, from the ranges' scaled
     accumulators (and, for orders other than 1, 2 and 4, their roots) in ``scaled`` and
     ``axis_roots``."""
     table = np.empty(scratch[0], dtype=scaled.dtype)
     table_roots = np.empty(scratch[0], dtype=scaled.dtype)
     root_products = np.empty(scratch[0])
     index = np.zeros(scratch[1], dtype=np.int64)
-    for thread in range(low, high):
-        for position in range(bounds[thread], bounds[thread + 1]):
+    for piece in range(low, high):
+        for position in range(bounds[piece], bounds[piece + 1]):
             at = items[position, 0]
             start, length, first_axis, axes, head, tail, slot, width = ranges[at]
             dims = axis_table[first_axis:first_axis + axes, 0]
@@ -345,7 +345,7 @@ def prepare_roots(ranges, axis_table, scaled, axis_roots, corrections):
 @_serial_jit
 def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, partial, what, output_type, scaled,
                 axis_roots, corrections):
-    """Each range's slice sums, combined over the threads that touched it in thread order: added
+    """Each range's slice sums, combined over the pieces that touched it in piece order: added
     to its output vectors (ADD_SUMS), or (STORE_ACCUMULATORS) folded into its fp32
     accumulators, S <- keep S + alpha sums, which are then scaled for pass 2 as
     :func:`memplan.optim.extreme._scaled_factors` does, in fp32 (into ``scaled`` and
@@ -356,9 +356,9 @@ def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, partial, w
         sums = totals[slot:slot + width]
         sums[:] = 0.0
         if touched[at, 0] >= 0:
-            for thread in range(touched[at, 0], touched[at, 1] + 1):
+            for piece in range(touched[at, 0], touched[at, 1] + 1):
                 for i in range(width):
-                    sums[i] += partial[thread, slot + i]
+                    sums[i] += partial[piece, slot + i]
         if what == ADD_SUMS:
             for axis in range(first_axis, first_axis + axes):
                 dim, offset = axis_table[axis, 0], axis_table[axis, 1]
@@ -416,28 +416,28 @@ def infinity_run_scale(weights, grads, inverse_root, lr, decay, coupled, grad_si
 @_serial_jit
 def infinity_squared_norm(addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots,
                           weight_type, low, high, finish):
-    """ET-infinity's pass 1. Without ``finish``: the items of threads ``low`` to ``high``, each
-    thread's sums of G^2 added to its row of ``partial`` (one column per tensor). With ``finish``,
-    once the threads have joined: each tensor's squared norm, its partial sums combined in thread
+    """ET-infinity's pass 1. Without ``finish``: the items of pieces ``low`` to ``high``, each
+    piece's sums of G^2 added to its row of ``partial`` (one column per tensor). With ``finish``,
+    once the threads have joined: each tensor's squared norm, its partial sums combined in piece
     order, into ``norms``; then, for each tensor with a state (``states`` holds the addresses of
     the 0-d fp32 accumulators; none for a lone range), the accumulator updated as the eager step
     rounds it, s <- keep s + alpha ||G||^2 in fp32 with the squared norm rounded to fp32 first, and
     (eps + s)^(-1/2) in fp32 into ``inverse_roots``."""
     if not finish:
-        for thread in range(low, high):
-            for position in range(bounds[thread], bounds[thread + 1]):
+        for piece in range(low, high):
+            for position in range(bounds[piece], bounds[piece + 1]):
                 at, first, stop = items[position, 0], items[position, 1], items[position, 2]
                 weights = carray(array_pointer(addresses[at, 0], weight_type), (stop,))
                 grads = carray(array_pointer(addresses[at, 1], weight_type), (stop,))
-                partial[thread, at] += infinity_run_squares(weights[first:stop], grads[first:stop],
+                partial[piece, at] += infinity_run_squares(weights[first:stop], grads[first:stop],
                                                             weight_type(scalars[at, _INF_COUPLED]),
                                                             weight_type(scalars[at, _INF_GRAD_SIGN]))
         return
     for at in range(norms.shape[0]):
         total = 0.0
         if touched[at, 0] >= 0:
-            for thread in range(touched[at, 0], touched[at, 1] + 1):
-                total += partial[thread, at]
+            for piece in range(touched[at, 0], touched[at, 1] + 1):
+                total += partial[piece, at]
         norms[at] = total
     for at in range(states.shape[0]):
         state = carray(array_pointer(states[at], np.float32), (1,))
@@ -452,10 +452,10 @@ def infinity_squared_norm(addresses, scalars, items, bounds, partial, touched, s
 
 @_serial_jit
 def infinity_scale(addresses, scalars, inverse_roots, items, bounds, weight_type, low, high):
-    """ET-infinity's pass 2 over the items of threads ``low`` to ``high``, each tensor scaled by
+    """ET-infinity's pass 2 over the items of pieces ``low`` to ``high``, each tensor scaled by
     its ``inverse_roots`` entry."""
-    for thread in range(low, high):
-        for position in range(bounds[thread], bounds[thread + 1]):
+    for piece in range(low, high):
+        for position in range(bounds[piece], bounds[piece + 1]):
             at, first, stop = items[position, 0], items[position, 1], items[position, 2]
             weights = carray(array_pointer(addresses[at, 0], weight_type), (stop,))
             grads = carray(array_pointer(addresses[at, 1], weight_type), (stop,))

@@ -13,6 +13,7 @@ module, clear the cache (or touch that file).
 
 from __future__ import annotations
 
+import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
@@ -54,19 +55,48 @@ def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:
     return max(1, min(torch.get_num_threads(), pool, elements // min_per_thread))
 
 
+PIECES_PER_THREAD = 4
+"""Pieces a kernel call's work is cut into per thread it uses. The threads take pieces as they
+finish them, so a thread whose tensors step slower per element (short rows, other root orders)
+takes fewer: with one piece per thread, SMMF's two threads on ResNet-50 finished 10% apart. Four
+pieces per thread against one, side by side on 2 threads, gave steps 0.83 to 1.01 times as long
+(median 0.94) for SMMF, SMMF without first moment, SM3-II without momentum and ET2 on ResNet-50
+and the GPT-2-like set (benchmarks/RESULTS.md)."""
+
+
+def kernel_pieces(elements: int) -> int:
+    """Pieces to cut a kernel call over ``elements`` into (each with its own partial sums):
+    :data:`PIECES_PER_THREAD` per thread worth using, or one."""
+    threads = kernel_threads(elements)
+    return threads * PIECES_PER_THREAD if threads > 1 else 1
+
+
 @cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="memplan-kernel")
 
 
-def run_in_threads(piece: Callable[[int, int], None], threads: int) -> None:
-    """Run ``piece(t, t + 1)`` for t < ``threads`` on a pool of threads (``piece(0, 1)`` in the
-    caller's when one); ``piece`` must release the GIL (a ``nogil`` kernel) for them to overlap."""
-    if threads <= 1:
-        piece(0, threads)
+def run_in_threads(piece: Callable[[int, int], None], pieces: int) -> None:
+    """Run ``piece(p, p + 1)`` for every p < ``pieces`` on as many threads as torch uses (the
+    caller's and pooled ones; numba's pool caps them), each taking the next piece when it finishes
+    one (all in the caller's thread when one is used). ``piece`` must release the GIL (a ``nogil``
+    kernel) for them to overlap, and its results must not depend on the thread that ran it."""
+    import torch
+
+    threads = max(1, min(pieces, torch.get_num_threads(), numba_module().config.NUMBA_NUM_THREADS))
+    if threads <= 1 or pieces <= 1:
+        piece(0, pieces)
         return
-    futures = [_pool(threads).submit(piece, thread, thread + 1) for thread in range(1, threads)]
-    piece(0, 1)
+    taken = itertools.count()   # next() on a count is atomic under the GIL
+
+    def work() -> None:
+        for index in iter(lambda: next(taken), None):
+            if index >= pieces:
+                return
+            piece(index, index + 1)
+
+    futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
+    work()
     for future in futures:
         future.result()
 
@@ -85,17 +115,18 @@ def batch_dtype(name: str, tensors: Sequence[Any]) -> Any:
 
 
 @lru_cache(maxsize=64)
-def split_work(lengths: tuple[int, ...], threads: int, align: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cut ranges of ``lengths`` elements into work items for ``threads`` threads.
+def split_work(lengths: tuple[int, ...], pieces: int, align: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cut ranges of ``lengths`` elements into work items, in ``pieces`` pieces (see
+    :func:`kernel_pieces`).
 
-    Each thread takes a contiguous run of items holding about ``sum(lengths) / threads`` elements;
+    Each piece is a contiguous run of items holding about ``sum(lengths) / pieces`` elements;
     a range is cut only at multiples of ``align`` elements from its start (a packed sign byte is
     never shared). Returns the items (an int64 ``(K, 3)`` array of range, first, stop), each
-    thread's run (``bounds[t]`` to ``bounds[t + 1]``) and, per range, the first and last thread
+    piece's run (``bounds[p]`` to ``bounds[p + 1]``) and, per range, the first and last piece
     that touches it (``(R, 2)``; -1 for an empty range). Cached: a training loop asks for the
     same split every step.
     """
-    quota = max(1, -(-sum(lengths) // threads))
+    quota = max(1, -(-sum(lengths) // pieces))
     items: list[tuple[int, int, int]] = []
     bounds = [0]
     touched = np.full((len(lengths), 2), -1, dtype=np.int64)
@@ -104,18 +135,18 @@ def split_work(lengths: tuple[int, ...], threads: int, align: int = 8) -> tuple[
         first = 0
         while first < length:
             room = quota - filled
-            last_thread = len(bounds) == threads
-            stop = length if last_thread else min(length, first + -(-room // align) * align)
+            last_piece = len(bounds) == pieces
+            stop = length if last_piece else min(length, first + -(-room // align) * align)
             items.append((index, first, stop))
-            thread = len(bounds) - 1
-            touched[index, 0] = thread if touched[index, 0] < 0 else touched[index, 0]
-            touched[index, 1] = thread
+            piece = len(bounds) - 1
+            touched[index, 0] = piece if touched[index, 0] < 0 else touched[index, 0]
+            touched[index, 1] = piece
             filled += stop - first
             first = stop
-            if filled >= quota and not last_thread:
+            if filled >= quota and not last_piece:
                 bounds.append(len(items))
                 filled = 0
-    bounds += [len(items)] * (threads + 1 - len(bounds))
+    bounds += [len(items)] * (pieces + 1 - len(bounds))
     return np.array(items, dtype=np.int64).reshape(-1, 3), np.array(bounds, dtype=np.int64), touched
 
 

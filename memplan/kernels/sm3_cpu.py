@@ -20,11 +20,11 @@ has).
 
 A range is walked in runs along its trailing axes (the last, and the ones before it while their
 product is at most :data:`TAIL_ELEMENTS`); the minimum over the other (head) axes is one number per
-run. Threads (Python threads running ``nogil`` kernels) take contiguous runs of items
-(:func:`memplan.kernels.jit.split_work`). For an item whose runs span several trailing axes, a
+run. Threads (Python threads running ``nogil`` kernels) take pieces, contiguous runs of items
+(:func:`memplan.kernels.jit.split_work`), as they finish one. For an item whose runs span several trailing axes, a
 thread builds the table of their accumulators' minima (one entry per element of a run), keeps the
 maxima of nu per table entry, and folds them into each trailing axis's maxima when the item ends;
-runs along the last axis alone read that axis's accumulator as the table. Each thread keeps its
+runs along the last axis alone read that axis's accumulator as the table. Each piece keeps its
 maxima in its own row of partial vectors; after the threads join, one serial step combines the
 rows (exactly: max is order-free, and nu >= 0).
 """
@@ -38,7 +38,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_threads, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import batch_dtype, kernel_pieces, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -231,13 +231,13 @@ def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]]
     (none for SM3-I's update, which has no maxima)."""
     ranges, axis_table, scratch = _tables(layouts, TAIL_ELEMENTS)
     lengths = tuple(length for _, length, _ in layouts)
-    threads = kernel_threads(sum(lengths))
-    items, bounds, touched = split_work(lengths, threads)
-    partial = np.empty((threads, int(ranges[-1, 6] + ranges[-1, 7])), dtype=weight_type)
+    pieces = kernel_pieces(sum(lengths))
+    items, bounds, touched = split_work(lengths, pieces)
+    partial = np.empty((pieces, int(ranges[-1, 6] + ranges[-1, 7])), dtype=weight_type)
     walk, combine = _kernel()
     arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, partial, mode, weight_type,
                  accumulator_type, scratch)
-    run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
+    run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     if mode != SM3_I:
         combine(ranges, axis_table, axis_addresses, touched, partial, what, output_type)
 

@@ -13,11 +13,13 @@ One kernel call steps a table of ranges, reached through their addresses: a rank
 parameter (:func:`smmf_range`, whose caller reduces the sums across ranks and stores the factors),
 or many whole parameters (:func:`smmf_many`, which also stores their new factors: one call per
 step however many small tensors a model has). The ranges are cut into items that start at a
-multiple of 8 elements (every packed sign byte belongs to one item), and each thread takes a
-contiguous run of items of about equal size (:func:`memplan.kernels.jit.split_work`). A thread
-adds the row and column sums of its items into its own float64 partial vectors; after the
-threads join, each range's partials are combined in thread order. The threads are Python threads
-running ``nogil`` kernels: inside a numba ``prange`` body the same loops ran about ten times slower.
+multiple of 8 elements (every packed sign byte belongs to one item), and the items into pieces,
+contiguous runs of about equal size (:func:`memplan.kernels.jit.split_work`), a few per thread,
+which the threads take as they finish one (:func:`memplan.kernels.jit.run_in_threads`). A piece's
+row and column sums go into its own float64 partial vectors; after the threads join, each range's
+partials are combined in piece order, so the result does not depend on which thread ran what. The
+threads are Python threads running ``nogil`` kernels: inside a numba ``prange`` body the same loops
+ran about ten times slower.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_threads, run_in_threads, split_work
+from memplan.kernels.jit import batch_dtype, kernel_pieces, run_in_threads, split_work
 from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
@@ -173,14 +175,14 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
           factor_type, output_type, what: int) -> None:
     """One kernel call over ranges ``layouts`` (start, length, cols), then the combination."""
     lengths = tuple(length for _, length, _ in layouts)
-    threads = kernel_threads(sum(lengths))
-    items, bounds, touched = split_work(lengths, threads)
+    pieces = kernel_pieces(sum(lengths))
+    items, bounds, touched = split_work(lengths, pieces)
     ranges = _ranges(tuple(layouts))
     start, length, cols, slot, rows = ranges[-1]
-    partial = np.empty((threads, 2 if mode != NO_SIGNS else 1, int(slot + rows + cols)), dtype=np.float64)
+    partial = np.empty((pieces, 2 if mode != NO_SIGNS else 1, int(slot + rows + cols)), dtype=np.float64)
     walk, combine = _kernel()
     arguments = (addresses, ranges, scalars, items, bounds, mode, partial, _spread_table(), weight_type, factor_type)
-    run_in_threads(lambda low, high: walk(*arguments, low, high), threads)
+    run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     combine(addresses, ranges, scalars, touched, partial, partial.shape[1], what, output_type)
 
 

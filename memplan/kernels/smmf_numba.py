@@ -113,17 +113,17 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, weight_type, factor_type, low,
          high):
-    """The items of threads ``low`` to ``high``; each thread's sums go to its row of ``partial``
-    (zeroed here, per range, where the thread first meets it)."""
+    """The items of pieces ``low`` to ``high``; each piece's sums go to its row of ``partial``
+    (zeroed here, per range, where the piece first meets it)."""
     unpacked = np.zeros(TILE, dtype=np.uint8)
     words = unpacked.view(np.uint64)
-    for thread in range(low, high):
+    for piece in range(low, high):
         previous = -1
-        for position in range(bounds[thread], bounds[thread + 1]):
+        for position in range(bounds[piece], bounds[piece + 1]):
             index = items[position, 0]
             start, length, cols, slot, rows = ranges[index]
-            sums_v = partial[thread, 0, slot:slot + rows + cols]
-            sums_m = partial[thread, partial.shape[1] - 1, slot:slot + rows + cols]  # = sums_v without signs
+            sums_v = partial[piece, 0, slot:slot + rows + cols]
+            sums_m = partial[piece, partial.shape[1] - 1, slot:slot + rows + cols]  # = sums_v without signs
             if index != previous:
                 sums_v[:] = 0.0
                 sums_m[:] = 0.0
@@ -153,7 +153,7 @@ def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_type):
-    """Each range's sums, combined over the threads that touched it in thread order (into the
+    """Each range's sums, combined over the pieces that touched it in piece order (into the
     first one's partial vectors, which are scratch), added to its output vectors (ADD_SUMS) or
     stored as its new factors (STORE_FACTORS): times keep, the shorter side divided by its total
     unless that is 0."""
@@ -164,8 +164,8 @@ def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_
         _, _, cols, slot, rows = ranges[index]
         for moment in range(moments):
             totals = partial[first, moment, slot:slot + rows + cols]
-            for thread in range(first + 1, touched[index, 1] + 1):
-                totals += partial[thread, moment, slot:slot + rows + cols]
+            for piece in range(first + 1, touched[index, 1] + 1):
+                totals += partial[piece, moment, slot:slot + rows + cols]
             out_row = carray(array_pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
             out_col = carray(array_pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
             if mode == ADD_SUMS:

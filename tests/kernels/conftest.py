@@ -5,15 +5,16 @@ import pytest
 pytest.importorskip("numba")
 
 
-@pytest.fixture(params=[1, 3], ids=["1thread", "3threads"])
+@pytest.fixture(params=[1, 3], ids=["1piece", "3pieces"])
 def threads(request, monkeypatch):
-    """Run the kernels with this many pieces of the range (3 exceeds a 2-core pool: the pieces then
-    share threads, which still exercises the per-thread partial sums and their combination)."""
+    """Run the kernels with their work cut into this many pieces (3 pieces on at most torch's
+    threads, two on a 2-core machine: the threads take pieces as they finish them, which exercises
+    the per-piece partial sums and their combination in piece order)."""
     import memplan.kernels.sm3_cpu as sm3_cpu
     import memplan.kernels.smmf_cpu as smmf_cpu
 
     for module in (smmf_cpu, sm3_cpu):
-        monkeypatch.setattr(module, "kernel_threads", lambda elements, count=request.param: count)
+        monkeypatch.setattr(module, "kernel_pieces", lambda elements, count=request.param: count)
     return request.param
 
 

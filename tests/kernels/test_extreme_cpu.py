@@ -17,7 +17,7 @@ def threads(threads, monkeypatch):
     """The conftest's thread counts, for the extreme-tensoring kernels too."""
     import memplan.kernels.extreme_cpu as extreme_cpu
 
-    monkeypatch.setattr(extreme_cpu, "kernel_threads", lambda elements, count=threads: count)
+    monkeypatch.setattr(extreme_cpu, "kernel_pieces", lambda elements, count=threads: count)
     return threads
 
 

@@ -30,3 +30,45 @@ def test_threads_get_about_equal_shares():
     items, bounds, _ = split_work((10, 5000, 3, 70000, 123457), 2)
     shares = [sum(int(stop - first) for _, first, stop in items[bounds[t]:bounds[t + 1]]) for t in range(2)]
     assert abs(shares[0] - shares[1]) <= 16
+
+
+def test_every_piece_runs_once_on_at_most_torchs_threads():
+    import threading
+
+    import torch
+
+    from memplan.kernels.jit import run_in_threads
+
+    ran: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def piece(low: int, high: int) -> None:
+        with lock:
+            ran.extend((index, threading.get_ident()) for index in range(low, high))
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run_in_threads(piece, 9)
+    finally:
+        torch.set_num_threads(before)
+    assert sorted(index for index, _ in ran) == list(range(9))
+    assert 1 <= len({ident for _, ident in ran}) <= 2
+
+
+def test_a_failing_piece_fails_the_call():
+    import torch
+
+    from memplan.kernels.jit import run_in_threads
+
+    def piece(low: int, high: int) -> None:
+        if low == 3:
+            raise ValueError("piece 3")
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(ValueError, match="piece 3"):
+            run_in_threads(piece, 6)
+    finally:
+        torch.set_num_threads(before)
