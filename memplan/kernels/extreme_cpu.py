@@ -48,7 +48,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_pieces, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import batch_dtype, kernel_pieces, piece_origins, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -206,16 +206,17 @@ def _square_sums(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int
     lengths = tuple(length for _, length, _ in layouts)
     pieces = kernel_pieces(sum(lengths))
     items, bounds, touched = split_work(lengths, pieces)
-    partial = np.empty((pieces, int(ranges[-1, 6] + ranges[-1, 7])), dtype=np.float64)
+    origins, total = piece_origins(items, bounds, ranges[:, 6], ranges[:, 7])
+    partial = np.empty(total, dtype=np.float64)
     square_walk, finish_sums, _, _ = _kernel()
-    arguments = (ranges, axis_table, addresses, scalars, items, bounds, partial, weight_type, scratch)
+    arguments = (ranges, axis_table, addresses, scalars, items, bounds, origins, partial, weight_type, scratch)
     run_in_threads(lambda low, high: square_walk(*arguments, low, high), pieces)
     storing = what == STORE_ACCUMULATORS
-    scaled = np.empty(partial.shape[1] if storing else 0, dtype=weight_type)
+    scaled = np.empty(int(ranges[-1, 6] + ranges[-1, 7]) if storing else 0, dtype=weight_type)
     axis_roots = np.empty(scaled.shape[0], dtype=np.float64)
     corrections = np.zeros((len(layouts) if storing else 0, len(CORRECTIONS)), dtype=np.float64)
-    finish_sums(ranges, axis_table, axis_addresses, scalars, touched, partial, what, output_type, scaled, axis_roots,
-                corrections)
+    finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, output_type, scaled,
+                axis_roots, corrections)
     return scaled, axis_roots, corrections
 
 

@@ -265,9 +265,11 @@ def update_item(weights, grads, buffer, table, table_roots, scaled, axis_roots, 
 
 
 @_serial_jit
-def square_walk(ranges, axis_table, addresses, scalars, items, bounds, partial, weight_type, scratch, low, high):
-    """Pass 1 over the items of pieces ``low`` to ``high``; each piece's slice sums go to its
-    row of ``partial`` (zeroed here, per range: a piece meets a range in one item at most)."""
+def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, partial, weight_type, scratch, low,
+                high):
+    """Pass 1 over the items of pieces ``low`` to ``high``; each piece's slice sums go to its own
+    vectors in ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`;
+    zeroed here, per range: a piece meets a range in one item at most)."""
     table_sums = np.empty(scratch[0])
     index = np.zeros(scratch[1], dtype=np.int64)
     for piece in range(low, high):
@@ -276,7 +278,7 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, partial, 
             start, length, first_axis, axes, head, tail, slot, width = ranges[at]
             dims = axis_table[first_axis:first_axis + axes, 0]
             offsets = axis_table[first_axis:first_axis + axes, 1]
-            sums = partial[piece, slot:slot + width]
+            sums = partial[origins[piece] + slot:origins[piece] + slot + width]
             sums[:] = 0.0
             table_sums[:tail] = 0.0
             weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
@@ -343,22 +345,23 @@ def prepare_roots(ranges, axis_table, scaled, axis_roots, corrections):
 
 
 @_serial_jit
-def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, partial, what, output_type, scaled,
+def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, output_type, scaled,
                 axis_roots, corrections):
     """Each range's slice sums, combined over the pieces that touched it in piece order: added
     to its output vectors (ADD_SUMS), or (STORE_ACCUMULATORS) folded into its fp32
     accumulators, S <- keep S + alpha sums, which are then scaled for pass 2 as
     :func:`memplan.optim.extreme._scaled_factors` does, in fp32 (into ``scaled`` and
     ``corrections``, with their roots: :func:`prepare_roots`)."""
-    totals = np.zeros(partial.shape[1])
+    totals = np.zeros(ranges[-1, 6] + ranges[-1, 7] if ranges.shape[0] else 0)
     for at in range(ranges.shape[0]):
         first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
         sums = totals[slot:slot + width]
         sums[:] = 0.0
         if touched[at, 0] >= 0:
             for piece in range(touched[at, 0], touched[at, 1] + 1):
+                at_piece = origins[piece] + slot
                 for i in range(width):
-                    sums[i] += partial[piece, slot + i]
+                    sums[i] += partial[at_piece + i]
         if what == ADD_SUMS:
             for axis in range(first_axis, first_axis + axes):
                 dim, offset = axis_table[axis, 0], axis_table[axis, 1]

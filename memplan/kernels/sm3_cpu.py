@@ -38,7 +38,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_pieces, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import batch_dtype, kernel_pieces, piece_origins, run_in_threads, split_work, tail_axes
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -233,13 +233,15 @@ def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]]
     lengths = tuple(length for _, length, _ in layouts)
     pieces = kernel_pieces(sum(lengths))
     items, bounds, touched = split_work(lengths, pieces)
-    partial = np.empty((pieces, int(ranges[-1, 6] + ranges[-1, 7])), dtype=weight_type)
+    origins, total = piece_origins(items, bounds, ranges[:, 6], ranges[:, 7])
+    partial = np.empty(total, dtype=weight_type)
     walk, combine = _kernel()
-    arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, partial, mode, weight_type,
+    arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode,
+                 weight_type,
                  accumulator_type, scratch)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     if mode != SM3_I:
-        combine(ranges, axis_table, axis_addresses, touched, partial, what, output_type)
+        combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, output_type)
 
 
 @lru_cache(maxsize=64)

@@ -206,10 +206,11 @@ def item(weights, grads, buffer, table, table_max, nus, head_values, maxima, dim
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, partial, mode, weight_type,
+def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode, weight_type,
          accumulator_type, scratch, low, high):
-    """The items of pieces ``low`` to ``high``; each piece's maxima go to its row of
-    ``partial`` (zeroed here, per range, where the piece first meets it).
+    """The items of pieces ``low`` to ``high``; each piece's maxima go to its own vectors in
+    ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`; zeroed
+    here, per range, where the piece first meets it).
 
     A tail of one axis reads that axis's accumulator as the table and keeps the maxima of nu
     in the piece's partial vector for it; a merged tail builds the table (at most
@@ -227,7 +228,7 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
             start, length, first_axis, axes, head, tail, slot, width = ranges[at]
             dims = axis_table[first_axis:first_axis + axes, 0]
             offsets = axis_table[first_axis:first_axis + axes, 1]
-            maxima = partial[piece, slot:slot + width]
+            maxima = partial[origins[piece] + slot:origins[piece] + slot + width]
             if at != previous:
                 maxima[:] = 0
                 previous = at
@@ -259,18 +260,18 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST_MATH)
-def combine(ranges, axis_table, axis_addresses, touched, partial, what, output_type):
-    """Each range's maxima, over the pieces that touched it (into the first one's row; 0 where
+def combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, output_type):
+    """Each range's maxima, over the pieces that touched it (into the first one's vectors; 0 where
     none did), max-combined into its output vectors (ADD_MAXIMA) or stored there (STORE_MAXIMA)."""
     for at in range(ranges.shape[0]):
         first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
         low, high = touched[at, 0], touched[at, 1]
-        if low < 0:   # an empty range: no piece zeroed its maxima
-            low = high = 0
-            partial[0, slot:slot + width] = 0
-        totals = partial[low, slot:slot + width]
-        for piece in range(low + 1, high + 1):
-            merge(totals, partial[piece, slot:slot + width], False)
+        if low < 0:   # an empty range: no piece holds its maxima
+            totals = np.zeros(width, dtype=partial.dtype)
+        else:
+            totals = partial[origins[low] + slot:origins[low] + slot + width]
+            for piece in range(low + 1, high + 1):
+                merge(totals, partial[origins[piece] + slot:origins[piece] + slot + width], False)
         for axis in range(first_axis, first_axis + axes):
             dim, offset = axis_table[axis, 0], axis_table[axis, 1]
             merge(carray(array_pointer(axis_addresses[axis, 1], output_type), (dim,)), totals[offset:offset + dim],

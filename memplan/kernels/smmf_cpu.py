@@ -30,7 +30,7 @@ from functools import cache, lru_cache
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_pieces, run_in_threads, split_work
+from memplan.kernels.jit import batch_dtype, kernel_pieces, piece_origins, run_in_threads, split_work
 from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
@@ -178,12 +178,13 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
     pieces = kernel_pieces(sum(lengths))
     items, bounds, touched = split_work(lengths, pieces)
     ranges = _ranges(tuple(layouts))
-    start, length, cols, slot, rows = ranges[-1]
-    partial = np.empty((pieces, 2 if mode != NO_SIGNS else 1, int(slot + rows + cols)), dtype=np.float64)
+    origins, total = piece_origins(items, bounds, ranges[:, 3], ranges[:, 2] + ranges[:, 4])
+    partial = np.empty((2 if mode != NO_SIGNS else 1, total), dtype=np.float64)
     walk, combine = _kernel()
-    arguments = (addresses, ranges, scalars, items, bounds, mode, partial, _spread_table(), weight_type, factor_type)
+    arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, _spread_table(), weight_type,
+                 factor_type)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
-    combine(addresses, ranges, scalars, touched, partial, partial.shape[1], what, output_type)
+    combine(addresses, ranges, scalars, touched, origins, partial, what, output_type)
 
 
 @lru_cache(maxsize=64)

@@ -111,10 +111,11 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, weight_type, factor_type, low,
-         high):
-    """The items of pieces ``low`` to ``high``; each piece's sums go to its row of ``partial``
-    (zeroed here, per range, where the piece first meets it)."""
+def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial, spread, weight_type, factor_type,
+         low, high):
+    """The items of pieces ``low`` to ``high``; each piece's sums go to its own vectors in
+    ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`; zeroed
+    here, per range, where the piece first meets it)."""
     unpacked = np.zeros(TILE, dtype=np.uint8)
     words = unpacked.view(np.uint64)
     for piece in range(low, high):
@@ -122,8 +123,9 @@ def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, 
         for position in range(bounds[piece], bounds[piece + 1]):
             index = items[position, 0]
             start, length, cols, slot, rows = ranges[index]
-            sums_v = partial[piece, 0, slot:slot + rows + cols]
-            sums_m = partial[piece, partial.shape[1] - 1, slot:slot + rows + cols]  # = sums_v without signs
+            at = origins[piece] + slot
+            sums_v = partial[0, at:at + rows + cols]
+            sums_m = partial[partial.shape[0] - 1, at:at + rows + cols]  # = sums_v without signs
             if index != previous:
                 sums_v[:] = 0.0
                 sums_m[:] = 0.0
@@ -152,20 +154,22 @@ def walk(addresses, ranges, scalars, items, bounds, sign_mode, partial, spread, 
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def combine(addresses, ranges, scalars, touched, partial, moments, mode, output_type):
+def combine(addresses, ranges, scalars, touched, origins, partial, mode, output_type):
     """Each range's sums, combined over the pieces that touched it in piece order (into the
-    first one's partial vectors, which are scratch), added to its output vectors (ADD_SUMS) or
-    stored as its new factors (STORE_FACTORS): times keep, the shorter side divided by its total
-    unless that is 0."""
+    first one's partial vectors, which are scratch; ``origins`` as for :func:`walk`), added to
+    its output vectors (ADD_SUMS) or stored as its new factors (STORE_FACTORS): times keep, the
+    shorter side divided by its total unless that is 0."""
     for index in range(ranges.shape[0]):
         first = touched[index, 0]
         if first < 0:
             continue
         _, _, cols, slot, rows = ranges[index]
-        for moment in range(moments):
-            totals = partial[first, moment, slot:slot + rows + cols]
+        for moment in range(partial.shape[0]):
+            at = origins[first] + slot
+            totals = partial[moment, at:at + rows + cols]
             for piece in range(first + 1, touched[index, 1] + 1):
-                totals += partial[piece, moment, slot:slot + rows + cols]
+                at = origins[piece] + slot
+                totals += partial[moment, at:at + rows + cols]
             out_row = carray(array_pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
             out_col = carray(array_pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
             if mode == ADD_SUMS:

@@ -72,3 +72,27 @@ def test_a_failing_piece_fails_the_call():
             run_in_threads(piece, 6)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("pieces", [1, 2, 3, 8])
+@pytest.mark.parametrize("lengths", LENGTHS, ids=[str(len(lengths)) + "ranges" for lengths in LENGTHS])
+def test_each_piece_owns_the_vectors_of_the_ranges_it_touches_and_no_more(lengths, pieces):
+    import numpy as np
+
+    from memplan.kernels.jit import piece_origins
+
+    items, bounds, _ = split_work(lengths, pieces)
+    widths = np.array([7 + index % 5 for index in range(len(lengths))], dtype=np.int64)   # a range's vector length
+    slots = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(np.int64)
+    origins, total = piece_origins(items, bounds, slots, widths)
+    owner = np.full(total, -1)
+    for piece in range(pieces):
+        for index in sorted({int(item[0]) for item in items[bounds[piece]:bounds[piece + 1]]}):
+            start = origins[piece] + slots[index]
+            assert 0 <= start and start + widths[index] <= total
+            assert (owner[start:start + widths[index]] == -1).all()
+            owner[start:start + widths[index]] = piece
+    empty = sum(int(widths[index]) for index, length in enumerate(lengths) if not length)
+    assert (owner == -1).sum() <= pieces * empty   # unused: only empty ranges between a piece's ranges
+    touched = {index for index, length in enumerate(lengths) if length}
+    assert total <= sum(int(widths[index]) for index in touched) + (pieces - 1) * int(widths.max()) + pieces * empty
