@@ -49,10 +49,14 @@ def numba_module() -> ModuleType:
 def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:
     """Threads worth using for ``elements``: torch's thread count (what ``torch.set_num_threads``
     chose), capped by numba's pool and by at least ``min_per_thread`` elements per thread."""
+    return max(1, min(_usable_threads(), elements // min_per_thread))
+
+
+def _usable_threads() -> int:
+    """torch's thread count, capped by numba's pool."""
     import torch
 
-    pool = numba_module().config.NUMBA_NUM_THREADS
-    return max(1, min(torch.get_num_threads(), pool, elements // min_per_thread))
+    return min(torch.get_num_threads(), numba_module().config.NUMBA_NUM_THREADS)
 
 
 PIECES_PER_THREAD = 4
@@ -81,18 +85,14 @@ def run_in_threads(piece: Callable[[int, int], None], pieces: int) -> None:
     caller's and pooled ones; numba's pool caps them), each taking the next piece when it finishes
     one (all in the caller's thread when one is used). ``piece`` must release the GIL (a ``nogil``
     kernel) for them to overlap, and its results must not depend on the thread that ran it."""
-    import torch
-
-    threads = max(1, min(pieces, torch.get_num_threads(), numba_module().config.NUMBA_NUM_THREADS))
-    if threads <= 1 or pieces <= 1:
+    threads = max(1, min(pieces, _usable_threads()))
+    if threads <= 1:
         piece(0, pieces)
         return
     taken = itertools.count()   # next() on a count is atomic under the GIL
 
     def work() -> None:
-        for index in iter(lambda: next(taken), None):
-            if index >= pieces:
-                return
+        while (index := next(taken)) < pieces:
             piece(index, index + 1)
 
     futures = [_pool(threads - 1).submit(work) for _ in range(threads - 1)]
