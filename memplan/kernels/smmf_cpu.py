@@ -133,20 +133,15 @@ def smmf_many(tensors: list[SMMFTensor]) -> None:
     if any(_sign_mode(tensor.signs) != mode for tensor in tensors):
         raise ValueError("smmf_many: every tensor must share the first tensor's sign storage")
     with_moment = mode != NO_SIGNS
-    # flat lists, converted once: a list of per-tensor lists converts row by row (most of a
-    # 161-tensor call's Python time went there)
+    # one flat list of addresses, converted once, and one scalar row per step shared by its tensors
+    # (0.39 -> 0.32 ms for ResNet-50's 161 tensors)
     pointers: list[int] = []
     rows: list[list[float]] = []
     row_of: dict[tuple, list[float]] = {}   # tensors at one step share their scalars
     for tensor in tensors:
-        row_v, col_v = tensor.row_v.data_ptr(), tensor.col_v.data_ptr()
-        if with_moment:
-            row_m, col_m = tensor.row_m.data_ptr(), tensor.col_m.data_ptr()
-            signs = tensor.signs.data_ptr()
-        else:
-            row_m = col_m = signs = 0
-        pointers += (tensor.weights.data_ptr(), tensor.grads.data_ptr(), signs, row_v, col_v, row_m, col_m, row_v,
-                     col_v, row_m, col_m)
+        pointers += _addresses(tensor.weights, tensor.grads, tensor.signs, tensor.row_v, tensor.col_v, tensor.row_m,
+                               tensor.col_m, (tensor.row_v, tensor.col_v),
+                               (tensor.row_m, tensor.col_m) if with_moment else None)
         key = (id(tensor.scalars), tensor.prior_v, tensor.prior_m, tensor.keep_v, tensor.keep_m)
         row = row_of.get(key)
         if row is None:
@@ -201,8 +196,15 @@ def _ranges(layouts: tuple[tuple[int, int, int], ...]) -> np.ndarray:
 
 
 def _addresses(weights, grads, signs, row_v, col_v, row_m, col_m, out_v, out_m) -> list[int]:
-    tensors = (weights, grads, signs, row_v, col_v, row_m, col_m, *out_v, *(out_m or (None, None)))
-    return [0 if tensor is None else tensor.data_ptr() for tensor in tensors]
+    """One row of a call's address table (:data:`ADDRESSES`); 0 for a tensor that is None (signs
+    and the moment's factors without first moment). Written out, not looped: a multi-tensor call
+    builds one row per tensor every step."""
+    if out_m is None:
+        return [weights.data_ptr(), grads.data_ptr(), 0, row_v.data_ptr(), col_v.data_ptr(), 0, 0,
+                out_v[0].data_ptr(), out_v[1].data_ptr(), 0, 0]
+    return [weights.data_ptr(), grads.data_ptr(), signs.data_ptr(), row_v.data_ptr(), col_v.data_ptr(),
+            row_m.data_ptr(), col_m.data_ptr(), out_v[0].data_ptr(), out_v[1].data_ptr(), out_m[0].data_ptr(),
+            out_m[1].data_ptr()]
 
 
 def _scalar_row(scalars: SMMFScalars, prior_v: float, prior_m: float, keep_v: float, keep_m: float) -> list[float]:

@@ -178,18 +178,15 @@ def combine(addresses, ranges, scalars, touched, origins, partial, mode, output_
                 for j in range(cols):
                     out_col[j] += totals[rows + j]
                 continue
-            keep = scalars[index, 7 + moment]
-            short, length = (0, rows) if rows < cols else (rows, cols)
-            total = 0.0
-            for k in range(short, short + length):
-                total += totals[k] * keep
-            scale = 1.0 / total if total > 0 else 1.0
+            totals *= scalars[index, 7 + moment]
+            side = totals[:rows] if rows < cols else totals[rows:]
+            total = side.sum()
+            if total > 0:
+                side /= total
             for i in range(rows):
-                value = totals[i] * keep
-                out_row[i] = value * scale if rows < cols else value
+                out_row[i] = totals[i]
             for j in range(cols):
-                value = totals[rows + j] * keep
-                out_col[j] = value if rows < cols else value * scale
+                out_col[j] = totals[rows + j]
 
 
 __all__ = ["combine", "walk"]
