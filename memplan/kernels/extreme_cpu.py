@@ -44,11 +44,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_pieces, piece_origins, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import (batch_dtype, gradient_addresses, kernel_pieces, piece_origins, run_in_threads,
+                                 split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -181,19 +183,45 @@ def et_many(tensors: list[ETTensor]) -> None:
     tensors = [tensor for tensor in tensors if tensor.weights.numel()]
     if not tensors:
         return
-    dtype = batch_dtype("et_many", tensors)
-    addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(),
-                           0 if tensor.buffer is None else tensor.buffer.data_ptr()) for tensor in tensors],
-                         dtype=np.int64).reshape(-1, 3)
-    axis_addresses = np.array([accumulator.data_ptr() for tensor in tensors for accumulator in tensor.accumulators],
-                              dtype=np.int64)
-    scalars = np.array([_scalar_row(tensor.scalars, tensor.beta2, tensor.eps) for tensor in tensors],
-                       dtype=np.float64)
-    layouts = tuple((0, tensor.weights.numel(), tuple(tensor.index)) for tensor in tensors)
-    weight_type = _numpy_type(dtype)
-    scaled, axis_roots, corrections = _square_sums(addresses, layouts, axis_addresses, scalars, weight_type,
-                                                   np.float32, STORE_ACCUMULATORS)
-    _update(addresses, layouts, scalars, corrections, scaled, axis_roots, weight_type)
+    ETCall(tensors).run([tensor.grads for tensor in tensors],
+                        [(tensor.scalars, tensor.beta2, tensor.eps) for tensor in tensors])
+
+
+class ETCall:
+    """A multi-tensor call (:func:`et_many`) prepared once for its tensors (none of them empty) and
+    run every step with that step's gradients and scalars: the addresses of the weights, buffers and
+    accumulators, and the ranges, are built here, once (see
+    :class:`memplan.kernels.smmf_cpu.SMMFCall`). The call keeps its tensors; a caller that replaces
+    any of them prepares a new call."""
+
+    def __init__(self, tensors: list[ETTensor]) -> None:
+        if not tensors or any(tensor.weights.numel() == 0 for tensor in tensors):
+            raise ValueError("ETCall: tensors, none of them empty")
+        self._dtype = batch_dtype("et_many", tensors)
+        self._tensors = tensors   # kept: the tables point into them
+        self._weights = [tensor.weights for tensor in tensors]
+        self._addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(),
+                                     0 if tensor.buffer is None else tensor.buffer.data_ptr())
+                                    for tensor in tensors], dtype=np.int64).reshape(-1, 3)
+        self._axis_addresses = np.array([accumulator.data_ptr() for tensor in tensors
+                                         for accumulator in tensor.accumulators], dtype=np.int64)
+        self._layouts = tuple((0, tensor.weights.numel(), tuple(tensor.index)) for tensor in tensors)
+        self._scalars = np.empty((len(tensors), len(SCALARS)), dtype=np.float64)
+
+    def run(self, grads: Sequence[torch.Tensor],
+            scalars: tuple[ETScalars, float | None, float] | Sequence[tuple[ETScalars, float | None, float]]) -> None:
+        """Step every tensor with ``grads`` (one per tensor: contiguous, of its weights' dtype and
+        size) and ``scalars``, (scalars, beta2, eps) for all or one such per tensor (see
+        :class:`ETTensor`), the accumulators updated in place."""
+        self._addresses[:, 1] = gradient_addresses("et_many", grads, self._weights)
+        if isinstance(scalars[0], ETScalars):
+            self._scalars[:] = _scalar_row(*scalars)
+        else:
+            self._scalars[:] = np.array([_scalar_row(*row) for row in scalars], dtype=np.float64)
+        weight_type = _numpy_type(self._dtype)
+        scaled, axis_roots, corrections = _square_sums(self._addresses, self._layouts, self._axis_addresses,
+                                                       self._scalars, weight_type, np.float32, STORE_ACCUMULATORS)
+        _update(self._addresses, self._layouts, self._scalars, corrections, scaled, axis_roots, weight_type)
 
 
 def _square_sums(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]], ...],
@@ -404,5 +432,5 @@ def _norm_kernels():
     return extreme_numba.infinity_squared_norm, extreme_numba.infinity_scale
 
 
-__all__ = ["ETInfinityTensor", "ETScalars", "ETTensor", "et_inf_many", "et_many", "et_square_sums_range",
+__all__ = ["ETCall", "ETInfinityTensor", "ETScalars", "ETTensor", "et_inf_many", "et_many", "et_square_sums_range",
            "et_update_range", "scale_range", "squared_norm_range"]

@@ -114,6 +114,20 @@ def batch_dtype(name: str, tensors: Sequence[Any]) -> Any:
     return dtype
 
 
+def gradient_addresses(name: str, grads: Sequence[Any], weights: Sequence[Any]) -> list[int]:
+    """The addresses of a prepared multi-tensor call's new gradients, one per tensor of its
+    ``weights``; ValueError unless each is a contiguous CPU tensor of its weights' dtype and size
+    (the kernel reads it through its address)."""
+    if len(grads) != len(weights):
+        raise ValueError(f"{name}: {len(grads)} gradients for {len(weights)} tensors")
+    for index, (grad, weight) in enumerate(zip(grads, weights)):
+        if grad.dtype != weight.dtype or not grad.is_contiguous() or grad.numel() != weight.numel() \
+                or not grad.is_cpu:
+            raise ValueError(f"{name}: tensor {index}'s gradient must be a contiguous CPU tensor of its weights' "
+                             f"dtype and size")
+    return [grad.data_ptr() for grad in grads]
+
+
 @lru_cache(maxsize=64)
 def split_work(lengths: tuple[int, ...], pieces: int, align: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Cut ranges of ``lengths`` elements into work items, in ``pieces`` pieces (see

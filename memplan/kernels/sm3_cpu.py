@@ -34,11 +34,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from memplan.kernels.jit import batch_dtype, kernel_pieces, piece_origins, run_in_threads, split_work, tail_axes
+from memplan.kernels.jit import (batch_dtype, gradient_addresses, kernel_pieces, piece_origins, run_in_threads,
+                                 split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -137,16 +139,40 @@ def sm3_many(tensors: list[SM3Tensor]) -> None:
     """
     if not tensors:
         return
-    dtype = _checked_dtype(tensors)
-    addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(),
-                           0 if tensor.buffer is None else tensor.buffer.data_ptr()) for tensor in tensors],
-                         dtype=np.int64).reshape(-1, 3)
-    accumulators = np.array([accumulator.data_ptr() for tensor in tensors for accumulator in tensor.accumulators],
-                            dtype=np.int64)
-    scalars = np.array([_scalar_row(tensor.scalars) for tensor in tensors], dtype=np.float64)
-    layouts = tuple((0, tensor.weights.numel(), tuple(tensor.view)) for tensor in tensors)
-    _call(addresses, layouts, np.stack([accumulators, accumulators], axis=1), scalars, SM3_II, _numpy_type(dtype),
-          np.float32, np.float32, STORE_MAXIMA)
+    SM3Call(tensors).run([tensor.grads for tensor in tensors], [tensor.scalars for tensor in tensors])
+
+
+class SM3Call:
+    """A multi-tensor call (:func:`sm3_many`) prepared once for its tensors and run every step with
+    that step's gradients and scalars: the addresses of the weights, buffers and accumulators, and
+    the ranges, are built and checked here, once (see :class:`memplan.kernels.smmf_cpu.SMMFCall`).
+    The call keeps its tensors; a caller that replaces any of them prepares a new call."""
+
+    def __init__(self, tensors: list[SM3Tensor]) -> None:
+        if not tensors:
+            raise ValueError("SM3Call: no tensors")
+        self._dtype = _checked_dtype(tensors)
+        self._tensors = tensors   # kept: the tables point into them
+        self._weights = [tensor.weights for tensor in tensors]
+        self._addresses = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(),
+                                     0 if tensor.buffer is None else tensor.buffer.data_ptr())
+                                    for tensor in tensors], dtype=np.int64).reshape(-1, 3)
+        accumulators = np.array([accumulator.data_ptr() for tensor in tensors for accumulator in tensor.accumulators],
+                                dtype=np.int64)
+        self._axis_addresses = np.stack([accumulators, accumulators], axis=1)
+        self._layouts = tuple((0, tensor.weights.numel(), tuple(tensor.view)) for tensor in tensors)
+        self._scalars = np.empty((len(tensors), len(SCALARS)), dtype=np.float64)
+
+    def run(self, grads: Sequence[torch.Tensor], scalars: SM3Scalars | Sequence[SM3Scalars]) -> None:
+        """Step every tensor with ``grads`` (one per tensor: contiguous, of its weights' dtype and
+        size) and ``scalars`` (one for all, or one per tensor), and store the new accumulators."""
+        self._addresses[:, 1] = gradient_addresses("sm3_many", grads, self._weights)
+        if isinstance(scalars, SM3Scalars):
+            self._scalars[:] = _scalar_row(scalars)
+        else:
+            self._scalars[:] = np.array([_scalar_row(row) for row in scalars], dtype=np.float64)
+        _call(self._addresses, self._layouts, self._axis_addresses, self._scalars, SM3_II, _numpy_type(self._dtype),
+              np.float32, np.float32, STORE_MAXIMA)
 
 
 def _checked_dtype(tensors: list[SM3Tensor]) -> torch.dtype:
@@ -274,4 +300,4 @@ def _numpy_type(dtype: torch.dtype):
     return np.float32 if dtype == torch.float32 else np.float64
 
 
-__all__ = ["SM3Scalars", "SM3Tensor", "sm3_many", "sm3_range", "sm3_square_maxima_range"]
+__all__ = ["SM3Call", "SM3Scalars", "SM3Tensor", "sm3_many", "sm3_range", "sm3_square_maxima_range"]

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import torch
 
 from memplan.methods.base import COUPLED_DECAY, DECOUPLED_DECAY, Layout, Method
+from memplan.optim.batches import BatchMemo, PreparedBatch, same_options
 from memplan.optim.sharding import (SHARDING_MODES, PartialReductions, Shard, distributed_like, is_distributed,
                                     is_packed_bits, local_tensor, packed_bits, portable_bits, shard_of)
 from memplan.optim.state_dicts import keep_saved_dtype, load_state_dict, with_param_states
@@ -259,9 +260,12 @@ class MemplanOptimizer(torch.optim.Optimizer):
         finishers = []
         for group in self.param_groups:
             mode = group.get("sharding", "exact")
-            batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] | None = \
-                [] if self._steps_in_batches(group) else None
+            batched = self._steps_in_batches(group)
             options = self._option_items(group)   # once per group: the same for all its parameters
+            if batched and self._step_memo(group, options):
+                continue
+            self.__dict__.get("_batch_memos", {}).pop(id(group), None)
+            batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]] | None = [] if batched else None
             ready = self._ready_states()
             for position, param in enumerate(group["params"]):
                 grad = param.grad
@@ -274,7 +278,7 @@ class MemplanOptimizer(torch.optim.Optimizer):
                 state = self.state[param]
                 known = ready.get(param)
                 if (known is not None and known[0] is state and known[1] == len(state) and known[3] == mode
-                        and _same(known[2], options)):
+                        and same_options(known[2], options)):
                     shard = known[4]   # a whole tensor whose state was complete for these options
                 else:
                     shard = shard_of(param, mode)
@@ -299,8 +303,35 @@ class MemplanOptimizer(torch.optim.Optimizer):
             for item in batch or ():
                 by_dtype.setdefault(item[0].dtype, []).append(item)
             for same_dtype in by_dtype.values():   # a kernel call steps one dtype
-                self._step_batch(group, same_dtype)
+                self._step_new_batch(group, same_dtype, options)
         return finishers
+
+    def _step_memo(self, group: Mapping[str, Any], options: tuple[tuple[str, Any], ...]) -> bool:
+        """Step the group through the call prepared at an earlier step, if it still fits (see
+        :mod:`memplan.optim.batches`); False (nothing done) otherwise."""
+        memo = self.__dict__.get("_batch_memos", {}).get(id(group))
+        grads = None if memo is None else memo.gradients(group, self.state, options)
+        if grads is None:
+            return False
+        for state in memo.states:
+            state["step"] += 1
+        memo.prepared.run(group, grads, memo.states)
+        return True
+
+    def _step_new_batch(self, group: Mapping[str, Any],
+                        batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
+                        options: tuple[tuple[str, Any], ...]) -> None:
+        """Step a batch that the general path collected: through a prepared call, kept for the next
+        steps when the batch is the whole group (see :mod:`memplan.optim.batches`), or through
+        :meth:`_step_batch` where the method prepares none."""
+        memos = self.__dict__.setdefault("_batch_memos", {})
+        prepared = self._prepare_batch(group, batch)
+        if prepared is None:
+            self._step_batch(group, batch)
+            return
+        prepared.run(group, [grad for _, grad, _ in batch], [state for _, _, state in batch])
+        if len(batch) == len(group["params"]):
+            memos[id(group)] = BatchMemo.of(group, batch, options, prepared)
 
     def _ready_states(self) -> dict[torch.Tensor, tuple[Any, ...]]:
         """Per whole (unsharded) parameter, the state dict that :meth:`_state` last completed, its
@@ -331,6 +362,13 @@ class MemplanOptimizer(torch.optim.Optimizer):
         """Step the batch's parameters (each with its gradient and its state, its step already
         counted; all of one dtype) in one multi-tensor kernel call."""
         raise NotImplementedError
+
+    def _prepare_batch(self, group: Mapping[str, Any],
+                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> PreparedBatch | None:
+        """The batch's multi-tensor call, prepared to run this step and later ones (see
+        :mod:`memplan.optim.batches`), or None where the method steps batches through
+        :meth:`_step_batch` only."""
+        return None
 
     def _step_shard(self, group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
                     shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
@@ -434,15 +472,6 @@ def saved_state(group: Mapping[str, Any], param: torch.Tensor, state: dict[str, 
 def _portable(value: Any, param: torch.Tensor) -> bool:
     """Whether ``value`` holds one bool per element of ``param`` (bits saved by :func:`saved_state`)."""
     return isinstance(value, torch.Tensor) and value.dtype == torch.bool and tuple(value.shape) == tuple(param.shape)
-
-
-def _same(first: tuple[Any, ...], second: tuple[Any, ...]) -> bool:
-    """Whether two option tuples are equal (False where comparing their values fails, as a
-    tensor's with several elements does)."""
-    try:
-        return bool(first == second)
-    except (RuntimeError, TypeError, ValueError):
-        return False
 
 
 def _describe(param: torch.Tensor, names: list[str] | None, position: int) -> str:

@@ -18,7 +18,7 @@ is put back exactly, so the result is the formula's.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -95,16 +95,12 @@ class ExtremeTensoring(MemplanOptimizer):
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
         """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
         passes, and the accumulators' update and rescaling between them)."""
-        from memplan.kernels import extreme_cpu
+        self._prepare_batch(group, batch).run(group, [grad for _, grad, _ in batch], [state for _, _, state in batch])
 
-        scalars = _kernel_scalars(group)
-        beta2, eps = group["beta2"], group["eps"]
-        with_buffer = bool(group["momentum"])
-        extreme_cpu.et_many([extreme_cpu.ETTensor(
-            weights=param, grads=grad, index=state["layout"],
-            accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(state["layout"]))),
-            buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars, beta2=beta2, eps=eps)
-            for param, grad, state in batch])
+    def _prepare_batch(self, group: Mapping[str, Any],
+                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall":
+        """The CPU kernels' call for the batch, prepared once (see :mod:`memplan.optim.batches`)."""
+        return _PreparedCall(group, batch)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
@@ -125,6 +121,26 @@ class ExtremeTensoring(MemplanOptimizer):
             update_range(group, weights, grads, buffer, scaled, scale, offset, shard.start, shard.stop, index)
 
         return finish
+
+
+class _PreparedCall:
+    """The CPU kernels' multi-tensor call for a batch, prepared once and run each step with the
+    step's gradients and the group's current scalars (see :mod:`memplan.optim.batches`)."""
+
+    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]):
+        from memplan.kernels import extreme_cpu
+
+        scalars, beta2, eps = _kernel_scalars(group), group["beta2"], group["eps"]
+        with_buffer = bool(group["momentum"])
+        self._call = extreme_cpu.ETCall([extreme_cpu.ETTensor(
+            weights=param, grads=grad, index=state["layout"],
+            accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(state["layout"]))),
+            buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars, beta2=beta2, eps=eps)
+            for param, grad, state in batch])
+
+    def run(self, group: Mapping[str, Any], grads: Sequence[torch.Tensor], states: Sequence[dict[str, Any]]) -> None:
+        """Step every parameter (see :class:`memplan.optim.batches.PreparedBatch`)."""
+        self._call.run(grads, (_kernel_scalars(group), group["beta2"], group["eps"]))
 
 
 def _range_partition(group: Mapping[str, Any], weights: torch.Tensor, start: int, stop: int,

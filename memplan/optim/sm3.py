@@ -14,7 +14,7 @@ small per-axis vectors until the pass ends); SM3-I takes two (maxima, then the u
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import torch
 
@@ -73,20 +73,18 @@ class SM3(MemplanOptimizer):
 
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
-        """Every whole parameter of the group in one call of the kernel (CPU or Triton), which also
-        stores the new accumulators."""
-        from memplan.kernels import sm3_cpu, sm3_triton
+        """Every whole parameter of the group in one launch of the Triton kernel, which also stores
+        the new accumulators (the CPU kernel's call is prepared: :meth:`_prepare_batch`)."""
+        from memplan.kernels import sm3_triton
 
-        many = sm3_triton.sm3_many if self.implementation(group) == TRITON else sm3_cpu.sm3_many
-        decay, coupled, negate = kernel_decay(group)
-        scalars = sm3_cpu.SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"],
-                                     decay=decay, coupled_decay=coupled, negate=negate)
-        with_buffer = bool(group["momentum"])
-        many([sm3_cpu.SM3Tensor(
-            weights=param, grads=grad, view=state["layout"],
-            accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(state["layout"]))),
-            buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars)
-            for param, grad, state in batch])
+        sm3_triton.sm3_many(_batch_tensors(group, batch))
+
+    def _prepare_batch(self, group: Mapping[str, Any],
+                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall | None":
+        """The CPU kernel's call for the batch, prepared once (see :mod:`memplan.optim.batches`)."""
+        if self.implementation(group) != COMPILED:
+            return None
+        return _PreparedCall(group, batch)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
@@ -115,6 +113,41 @@ class SM3(MemplanOptimizer):
                     accumulator.copy_(new)
 
         return finish
+
+
+def _kernel_scalars(group: Mapping[str, Any]) -> Any:
+    """The kernels' scalars under the group's current hyperparameters."""
+    from memplan.kernels import sm3_cpu
+
+    decay, coupled, negate = kernel_decay(group)
+    return sm3_cpu.SM3Scalars(lr=learning_rate(group), eps=group["eps"], momentum=group["momentum"], decay=decay,
+                              coupled_decay=coupled, negate=negate)
+
+
+def _batch_tensors(group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> list:
+    """The batch as a multi-tensor call's tensors (:class:`memplan.kernels.sm3_cpu.SM3Tensor`)."""
+    from memplan.kernels import sm3_cpu
+
+    scalars = _kernel_scalars(group)
+    with_buffer = bool(group["momentum"])
+    return [sm3_cpu.SM3Tensor(weights=param, grads=grad, view=state["layout"],
+                              accumulators=tuple(state[f"acc_{axis}"] for axis in range(len(state["layout"]))),
+                              buffer=state["momentum_buffer"] if with_buffer else None, scalars=scalars)
+            for param, grad, state in batch]
+
+
+class _PreparedCall:
+    """The CPU kernel's multi-tensor call for a batch, prepared once and run each step with the
+    step's gradients and the group's current scalars (see :mod:`memplan.optim.batches`)."""
+
+    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]):
+        from memplan.kernels import sm3_cpu
+
+        self._call = sm3_cpu.SM3Call(_batch_tensors(group, batch))
+
+    def run(self, group: Mapping[str, Any], grads: Sequence[torch.Tensor], states: Sequence[dict[str, Any]]) -> None:
+        """Step every parameter (see :class:`memplan.optim.batches.PreparedBatch`)."""
+        self._call.run(grads, _kernel_scalars(group))
 
 
 def _readable(accumulators: list[torch.Tensor], weights: torch.Tensor) -> list[torch.Tensor]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -172,28 +172,20 @@ class SMMF(MemplanOptimizer):
 
     def _step_batch(self, group: Mapping[str, Any],
                     batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
-        """Every whole, factored parameter of the group in one call of the kernel (CPU or Triton),
-        which also stores the new factors."""
-        from memplan.kernels import smmf_cpu, smmf_triton
+        """Every whole, factored parameter of the group in one launch of the Triton kernel, which
+        also stores the new factors (the CPU kernel's call is prepared: :meth:`_prepare_batch`)."""
+        from memplan.kernels import smmf_triton
 
-        many = smmf_triton.smmf_many if self.implementation(group) == TRITON else smmf_cpu.smmf_many
-        decay, coupled, negate = kernel_decay(group)
-        first_moment = group["beta1"] is not None
-        at_step: dict[int, tuple[_FactoredScalars, smmf_cpu.SMMFScalars]] = {}   # parameters mostly share a step
-        tensors = []
-        for param, grad, state in batch:
-            step = state["step"]
-            if step not in at_step:
-                scales = _FactoredScalars.of(group, *_betas(group, step))
-                at_step[step] = scales, smmf_cpu.SMMFScalars(step_size=scales.step_size, eps=scales.eps, decay=decay,
-                                                             coupled_decay=coupled, negate=negate)
-            scales, scalars = at_step[step]
-            tensors.append(smmf_cpu.SMMFTensor(
-                weights=param, grads=grad, signs=state["sign"] if first_moment else None, cols=state["layout"][1],
-                row_v=state["row_v"], col_v=state["col_v"], row_m=state["row_m"] if first_moment else None,
-                col_m=state["col_m"] if first_moment else None, scalars=scalars, prior_v=scales.prior_v,
-                prior_m=scales.prior_m, keep_v=scales.keep_v, keep_m=scales.keep_m))
-        many(tensors)
+        scalars = _BatchScalars(group)
+        smmf_triton.smmf_many([_batch_tensor(group, param, grad, state, scalars.of(state["step"]))
+                               for param, grad, state in batch])
+
+    def _prepare_batch(self, group: Mapping[str, Any],
+                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall | None":
+        """The CPU kernel's call for the batch (see :class:`_PreparedCall`)."""
+        if self.implementation(group) != COMPILED:
+            return None
+        return _PreparedCall(group, batch)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
@@ -203,6 +195,69 @@ class SMMF(MemplanOptimizer):
             return None
         return _update_factored(group, flat_view(weights), flat_view(grads), state, shard, reductions,
                                 beta1_t, beta2_t)
+
+
+class _BatchScalars:
+    """A batch's per-step scalars under the group's current hyperparameters, computed once per step
+    count (a group's parameters mostly share one)."""
+
+    def __init__(self, group: Mapping[str, Any]) -> None:
+        from memplan.kernels import smmf_cpu
+
+        self._group = group
+        self._decay = kernel_decay(group)
+        self._scalars_type = smmf_cpu.SMMFScalars
+        self._at_step: dict[int, tuple[Any, float, float, float, float]] = {}
+
+    def of(self, step: int) -> tuple[Any, float, float, float, float]:
+        """(kernel scalars, prior_v, prior_m, keep_v, keep_m) at ``step``."""
+        row = self._at_step.get(step)
+        if row is None:
+            scales = _FactoredScalars.of(self._group, *_betas(self._group, step))
+            decay, coupled, negate = self._decay
+            row = self._at_step[step] = (
+                self._scalars_type(step_size=scales.step_size, eps=scales.eps, decay=decay, coupled_decay=coupled,
+                                   negate=negate),
+                scales.prior_v, scales.prior_m, scales.keep_v, scales.keep_m)
+        return row
+
+
+def _batch_tensor(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any],
+                  row: tuple[Any, float, float, float, float]) -> Any:
+    """One parameter of a multi-tensor call (:class:`memplan.kernels.smmf_cpu.SMMFTensor`)."""
+    from memplan.kernels import smmf_cpu
+
+    first_moment = group["beta1"] is not None
+    scalars, prior_v, prior_m, keep_v, keep_m = row
+    return smmf_cpu.SMMFTensor(
+        weights=param, grads=grad, signs=state["sign"] if first_moment else None, cols=state["layout"][1],
+        row_v=state["row_v"], col_v=state["col_v"], row_m=state["row_m"] if first_moment else None,
+        col_m=state["col_m"] if first_moment else None, scalars=scalars, prior_v=prior_v, prior_m=prior_m,
+        keep_v=keep_v, keep_m=keep_m)
+
+
+class _PreparedCall:
+    """The CPU kernel's multi-tensor call for a batch, prepared once (its addresses and checks) and
+    run each step with the step's gradients and scalars (see :mod:`memplan.optim.batches`)."""
+
+    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]):
+        from memplan.kernels import smmf_cpu
+
+        scalars = _BatchScalars(group)
+        self._call = smmf_cpu.SMMFCall([_batch_tensor(group, param, grad, state, scalars.of(state["step"]))
+                                        for param, grad, state in batch])
+
+    def run(self, group: Mapping[str, Any], grads: Sequence[torch.Tensor], states: Sequence[dict[str, Any]]) -> None:
+        """Step every parameter (see :class:`memplan.optim.batches.PreparedBatch`)."""
+        scalars = _BatchScalars(group)
+        steps = [state["step"] for state in states]
+        first = steps[0]
+        if all(step == first for step in steps):
+            self._call.run(grads, [scalars.of(first)])
+            return
+        index: dict[int, int] = {}
+        which = [index.setdefault(step, len(index)) for step in steps]
+        self._call.run(grads, [scalars.of(step) for step in index], which)
 
 
 def _betas(group: Mapping[str, Any], step: int) -> tuple[float | None, float]:
