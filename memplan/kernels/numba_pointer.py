@@ -1,4 +1,4 @@
-"""The numba intrinsic through which the CPU kernels reach tensors by their addresses.
+"""The numba intrinsics of the CPU kernels: typed pointers from addresses, and the bits of a float.
 
 A module-level function, so that the kernels refer to it as a global: see
 :mod:`memplan.kernels.jit` for why nothing a cached kernel calls may come from a closure.
@@ -21,4 +21,19 @@ def array_pointer(typingctx, address, dtype):
         arguments[0], context.get_value_type(target))
 
 
-__all__ = ["array_pointer"]
+@numba.extending.intrinsic
+def float_bits(typingctx, value):
+    """``float_bits(x)``: the bits of a float32 as a uint32 (of a float64 as a uint64). On floats
+    from +0.0 up (not -0.0) and NaN, the integers order as the floats do, with a NaN of either sign
+    above every number, so the integers' maximum is the floats' (NaN propagating). LLVM vectorizes
+    a running maximum of integers and not of floats (a float compare-and-select stays a chain of
+    dependent scalar steps)."""
+    types = numba.core.types
+    if value not in (types.float32, types.float64):
+        return None
+    target = types.uint32 if value == types.float32 else types.uint64
+    return target(value), lambda context, builder, signature, arguments: builder.bitcast(
+        arguments[0], context.get_value_type(target))
+
+
+__all__ = ["array_pointer", "float_bits"]

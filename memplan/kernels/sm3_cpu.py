@@ -74,9 +74,6 @@ TAIL_ELEMENTS = 1 << 15
 :mod:`memplan.kernels.extreme_cpu`): their accumulators' minima become one table, and the
 table's maxima are folded back into each trailing axis's maxima after each item."""
 
-RUN_PIECE = 1 << 10
-"""Elements of a run a thread steps at a time (its scratch nu stays in L1/L2)."""
-
 SM3_II, SM3_I, SQUARE_MAXIMA = 0, 1, 2
 """What a call computes: SM3-II's update and maxima of nu, SM3-I's update (no maxima), or SM3-I's
 maxima of G^2 (no update)."""
@@ -262,9 +259,9 @@ def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]]
     origins, total = piece_origins(items, bounds, ranges[:, 6], ranges[:, 7])
     partial = np.empty(total, dtype=weight_type)
     walk, combine = _kernel()
+    bits_type = np.uint32 if weight_type is np.float32 else np.uint64   # the maxima's bits (see sm3_numba.walk)
     arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode,
-                 weight_type,
-                 accumulator_type, scratch)
+                 weight_type, bits_type, accumulator_type, scratch)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     if mode != SM3_I:
         combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, output_type)
@@ -275,11 +272,11 @@ def _tables(layouts: tuple[tuple[int, int, tuple[int, ...]], ...],
             tail_elements: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The range table (see :data:`RANGE_FIELDS`) and the axis table (:data:`AXIS_FIELDS`) of ranges
     (start, length, view), and the lengths of a thread's scratch vectors: the longest merged tail's
-    table, the longest piece of a run, the most maxima and the most axes. Cached: a training loop
+    table, the most maxima and the most axes. Cached: a training loop
     steps the same views every step."""
     ranges = np.zeros((len(layouts), len(RANGE_FIELDS)), dtype=np.int64)
     axis_rows: list[tuple[int, int]] = []
-    scratch = np.ones(4, dtype=np.int64)
+    scratch = np.ones(3, dtype=np.int64)
     slot = 0
     for at, (start, length, view) in enumerate(layouts):
         trailing = tail_axes(view, tail_elements)
@@ -287,7 +284,7 @@ def _tables(layouts: tuple[tuple[int, int, tuple[int, ...]], ...],
         ranges[at] = (start, length, len(axis_rows), len(view), len(view) - trailing, run, slot, sum(view))
         axis_rows += [(dim, sum(view[:axis])) for axis, dim in enumerate(view)]
         slot += sum(view)
-        scratch = np.maximum(scratch, (run if trailing > 1 else 1, min(run, RUN_PIECE), sum(view), len(view)))
+        scratch = np.maximum(scratch, (run if trailing > 1 else 1, sum(view), len(view)))
     return ranges, np.array(axis_rows, dtype=np.int64).reshape(-1, len(AXIS_FIELDS)), scratch
 
 

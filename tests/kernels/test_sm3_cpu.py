@@ -168,3 +168,28 @@ def test_many_tensors_refuse_tensors_the_kernel_cannot_reach_whole():
 
 def test_many_tensors_of_an_empty_list_is_a_no_op():
     sm3_many([])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+def test_maxima_are_kept_as_float_bits_without_changing_them(dtype, threads):
+    """The kernel compares nu as unsigned integers (its bits): zeros stay +0.0, huge and tiny values
+    order as floats do, and a NaN of either sign is the maximum of its slices, as torch's amax."""
+    case = many_case((7, 13), dtype, 0.0, 3)   # seed 3: no coupled decay, so row 0 has G = 0
+    grads = case.grads.view(7, 13)
+    grads[0] = 0.0
+    grads[1, 2] = 1e18 if dtype == torch.float32 else 1e150
+    grads[2, 3] = 1e-20
+    grads[3, 4] = float("nan")
+    grads[5, 6] = -float("nan")
+    assert math.copysign(1.0, grads[5, 6].item()) < 0
+    accumulators = [torch.zeros_like(accumulator) for accumulator in case.accumulators]
+    tensor = SM3Tensor(weights=case.weights, grads=case.grads, view=case.view, accumulators=tuple(accumulators),
+                       buffer=None, scalars=case.scalars)
+    _, _, maxima = dense_update(case.weights.view(-1).clone(), case.grads.view(-1), None, 0, case.view,
+                                [accumulator.to(dtype) for accumulator in accumulators], case.scalars, True)
+    sm3_many([tensor])
+    for accumulator, maximum in zip(tensor.accumulators, maxima):
+        torch.testing.assert_close(accumulator, maximum.float(), rtol=1e-6, atol=0, equal_nan=True)
+        assert torch.equal(accumulator.isnan(), maximum.isnan()) and accumulator.isnan().any()
+    row_zero = tensor.accumulators[0][0].item()   # every nu of row 0 is +0.0
+    assert row_zero == 0.0 and math.copysign(1.0, row_zero) > 0
