@@ -17,6 +17,7 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
+from operator import attrgetter, is_
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
@@ -117,15 +118,24 @@ def batch_dtype(name: str, tensors: Sequence[Any]) -> Any:
 def gradient_addresses(name: str, grads: Sequence[Any], weights: Sequence[Any]) -> list[int]:
     """The addresses of a prepared multi-tensor call's new gradients, one per tensor of its
     ``weights``; ValueError unless each is a contiguous CPU tensor of its weights' dtype and size
-    (the kernel reads it through its address)."""
+    (the kernel reads it through its address). The checks run as builtin passes over the lists (a
+    step's Python, with the caches cold from the kernel, costs microseconds a tensor otherwise)."""
+    import torch
+
     if len(grads) != len(weights):
         raise ValueError(f"{name}: {len(grads)} gradients for {len(weights)} tensors")
-    for index, (grad, weight) in enumerate(zip(grads, weights)):
-        if grad.dtype != weight.dtype or not grad.is_contiguous() or grad.numel() != weight.numel() \
-                or not grad.is_cpu:
-            raise ValueError(f"{name}: tensor {index}'s gradient must be a contiguous CPU tensor of its weights' "
-                             f"dtype and size")
-    return [grad.data_ptr() for grad in grads]
+    if not (all(map(is_, map(_DTYPE, grads), map(_DTYPE, weights)))
+            and all(map(torch.Tensor.is_contiguous, grads)) and all(map(_IS_CPU, grads))
+            and list(map(torch.Tensor.numel, grads)) == list(map(torch.Tensor.numel, weights))):
+        index = next(index for index, (grad, weight) in enumerate(zip(grads, weights))
+                     if grad.dtype != weight.dtype or not grad.is_contiguous() or not grad.is_cpu
+                     or grad.numel() != weight.numel())
+        raise ValueError(f"{name}: tensor {index}'s gradient must be a contiguous CPU tensor of its weights' "
+                         f"dtype and size")
+    return list(map(torch.Tensor.data_ptr, grads))
+
+
+_DTYPE, _IS_CPU = attrgetter("dtype"), attrgetter("is_cpu")
 
 
 @lru_cache(maxsize=64)
