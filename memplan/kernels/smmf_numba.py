@@ -31,10 +31,9 @@ _row_loop = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model
 def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, decay, coupled, grad_sign,
                     col_sums_v, col_sums_m):
     """One row's piece (every array sliced to it): the update, the new sign flags (0/1, in
-    place of the old ones) and the column sums; returns the row's sums (see :data:`FLUSH_ROWS`
-    for their dtype)."""
-    sum_v = weights.dtype.type(0)
-    sum_m = weights.dtype.type(0)
+    place of the old ones) and the column sums; returns the row's sums."""
+    sum_v = 0.0
+    sum_m = 0.0
     for i in range(weights.shape[0]):
         weight = weights[i]
         gradient = grads[i] * grad_sign + coupled * weight
@@ -53,7 +52,7 @@ def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps,
 @_row_loop
 def row_without_moment(weights, grads, col_v, rv, step_size, eps, decay, coupled, grad_sign, col_sums_v):
     """The same without first moment: the gradient is the update's numerator."""
-    sum_v = weights.dtype.type(0)
+    sum_v = 0.0
     for i in range(weights.shape[0]):
         weight = weights[i]
         gradient = grads[i] * grad_sign + coupled * weight
@@ -64,40 +63,16 @@ def row_without_moment(weights, grads, col_v, rv, step_size, eps, decay, coupled
     return sum_v
 
 
-FLUSH_ROWS = 8
-"""Row pieces whose column sums a thread adds up in the weights' dtype before it adds them to its
-float64 partial sums; a row's own sums are likewise added up in the weights' dtype, then to
-float64. Summing each element straight into float64 took a conversion and two float64 additions an
-element per sum: without first moment, on 2048 x 2048 fp32 matrices and one thread, this is 14%
-faster (per-round ratios 0.77-0.93 over 4 interleaved rounds); with first moment it is within
-noise (0.95-1.12: that loop is bound by its other work). The rounding it adds is that of summing a
-row piece (at most 4096 elements, in 16 lanes) or 8 values in fp32 before float64 takes over."""
-
-
-@_row_loop
-def flush(near_v, near_m, sums_v, sums_m, rows, low, high, with_moment):
-    """The near column sums of columns ``[low, high)`` added to the partial sums, and zeroed."""
-    for j in range(low, high):
-        sums_v[rows + j] += near_v[j]
-        near_v[j] = 0
-    if with_moment:
-        for j in range(low, high):
-            sums_m[rows + j] += near_m[j]
-            near_m[j] = 0
-
-
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
          prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, spread,
-         weight_type, near_v, near_m):
+         weight_type):
     """Elements ``[first, stop)`` of a range that starts at element ``start`` of its matrix (a
     function of its own: inside a loop body numba would type the index arithmetic as float64,
     and the loops would not vectorize): the update, the new signs, and the row sums
-    (``sums[:rows]``) and column sums (after them), through the column sums of the last few rows
-    in ``near_v`` and ``near_m`` (see :data:`FLUSH_ROWS`; zero on entry and on return)."""
+    (``sums[:rows]``) and column sums (after them)."""
     gather = np.uint64(0x0102040810204080)  # bit j of the top byte of word * gather = byte j of word
     with_moment = sign_mode != 0
-    low, high, pending = cols, 0, 0   # the columns the near sums hold, and the row pieces in them
     for tile_start in range(first, stop, TILE):
         tile_stop = min(stop, tile_start + TILE)
         byte_start = tile_start >> 3
@@ -122,23 +97,17 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
                 sum_v, sum_m = row_with_moment(
                     weights[k:end], grads[k:end], flags[k - tile_start:end - tile_start], col_v[col0:col1],
                     col_m[col0:col1], rv, weight_type(row_m[row] * prior_m), step_size, eps, decay, coupled,
-                    grad_sign, near_v[col0:col1], near_m[col0:col1])
-                sums_m[row] += np.float64(sum_m)
+                    grad_sign, sums_v[rows + col0:rows + col1], sums_m[rows + col0:rows + col1])
+                sums_m[row] += sum_m
             else:
                 sum_v = row_without_moment(weights[k:end], grads[k:end], col_v[col0:col1], rv, step_size, eps,
-                                           decay, coupled, grad_sign, near_v[col0:col1])
-            sums_v[row] += np.float64(sum_v)
-            low, high, pending = min(low, col0), max(high, col1), pending + 1
-            if pending == FLUSH_ROWS:
-                flush(near_v, near_m, sums_v, sums_m, rows, low, high, with_moment)
-                low, high, pending = cols, 0, 0
+                                           decay, coupled, grad_sign, sums_v[rows + col0:rows + col1])
+            sums_v[row] += sum_v
             k = end
         if sign_mode == 1:
             unpacked[tile_stop - tile_start:byte_count * 8] = 0  # padding bits of the range's last byte
             for word in range(byte_count):
                 signs[byte_start + word] = np.uint8((words[word] * gather) >> np.uint64(56))
-    if pending:
-        flush(near_v, near_m, sums_v, sums_m, rows, low, high, with_moment)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -149,11 +118,6 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
     here, per range, where the piece first meets it)."""
     unpacked = np.zeros(TILE, dtype=np.uint8)
     words = unpacked.view(np.uint64)
-    widest = 0
-    for index in range(ranges.shape[0]):
-        widest = max(widest, ranges[index, 2])
-    near_v = np.zeros(widest, dtype=weight_type)
-    near_m = np.zeros(widest, dtype=weight_type)
     for piece in range(low, high):
         previous = -1
         for position in range(bounds[piece], bounds[piece + 1]):
@@ -186,7 +150,7 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
             item(weights, grads, signs, sign_mode, start, items[position, 1], items[position, 2], cols, row_v,
                  col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
                  weight_type(values[1]), weight_type(values[2]), weight_type(values[3]), weight_type(values[4]),
-                 sums_v, sums_m, rows, unpacked, words, spread, weight_type, near_v, near_m)
+                 sums_v, sums_m, rows, unpacked, words, spread, weight_type)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
