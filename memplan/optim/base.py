@@ -325,6 +325,9 @@ class MemplanOptimizer(torch.optim.Optimizer):
         steps when the batch is the whole group (see :mod:`memplan.optim.batches`), or through
         :meth:`_step_batch` where the method prepares none."""
         memos = self.__dict__.setdefault("_batch_memos", {})
+        live = {id(known) for known in self.param_groups}
+        for stale in [key for key in memos if key not in live]:   # groups replaced by a loaded state_dict
+            del memos[stale]
         prepared = self._prepare_batch(group, batch)
         if prepared is None:
             self._step_batch(group, batch)

@@ -58,7 +58,8 @@ class BatchMemo:
                    if isinstance(value, torch.Tensor)]
         return cls(group=group, params=params, storage=tuple(param.data_ptr() for param in params), states=states,
                    entry_states=tuple(state for state, _, _ in entries),
-                   entry_names=tuple(name for _, name, _ in entries), entry_values=tuple(value for _, _, value in entries),
+                   entry_names=tuple(name for _, name, _ in entries),
+                   entry_values=tuple(value for _, _, value in entries),
                    dtype=params[0].dtype, options=options, prepared=prepared)
 
     def gradients(self, group: Mapping[str, Any], state: Mapping[torch.Tensor, dict[str, Any]],
@@ -90,8 +91,8 @@ _GRAD, _DTYPE, _LAYOUT = attrgetter("grad"), attrgetter("dtype"), attrgetter("la
 
 
 def same_options(first: tuple[Any, ...], second: tuple[Any, ...]) -> bool:
-    """Whether two tuples of options are equal (False where comparing their values fails, as a tensor's with
-    several elements does)."""
+    """Whether two tuples of options are equal (False where comparing their values fails, as a
+    tensor's with several elements does)."""
     try:
         return bool(first == second)
     except (RuntimeError, TypeError, ValueError):

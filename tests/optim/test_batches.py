@@ -209,3 +209,24 @@ def test_changing_impl_between_steps_steps_with_the_new_implementation():
 
     optimizer, _ = _run(BUILDERS["smmf"], to_eager)
     assert not optimizer.__dict__.get("_batch_memos")
+
+
+@pytest.mark.parametrize("name", ["smmf", "sm3", "et2"])
+def test_a_loaded_state_dict_leaves_no_call_holding_the_old_state(name):
+    """The memo of a group that a loaded state_dict replaced is dropped, with the state it points at."""
+    import gc
+    import weakref
+
+    params = _params()
+    optimizer = BUILDERS[name](params)
+    for step in range(2):
+        _gradients(params, step)
+        optimizer.step()
+    old_state = weakref.ref(next(value for value in optimizer.state[params[0]].values()
+                                 if isinstance(value, torch.Tensor)))
+    optimizer.load_state_dict(optimizer.state_dict())
+    _gradients(params, 2)
+    optimizer.step()
+    gc.collect()
+    assert old_state() is None
+    assert [memo.group for memo in optimizer._batch_memos.values()] == optimizer.param_groups
