@@ -209,7 +209,7 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
     partial = np.empty((2 if mode != NO_SIGNS else 1, total), dtype=np.float64)
     walk, combine = _kernel()
     arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, _spread_table(), weight_type,
-                 factor_type)
+                 factor_type, touched, what, output_type)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     combine(addresses, ranges, scalars, touched, origins, partial, what, output_type)
 

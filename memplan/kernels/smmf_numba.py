@@ -9,7 +9,7 @@ import numpy as np
 
 from memplan.kernels.jit import numba_module
 from memplan.kernels.numba_pointer import array_pointer
-from memplan.kernels.smmf_cpu import ADD_SUMS
+from memplan.kernels.smmf_cpu import ADD_SUMS, STORE_FACTORS
 
 numba = numba_module()
 carray = numba.carray
@@ -112,10 +112,13 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial, spread, weight_type, factor_type,
-         low, high):
+         touched, what, output_type, low, high):
     """The items of pieces ``low`` to ``high``; each piece's sums go to its own vectors in
     ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`; zeroed
-    here, per range, where the piece first meets it)."""
+    here, per range, where the piece first meets it). A range that this piece alone touches is
+    finished here too when the call stores factors (``what``, see :func:`finish`): while its sums
+    are in the cache, and on every thread, rather than in the serial :func:`combine` (0.4 ms a step
+    for ResNet-50's 161 tensors)."""
     unpacked = np.zeros(TILE, dtype=np.uint8)
     words = unpacked.view(np.uint64)
     for piece in range(low, high):
@@ -127,6 +130,8 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
             sums_v = partial[0, at:at + rows + cols]
             sums_m = partial[partial.shape[0] - 1, at:at + rows + cols]  # = sums_v without signs
             if index != previous:
+                if previous >= 0 and what == STORE_FACTORS and touched[previous, 0] == touched[previous, 1]:
+                    finish(addresses, ranges, scalars, touched, origins, partial, what, output_type, previous)
                 sums_v[:] = 0.0
                 sums_m[:] = 0.0
                 previous = index
@@ -151,42 +156,53 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
                  col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
                  weight_type(values[1]), weight_type(values[2]), weight_type(values[3]), weight_type(values[4]),
                  sums_v, sums_m, rows, unpacked, words, spread, weight_type)
+        if previous >= 0 and what == STORE_FACTORS and touched[previous, 0] == touched[previous, 1]:
+            finish(addresses, ranges, scalars, touched, origins, partial, what, output_type, previous)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def finish(addresses, ranges, scalars, touched, origins, partial, mode, output_type, index):
+    """Range ``index``'s sums, combined over the pieces that touched it in piece order (into the
+    first one's partial vectors, which are scratch; ``origins`` as for :func:`walk`), added to
+    its output vectors (ADD_SUMS) or stored as its new factors (STORE_FACTORS): times keep, the
+    shorter side divided by its total unless that is 0."""
+    first = touched[index, 0]
+    _, _, cols, slot, rows = ranges[index]
+    for moment in range(partial.shape[0]):
+        at = origins[first] + slot
+        totals = partial[moment, at:at + rows + cols]
+        for piece in range(first + 1, touched[index, 1] + 1):
+            at = origins[piece] + slot
+            totals += partial[moment, at:at + rows + cols]
+        out_row = carray(array_pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
+        out_col = carray(array_pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
+        if mode == ADD_SUMS:
+            for i in range(rows):
+                out_row[i] += totals[i]
+            for j in range(cols):
+                out_col[j] += totals[rows + j]
+            continue
+        totals *= scalars[index, 7 + moment]
+        side = totals[:rows] if rows < cols else totals[rows:]
+        total = side.sum()
+        if total > 0:
+            side /= total
+        for i in range(rows):
+            out_row[i] = totals[i]
+        for j in range(cols):
+            out_col[j] = totals[rows + j]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def combine(addresses, ranges, scalars, touched, origins, partial, mode, output_type):
-    """Each range's sums, combined over the pieces that touched it in piece order (into the
-    first one's partial vectors, which are scratch; ``origins`` as for :func:`walk`), added to
-    its output vectors (ADD_SUMS) or stored as its new factors (STORE_FACTORS): times keep, the
-    shorter side divided by its total unless that is 0."""
+    """After the threads join: :func:`finish` for every range that more than one piece touched, and,
+    when the call adds its sums to output vectors (ADD_SUMS), for every range (:func:`walk`
+    finished the others)."""
     for index in range(ranges.shape[0]):
         first = touched[index, 0]
-        if first < 0:
+        if first < 0 or (mode == STORE_FACTORS and first == touched[index, 1]):
             continue
-        _, _, cols, slot, rows = ranges[index]
-        for moment in range(partial.shape[0]):
-            at = origins[first] + slot
-            totals = partial[moment, at:at + rows + cols]
-            for piece in range(first + 1, touched[index, 1] + 1):
-                at = origins[piece] + slot
-                totals += partial[moment, at:at + rows + cols]
-            out_row = carray(array_pointer(addresses[index, 7 + 2 * moment], output_type), (rows,))
-            out_col = carray(array_pointer(addresses[index, 8 + 2 * moment], output_type), (cols,))
-            if mode == ADD_SUMS:
-                for i in range(rows):
-                    out_row[i] += totals[i]
-                for j in range(cols):
-                    out_col[j] += totals[rows + j]
-                continue
-            totals *= scalars[index, 7 + moment]
-            side = totals[:rows] if rows < cols else totals[rows:]
-            total = side.sum()
-            if total > 0:
-                side /= total
-            for i in range(rows):
-                out_row[i] = totals[i]
-            for j in range(cols):
-                out_col[j] = totals[rows + j]
+        finish(addresses, ranges, scalars, touched, origins, partial, mode, output_type, index)
 
 
 __all__ = ["combine", "walk"]
