@@ -8,7 +8,8 @@ The cost model::
 
 except that the elements of memplan's one-pass kernels whose rate the profile measured
 (``fused_element_seconds``, keyed by :meth:`memplan.methods.Method.fused_kernel`) take
-``elements * rate`` instead of their bytes over the memory bandwidth: on a CPU those kernels
+``elements * rate`` (plus the kernel's measured ``fused_step_seconds`` once a step) instead of
+their bytes over the memory bandwidth: on a CPU those kernels
 are bound by their arithmetic (a square root and a division per element, sign bits, row and
 column sums), not by memory.
 
@@ -54,7 +55,8 @@ DEVICE_PROFILE_FIELDS = Fields(
               "cache_bytes": Integer(at_least=0), "cache_bandwidth": Nullable(Number(above=0)),
               "reduction_bandwidth": Nullable(Number(above=0)), "strided_norm_bandwidth": Nullable(Number(above=0)),
               "write_allocate": Flag(), "threads": Nullable(Integer(at_least=0)), "match": Nullable(ListOf(Text())),
-              "fused_element_seconds": MapOf(Number(above=0)), "made_with": Text()},
+              "fused_element_seconds": MapOf(Number(above=0)), "fused_step_seconds": MapOf(Number(at_least=0)),
+              "made_with": Text()},
 )
 """The keys of a device profile and their types."""
 DEFAULT_DEVICE_PROFILE_PATH = Path(".memplan") / "device.yaml"
@@ -90,6 +92,9 @@ class DeviceProfile(YamlDocument):
     fused_element_seconds: tuple[tuple[str, float], ...] = ()
     """Measured seconds per element of memplan's one-pass kernels, by kernel key (a mapping in
     the file; see :meth:`fused_rate`)."""
+    fused_step_seconds: tuple[tuple[str, float], ...] = ()
+    """Measured seconds a step of each one-pass kernel besides its elements (preparing and starting
+    the call, its threads, combining their statistics), by kernel key (a mapping in the file)."""
     made_with: str = ""
 
     document_name = "device profile"
@@ -101,16 +106,22 @@ class DeviceProfile(YamlDocument):
 
     def __post_init__(self) -> None:
         values = {item.name: getattr(self, item.name) for item in fields(self)}
-        values["fused_element_seconds"] = dict(self.fused_element_seconds or ())
+        for name in ("fused_element_seconds", "fused_step_seconds"):
+            values[name] = dict(getattr(self, name) or ())
         check(values, DEVICE_PROFILE_FIELDS, ProfileError, where=f"device profile {self.name}")
         object.__setattr__(self, "match", tuple(self.match or ()))
-        rates = self.fused_element_seconds
-        object.__setattr__(self, "fused_element_seconds",
-                           tuple(sorted((rates.items() if isinstance(rates, Mapping) else rates) or ())))
+        for name in ("fused_element_seconds", "fused_step_seconds"):
+            figures = getattr(self, name)
+            object.__setattr__(self, name,
+                               tuple(sorted((figures.items() if isinstance(figures, Mapping) else figures) or ())))
 
     def fused_rate(self, key: str) -> float | None:
         """Seconds per element of the one-pass kernel ``key``, when this profile measured it."""
         return dict(self.fused_element_seconds).get(key)
+
+    def fused_step(self, key: str) -> float:
+        """Seconds a step of the one-pass kernel ``key`` takes besides its elements (0 unmeasured)."""
+        return dict(self.fused_step_seconds).get(key, 0.0)
 
     @property
     def effective_cache_bandwidth(self) -> float:
@@ -132,7 +143,7 @@ class DeviceProfile(YamlDocument):
         data: dict[str, Any] = {"memplan_device": DEVICE_FORMAT}
         for item in fields(self):
             value = getattr(self, item.name)
-            if item.name == "fused_element_seconds":
+            if item.name in ("fused_element_seconds", "fused_step_seconds"):
                 value = dict(value)
             data[item.name] = list(value) if item.name == "match" else value
         return data
@@ -233,6 +244,8 @@ def predict_seconds(census: StepCensus, device: DeviceProfile) -> StepCost:
     """The cost model: one census on one device."""
     rated = [(elements, moved, device.fused_rate(key)) for key, elements, moved in census.fused]
     fused = sum(elements * rate for elements, _, rate in rated if rate is not None)
+    fused += sum(device.fused_step(key) for key in {key for key, _, _ in census.fused}
+                 if device.fused_rate(key) is not None)   # one call a step for each kernel
     rated_bytes = sum(moved for _, moved, rate in rated if rate is not None)
     memory = (census.memory_traffic(device.write_allocate) - rated_bytes) / device.memory_bandwidth
     reductions = census.reduction_miss / device.effective_reduction_bandwidth

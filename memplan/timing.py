@@ -3,9 +3,9 @@
 :func:`calibrate` times small synthetic kernels and returns the
 :class:`memplan.costmodel.DeviceProfile` the cost model (:func:`memplan.costmodel.predict_seconds`)
 reads: memory, reduction and cache bandwidths, the strided-norm rate, the per-kernel overhead
-(``memplan bench --calibrate``), and the per-element rate of each of memplan's one-pass kernels
-that can run here, stepping a fixed synthetic parameter set (:data:`FUSED_CALIBRATION_SHAPES`),
-never the user's model.
+(``memplan bench --calibrate``), and the per-element rate and per-step cost of each of memplan's
+one-pass kernels that can run here, stepping a fixed synthetic parameter set
+(:data:`FUSED_CALIBRATION_SHAPES`) and four times as many tensors, never the user's model.
 """
 
 from __future__ import annotations
@@ -44,6 +44,14 @@ on the axes it walks (extreme tensoring's root order, SM3's covers), so the set 
 kinds of tensor most models are made of: from matrices alone, ET1's rate predicted ResNet-50's
 step 34 to 43% short."""
 
+
+FUSED_CALIBRATION_COPIES = 4
+"""The one-pass kernels step the calibration set and a set of each of its tensors this many times
+over: the slope of their step times over elements is a kernel's rate, and what remains of the
+smaller set's time its seconds a step besides the elements (the Python that prepares and starts a
+call, the threads, the serial combination). The smaller set's time over its elements alone put
+that cost into the rate: once the kernels were fast it was a third of SM3's measured time, and it
+over-predicted a 124 M-parameter model's step by 86%."""
 
 FUSED_CALIBRATION_STEPS = 25
 """Timed steps (at least) behind each kernel's rate: one step takes a few milliseconds, and the median
@@ -124,7 +132,7 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
         report("kernel overhead")
         kernel_overhead = _kernel_overhead(target, repeats)
         report("one-pass kernels")
-        fused_rates = fused_element_seconds(target, repeats, fused_shapes)
+        fused_rates, fused_steps = fused_kernel_costs(target, repeats, fused_shapes)
     description = target.description
     kernels = ", ".join(kernel.name for kernel in STREAM_KERNELS)
     return DeviceProfile(
@@ -133,51 +141,65 @@ def calibrate(device: str | Device = "cpu", repeats: int = 5, stream_bytes: int 
         cache_bandwidth=cache_bandwidth, reduction_bandwidth=reduction_bandwidth,
         strided_norm_bandwidth=strided_norm_bandwidth,
         write_allocate=write_allocate, threads=target.threads(),
-        match=(target.model_name(),), fused_element_seconds=fused_rates,
+        match=(target.model_name(),), fused_element_seconds=fused_rates, fused_step_seconds=fused_steps,
         source=(f"measured on {description} by memplan bench --calibrate: median of {repeats} runs; "
                 f"bandwidths from {kernels} over {stream_bytes // 2**20} MiB tensors (memory) and, with "
                 f"{REDUCTION_KERNEL.name}, over {CALIBRATION_CACHE_SETS} triples of 2 MiB tensors (cache); "
                 f"{REDUCTION_KERNEL.name} over {stream_bytes // 2**20} MiB (reduction); column norms of a "
                 f"{STRIDED_NORM_SHAPE[0]}x{STRIDED_NORM_SHAPE[1]} matrix; 1000 one-element add_ calls (overhead); "
-                f"steps of memplan's one-pass kernels over {_shapes_text(fused_shapes)} "
-                f"(their rates)"),
+                f"steps of memplan's one-pass kernels over {_shapes_text(fused_shapes)} and "
+                f"{FUSED_CALIBRATION_COPIES} times as many tensors (their rates and seconds a step)"),
         made_with=f"memplan {memplan.__version__}, torch {torch.__version__}",
     )
 
 
-def fused_element_seconds(target: Device, repeats: int,
-                          shapes: Sequence[tuple[int, ...]] = FUSED_CALIBRATION_SHAPES) -> dict[str, float]:
-    """Seconds per element of each one-pass kernel that runs on ``target`` (memplan's CPU kernels
-    where numba is installed, its Triton kernels on CUDA), keyed as
-    :meth:`memplan.methods.Method.fused_kernel` names them: the median step over ``shapes`` (fp32,
-    random weights and gradients), divided by their elements. The kernels are timed in
-    interleaved rounds of ``repeats`` steps (at least :data:`FUSED_CALIBRATION_STEPS` steps each in
-    all), so that a slow phase of a shared machine does not fall on one kernel alone."""
+def fused_kernel_costs(target: Device, repeats: int, shapes: Sequence[tuple[int, ...]] = FUSED_CALIBRATION_SHAPES,
+                       ) -> tuple[dict[str, float], dict[str, float]]:
+    """Seconds per element, and seconds per step besides the elements, of each one-pass kernel
+    that runs on ``target`` (memplan's CPU kernels where numba is installed, its Triton kernels on
+    CUDA), keyed as :meth:`memplan.methods.Method.fused_kernel` names them: fitted to the median
+    steps over ``shapes`` and over :data:`FUSED_CALIBRATION_COPIES` times as many tensors (fp32,
+    random weights and gradients; the kernels share them). Where noise leaves no positive slope,
+    the larger set's time over its elements is the rate and the step cost is 0. The kernels are
+    timed in interleaved rounds of ``repeats`` steps (at least :data:`FUSED_CALIBRATION_STEPS`
+    steps each in all), so that a slow phase of a shared machine does not fall on one kernel alone."""
     import torch
 
     from memplan.methods import METHODS, build, parse_spec
     from memplan.optim.implementation import implementation_of
 
     impl = "triton" if target.kind == "cuda" else "compiled"
-    elements = sum(math.prod(shape) for shape in shapes)
     generator = torch.Generator().manual_seed(0)
-    steps: dict[str, Callable[[], Any]] = {}
+    sets = [list(shapes), [shape for shape in shapes for _ in range(FUSED_CALIBRATION_COPIES)]]
+    sizes = [sum(math.prod(shape) for shape in chosen) for chosen in sets]
+    tensors = []
+    for chosen in sets:
+        params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(target.torch_device))
+                  for shape in chosen]
+        for param in params:
+            param.grad = torch.randn(param.shape, generator=generator).to(target.torch_device) * 1e-3
+        tensors.append(params)
+    steps: dict[tuple[str, int], Callable[[], Any]] = {}
     for method in METHODS.values():
         for key in method.fused_kernel_variants():
-            params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(target.torch_device))
-                      for shape in shapes]
-            for param in params:
-                param.grad = torch.randn(param.shape, generator=generator).to(target.torch_device) * 1e-3
-            optimizer = build(parse_spec(f"{key}{',' if ':' in key else ':'}impl={impl}"), params)
-            if implementation_of(optimizer) == impl:   # else numba or Triton is missing here
+            for which, params in enumerate(tensors):
+                optimizer = build(parse_spec(f"{key}{',' if ':' in key else ':'}impl={impl}"), params)
+                if implementation_of(optimizer) != impl:   # numba or Triton is missing here
+                    break
                 optimizer.step()   # allocates the state (and compiles, on a first run)
-                steps[key] = optimizer.step
+                steps[key, which] = optimizer.step
     per_round = max(1, repeats)
-    times: dict[str, list[float]] = {key: [] for key in steps}
+    times: dict[tuple[str, int], list[float]] = {entry: [] for entry in steps}
     for _ in range(-(-FUSED_CALIBRATION_STEPS // per_round)):
-        for key, step in steps.items():
-            times[key] += _step_seconds(target, step, per_round)
-    return {key: statistics.median(seconds) / elements for key, seconds in times.items()}
+        for entry, step in steps.items():
+            times[entry] += _step_seconds(target, step, per_round)
+    rates, step_seconds = {}, {}
+    for key in {key for key, _ in steps}:
+        small, large = statistics.median(times[key, 0]), statistics.median(times[key, 1])
+        slope = (large - small) / (sizes[1] - sizes[0])
+        rates[key] = slope if slope > 0 else large / sizes[1]
+        step_seconds[key] = max(0.0, small - sizes[0] * slope) if slope > 0 else 0.0
+    return rates, step_seconds
 
 
 def _step_seconds(target: Device, function: Callable[[], Any], count: int) -> list[float]:

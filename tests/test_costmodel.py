@@ -97,7 +97,23 @@ def test_a_measured_kernel_rate_replaces_its_bytes_over_the_bandwidth():
     assert yaml.safe_load(device.to_yaml())["fused_element_seconds"] == {"smmf": 0.25}
 
 
+def test_a_measured_kernel_step_cost_is_added_once_a_step_for_each_rated_kernel():
+    census = StepCensus(read_miss=600, update_miss=400, kernels=2,
+                        fused=(("smmf", 100, 800), ("sm3", 50, 200)))
+    device = DeviceProfile("d", "cpu", memory_bandwidth=100.0, kernel_overhead=0.5, source="test",
+                           fused_element_seconds={"smmf": 0.25}, fused_step_seconds={"smmf": 3.0, "sm3": 7.0})
+    cost = predict_seconds(census, device)
+    # smmf: 100 elements at 0.25 s and 3 s a step; sm3 has no rate, so its bytes (and no step cost) count
+    assert cost.fused_seconds == pytest.approx(28.0) and cost.memory_seconds == pytest.approx(2.0)
+    assert device.fused_step("smmf") == 3.0 and device.fused_step("et2") == 0.0
+    assert DeviceProfile.from_yaml(device.to_yaml()) == device
+    assert yaml.safe_load(device.to_yaml())["fused_step_seconds"] == {"sm3": 7.0, "smmf": 3.0}
+
+
 def test_a_profile_refuses_a_bad_kernel_rate():
     with pytest.raises(ProfileError, match="fused_element_seconds"):
         DeviceProfile("d", "cpu", memory_bandwidth=1.0, kernel_overhead=0.0, source="t",
                       fused_element_seconds={"smmf": -1.0})
+    with pytest.raises(ProfileError, match="fused_step_seconds"):
+        DeviceProfile("d", "cpu", memory_bandwidth=1.0, kernel_overhead=0.0, source="t",
+                      fused_step_seconds={"smmf": -1.0})

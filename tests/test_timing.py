@@ -41,7 +41,9 @@ def test_calibrate_measures_positive_figures_for_this_machine():
     try:
         import numba  # noqa: F401
     except ImportError:
-        assert profile.fused_element_seconds == ()
+        assert profile.fused_element_seconds == () and profile.fused_step_seconds == ()
     else:   # every CPU kernel variant timed
         assert {"smmf", "smmf:beta1=none", "sm3", "et2"} <= {key for key, _ in profile.fused_element_seconds}
         assert all(0 < rate < 1e-3 for _, rate in profile.fused_element_seconds)
+        assert {key for key, _ in profile.fused_step_seconds} == {key for key, _ in profile.fused_element_seconds}
+        assert all(0 <= seconds < 1.0 for _, seconds in profile.fused_step_seconds)
