@@ -106,10 +106,16 @@ def dense_et_step(weights, grads, buffer, index, accumulators, scalars, beta2, e
     return weights * scalars.decay - scalars.lr * moving.to(weights.dtype), moving
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+ACCUMULATED = [("small", torch.float32), ("small", torch.float64), ("edge", torch.float32),
+               ("large", torch.float32), ("large", torch.float64)]
+"""The accumulators' cases by weights' dtype: the edge of the short series is the fp32 kernel's
+(float64 takes it only below NEAR_DOUBLE)."""
+
+
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 @pytest.mark.parametrize("beta2", [None, 0.9])
-@pytest.mark.parametrize("accumulated", ["small", "edge", "large"])
+@pytest.mark.parametrize("accumulated, dtype", ACCUMULATED,
+                         ids=[f"{case}-{str(dtype).removeprefix('torch.')}" for case, dtype in ACCUMULATED])
 def test_many_tensors_step_as_each_dense_step(accumulated, beta2, momentum, dtype, threads, tail_elements):
     """Both passes and the accumulators' update for many tensors in one call of each pass. Small
     accumulators (below 1: nothing rescales them) take an eps near the median product of each
@@ -119,8 +125,6 @@ def test_many_tensors_step_as_each_dense_step(accumulated, beta2, momentum, dtyp
     rescaled, and eps is negligible."""
     from memplan.kernels.extreme_cpu import ETTensor, et_many
 
-    if accumulated == "edge" and dtype != torch.float32:
-        pytest.skip("the short series is the fp32 kernel's (float64 takes it only below NEAR_DOUBLE)")
     generator = torch.Generator().manual_seed(5)
     tensors, expected = [], []
     for position, index in enumerate(MANY_INDICES):
