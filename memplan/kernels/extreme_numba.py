@@ -362,7 +362,8 @@ def update_walk(ranges, axis_table, addresses, scalars, corrections, scaled, axi
             buffer = carray(array_pointer(addresses[at, 2], np.float32), (length if with_buffer else 0,))
             values, correction = scalars[at], corrections[at]
             update_item(weights, grads, buffer, table, table_roots, table_inverse, largest_inverse, range_scaled,
-                        range_roots, dims, offsets, index, start, items[position, 1], items[position, 2], head, tail, axes,
+                        range_roots, dims, offsets, index, start, items[position, 1], items[position, 2], head, tail,
+                        axes,
                         weight_type(correction[_SCALE]), weight_type(correction[_OFFSET]),
                         correction[_SQRT2_ROOT], weight_type(correction[_OFFSET_ROOT]),
                         weight_type(values[_LR]), np.float32(values[_MOMENTUM]), weight_type(values[_DECAY]),

@@ -208,8 +208,8 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
     origins, total = piece_origins(items, bounds, ranges[:, 3], ranges[:, 2] + ranges[:, 4])
     partial = np.empty((2 if mode != NO_SIGNS else 1, total), dtype=np.float64)
     walk, combine = _kernel()
-    arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, _spread_table(), weight_type,
-                 factor_type, touched, what, output_type)
+    arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, weight_type, factor_type, touched,
+                 what, output_type)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     combine(addresses, ranges, scalars, touched, origins, partial, what, output_type)
 
@@ -258,13 +258,6 @@ def _sign_slice(signs: torch.Tensor, offset: int, stop: int) -> torch.Tensor:
     """The signs of range elements ``[offset, stop)`` (``offset`` a multiple of 8)."""
     flat = signs.view(-1)
     return flat[offset // 8:(stop + 7) // 8] if flat.dtype == torch.uint8 else flat[offset:stop]
-
-
-@cache
-def _spread_table() -> np.ndarray:
-    """Byte b spread over a uint64's 8 bytes: byte j is bit j of b."""
-    bits = (np.arange(256, dtype=np.uint64)[:, None] >> np.arange(8, dtype=np.uint64)) & np.uint64(1)
-    return (bits << (np.arange(8, dtype=np.uint64) * np.uint64(8))).sum(axis=1).astype(np.uint64)
 
 
 __all__ = ["SMMFCall", "SMMFScalars", "SMMFTensor", "smmf_many", "smmf_range"]
