@@ -91,15 +91,11 @@ class ExtremeTensoring(MemplanOptimizer):
         """The CPU kernels step a group's whole parameters together, one kernel call per pass."""
         return self.implementation(group) == COMPILED
 
-    def _step_batch(self, group: Mapping[str, Any],
-                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
-        """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
-        passes, and the accumulators' update and rescaling between them)."""
-        self._prepare_batch(group, batch).run(group, [grad for _, grad, _ in batch], [state for _, _, state in batch])
-
     def _prepare_batch(self, group: Mapping[str, Any],
                        batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall":
-        """The CPU kernels' call for the batch, prepared once (see :mod:`memplan.optim.batches`)."""
+        """Every whole parameter of the group in one multi-tensor step of the CPU kernels (both
+        passes, and the accumulators' update and rescaling between them), prepared once (see
+        :mod:`memplan.optim.batches`)."""
         return _PreparedCall(group, batch)
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
