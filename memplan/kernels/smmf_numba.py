@@ -116,6 +116,13 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
                 packed[word] = np.uint8((words[word] * gather) >> np.uint64(56))
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def finished_in_walk(touched, index, what):
+    """Whether :func:`walk` finishes range ``index`` (one piece alone touched it, and the call
+    stores factors), so that :func:`combine` does not."""
+    return what == STORE_FACTORS and touched[index, 0] == touched[index, 1]
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial, weight_type, factor_type,
          touched, what, output_type, low, high):
@@ -136,7 +143,7 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
             sums_v = partial[0, at:at + rows + cols]
             sums_m = partial[partial.shape[0] - 1, at:at + rows + cols]  # = sums_v without signs
             if index != previous:
-                if previous >= 0 and what == STORE_FACTORS and touched[previous, 0] == touched[previous, 1]:
+                if previous >= 0 and finished_in_walk(touched, previous, what):
                     finish(addresses, ranges, scalars, touched, origins, partial, what, output_type, previous)
                 sums_v[:] = 0.0
                 sums_m[:] = 0.0
@@ -162,7 +169,7 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
                  col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
                  weight_type(values[1]), weight_type(values[2]), weight_type(values[3]), weight_type(values[4]),
                  sums_v, sums_m, rows, unpacked, words, weight_type)
-        if previous >= 0 and what == STORE_FACTORS and touched[previous, 0] == touched[previous, 1]:
+        if previous >= 0 and finished_in_walk(touched, previous, what):
             finish(addresses, ranges, scalars, touched, origins, partial, what, output_type, previous)
 
 
@@ -205,8 +212,7 @@ def combine(addresses, ranges, scalars, touched, origins, partial, mode, output_
     when the call adds its sums to output vectors (ADD_SUMS), for every range (:func:`walk`
     finished the others)."""
     for index in range(ranges.shape[0]):
-        first = touched[index, 0]
-        if first < 0 or (mode == STORE_FACTORS and first == touched[index, 1]):
+        if touched[index, 0] < 0 or finished_in_walk(touched, index, mode):
             continue
         finish(addresses, ranges, scalars, touched, origins, partial, mode, output_type, index)
 
