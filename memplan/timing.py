@@ -50,8 +50,9 @@ FUSED_CALIBRATION_COPIES = 4
 over: the slope of their step times over elements is a kernel's rate, and what remains of the
 smaller set's time its seconds a step besides the elements (the Python that prepares and starts a
 call, the threads, the serial combination). The smaller set's time over its elements alone put
-that cost into the rate: once the kernels were fast it was a third of SM3's measured time, and it
-over-predicted a 124 M-parameter model's step by 86%."""
+that cost into the rate: once the kernels were fast, SM3 without momentum calibrated at 0.41 ns an
+element on 2 threads, and the 124 M-parameter GPT-2's step, 0.22 ns an element, was predicted 86%
+long."""
 
 FUSED_CALIBRATION_STEPS = 25
 """Timed steps (at least) behind each kernel's rate: one step takes a few milliseconds, and the median
