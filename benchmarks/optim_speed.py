@@ -1,11 +1,13 @@
-"""Step time, state and peak extra memory of memplan's optimizers beside torch's AdamW, on CPU.
+"""Step time, state and peak extra memory of memplan's optimizers beside torch's AdamW, on CPU or CUDA.
 
     python benchmarks/optim_speed.py [--threads 2] [--steps 5] [--repeats 3] [--set gpt2|resnet50]
-                                     [--methods spec,spec,...]
+                                     [--methods spec,spec,...] [--device cpu|cuda]
 
 ``--set resnet50`` takes the bundled ResNet-50 profile's 161 tensors (25.6 M parameters, many
-small) instead. Methods with ``impl=compiled`` run the one-pass CPU kernels; the ``impl`` column
-says which implementation actually ran (a missing JIT falls back to eager).
+small) instead. Methods with ``impl=compiled`` run the one-pass CPU kernels, ``impl=triton`` the
+Triton kernels on a GPU; the ``impl`` column says which implementation actually ran (a missing JIT
+falls back to eager). ``--device cuda`` times each step between CUDA events (one synchronisation
+after the timed steps, as ``memplan bench`` does) and defaults to the Triton methods.
 
 The parameter set is a 67.7 M-parameter GPT-2-like model: token embedding 50257x768, position
 embedding 1024x768, and 4 blocks of LayerNorm(768) + Linear 768->2304, 768->768, 768->3072,
@@ -14,24 +16,24 @@ warm-up step, then `--steps` timed steps; the median is reported. The whole roun
 optimizer, in turn) is repeated `--repeats` times, interleaved, and the ratio to AdamW is taken
 within each round, so slow phases of a shared machine hit both sides of a ratio alike; the
 table gives the median over rounds. Peak extra memory is measured in a separate, profiled step
-(torch.profiler memory events; see CpuDevice.peak_during in memplan/devices.py).
+(torch.profiler memory events on CPU, the allocator's peak on CUDA; see ``peak_during`` in
+memplan/devices.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import math
 import statistics
-import time
 
 import torch
 
-from memplan.devices import CpuDevice
-from memplan.kernels.select import resolve
+from memplan.devices import Device, parse_device
 from memplan.loaders.bundled import load_bundled
 from memplan.measure import state_storage_bytes
-from memplan.methods import split_spec_list
+from memplan.methods import parse_spec, split_spec_list
 from memplan.optim import build_optimizer
+from memplan.optim.implementation import implementation_of
 
 SHAPES = [(50257, 768), (1024, 768)]
 for _ in range(4):
@@ -41,10 +43,13 @@ METHODS = ["adamw:impl=foreach", "adamw:impl=forloop", "adamw:impl=fused", "smmf
            "smmf:beta1=none", "et2", "et1", "et3", "et_inf", "sm3", "sm3:momentum=0", "smmf:impl=compiled",
            "smmf:sign_bits=8,impl=compiled", "smmf:beta1=none,impl=compiled", "sm3:impl=compiled",
            "sm3:momentum=0,impl=compiled", "et2:impl=compiled"]
-BYTES_PER_ELEMENT = {"adamw:impl=fused": 28, "smmf:impl=compiled": 12.25, "smmf:sign_bits=8,impl=compiled": 14,
-                     "smmf:beta1=none,impl=compiled": 12, "sm3:impl=compiled": 20, "sm3:momentum=0,impl=compiled": 12,
-                     "et2:impl=compiled": 16}
-"""The compulsory traffic of one fused step (ALGORITHMS.md), for the achieved-bandwidth column."""
+CUDA_METHODS = ["adamw:impl=fused", "adamw:impl=foreach", "smmf:impl=triton", "smmf:sign_bits=8,impl=triton",
+                "smmf:beta1=none,impl=triton", "sm3:impl=triton", "sm3:momentum=0,impl=triton", "smmf", "sm3:momentum=0",
+                "et2"]
+BYTES_PER_ELEMENT = {"adamw:impl=fused": 28, "smmf": 12.25, "smmf:sign_bits=8": 14, "smmf:beta1=none": 12,
+                     "sm3": 20, "sm3:momentum=0": 12, "et2": 16}
+"""The compulsory traffic of one fused step (ALGORITHMS.md), for the achieved-bandwidth column of
+the one-pass kernels (``impl=compiled`` or ``triton``) and fused AdamW."""
 CHUNK = 32 * 2**20
 
 
@@ -53,22 +58,30 @@ def parameter_shapes(name: str) -> list[tuple[int, ...]]:
     return SHAPES if name == "gpt2" else [tuple(param.shape) for param in load_bundled(name).params]
 
 
-def make_params(shapes: list[tuple[int, ...]], seed: int = 0) -> list[torch.nn.Parameter]:
-    generator = torch.Generator().manual_seed(seed)
-    params = [torch.nn.Parameter(torch.randn(shape, generator=generator) * 0.02) for shape in shapes]
+def make_params(shapes: list[tuple[int, ...]], device: str, seed: int = 0) -> list[torch.nn.Parameter]:
+    """Random weights and gradients on ``device``, drawn there (the same values for a seed)."""
+    generator = torch.Generator(device).manual_seed(seed)
+    params = [torch.nn.Parameter(torch.randn(shape, generator=generator, device=device) * 0.02) for shape in shapes]
     for param in params:
-        param.grad = torch.randn(param.shape, generator=generator) * 1e-3
+        param.grad = torch.randn(param.shape, generator=generator, device=device) * 1e-3
     return params
 
 
-def timed_steps(optimizer: torch.optim.Optimizer, steps: int) -> float:
-    """Median wall time of ``steps`` steps, in milliseconds."""
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        optimizer.step()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def fused_bytes(spec: str, implementation: str) -> float | None:
+    """Bytes per element a one-pass step of ``spec`` moves, where it ran as one (else None)."""
+    if spec == "adamw:impl=fused":
+        return BYTES_PER_ELEMENT[spec]
+    if implementation not in ("compiled", "triton"):
+        return None
+    parsed = parse_spec(spec)
+    options = ",".join(f"{key}={value}" for key, value in parsed.options if key != "impl")
+    return BYTES_PER_ELEMENT.get(f"{parsed.name}:{options}" if options else parsed.name)
+
+
+def timed_steps(optimizer: torch.optim.Optimizer, steps: int, device: Device) -> float:
+    """Median time of ``steps`` steps on ``device``, in milliseconds (wall time on CPU, between
+    CUDA events on a GPU)."""
+    return statistics.median(device.time_steps(optimizer.step, steps))
 
 
 def build(spec: str, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -82,33 +95,36 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--set", default="gpt2", help="gpt2 (the 67.7 M set) or a bundled profile (resnet50)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated specs; the first is the baseline")
+    parser.add_argument("--methods", help="comma-separated specs; the first is the baseline "
+                        "(default: every method on CPU, the Triton ones and references on CUDA)")
     parser.add_argument("--no-peak", action="store_true", help="skip the profiled peak-memory step (faster)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
-    methods = split_spec_list(args.methods)
+    device = parse_device(args.device)
+    methods = split_spec_list(args.methods or ",".join(METHODS if device.kind == "cpu" else CUDA_METHODS))
     torch.set_num_threads(args.threads)
+    device.prepare()
     shapes = parameter_shapes(args.set)
-    params = make_params(shapes)
-    elements = sum(p.numel() for p in params)
-    print(f"{args.set}: {elements:,} parameters in {len(params)} tensors; torch {torch.__version__}, "
-          f"{args.threads} threads, median of {args.steps} steps, {args.repeats} interleaved rounds\n")
+    elements = sum(math.prod(shape) for shape in shapes)
+    where = f"{args.threads} threads" if device.kind == "cpu" else device.description
+    print(f"{args.set}: {elements:,} parameters in {len(shapes)} tensors; torch {torch.__version__}, {where}, "
+          f"median of {args.steps} steps, {args.repeats} interleaved rounds\n")
     rounds: dict[str, list[float]] = {spec: [] for spec in methods}
     impl: dict[str, str] = {}
     state: dict[str, int] = {}
     peak: dict[str, int] = {}
     for _ in range(args.repeats):
         for spec in methods:
-            params = make_params(shapes)
+            params = make_params(shapes, device.torch_device)
             optimizer = build(spec, params)
-            group = optimizer.param_groups[0]
-            impl[spec] = resolve(group["impl"], params[0].device, ("compiled",)) if "impl" in group else "torch"
-            optimizer.step()  # warm-up: allocates the state
-            rounds[spec].append(timed_steps(optimizer, args.steps))
+            impl[spec] = implementation_of(optimizer)
+            optimizer.step()  # warm-up: allocates the state (and compiles the kernels, the first time)
+            rounds[spec].append(timed_steps(optimizer, args.steps, device))
             state[spec] = state_storage_bytes(optimizer)
             if spec not in peak:
-                peak[spec] = 0 if args.no_peak else CpuDevice().peak_during(optimizer.step)[1]
+                peak[spec] = 0 if args.no_peak else device.peak_during(optimizer.step)[1]
             del optimizer, params
-            gc.collect()
+            device.release()
     baseline = rounds[methods[0]]
     print(f"| method | impl | step (ms, median of rounds; min-max) | vs {methods[0]} (median of per-round ratios) | "
           f"GB/s (fused traffic) | state (MiB) | peak extra (MiB) |")
@@ -116,7 +132,8 @@ def main() -> None:
     for spec in methods:
         ratio = statistics.median(mine / base for mine, base in zip(rounds[spec], baseline))
         median = statistics.median(rounds[spec])
-        rate = f"{BYTES_PER_ELEMENT[spec] * elements / median / 1e6:.1f}" if spec in BYTES_PER_ELEMENT else "-"
+        traffic = fused_bytes(spec, impl[spec])
+        rate = "-" if traffic is None else f"{traffic * elements / median / 1e6:.1f}"
         print(f"| {spec} | {impl[spec]} | {median:.1f} ({min(rounds[spec]):.1f}-{max(rounds[spec]):.1f}) | "
               f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {'-' if args.no_peak else f'{peak[spec] / 2**20:.2f}'} |")
 

@@ -10,7 +10,13 @@ bits of the sums, is not deterministic). No host synchronisation: every scalar o
 
 :func:`smmf_many` steps many whole parameters with one launch of the update kernel, the
 zero-fill of one flat fp32 buffer for their row and column sums, and one launch of a finalize
-kernel that turns the sums into the new factors. The kernels reach the tensors through a table
+kernel that turns the sums into the new factors. Its update programs each take a tile of
+``TILE_ROWS`` x ``TILE_COLS`` elements of a tensor's matrix: they sum the tile's rows and columns in
+registers and add one atomic per row and per column, where a program over a flat range adds one per
+element to each (on a GPU, atomics to one address serialise: a row's elements all hit its sum). A
+tensor whose packed signs would split a byte between tiles (1-bit signs and columns not a multiple
+of 8: rare, as SMMF's matrices are near square and most sizes even) takes the flat programs, in a
+second launch. The kernels reach the tensors through a table
 uploaded once per call (without waiting for the device: through pinned memory): per tensor, the
 ``data_ptr`` of its weights, gradients, signs and factors, then its scalars (as the int64 bits of
 float64 values). Which tensor and which block of it each program steps, and where each tensor's
@@ -32,6 +38,9 @@ from memplan.kernels.launch import program_table, upload
 from memplan.kernels.smmf_cpu import SMMFScalars, SMMFTensor
 
 BLOCK = 1024
+TILE_ROWS = 16
+TILE_COLS = 128
+"""The tile a program of :func:`smmf_many` steps (TILE_COLS a multiple of 8: whole sign bytes)."""
 VECTOR_BLOCK = 1024
 """Elements of a factor vector that a finalize program of :func:`smmf_many` handles at a time."""
 SIGN_MODES = {None: 0, torch.uint8: 1, torch.bool: 8}
@@ -116,20 +125,23 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
 # smmf_many's per-call table, one int64 row of 16 per tensor: the data pointers of its weights,
 # grads, signs, row_v, col_v, row_m and col_m (0 where absent), then the float64 bits of its
 # step_size, eps, decay, coupled decay, gradient sign, prior_v, prior_m, keep_v and keep_m. Its
-# cached shape table, a row of 4: numel, cols, rows and the offset of its sums (row_v's, col_v's,
-# then row_m's and col_m's) in the flat sums buffer. The kernels read both at these fixed offsets.
+# cached shape table, a row of 5: numel, cols, rows, the offset of its sums (row_v's, col_v's, then
+# row_m's and col_m's) in the flat sums buffer, and its tiles per band of TILE_ROWS rows. The
+# kernels read both at these fixed offsets.
+_SHAPE_FIELDS = 5
 @cache
 def _many_kernels():
     import triton
     import triton.language as tl
 
     @triton.jit
-    def smmf_many_kernel(table, shapes, programs, sums, SIGN_MODE: tl.constexpr, DTYPE: tl.constexpr,
-                         INDEX: tl.constexpr, BLOCK: tl.constexpr):
+    def smmf_many_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
+                         DTYPE: tl.constexpr, INDEX: tl.constexpr, BLOCK: tl.constexpr):
+        """A flat block of BLOCK elements of one tensor, as smmf_kernel: one atomic per element and sum."""
         program = tl.program_id(0)
         tensor = tl.load(programs + 2 * program)
         byte = tl.load(programs + 2 * program + 1).to(INDEX) * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
-        shape = shapes + 4 * tensor
+        shape = shapes + SHAPE_FIELDS * tensor
         length = tl.load(shape).to(INDEX)
         cols = tl.load(shape + 1).to(INDEX)
         rows = tl.load(shape + 2).to(INDEX)
@@ -193,11 +205,86 @@ def _many_kernels():
             tl.store(signs + byte, new_bytes.to(tl.uint8), mask=byte < (length + 7) // 8)
 
     @triton.jit
-    def smmf_finalize_kernel(table, shapes, sums, MOMENTS: tl.constexpr, BLOCK: tl.constexpr):
+    def smmf_tile_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
+                         DTYPE: tl.constexpr, INDEX: tl.constexpr, TILE_ROWS: tl.constexpr,
+                         TILE_COLS: tl.constexpr):
+        """A tile of TILE_ROWS x TILE_COLS elements of one tensor's matrix: its row and column sums
+        reduced in registers, one atomic per row and column. With 1-bit signs, cols % 8 == 0, so
+        the tile owns whole sign bytes and an element's bit is its column's low three bits."""
+        program = tl.program_id(0)
+        tensor = tl.load(programs + 2 * program)
+        tile = tl.load(programs + 2 * program + 1)
+        shape = shapes + SHAPE_FIELDS * tensor
+        cols = tl.load(shape + 1).to(INDEX)
+        rows = tl.load(shape + 2).to(INDEX)
+        row_sums_v = sums + tl.load(shape + 3)
+        col_sums_v = row_sums_v + rows
+        row_sums_m = col_sums_v + cols
+        col_sums_m = row_sums_m + rows
+        band_tiles = tl.load(shape + 4).to(tl.int32)
+        row = (tile // band_tiles).to(INDEX) * TILE_ROWS + tl.arange(0, TILE_ROWS)
+        first_col = (tile % band_tiles).to(INDEX) * TILE_COLS
+        col = first_col + tl.arange(0, TILE_COLS)
+        row_in = row < rows
+        col_in = col < cols
+        inside = row_in[:, None] & col_in[None, :]
+        offsets = row[:, None] * cols + col[None, :]
+        entry = table + 16 * tensor
+        weights = tl.load(entry).to(tl.pointer_type(DTYPE))
+        grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
+        signs = tl.load(entry + 2).to(tl.pointer_type(tl.uint8))
+        row_v = tl.load(entry + 3).to(tl.pointer_type(tl.float32))
+        col_v = tl.load(entry + 4).to(tl.pointer_type(tl.float32))
+        row_m = tl.load(entry + 5).to(tl.pointer_type(tl.float32))
+        col_m = tl.load(entry + 6).to(tl.pointer_type(tl.float32))
+        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
+        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
+        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
+        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(DTYPE)
+        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(DTYPE)
+        prior_v = tl.load(entry + 12).to(tl.float64, bitcast=True).to(tl.float32)
+        prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
+        weight = tl.load(weights + offsets, mask=inside, other=0.0)
+        gradient = tl.load(grads + offsets, mask=inside, other=0.0) * grad_sign + coupled * weight
+        scaled_row_v = (tl.load(row_v + row, mask=row_in, other=0.0) * prior_v).to(DTYPE)
+        second = gradient * gradient + scaled_row_v[:, None] * tl.load(col_v + col, mask=col_in, other=0.0).to(DTYPE)[None, :]
+        if SIGN_MODE == 0:
+            moment = gradient
+        else:
+            if SIGN_MODE == 1:
+                packed = tl.load(signs + (offsets >> 3), mask=inside, other=0).to(tl.int32)
+                positive = ((packed >> (col & 7).to(tl.int32)[None, :]) & 1) != 0
+            else:
+                positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
+            scale = tl.load(row_m + row, mask=row_in, other=0.0) * prior_m
+            signed = tl.where(positive, scale[:, None], -scale[:, None]).to(DTYPE)
+            moment = gradient + signed * tl.load(col_m + col, mask=col_in, other=0.0).to(DTYPE)[None, :]
+        updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
+        tl.store(weights + offsets, updated, mask=inside)
+        second = tl.where(inside, second, 0.0)
+        tl.atomic_add(row_sums_v + row, tl.sum(second, axis=1).to(tl.float32), mask=row_in)
+        tl.atomic_add(col_sums_v + col, tl.sum(second, axis=0).to(tl.float32), mask=col_in)
+        if SIGN_MODE != 0:
+            magnitude = tl.where(inside, tl.abs(moment), 0.0)
+            tl.atomic_add(row_sums_m + row, tl.sum(magnitude, axis=1).to(tl.float32), mask=row_in)
+            tl.atomic_add(col_sums_m + col, tl.sum(magnitude, axis=0).to(tl.float32), mask=col_in)
+            now_positive = (moment > 0) & inside
+            if SIGN_MODE == 1:
+                bits = now_positive.to(tl.int32) << (col & 7).to(tl.int32)[None, :]
+                packed = tl.sum(tl.reshape(bits, (TILE_ROWS, TILE_COLS // 8, 8)), axis=2)
+                byte_col = first_col + 8 * tl.arange(0, TILE_COLS // 8)
+                byte = (row[:, None] * cols + byte_col[None, :]) >> 3
+                tl.store(signs + byte, packed.to(tl.uint8), mask=row_in[:, None] & (byte_col < cols)[None, :])
+            else:
+                tl.store(signs + offsets, now_positive.to(tl.uint8), mask=inside)
+
+    @triton.jit
+    def smmf_finalize_kernel(table, shapes, sums, SHAPE_FIELDS: tl.constexpr, MOMENTS: tl.constexpr,
+                             BLOCK: tl.constexpr):
         """One tensor's new factors: row = keep * row sums, col = keep * column sums, then the shorter
         side divided by its own total unless that is 0 (fp32, as the optimizer's factor store)."""
         tensor = tl.program_id(0)
-        shape = shapes + 4 * tensor
+        shape = shapes + SHAPE_FIELDS * tensor
         cols = tl.load(shape + 1)
         rows = tl.load(shape + 2)
         entry = table + 16 * tensor
@@ -225,35 +312,54 @@ def _many_kernels():
                 at = first + tl.arange(0, BLOCK)
                 tl.store(col + at, tl.load(col_sums + at, mask=at < cols) * keep / col_divisor, mask=at < cols)
 
-    return smmf_many_kernel, smmf_finalize_kernel
+    return smmf_many_kernel, smmf_tile_kernel, smmf_finalize_kernel
 
 
 class _Batch(NamedTuple):
     """The launch tables of one list of shapes (see :func:`_batch`)."""
 
     shapes: torch.Tensor
-    """int64 (tensors, 4): numel, cols, rows and the offset of the tensor's sums in the sums buffer."""
-    programs: torch.Tensor
-    """int32 (programs, 2): the tensor each program steps, and which block of it."""
-    program_count: int
+    """int64 (tensors, 5): numel, cols, rows, the offset of the tensor's sums in the sums buffer, and
+    its tiles per band of ``TILE_ROWS`` rows."""
+    tiles: torch.Tensor
+    """int32 (programs, 2): the tensor each tile program steps, and which tile of it (row-band major)."""
+    tile_count: int
+    blocks: torch.Tensor
+    """int32 (programs, 2): the tensor each flat program steps (those that cannot be tiled), and which
+    block of it."""
+    block_count: int
     sums_length: int
     wide: bool
-    """Whether element indices, padded to whole blocks, need int64 (int32 otherwise: cheaper division)."""
+    """Whether element indices, padded to whole blocks or tiles, need int64 (int32 otherwise: cheaper
+    division)."""
+
+
+def tileable(sign_mode: int, cols: int) -> bool:
+    """Whether a tensor's matrix can be stepped in tiles: each tile must own whole sign bytes, so with
+    1-bit signs its column count must be a multiple of 8."""
+    return sign_mode != 1 or cols % 8 == 0
 
 
 @lru_cache(maxsize=16)
-def _batch(sizes: tuple[tuple[int, int], ...], moments: int, block: int, device: torch.device) -> _Batch:
-    """The launch tables of tensors of ``(numel, cols)`` with ``moments`` (1 or 2) pairs of factors,
-    on ``device``; cached, as a training loop steps the same shapes every step."""
+def _batch(sizes: tuple[tuple[int, int], ...], sign_mode: int, block: int, tile: tuple[int, int],
+           device: torch.device) -> _Batch:
+    """The launch tables of tensors of ``(numel, cols)`` with signs stored as ``sign_mode`` (see
+    :data:`SIGN_MODES`), on ``device``; cached, as a training loop steps the same shapes every step."""
     numel, cols = np.array(sizes, dtype=np.int64).reshape(-1, 2).T
     rows = numel // np.maximum(cols, 1)
+    moments = 1 if sign_mode == 0 else 2
     vector_lengths = moments * (rows + cols)
     offsets = np.cumsum(vector_lengths) - vector_lengths
-    shapes = np.stack([numel, cols, rows, offsets], axis=1)
-    blocks = -(-numel // block)
-    programs = program_table(blocks)
-    return _Batch(upload(shapes, device), upload(programs, device), len(programs), int(vector_lengths.sum()),
-                  bool((blocks * block).max() >= 2 ** 31))
+    tile_rows, tile_cols = tile
+    band_tiles = -(-cols // tile_cols)
+    tiled = np.array([tileable(sign_mode, int(count)) for count in cols], dtype=bool)
+    tiles = np.where(tiled & (numel > 0), -(-rows // tile_rows) * band_tiles, 0)
+    blocks = np.where(tiled, 0, -(-numel // block))
+    shapes = np.stack([numel, cols, rows, offsets, band_tiles], axis=1)
+    reach = np.maximum(blocks * block, -(-rows // tile_rows) * tile_rows * cols + band_tiles * tile_cols)
+    tile_table, block_table = program_table(tiles), program_table(blocks)
+    return _Batch(upload(shapes, device), upload(tile_table, device), len(tile_table), upload(block_table, device),
+                  len(block_table), int(vector_lengths.sum()), bool(reach.max() >= 2 ** 31))
 
 
 def _address(tensor: torch.Tensor | None) -> int:
@@ -307,7 +413,8 @@ def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtyp
 
 
 def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
-    """Step every tensor whole and store its new factors, in one launch of the update kernel.
+    """Step every tensor whole and store its new factors, in one launch of the update kernel (two
+    where some tensors cannot be tiled: see :func:`tileable`).
 
     Per tensor, what :func:`smmf_range` does on ``[0, numel)`` with the scaled factors
     ``(row_v * prior_v, col_v)`` and ``(row_m * prior_m, col_m)``, then what the optimizer's factor
@@ -322,17 +429,22 @@ def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
     device = tensors[0].weights.device
     mode = SIGN_MODES[sign_dtype]
     moments = 1 if sign_dtype is None else 2
-    batch = _batch(tuple((tensor.weights.numel(), tensor.cols) for tensor in tensors), moments, BLOCK, device)
+    batch = _batch(tuple((tensor.weights.numel(), tensor.cols) for tensor in tensors), mode, BLOCK,
+                   (TILE_ROWS, TILE_COLS), device)
     table = _call_table(tensors, device)
     sums = torch.zeros(batch.sums_length, dtype=torch.float32, device=device)
-    update, finalize = _many_kernels()
-    if batch.program_count:
-        import triton.language as tl
+    flat, tiled, finalize = _many_kernels()
+    import triton.language as tl
 
-        update[(batch.program_count,)](table, batch.shapes, batch.programs, sums, SIGN_MODE=mode,
-                                       DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
-                                       INDEX=tl.int64 if batch.wide else tl.int32, BLOCK=BLOCK)
-    finalize[(len(tensors),)](table, batch.shapes, sums, MOMENTS=moments, BLOCK=VECTOR_BLOCK)
+    types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=mode, DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
+                 INDEX=tl.int64 if batch.wide else tl.int32)
+    if batch.tile_count:
+        tiled[(batch.tile_count,)](table, batch.shapes, batch.tiles, sums, TILE_ROWS=TILE_ROWS, TILE_COLS=TILE_COLS,
+                                   **types)
+    if batch.block_count:
+        flat[(batch.block_count,)](table, batch.shapes, batch.blocks, sums, BLOCK=BLOCK, **types)
+    finalize[(len(tensors),)](table, batch.shapes, sums, SHAPE_FIELDS=_SHAPE_FIELDS, MOMENTS=moments,
+                              BLOCK=VECTOR_BLOCK)
 
 
 __all__ = ["smmf_many", "smmf_range"]

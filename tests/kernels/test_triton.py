@@ -1,12 +1,12 @@
-"""The Triton kernels on CPU tensors through Triton's interpreter (``TRITON_INTERPRET=1``),
-against the same dense re-implementations as the CPU kernels."""
-
-import os
+"""The Triton kernels, on a GPU or on CPU tensors through Triton's interpreter
+(``TRITON_INTERPRET=1``; see :mod:`tests.kernels.triton_device`), against the same dense
+re-implementations as the CPU kernels."""
 
 import pytest
 import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first built
+from .triton_device import on_device  # sets TRITON_INTERPRET where there is no GPU
+
 pytest.importorskip("triton")
 
 from memplan.kernels import smmf_triton  # noqa: E402
@@ -34,7 +34,7 @@ def test_smmf_triton_range_equals_the_dense_step(shape, sign_bits):
         signs = None if sign_bits is None else pack(positive) if sign_bits == 1 else positive.clone()
         new_v = (torch.zeros(rows), torch.zeros(cols))
         new_m = (torch.zeros(rows), torch.zeros(cols)) if sign_bits else None
-        smmf_triton.smmf_range(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars)
+        on_device(smmf_triton.smmf_range, weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars)
         torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
         for got, want in zip(new_v, expected[2]):
             torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=ULP)
@@ -66,14 +66,14 @@ def test_sm3_triton_range_equals_the_dense_step(view, variant, momentum, monkeyp
                              negate=seed == 1)
         if variant == "I":
             maxima = [torch.zeros(dim) for dim in view]
-            sm3_triton.sm3_square_maxima_range(weights, grads, start, view, maxima, scalars)
+            on_device(sm3_triton.sm3_square_maxima_range, weights, grads, start, view, maxima, scalars)
             gradient = grads * (-1.0 if scalars.negate else 1.0) + scalars.coupled_decay * weights
             for got, want in zip(maxima, slice_maxima(gradient * gradient, axis_indices(start, weights.numel(), view),
                                                       view)):
                 assert torch.equal(got, want)
         expected = dense_update(weights, grads, buffer, start, view, accumulators, scalars, variant == "II")
         new = [torch.zeros(dim) for dim in view] if variant == "II" else None
-        sm3_triton.sm3_range(weights, grads, start, view, accumulators, new, buffer, scalars)
+        on_device(sm3_triton.sm3_range, weights, grads, start, view, accumulators, new, buffer, scalars)
         torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
         if buffer is not None:
             torch.testing.assert_close(buffer, expected[1], rtol=1e-6, atol=ULP)

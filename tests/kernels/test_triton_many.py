@@ -1,14 +1,15 @@
-"""The multi-tensor Triton steps (``smmf_many``, ``sm3_many``) on CPU tensors through Triton's
-interpreter (``TRITON_INTERPRET=1``): against the dense re-implementations of one tensor's step
-followed by the optimizer's state update, and against the eager optimizers over several steps."""
+"""The multi-tensor Triton steps (``smmf_many``, ``sm3_many``), on a GPU or on CPU tensors through
+Triton's interpreter (``TRITON_INTERPRET=1``; see :mod:`tests.kernels.triton_device`): against the
+dense re-implementations of one tensor's step followed by the optimizer's state update, and against
+the eager optimizers over several steps."""
 
 import math
-import os
 
 import pytest
 import torch
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first built
+from .triton_device import DEVICE, on_device  # sets TRITON_INTERPRET where there is no GPU
+
 pytest.importorskip("triton")
 
 from memplan.kernels import sm3_triton, smmf_triton  # noqa: E402
@@ -20,16 +21,21 @@ from memplan.optim.base import kernel_decay, learning_rate  # noqa: E402
 from .test_sm3_cpu import dense_update  # noqa: E402
 from .test_smmf_cpu import ULP, dense_step, pack  # noqa: E402
 
-SMMF_SHAPES = [(1, 1), (7, 13), (31, 17), (97, 1), (1, 97), (13, 8), (5, 3)]
-"""(1, 1), primes, sizes that are not a multiple of 8 or of the block, a row and a column."""
+SMMF_SHAPES = [(1, 1), (7, 13), (31, 17), (97, 1), (1, 97), (13, 8), (5, 3), (9, 24), (3, 40), (37, 16)]
+"""(1, 1), primes, sizes that are not a multiple of 8 or of the block, a row and a column; with 1-bit
+signs, the last four (columns a multiple of 8) take the tiled programs, partial tiles included, and
+the others the flat ones."""
 
 SM3_VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5), (4, 6)]
 
 
 @pytest.fixture(autouse=True)
 def small_blocks(monkeypatch):
-    """Several update programs per tensor, and finalize programs that loop over several blocks."""
+    """Several update programs per tensor, partial tiles, and finalize programs that loop over
+    several blocks."""
     monkeypatch.setattr(smmf_triton, "BLOCK", 64)
+    monkeypatch.setattr(smmf_triton, "TILE_ROWS", 4)
+    monkeypatch.setattr(smmf_triton, "TILE_COLS", 16)
     monkeypatch.setattr(smmf_triton, "VECTOR_BLOCK", 16)
     monkeypatch.setattr(sm3_triton, "BLOCK", 32)
     monkeypatch.setattr(sm3_triton, "VECTOR_BLOCK", 16)
@@ -77,7 +83,7 @@ def test_smmf_many_equals_the_dense_step_and_factor_store(sign_bits, dtype):
                                                            tensor.cols, scaled_v, scaled_m, tensor.scalars)
         factors_m = stored_factors(sums_m, tensor.keep_m) if sign_bits else None
         expected.append((weights, now_positive, stored_factors(sums_v, tensor.keep_v), factors_m))
-    smmf_triton.smmf_many([tensor for tensor, _ in cases])
+    on_device(smmf_triton.smmf_many, [tensor for tensor, _ in cases])
     for (tensor, _), (weights, now_positive, factors_v, factors_m) in zip(cases, expected):
         torch.testing.assert_close(tensor.weights, weights, rtol=1e-6, atol=ULP)
         torch.testing.assert_close((tensor.row_v, tensor.col_v), factors_v, rtol=1e-5, atol=ULP)
@@ -114,7 +120,7 @@ def test_sm3_many_equals_the_dense_step(momentum, dtype):
         weights, moving, maxima = dense_update(tensor.weights, tensor.grads, tensor.buffer, 0, tensor.view, working,
                                                tensor.scalars, add_square=True)
         expected.append((weights, moving, [maximum.float() for maximum in maxima]))
-    sm3_triton.sm3_many(tensors)
+    on_device(sm3_triton.sm3_many, tensors)
     for tensor, (weights, moving, maxima) in zip(tensors, expected):
         torch.testing.assert_close(tensor.weights, weights, rtol=1e-6, atol=ULP)
         if moving is not None:
@@ -154,7 +160,8 @@ def test_smmf_many_follows_the_eager_optimizer(options, dtype):
     for step in range(1, 4):
         set_gradients(params, copies, step)
         optimizer.step()
-        smmf_triton.smmf_many([_smmf_tensor(group, copy, state, step) for copy, state in zip(copies, states)])
+        on_device(smmf_triton.smmf_many,
+                  [_smmf_tensor(group, copy, state, step) for copy, state in zip(copies, states)])
         for param, copy, state in zip(params, copies, states):
             torch.testing.assert_close(copy, param.detach(), rtol=1e-6, atol=ULP)
             eager = optimizer.state[param]
@@ -214,7 +221,7 @@ def test_sm3_many_follows_the_eager_optimizer(options, dtype):
     for step in range(1, 4):
         set_gradients(params, copies, step)
         optimizer.step()
-        sm3_triton.sm3_many([SM3Tensor(weights=copy.data.view(-1), grads=copy.grad.view(-1), view=cover,
+        on_device(sm3_triton.sm3_many, [SM3Tensor(weights=copy.data.view(-1), grads=copy.grad.view(-1), view=cover,
                                        accumulators=accumulator, buffer=buffer, scalars=scalars)
                              for copy, cover, accumulator, buffer in zip(copies, SM3_COVERS, accumulators, buffers)])
         for param, copy, accumulator, buffer in zip(params, copies, accumulators, buffers):
@@ -231,18 +238,18 @@ def test_mixed_batches_are_refused():
     fp64, _ = smmf_case(3, 5, torch.float64, 1, seed=1)
     byte_signs, _ = smmf_case(3, 5, torch.float32, 8, seed=2)
     with pytest.raises(ValueError):
-        smmf_triton.smmf_many([fp32, fp64])
+        on_device(smmf_triton.smmf_many, [fp32, fp64])
     with pytest.raises(ValueError):
-        smmf_triton.smmf_many([fp32, byte_signs])
+        on_device(smmf_triton.smmf_many, [fp32, byte_signs])
     with pytest.raises(ValueError):
-        sm3_triton.sm3_many([sm3_case((3, 5), torch.float32, 0.0, 0), sm3_case((4,), torch.float64, 0.0, 1)])
+        on_device(sm3_triton.sm3_many, [sm3_case((3, 5), torch.float32, 0.0, 0), sm3_case((4,), torch.float64, 0.0, 1)])
     with pytest.raises(ValueError):
-        sm3_triton.sm3_many([sm3_case((1,) * (sm3_triton.MAX_AXES + 1), torch.float32, 0.0, 0)])
+        on_device(sm3_triton.sm3_many, [sm3_case((1,) * (sm3_triton.MAX_AXES + 1), torch.float32, 0.0, 0)])
 
 
 def test_an_empty_batch_is_a_no_op():
-    smmf_triton.smmf_many([])
-    sm3_triton.sm3_many([])
+    on_device(smmf_triton.smmf_many, [])
+    on_device(sm3_triton.sm3_many, [])
 
 
 class _CountingKernel:
@@ -256,10 +263,11 @@ class _CountingKernel:
         return self.kernel[grid]
 
 
-@pytest.mark.parametrize("module", ["smmf", "sm3"])
-def test_a_batch_is_two_launches_with_cached_tables(module, monkeypatch):
-    """One update launch and one finalize launch per call, whatever the number of tensors; the shape
-    tables are built once for a list of shapes."""
+@pytest.mark.parametrize("module,launches_per_call", [("smmf", 3), ("sm3", 2)])
+def test_a_batch_is_a_few_launches_with_cached_tables(module, launches_per_call, monkeypatch):
+    """One update launch and one finalize launch per call, whatever the number of tensors (SMMF: a
+    tiled and a flat update launch, as some of these shapes cannot be tiled with 1-bit signs); the
+    shape tables are built once for a list of shapes."""
     triton_module = smmf_triton if module == "smmf" else sm3_triton
     launches = []
     kernels = triton_module._many_kernels()
@@ -268,10 +276,11 @@ def test_a_batch_is_two_launches_with_cached_tables(module, monkeypatch):
     triton_module._batch.cache_clear()
     for seed in range(2):
         if module == "smmf":
-            smmf_triton.smmf_many([smmf_case(rows, cols, torch.float32, 1, seed)[0] for rows, cols in SMMF_SHAPES])
+            on_device(smmf_triton.smmf_many,
+                      [smmf_case(rows, cols, torch.float32, 1, seed)[0] for rows, cols in SMMF_SHAPES])
         else:
-            sm3_triton.sm3_many([sm3_case(view, torch.float32, 0.9, seed) for view in SM3_VIEWS])
-    assert len(launches) == 4
+            on_device(sm3_triton.sm3_many, [sm3_case(view, torch.float32, 0.9, seed) for view in SM3_VIEWS])
+    assert len(launches) == 2 * launches_per_call
     assert triton_module._batch.cache_info().misses == 1
 
 
@@ -280,7 +289,7 @@ def test_a_batch_is_two_launches_with_cached_tables(module, monkeypatch):
     (SM3, dict(lr=0.1, momentum=0.9), sm3_triton, "sm3_many", "acc_0"),
 ], ids=["smmf", "sm3"])
 def test_a_group_on_triton_steps_through_one_multi_tensor_call(monkeypatch, cls, options, module, function, state_key):
-    """The optimizer's Triton path (run here through the interpreter on CPU tensors): every whole
+    """The optimizer's Triton path (on a GPU, or through the interpreter on CPU tensors): every whole
     fp32 parameter of the group in one call per step, on the eager trajectory."""
     calls = []
     original = getattr(module, function)
@@ -288,13 +297,14 @@ def test_a_group_on_triton_steps_through_one_multi_tensor_call(monkeypatch, cls,
     results = []
     for impl in ("eager", "triton"):
         generator = torch.Generator().manual_seed(5)
-        params = [torch.nn.Parameter(torch.randn(shape, generator=generator)) for shape in [(13, 7), (31,), (4, 3, 5)]]
+        params = [torch.nn.Parameter(torch.randn(shape, generator=generator).to(DEVICE))
+                  for shape in [(13, 7), (31,), (4, 3, 5)]]
         optimizer = cls(params, **options)
         if impl == "triton":
             monkeypatch.setattr(cls, "implementation", lambda self, group: "triton")
         for _ in range(3):
             for param in params:
-                param.grad = torch.randn(param.shape, generator=generator)
+                param.grad = torch.randn(param.shape, generator=generator).to(DEVICE)
             optimizer.step()
         results.append((params, optimizer))
     assert calls == [3, 3, 3]
