@@ -235,8 +235,9 @@ def method_entry(spec: str, params: Sequence[ParamSpec], device_profile: DeviceP
     state_bytes = sum(param_state(parsed, param.shape, param.dtype).state_bytes for param in params)
     shapes = [(param.shape, param.dtype) for param in params]
     cache_bytes = device_profile.cache_bytes if device_profile is not None else 0
+    device_kind = device_profile.kind if device_profile is not None else "cpu"
     try:
-        census = method_census(parsed, shapes, cache_bytes)
+        census = method_census(parsed, shapes, cache_bytes, device_kind)
     except Exception as error:  # a third-party optimizer that cannot step on the meta device
         note = f"no census: {type(error).__name__}: {error}"
         return BenchEntry(parsed, _builder(parsed), state_bytes, None, None, note)

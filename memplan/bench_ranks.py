@@ -303,7 +303,7 @@ def _predicted_compute_seconds(label: str, plan: Plan | None, params: Sequence[A
     shard_shapes = [(local_shape(param.shape, row_range(param.shape[0], sharding.shards, rank)) if param.shape
                      else param.shape, param.dtype) for param in params]
     try:
-        return predict_seconds(method_census(label, shard_shapes, chosen.cache_bytes), chosen).seconds
+        return predict_seconds(method_census(label, shard_shapes, chosen.cache_bytes, chosen.kind), chosen).seconds
     except Exception:  # a third-party optimizer that cannot step on the meta device
         return None
 

@@ -363,7 +363,7 @@ def census_step(make_optimizer: OptimizerFactory, params: Sequence[ShapeAndDtype
     return mode.census()
 
 
-def fused_census(spec: str, params: Sequence[ShapeAndDtype]) -> StepCensus:
+def fused_census(spec: str, params: Sequence[ShapeAndDtype], device_kind: str = "cpu") -> StepCensus:
     """A fused kernel makes one pass over every tensor it touches, so its traffic is the byte
     model's compulsory ``bytes_moved``, all of it memory traffic (torch's fused optimizers
     cannot run on ``meta``, so this one is not counted but derived); memplan's kernels also
@@ -372,7 +372,7 @@ def fused_census(spec: str, params: Sequence[ShapeAndDtype]) -> StepCensus:
 
     parsed = as_spec(spec)
     method = get_method(parsed.name)
-    key = method.fused_kernel(method.resolve(parsed))
+    key = method.fused_kernel(method.resolve(parsed), device_kind)
     total = StepCensus()
     for shape, dtype in params:
         moved = param_state(spec, shape, dtype).bytes_moved
@@ -384,8 +384,10 @@ def fused_census(spec: str, params: Sequence[ShapeAndDtype]) -> StepCensus:
     return total
 
 
-def method_census(spec: str, params: Sequence[ShapeAndDtype], cache_bytes: int) -> StepCensus:
-    """The census of one step of method ``spec`` over parameters of these shapes and dtypes.
+def method_census(spec: str, params: Sequence[ShapeAndDtype], cache_bytes: int,
+                  device_kind: str = "cpu") -> StepCensus:
+    """The census of one step of method ``spec`` over parameters of these shapes and dtypes, on a
+    device of ``device_kind`` (``cpu`` or ``cuda``: it decides what ``impl=auto`` runs).
 
     How depends on the method's step structure (:meth:`memplan.methods.Method.step_structure`):
     memplan's optimizers step each parameter on its own, so each distinct shape is counted once
@@ -396,10 +398,10 @@ def method_census(spec: str, params: Sequence[ShapeAndDtype], cache_bytes: int) 
 
     parsed = as_spec(spec)
     method = get_method(parsed.name)
-    structure = method.step_structure(method.resolve(parsed))
+    structure = method.step_structure(method.resolve(parsed), device_kind)
     key = tuple((tuple(shape), canonical_dtype(dtype)) for shape, dtype in params)
     if structure == "fused":
-        return fused_census(str(parsed), key)
+        return fused_census(str(parsed), key, device_kind)
     if structure == "whole":
         return _cached_census(str(parsed), key, cache_bytes)
     repeats: dict[ShapeAndDtype, int] = {}

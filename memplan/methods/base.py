@@ -222,25 +222,31 @@ class Method(ABC):
 
     # -- measuring --------------------------------------------------------------------------
 
-    def step_structure(self, options: Options) -> str:
-        """One of :data:`STEP_STRUCTURES` for the implementation these options select: memplan's
-        one-pass kernels (``impl=compiled`` or ``triton``, and ``auto`` where it picks the
-        compiled kernel and numba is installed) are fused steps, as torch's ``fused`` ones are."""
+    def step_structure(self, options: Options, device_kind: str = "cpu") -> str:
+        """One of :data:`STEP_STRUCTURES` for the implementation these options select on a device
+        of ``device_kind``: memplan's one-pass kernels (``impl=compiled`` or ``triton``, and
+        ``auto`` where it picks one: the compiled kernel on CPU when numba is installed, the Triton
+        one on CUDA when Triton is, as :func:`memplan.kernels.select.resolve` does) are fused
+        steps, as torch's ``fused`` ones are."""
         impl = options.get("impl")
         if impl == "fused":
             return "fused"
-        if self.implementation == "memplan" and (
-                impl in ("compiled", "triton") or
-                (impl == "auto" and "compiled" in self.auto_kernels and importlib.util.find_spec("numba"))):
+        if self.implementation == "memplan" and (impl in ("compiled", "triton") or
+                                                 (impl == "auto" and self._auto_picks_a_kernel(device_kind))):
             return "fused"
         return "per_parameter" if self.optimizer_reference(options).startswith("memplan.") else "whole"
 
-    def fused_kernel(self, options: Options) -> str | None:
+    def _auto_picks_a_kernel(self, device_kind: str) -> bool:
+        """Whether ``impl=auto`` runs one of this method's kernels on a device of ``device_kind``."""
+        kernel, module = ("triton", "triton") if device_kind == "cuda" else ("compiled", "numba")
+        return kernel in self.auto_kernels and importlib.util.find_spec(module) is not None
+
+    def fused_kernel(self, options: Options, device_kind: str = "cpu") -> str | None:
         """The key of the one-pass memplan kernel these options run (a spec string naming only the
         options that change its work per element), under which a calibrated device profile keeps
         that kernel's measured rate (:attr:`memplan.costmodel.DeviceProfile.fused_element_seconds`);
         None when the step is not one of memplan's fused kernels."""
-        if self.implementation != "memplan" or self.step_structure(options) != "fused":
+        if self.implementation != "memplan" or self.step_structure(options, device_kind) != "fused":
             return None
         work = [(name, options[name]) for name in self.fused_work_options(options)]
         return str(MethodSpec(self.name, tuple(work)))

@@ -86,7 +86,7 @@ class LowBitAdamW(Method):
         logging.getLogger("torchao").setLevel(logging.ERROR)
         return super().optimizer_class(options)
 
-    def step_structure(self, options: Options) -> str:
+    def step_structure(self, options: Options, device_kind: str = "cpu") -> str:
         return "fused"  # torchao compiles each parameter's whole update into one kernel
 
     def optimizer_kwargs(self, options: Options, params: list[Any]) -> dict[str, Any]:

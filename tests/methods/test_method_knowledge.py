@@ -103,3 +103,27 @@ def test_every_calibrated_kernel_key_names_the_kernel_its_spec_runs():
     assert smmf.fused_kernel(smmf.resolve(parse_spec("smmf:beta1=none,sign_bits=8,impl=compiled"))) == "smmf:beta1=none"
     assert smmf.fused_kernel(smmf.resolve(parse_spec("smmf:impl=eager"))) is None
     assert METHODS["adam"].fused_kernel(METHODS["adam"].resolve(parse_spec("adam:impl=fused"))) is None
+
+
+@pytest.mark.parametrize("device_kind,module", [("cpu", "numba"), ("cuda", "triton")])
+def test_auto_is_counted_as_the_kernel_it_runs_on_each_device(device_kind, module, monkeypatch):
+    """``impl=auto`` runs the compiled kernel on CPU (where numba imports) and the Triton one on
+    CUDA (where Triton imports); the census counts that step, and ET, which has no Triton kernel,
+    stays an eager step on CUDA."""
+    import importlib.util
+
+    from memplan.census import method_census
+    from memplan.methods import METHODS, parse_spec
+
+    smmf, et2 = METHODS["smmf"], METHODS["et2"]
+    auto = smmf.resolve(parse_spec("smmf:impl=auto"))
+    installed = importlib.util.find_spec
+    for present in (True, False):
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *rest: (installed("numpy") if present else None) if name == module
+                            else installed(name, *rest))
+        assert smmf.step_structure(auto, device_kind) == ("fused" if present else "per_parameter")
+        census = method_census("smmf:impl=auto", [((64, 48), "float32")], 0, device_kind)
+        assert [key for key, _, _ in census.fused] == (["smmf"] if present else [])
+        expected = "fused" if present and device_kind == "cpu" else "per_parameter"
+        assert et2.step_structure(et2.resolve(parse_spec("et2:impl=auto")), device_kind) == expected
