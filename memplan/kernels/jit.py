@@ -17,7 +17,7 @@ import itertools
 import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
-from operator import attrgetter, is_
+from operator import attrgetter, eq, is_
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
@@ -115,27 +115,31 @@ def batch_dtype(name: str, tensors: Sequence[Any]) -> Any:
     return dtype
 
 
-def gradient_addresses(name: str, grads: Sequence[Any], weights: Sequence[Any]) -> list[int]:
+def gradient_addresses(name: str, grads: Sequence[Any], weights: Sequence[Any], device: Any = None) -> list[int]:
     """The addresses of a prepared multi-tensor call's new gradients, one per tensor of its
-    ``weights``; ValueError unless each is a contiguous CPU tensor of its weights' dtype and size
-    (the kernel reads it through its address). The checks run as builtin passes over the lists (a
-    step's Python, with the caches cold from the kernel, costs microseconds a tensor otherwise)."""
+    ``weights``; ValueError unless each is a contiguous tensor of its weights' dtype and size, on
+    the CPU (or on ``device``, a CUDA device for the Triton calls), where the kernel reads it
+    through its address. The checks run as builtin passes over the lists (a step's Python, with the
+    caches cold from the kernel, costs microseconds a tensor otherwise)."""
     import torch
 
     if len(grads) != len(weights):
         raise ValueError(f"{name}: {len(grads)} gradients for {len(weights)} tensors")
+    where = map(_IS_CPU, grads) if device is None else map(eq, map(_DEVICE, grads), itertools.repeat(device))
     if not (all(map(is_, map(_DTYPE, grads), map(_DTYPE, weights)))
-            and all(map(torch.Tensor.is_contiguous, grads)) and all(map(_IS_CPU, grads))
+            and all(map(torch.Tensor.is_contiguous, grads)) and all(where)
             and list(map(torch.Tensor.numel, grads)) == list(map(torch.Tensor.numel, weights))):
+        place = "CPU" if device is None else str(device)
         index = next(index for index, (grad, weight) in enumerate(zip(grads, weights))
-                     if grad.dtype != weight.dtype or not grad.is_contiguous() or not grad.is_cpu
+                     if grad.dtype != weight.dtype or not grad.is_contiguous()
+                     or (grad.device != device if device is not None else not grad.is_cpu)
                      or grad.numel() != weight.numel())
-        raise ValueError(f"{name}: tensor {index}'s gradient must be a contiguous CPU tensor of its weights' "
+        raise ValueError(f"{name}: tensor {index}'s gradient must be a contiguous {place} tensor of its weights' "
                          f"dtype and size")
     return list(map(torch.Tensor.data_ptr, grads))
 
 
-_DTYPE, _IS_CPU = attrgetter("dtype"), attrgetter("is_cpu")
+_DTYPE, _IS_CPU, _DEVICE = attrgetter("dtype"), attrgetter("is_cpu"), attrgetter("device")
 
 
 @lru_cache(maxsize=64)

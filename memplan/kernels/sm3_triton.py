@@ -15,7 +15,8 @@ per tensor, the ``data_ptr`` of its weights, gradients, momentum buffer and accu
 scalars (as the int64 bits of float64 values). Each tensor's cover (dims, strides and the offsets
 of its maxima in the buffer, padded to :data:`MAX_AXES` axes) and which tensor and which block of
 it each program steps depend only on the views; those tables are built with numpy and cached, so a
-training loop that steps the same parameters every step reuses them.
+training loop that steps the same parameters every step reuses them. The optimizer keeps a
+:class:`SM3TritonCall`, which makes its checks and the per-call table's addresses once.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from memplan.kernels.jit import gradient_addresses
 from memplan.kernels.launch import program_table, upload
 from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
@@ -233,21 +235,6 @@ def _batch(views: tuple[tuple[int, ...], ...], block: int, device: torch.device)
                   max(len(view) for view in views), bool((blocks * block).max() >= 2 ** 31))
 
 
-def _call_table(tensors: Sequence[SM3Tensor], device: torch.device) -> torch.Tensor:
-    """The per-call table (pointers and scalars, see the layout above) on ``device``."""
-    pointers = np.zeros((len(tensors), 3), dtype=np.int64)
-    scalars = np.empty((len(tensors), 7), dtype=np.float64)
-    accumulators = np.zeros((len(tensors), MAX_AXES), dtype=np.int64)
-    for row, tensor in enumerate(tensors):
-        buffer = 0 if tensor.buffer is None else tensor.buffer.data_ptr()
-        pointers[row] = (tensor.weights.data_ptr(), tensor.grads.data_ptr(), buffer)
-        momentum = tensor.scalars.momentum if tensor.buffer is not None else 0.0
-        scalars[row] = (tensor.scalars.lr, tensor.scalars.eps, momentum, 1.0 - momentum, tensor.scalars.decay,
-                        tensor.scalars.coupled_decay, tensor.scalars.grad_sign)
-        accumulators[row, :len(tensor.accumulators)] = [accumulator.data_ptr() for accumulator in tensor.accumulators]
-    return upload(np.concatenate([pointers, scalars.view(np.int64), accumulators], axis=1), device)
-
-
 def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:
     """The batch's weights dtype; ValueError where a tensor does not fit the kernel."""
     dtype = tensors[0].weights.dtype
@@ -277,6 +264,72 @@ def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:
     return dtype
 
 
+class SM3TritonCall:
+    """A multi-tensor SM3-II call (:func:`sm3_many`) prepared once for its tensors and run every
+    step with that step's gradients and scalars: the checks, the cover tables and the addresses of
+    the weights, momentum buffers and accumulators are made here, once (as
+    :class:`memplan.kernels.sm3_cpu.SM3Call` does for the CPU kernel); a step writes the gradients'
+    addresses and the scalars into the per-call table, uploads it and launches.
+
+    The call keeps its tensors (its table points into them); a caller that replaces any of them
+    prepares a new call.
+    """
+
+    def __init__(self, tensors: Sequence[SM3Tensor]) -> None:
+        if not tensors:
+            raise ValueError("SM3TritonCall: no tensors")
+        self._dtype = _check_batch(tensors)
+        self._device = tensors[0].weights.device
+        self._tensors = list(tensors)   # kept: the table points into them
+        self._weights = [tensor.weights for tensor in tensors]
+        self._buffered = np.array([tensor.buffer is not None for tensor in tensors])
+        self._batch = _batch(tuple(tuple(int(dim) for dim in tensor.view) for tensor in tensors), BLOCK, self._device)
+        self._blocks = (BLOCK, VECTOR_BLOCK)
+        self._table = np.zeros((len(tensors), _TABLE_FIELDS), dtype=np.int64)
+        for row, tensor in enumerate(tensors):
+            self._table[row, :3] = (tensor.weights.data_ptr(), tensor.grads.data_ptr(),
+                                    0 if tensor.buffer is None else tensor.buffer.data_ptr())
+            self._table[row, 10:10 + len(tensor.accumulators)] = [accumulator.data_ptr()
+                                                                  for accumulator in tensor.accumulators]
+
+    def run(self, grads: Sequence[torch.Tensor], scalars: SM3Scalars | Sequence[SM3Scalars]) -> None:
+        """Step every tensor with ``grads`` (one per tensor: contiguous, on the weights' device, of
+        their dtype and size) and ``scalars`` (one for all, or one per tensor), and replace the
+        accumulators by the new slice maxima. No host synchronisation."""
+        self._table[:, 1] = gradient_addresses("sm3_many", grads, self._weights, self._device)
+        values = self._table[:, 3:10].view(np.float64)
+        if isinstance(scalars, SM3Scalars):
+            values[:] = _scalar_row(scalars, False)
+            values[self._buffered] = _scalar_row(scalars, True)
+        else:
+            values[:] = [_scalar_row(row, buffered) for row, buffered in zip(scalars, self._buffered)]
+        self._launch(upload(self._table, self._device))
+
+    def _launch(self, table: torch.Tensor) -> None:
+        import triton.language as tl
+
+        batch = self._batch
+        block, vector_block = self._blocks
+        maxima = torch.zeros(batch.maxima_length, dtype=torch.float32, device=self._device)
+        update, finalize = _many_kernels()
+        if batch.program_count:
+            update[(batch.program_count,)](table, batch.covers, batch.programs, maxima, FIELDS=_TABLE_FIELDS,
+                                           COVER_FIELDS=_COVER_FIELDS,
+                                           DTYPE=tl.float64 if self._dtype == torch.float64 else tl.float32,
+                                           AXES=batch.axes, WITH_BUFFER=bool(self._buffered.any()),
+                                           INDEX=tl.int64 if batch.wide else tl.int32, BLOCK=block)
+        finalize[(len(self._tensors),)](table, batch.covers, maxima, FIELDS=_TABLE_FIELDS, COVER_FIELDS=_COVER_FIELDS,
+                                        AXES=batch.axes, BLOCK=vector_block)
+
+
+def _scalar_row(scalars: SM3Scalars, buffered: bool) -> tuple[float, ...]:
+    """A tensor's scalars in the per-call table's order: a tensor without a momentum buffer takes
+    momentum 0 and dampening 1 (its update is the scaled gradient itself)."""
+    momentum = scalars.momentum if buffered else 0.0
+    return (scalars.lr, scalars.eps, momentum, 1.0 - momentum, scalars.decay, scalars.coupled_decay,
+            scalars.grad_sign)
+
+
 def sm3_many(tensors: Sequence[SM3Tensor]) -> None:
     """Step every tensor whole with SM3-II and replace its accumulators by the new slice maxima, in
     one launch of the update kernel.
@@ -286,26 +339,12 @@ def sm3_many(tensors: Sequence[SM3Tensor]) -> None:
     then its accumulators are overwritten by the slice maxima of nu, as the optimizer's SM3-II step
     does. The tensors share the weights dtype (fp32 or float64: the math's), and their views have 1
     to :data:`MAX_AXES` axes; ValueError otherwise. No host synchronisation; an empty list is a
-    no-op.
+    no-op. A training loop keeps a :class:`SM3TritonCall` instead, which checks and builds the
+    tables once.
     """
     if not tensors:
         return
-    dtype = _check_batch(tensors)
-    device = tensors[0].weights.device
-    batch = _batch(tuple(tuple(int(dim) for dim in tensor.view) for tensor in tensors), BLOCK, device)
-    table = _call_table(tensors, device)
-    maxima = torch.zeros(batch.maxima_length, dtype=torch.float32, device=device)
-    update, finalize = _many_kernels()
-    if batch.program_count:
-        import triton.language as tl
-
-        with_buffer = any(tensor.buffer is not None for tensor in tensors)
-        update[(batch.program_count,)](table, batch.covers, batch.programs, maxima, FIELDS=_TABLE_FIELDS,
-                                       COVER_FIELDS=_COVER_FIELDS,
-                                       DTYPE=tl.float64 if dtype == torch.float64 else tl.float32, AXES=batch.axes,
-                                       WITH_BUFFER=with_buffer, INDEX=tl.int64 if batch.wide else tl.int32, BLOCK=BLOCK)
-    finalize[(len(tensors),)](table, batch.covers, maxima, FIELDS=_TABLE_FIELDS, COVER_FIELDS=_COVER_FIELDS,
-                              AXES=batch.axes, BLOCK=VECTOR_BLOCK)
+    SM3TritonCall(tensors).run([tensor.grads for tensor in tensors], [tensor.scalars for tensor in tensors])
 
 
-__all__ = ["sm3_many", "sm3_range", "sm3_square_maxima_range"]
+__all__ = ["SM3TritonCall", "sm3_many", "sm3_range", "sm3_square_maxima_range"]

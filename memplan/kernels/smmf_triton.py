@@ -21,7 +21,9 @@ uploaded once per call (without waiting for the device: through pinned memory): 
 ``data_ptr`` of its weights, gradients, signs and factors, then its scalars (as the int64 bits of
 float64 values). Which tensor and which block of it each program steps, and where each tensor's
 sums lie in the buffer, depend only on the shapes; those tables are built with numpy and cached,
-so a training loop that steps the same parameters every step reuses them. The finalize kernel
+so a training loop that steps the same parameters every step reuses them. The optimizer keeps a
+:class:`SMMFTritonCall`, which makes its checks and the per-call table's addresses once: a step then
+costs the host a fifth of the Python that building them took (ResNet-50's 161 tensors). The finalize kernel
 runs one program per tensor: it scales the sums by ``keep``, divides the shorter side by its total
 (:func:`memplan.optim.smmf.normalize_factors_`) and writes the factors over the state.
 """
@@ -34,6 +36,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
+from memplan.kernels.jit import gradient_addresses
 from memplan.kernels.launch import program_table, upload
 from memplan.kernels.smmf_cpu import SMMFScalars, SMMFTensor
 
@@ -129,6 +132,9 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
 # row_m's and col_m's) in the flat sums buffer, and its tiles per band of TILE_ROWS rows. The
 # kernels read both at these fixed offsets.
 _SHAPE_FIELDS = 5
+_TABLE_FIELDS = 16   # the kernels' literal 16
+
+
 @cache
 def _many_kernels():
     import triton
@@ -366,17 +372,6 @@ def _address(tensor: torch.Tensor | None) -> int:
     return 0 if tensor is None else tensor.data_ptr()
 
 
-def _call_table(tensors: Sequence[SMMFTensor], device: torch.device) -> torch.Tensor:
-    """The per-call table (pointers and scalars, see the layout above) on ``device``."""
-    pointers = np.array([(tensor.weights.data_ptr(), tensor.grads.data_ptr(), _address(tensor.signs),
-                          tensor.row_v.data_ptr(), tensor.col_v.data_ptr(), _address(tensor.row_m),
-                          _address(tensor.col_m)) for tensor in tensors], dtype=np.int64)
-    scalars = np.array([(tensor.scalars.step_size, tensor.scalars.eps, tensor.scalars.decay,
-                         tensor.scalars.coupled_decay, tensor.scalars.grad_sign, tensor.prior_v, tensor.prior_m,
-                         tensor.keep_v, tensor.keep_m) for tensor in tensors], dtype=np.float64)
-    return upload(np.concatenate([pointers, scalars.view(np.int64)], axis=1), device)
-
-
 def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtype | None]:
     """The batch's weights dtype and sign dtype; ValueError where a tensor does not fit the kernel."""
     dtype = tensors[0].weights.dtype
@@ -412,6 +407,75 @@ def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtyp
     return dtype, sign_dtype
 
 
+class SMMFTritonCall:
+    """A multi-tensor call (:func:`smmf_many`) prepared once for its tensors and run every step with
+    that step's gradients and scalars: the checks, the launch tables and the addresses of the
+    weights, signs and factors are made here, once (as :class:`memplan.kernels.smmf_cpu.SMMFCall`
+    does for the CPU kernel); a step writes the gradients' addresses and the scalars into the
+    per-call table, uploads it and launches. The host's Python is what a GPU step cannot hide.
+
+    The call keeps its tensors (its table points into them); a caller that replaces any of them
+    (the weights' storage, the state) prepares a new call.
+    """
+
+    def __init__(self, tensors: Sequence[SMMFTensor]) -> None:
+        if not tensors:
+            raise ValueError("SMMFTritonCall: no tensors")
+        self._dtype, sign_dtype = _check_batch(tensors)
+        self._device = tensors[0].weights.device
+        self._mode = SIGN_MODES[sign_dtype]
+        self._tensors = list(tensors)   # kept: the table points into them
+        self._weights = [tensor.weights for tensor in tensors]
+        self._batch = _batch(tuple((tensor.weights.numel(), tensor.cols) for tensor in tensors), self._mode, BLOCK,
+                             (TILE_ROWS, TILE_COLS), self._device)
+        self._blocks = (BLOCK, TILE_ROWS, TILE_COLS, VECTOR_BLOCK)
+        self._table = np.zeros((len(tensors), _TABLE_FIELDS), dtype=np.int64)
+        self._table[:, :7] = [(tensor.weights.data_ptr(), tensor.grads.data_ptr(), _address(tensor.signs),
+                               tensor.row_v.data_ptr(), tensor.col_v.data_ptr(), _address(tensor.row_m),
+                               _address(tensor.col_m)) for tensor in tensors]
+
+    def run(self, grads: Sequence[torch.Tensor],
+            scalars: Sequence[tuple[SMMFScalars, float, float, float, float]], which: Sequence[int] | None = None,
+            ) -> None:
+        """Step every tensor with ``grads`` (one per tensor: contiguous, on the weights' device, of
+        their dtype and size) and store the new factors. ``scalars`` are rows of (scalars, prior_v,
+        prior_m, keep_v, keep_m) (see :class:`SMMFTensor`); tensor i takes row ``which[i]``, or
+        row 0 for all when ``which`` is None. No host synchronisation."""
+        self._table[:, 1] = gradient_addresses("smmf_many", grads, self._weights, self._device)
+        rows = [_scalar_row(*row) for row in scalars]
+        values = self._table[:, 7:].view(np.float64)
+        if which is None:
+            values[:] = rows[0]
+        else:
+            values[:] = np.array(rows, dtype=np.float64)[np.asarray(which, dtype=np.int64)]
+        self._launch(upload(self._table, self._device))
+
+    def _launch(self, table: torch.Tensor) -> None:
+        import triton.language as tl
+
+        batch = self._batch
+        block, tile_rows, tile_cols, vector_block = self._blocks
+        sums = torch.zeros(batch.sums_length, dtype=torch.float32, device=self._device)
+        flat, tiled, finalize = _many_kernels()
+        types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=self._mode,
+                     DTYPE=tl.float64 if self._dtype == torch.float64 else tl.float32,
+                     INDEX=tl.int64 if batch.wide else tl.int32)
+        if batch.tile_count:
+            tiled[(batch.tile_count,)](table, batch.shapes, batch.tiles, sums, TILE_ROWS=tile_rows,
+                                       TILE_COLS=tile_cols, **types)
+        if batch.block_count:
+            flat[(batch.block_count,)](table, batch.shapes, batch.blocks, sums, BLOCK=block, **types)
+        finalize[(len(self._tensors),)](table, batch.shapes, sums, SHAPE_FIELDS=_SHAPE_FIELDS,
+                                        MOMENTS=1 if self._mode == 0 else 2, BLOCK=vector_block)
+
+
+def _scalar_row(scalars: SMMFScalars, prior_v: float, prior_m: float, keep_v: float,
+                keep_m: float) -> tuple[float, ...]:
+    """A tensor's scalars in the per-call table's order (see the layout above)."""
+    return (scalars.step_size, scalars.eps, scalars.decay, scalars.coupled_decay, scalars.grad_sign, prior_v, prior_m,
+            keep_v, keep_m)
+
+
 def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
     """Step every tensor whole and store its new factors, in one launch of the update kernel (two
     where some tensors cannot be tiled: see :func:`tileable`).
@@ -421,30 +485,14 @@ def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
     store does: ``row = keep * row sums``, ``col = keep * column sums``, the shorter side divided by
     its total, written over the state (v's factors, and m's with signs). The tensors share the
     weights dtype (fp32 or float64: the math's) and the sign storage; ValueError otherwise. No host
-    synchronisation; an empty list is a no-op.
+    synchronisation; an empty list is a no-op. A training loop keeps a :class:`SMMFTritonCall`
+    instead, which checks and builds the tables once.
     """
     if not tensors:
         return
-    dtype, sign_dtype = _check_batch(tensors)
-    device = tensors[0].weights.device
-    mode = SIGN_MODES[sign_dtype]
-    moments = 1 if sign_dtype is None else 2
-    batch = _batch(tuple((tensor.weights.numel(), tensor.cols) for tensor in tensors), mode, BLOCK,
-                   (TILE_ROWS, TILE_COLS), device)
-    table = _call_table(tensors, device)
-    sums = torch.zeros(batch.sums_length, dtype=torch.float32, device=device)
-    flat, tiled, finalize = _many_kernels()
-    import triton.language as tl
-
-    types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=mode, DTYPE=tl.float64 if dtype == torch.float64 else tl.float32,
-                 INDEX=tl.int64 if batch.wide else tl.int32)
-    if batch.tile_count:
-        tiled[(batch.tile_count,)](table, batch.shapes, batch.tiles, sums, TILE_ROWS=TILE_ROWS, TILE_COLS=TILE_COLS,
-                                   **types)
-    if batch.block_count:
-        flat[(batch.block_count,)](table, batch.shapes, batch.blocks, sums, BLOCK=BLOCK, **types)
-    finalize[(len(tensors),)](table, batch.shapes, sums, SHAPE_FIELDS=_SHAPE_FIELDS, MOMENTS=moments,
-                              BLOCK=VECTOR_BLOCK)
+    SMMFTritonCall(tensors).run([tensor.grads for tensor in tensors],
+                                [(tensor.scalars, tensor.prior_v, tensor.prior_m, tensor.keep_v, tensor.keep_m)
+                                 for tensor in tensors], range(len(tensors)))
 
 
-__all__ = ["smmf_many", "smmf_range"]
+__all__ = ["SMMFTritonCall", "smmf_many", "smmf_range"]

@@ -71,20 +71,11 @@ class SM3(MemplanOptimizer):
         SM3-I's two passes step one parameter at a time."""
         return group["variant"] == "II" and self.implementation(group) in (COMPILED, TRITON)
 
-    def _step_batch(self, group: Mapping[str, Any],
-                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
-        """Every whole parameter of the group in one launch of the Triton kernel, which also stores
-        the new accumulators (the CPU kernel's call is prepared: :meth:`_prepare_batch`)."""
-        from memplan.kernels import sm3_triton
-
-        sm3_triton.sm3_many(_batch_tensors(group, batch))
-
     def _prepare_batch(self, group: Mapping[str, Any],
-                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall | None":
-        """The CPU kernel's call for the batch, prepared once (see :mod:`memplan.optim.batches`)."""
-        if self.implementation(group) != COMPILED:
-            return None
-        return _PreparedCall(group, batch)
+                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall":
+        """The kernel's call for the batch, CPU or Triton, prepared once (see
+        :mod:`memplan.optim.batches`)."""
+        return _PreparedCall(group, batch, self.implementation(group))
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None]:
@@ -137,13 +128,16 @@ def _batch_tensors(group: Mapping[str, Any], batch: list[tuple[torch.Tensor, tor
 
 
 class _PreparedCall:
-    """The CPU kernel's multi-tensor call for a batch, prepared once and run each step with the
-    step's gradients and the group's current scalars (see :mod:`memplan.optim.batches`)."""
+    """The kernel's multi-tensor call for a batch (the CPU kernel's, or the Triton one's for
+    ``implementation`` triton), prepared once and run each step with the step's gradients and the
+    group's current scalars (see :mod:`memplan.optim.batches`)."""
 
-    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]):
-        from memplan.kernels import sm3_cpu
+    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
+                 implementation: str) -> None:
+        from memplan.kernels import sm3_cpu, sm3_triton
 
-        self._call = sm3_cpu.SM3Call(_batch_tensors(group, batch))
+        call = sm3_triton.SM3TritonCall if implementation == TRITON else sm3_cpu.SM3Call
+        self._call = call(_batch_tensors(group, batch))
 
     def run(self, group: Mapping[str, Any], grads: Sequence[torch.Tensor], states: Sequence[dict[str, Any]]) -> None:
         """Step every parameter (see :class:`memplan.optim.batches.PreparedBatch`)."""

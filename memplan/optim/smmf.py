@@ -170,22 +170,10 @@ class SMMF(MemplanOptimizer):
     def _batchable(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> bool:
         return state["layout"] is not None and super()._batchable(param, grad, state)
 
-    def _step_batch(self, group: Mapping[str, Any],
-                    batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> None:
-        """Every whole, factored parameter of the group in one launch of the Triton kernel, which
-        also stores the new factors (the CPU kernel's call is prepared: :meth:`_prepare_batch`)."""
-        from memplan.kernels import smmf_triton
-
-        scalars = _BatchScalars(group)
-        smmf_triton.smmf_many([_batch_tensor(group, param, grad, state, scalars.of(state["step"]))
-                               for param, grad, state in batch])
-
     def _prepare_batch(self, group: Mapping[str, Any],
-                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall | None":
-        """The CPU kernel's call for the batch (see :class:`_PreparedCall`)."""
-        if self.implementation(group) != COMPILED:
-            return None
-        return _PreparedCall(group, batch)
+                       batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]) -> "_PreparedCall":
+        """The kernel's call for the batch, CPU or Triton (see :class:`_PreparedCall`)."""
+        return _PreparedCall(group, batch, self.implementation(group))
 
     def _update_range(self, group: Mapping[str, Any], weights: torch.Tensor, grads: torch.Tensor,
                       state: dict[str, Any], shard: Shard, reductions: PartialReductions) -> Callable[[], None] | None:
@@ -237,15 +225,18 @@ def _batch_tensor(group: Mapping[str, Any], param: torch.Tensor, grad: torch.Ten
 
 
 class _PreparedCall:
-    """The CPU kernel's multi-tensor call for a batch, prepared once (its addresses and checks) and
-    run each step with the step's gradients and scalars (see :mod:`memplan.optim.batches`)."""
+    """The kernel's multi-tensor call for a batch (the CPU kernel's, or the Triton one's for
+    ``implementation`` triton), prepared once (its addresses and checks) and run each step with the
+    step's gradients and scalars (see :mod:`memplan.optim.batches`)."""
 
-    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]]):
-        from memplan.kernels import smmf_cpu
+    def __init__(self, group: Mapping[str, Any], batch: list[tuple[torch.Tensor, torch.Tensor, dict[str, Any]]],
+                 implementation: str) -> None:
+        from memplan.kernels import smmf_cpu, smmf_triton
 
         scalars = _BatchScalars(group)
-        self._call = smmf_cpu.SMMFCall([_batch_tensor(group, param, grad, state, scalars.of(state["step"]))
-                                        for param, grad, state in batch])
+        call = smmf_triton.SMMFTritonCall if implementation == TRITON else smmf_cpu.SMMFCall
+        self._call = call([_batch_tensor(group, param, grad, state, scalars.of(state["step"]))
+                           for param, grad, state in batch])
 
     def run(self, group: Mapping[str, Any], grads: Sequence[torch.Tensor], states: Sequence[dict[str, Any]]) -> None:
         """Step every parameter (see :class:`memplan.optim.batches.PreparedBatch`)."""

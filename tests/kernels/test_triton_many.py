@@ -3,6 +3,7 @@ Triton's interpreter (``TRITON_INTERPRET=1``; see :mod:`tests.kernels.triton_dev
 dense re-implementations of one tensor's step followed by the optimizer's state update, and against
 the eager optimizers over several steps."""
 
+import dataclasses
 import math
 
 import pytest
@@ -284,16 +285,18 @@ def test_a_batch_is_a_few_launches_with_cached_tables(module, launches_per_call,
     assert triton_module._batch.cache_info().misses == 1
 
 
-@pytest.mark.parametrize("cls,options,module,function,state_key", [
-    (SMMF, dict(lr=0.01, weight_decay=0.1), smmf_triton, "smmf_many", "row_v"),
-    (SM3, dict(lr=0.1, momentum=0.9), sm3_triton, "sm3_many", "acc_0"),
+@pytest.mark.parametrize("cls,options,call", [
+    (SMMF, dict(lr=0.01, weight_decay=0.1), smmf_triton.SMMFTritonCall),
+    (SM3, dict(lr=0.1, momentum=0.9), sm3_triton.SM3TritonCall),
 ], ids=["smmf", "sm3"])
-def test_a_group_on_triton_steps_through_one_multi_tensor_call(monkeypatch, cls, options, module, function, state_key):
+def test_a_group_on_triton_steps_through_one_prepared_multi_tensor_call(monkeypatch, cls, options, call):
     """The optimizer's Triton path (on a GPU, or through the interpreter on CPU tensors): every whole
-    fp32 parameter of the group in one call per step, on the eager trajectory."""
-    calls = []
-    original = getattr(module, function)
-    monkeypatch.setattr(module, function, lambda tensors: calls.append(len(tensors)) or original(tensors))
+    fp32 parameter of the group in one call per step, prepared at the first step and run again
+    while nothing it points at changes, on the eager trajectory."""
+    made, runs = [], []
+    original_init, original_run = call.__init__, call.run
+    monkeypatch.setattr(call, "__init__", lambda self, tensors: made.append(len(tensors)) or original_init(self, tensors))
+    monkeypatch.setattr(call, "run", lambda self, grads, *rest: runs.append(len(grads)) or original_run(self, grads, *rest))
     results = []
     for impl in ("eager", "triton"):
         generator = torch.Generator().manual_seed(5)
@@ -307,11 +310,40 @@ def test_a_group_on_triton_steps_through_one_multi_tensor_call(monkeypatch, cls,
                 param.grad = torch.randn(param.shape, generator=generator).to(DEVICE)
             optimizer.step()
         results.append((params, optimizer))
-    assert calls == [3, 3, 3]
+    assert made == [3] and runs == [3, 3, 3]
     (eager, eager_optimizer), (triton, triton_optimizer) = results
     for a, b in zip(eager, triton):
         torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
     for a, b in zip(eager_optimizer.state.values(), triton_optimizer.state.values()):
         if "sign" in a:
             assert torch.equal(a["sign"], b["sign"])
-        torch.testing.assert_close(b[state_key], a[state_key], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(b[state_key(cls)], a[state_key(cls)], rtol=1e-5, atol=1e-7)
+
+
+def state_key(cls):
+    return "row_v" if cls is SMMF else "acc_0"
+
+
+def test_a_prepared_call_refuses_gradients_that_do_not_fit():
+    """A prepared call reads each gradient through its address: one of another dtype, size or
+    layout, or on another device, is refused before anything runs."""
+    cases = [smmf_case(rows, cols, torch.float32, 1, seed)[0] for seed, (rows, cols) in enumerate(SMMF_SHAPES[:3])]
+    tensors = [dataclasses.replace(tensor, weights=tensor.weights.to(DEVICE), grads=tensor.grads.to(DEVICE),
+                                   signs=tensor.signs.to(DEVICE), row_v=tensor.row_v.to(DEVICE),
+                                   col_v=tensor.col_v.to(DEVICE), row_m=tensor.row_m.to(DEVICE),
+                                   col_m=tensor.col_m.to(DEVICE)) for tensor in cases]
+    call = smmf_triton.SMMFTritonCall(tensors)
+    before = [tensor.weights.clone() for tensor in tensors]
+    grads = [tensor.grads for tensor in tensors]
+    rows = [(tensors[0].scalars, 1.0, 1.0, 0.5, 0.5)]
+    wrong = [grads[:1] + [grads[1].double()] + grads[2:], grads[:1] + [grads[1][:-1]] + grads[2:],
+             grads[:2], grads[:2] + [torch.zeros(grads[2].numel() * 2, device=DEVICE)[::2]]]
+    if DEVICE.type == "cuda":
+        wrong.append(grads[:1] + [grads[1].cpu()] + grads[2:])
+    for bad in wrong:
+        with pytest.raises(ValueError):
+            call.run(bad, rows)
+    for tensor, weights in zip(tensors, before):
+        assert torch.equal(tensor.weights, weights)
+    call.run(grads, rows)
+    assert not torch.equal(tensors[0].weights, before[0])
