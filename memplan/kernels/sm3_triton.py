@@ -9,7 +9,13 @@ by atomic max (exact: max is order-free, and nu >= 0).
 
 :func:`sm3_many` steps many whole parameters with SM3-II in one launch of the update kernel: the
 new slice maxima of every tensor go to one flat fp32 buffer (zero-filled: nu >= 0), which one
-launch of a finalize kernel then copies over the accumulators. The kernels reach the tensors
+launch of a finalize kernel then copies over the accumulators. Its programs each take a tile of
+``TILE_ROWS`` x ``TILE_COLS`` elements of the tensor seen as a matrix: the rows are its cover's
+leading axes, the columns its trailing ones (the fewest whose product reaches :data:`MIN_COLS`).
+A tile reads one accumulator entry per row for each leading axis and one per column for each
+trailing axis, reduces its maxima of nu over its columns and rows in registers, and adds one
+atomic per row or column and axis, where a program over a flat block adds one per element and
+axis (on a GPU atomics to one address serialise, and every element of a row hits its row's). The kernels reach the tensors
 through a table uploaded once per call (without waiting for the device: through pinned memory):
 per tensor, the ``data_ptr`` of its weights, gradients, momentum buffer and accumulators, then its
 scalars (as the int64 bits of float64 values). Each tensor's cover (dims, strides and the offsets
@@ -33,6 +39,12 @@ from memplan.kernels.launch import program_table, upload
 from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
 BLOCK = 1024
+TILE_ROWS = 8
+TILE_COLS = 128
+MIN_COLS = 32
+"""A tile's columns are a cover's trailing axes, the fewest whose product is at least this (all of
+them where the whole view is smaller): a 3 x 3 convolution's last axes alone would leave most of a
+tile's columns empty."""
 MAX_AXES = 8
 VECTOR_BLOCK = 1024
 """Accumulator elements that a finalize program of :func:`sm3_many` copies at a time."""
@@ -120,11 +132,12 @@ def sm3_square_maxima_range(weights: torch.Tensor, grads: torch.Tensor, start: i
 # sm3_many's per-call table, one int64 row per tensor: the data pointers of its weights, grads and
 # momentum buffer (0 without), the float64 bits of its lr, eps, momentum, dampening, decay, coupled
 # decay and gradient sign, then the data pointers of its MAX_AXES accumulators (0 past its last
-# axis). Its cached cover table: numel, axes, then per axis its dim, stride and the offset of its
-# maxima in the flat maxima buffer (1, 1, 0 past the last axis). The kernels read both at these
-# fixed offsets.
+# axis). Its cached cover table: numel, axes, the leading axes that are a tile's rows, the columns
+# (the trailing axes' product), tiles per band of TILE_ROWS rows, then per axis its dim, stride and
+# the offset of its maxima in the flat maxima buffer (1, 1, 0 past the last axis). The kernels read
+# both at these fixed offsets.
 _TABLE_FIELDS = 10 + MAX_AXES
-_COVER_FIELDS = 2 + 3 * MAX_AXES
+_COVER_FIELDS = 5 + 3 * MAX_AXES
 
 
 @cache
@@ -135,14 +148,25 @@ def _many_kernels():
     @triton.jit
     def sm3_many_kernel(table, covers, programs, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
                         DTYPE: tl.constexpr, AXES: tl.constexpr, WITH_BUFFER: tl.constexpr, INDEX: tl.constexpr,
-                        BLOCK: tl.constexpr):
+                        TILE_ROWS: tl.constexpr, TILE_COLS: tl.constexpr):
+        """A tile of one tensor seen as a (leading axes) x (trailing axes) matrix (see the module
+        docstring)."""
         program = tl.program_id(0)
         tensor = tl.load(programs + 2 * program)
-        positions = tl.load(programs + 2 * program + 1).to(INDEX) * BLOCK + tl.arange(0, BLOCK)
+        tile = tl.load(programs + 2 * program + 1)
         cover = covers + COVER_FIELDS * tensor
         length = tl.load(cover).to(INDEX)
-        inside = positions < length
         axes = tl.load(cover + 1)
+        head = tl.load(cover + 2)
+        cols = tl.load(cover + 3).to(INDEX)
+        band_tiles = tl.load(cover + 4).to(tl.int32)
+        rows = length // cols
+        row = (tile // band_tiles).to(INDEX) * TILE_ROWS + tl.arange(0, TILE_ROWS)
+        col = (tile % band_tiles).to(INDEX) * TILE_COLS + tl.arange(0, TILE_COLS)
+        row_in = row < rows
+        col_in = col < cols
+        inside = row_in[:, None] & col_in[None, :]
+        offsets = row[:, None] * cols + col[None, :]
         entry = table + FIELDS * tensor
         weights = tl.load(entry).to(tl.pointer_type(DTYPE))
         grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
@@ -151,35 +175,49 @@ def _many_kernels():
         decay = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
         coupled = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
         grad_sign = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
-        weight = tl.load(weights + positions, mask=inside, other=0.0)
-        gradient = tl.load(grads + positions, mask=inside, other=0.0) * grad_sign + coupled * weight
-        nu = tl.full((BLOCK,), float("inf"), DTYPE)
-        # AXES is the batch's most: an axis past a tensor's own masks every element (a mask from positions,
-        # not a scalar condition, so that it stays a block of booleans)
-        for axis in tl.static_range(AXES):
-            index = (positions // tl.load(cover + 3 + 3 * axis).to(INDEX)) % tl.load(cover + 2 + 3 * axis).to(INDEX)
+        weight = tl.load(weights + offsets, mask=inside, other=0.0)
+        gradient = tl.load(grads + offsets, mask=inside, other=0.0) * grad_sign + coupled * weight
+        # the minimum of the accumulators: over the leading axes per row, over the trailing per column
+        row_nu = tl.full((TILE_ROWS,), float("inf"), DTYPE)
+        col_nu = tl.full((TILE_COLS,), float("inf"), DTYPE)
+        for axis in tl.static_range(AXES):   # AXES is the batch's most; axes past a tensor's own are skipped
+            dim = tl.load(cover + 5 + 3 * axis).to(INDEX)
+            stride = tl.load(cover + 6 + 3 * axis).to(INDEX)
             accumulator = tl.load(entry + 10 + axis).to(tl.pointer_type(tl.float32))
-            on_axis = positions < tl.where(axis < axes, length, 0)
-            nu = tl.minimum(nu, tl.load(accumulator + index, mask=on_axis, other=float("inf")).to(DTYPE))
-        nu = nu + gradient * gradient
+            if axis < head:
+                at = (row // (stride // cols)) % dim
+                row_nu = tl.minimum(row_nu, tl.load(accumulator + at, mask=row_in, other=float("inf")).to(DTYPE))
+            elif axis < axes:
+                at = (col // stride) % dim
+                col_nu = tl.minimum(col_nu, tl.load(accumulator + at, mask=col_in, other=float("inf")).to(DTYPE))
+        nu = tl.minimum(row_nu[:, None], col_nu[None, :]) + gradient * gradient
+        kept = tl.where(inside, nu, 0.0).to(tl.float32)   # 0 outside: nu >= 0 never falls below it
+        # maxima that are NaN where any element is (as torch's amax, and the per-element atomics were)
+        unordered = (kept != kept).to(tl.int32)
+        row_maxima = tl.where(tl.max(unordered, 1) != 0, float("nan"), tl.max(kept, 1))
+        col_maxima = tl.where(tl.max(unordered, 0) != 0, float("nan"), tl.max(kept, 0))
         for axis in tl.static_range(AXES):
-            index = (positions // tl.load(cover + 3 + 3 * axis).to(INDEX)) % tl.load(cover + 2 + 3 * axis).to(INDEX)
-            on_axis = positions < tl.where(axis < axes, length, 0)
-            tl.atomic_max(maxima + tl.load(cover + 4 + 3 * axis) + index, nu.to(tl.float32), mask=on_axis)
+            dim = tl.load(cover + 5 + 3 * axis).to(INDEX)
+            stride = tl.load(cover + 6 + 3 * axis).to(INDEX)
+            slots = maxima + tl.load(cover + 7 + 3 * axis)
+            if axis < head:
+                tl.atomic_max(slots + (row // (stride // cols)) % dim, row_maxima, mask=row_in)
+            elif axis < axes:
+                tl.atomic_max(slots + (col // stride) % dim, col_maxima, mask=col_in)
         scaled = gradient * (1.0 / tl.sqrt(nu + eps))
         if WITH_BUFFER:
             # a tensor without a buffer has momentum 0 and dampening 1 in the table: moving = scaled exactly
             address = tl.load(entry + 2)
             buffer = address.to(tl.pointer_type(tl.float32))
-            buffered = positions < tl.where(address != 0, length, 0)
+            buffered = inside & (offsets < tl.where(address != 0, length, 0))   # a block of booleans
             momentum = tl.load(entry + 5).to(tl.float64, bitcast=True).to(tl.float32)
             dampening = tl.load(entry + 6).to(tl.float64, bitcast=True).to(DTYPE)
-            moving = tl.load(buffer + positions, mask=buffered, other=0.0) * momentum + dampening * scaled
-            tl.store(buffer + positions, moving.to(tl.float32), mask=buffered)
+            moving = tl.load(buffer + offsets, mask=buffered, other=0.0) * momentum + dampening * scaled
+            tl.store(buffer + offsets, moving.to(tl.float32), mask=buffered)
             updated = weight * decay - lr * moving
         else:
             updated = weight * decay - lr * scaled
-        tl.store(weights + positions, updated, mask=inside)
+        tl.store(weights + offsets, updated, mask=inside)
 
     @triton.jit
     def sm3_finalize_kernel(table, covers, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
@@ -190,8 +228,8 @@ def _many_kernels():
         axes = tl.load(cover + 1)
         entry = table + FIELDS * tensor
         for axis in tl.static_range(AXES):
-            length = tl.where(axis < axes, tl.load(cover + 2 + 3 * axis), 0)
-            source = maxima + tl.load(cover + 4 + 3 * axis)
+            length = tl.where(axis < axes, tl.load(cover + 5 + 3 * axis), 0)
+            source = maxima + tl.load(cover + 7 + 3 * axis)
             accumulator = tl.load(entry + 10 + axis).to(tl.pointer_type(tl.float32))
             for first in range(0, length, BLOCK):
                 at = first + tl.arange(0, BLOCK)
@@ -204,35 +242,50 @@ class _Batch(NamedTuple):
     """The launch tables of one list of cover views (see :func:`_batch`)."""
 
     covers: torch.Tensor
-    """int64 (tensors, 2 + 3 MAX_AXES): numel, axes, and per axis its dim, stride and maxima offset."""
+    """int64 (tensors, 5 + 3 MAX_AXES): numel, axes, leading axes, columns, tiles per band, and per
+    axis its dim, stride and maxima offset."""
     programs: torch.Tensor
-    """int32 (programs, 2): the tensor each program steps, and which block of it."""
+    """int32 (programs, 2): the tensor each program steps, and which tile of it (row-band major)."""
     program_count: int
     maxima_length: int
     axes: int
     """The most axes of a view."""
     wide: bool
-    """Whether element indices, padded to whole blocks, need int64 (int32 otherwise: cheaper division)."""
+    """Whether element indices, padded to whole tiles, need int64 (int32 otherwise: cheaper division)."""
+
+
+def leading_axes(view: tuple[int, ...], min_cols: int) -> int:
+    """How many of the cover's leading axes are a tile's rows: all but the fewest trailing axes
+    whose product reaches ``min_cols`` (0, every axis a column, where the whole view is smaller)."""
+    cols = 1
+    for axis in range(len(view) - 1, -1, -1):
+        cols *= view[axis]
+        if cols >= min_cols:
+            return axis
+    return 0
 
 
 @lru_cache(maxsize=16)
-def _batch(views: tuple[tuple[int, ...], ...], block: int, device: torch.device) -> _Batch:
-    """The launch tables of tensors with these cover ``views``, on ``device``; cached, as a
-    training loop steps the same shapes every step."""
+def _batch(views: tuple[tuple[int, ...], ...], tile: tuple[int, int], min_cols: int, device: torch.device) -> _Batch:
+    """The launch tables of tensors with these cover ``views``, stepped in tiles of ``tile`` (rows,
+    columns), on ``device``; cached, as a training loop steps the same shapes every step."""
+    tile_rows, tile_cols = tile
     covers = np.zeros((len(views), _COVER_FIELDS), dtype=np.int64)
-    covers[:, 2:] = np.tile([1, 1, 0], MAX_AXES)
-    numel = np.array([math.prod(view) for view in views], dtype=np.int64)
-    covers[:, 0] = numel
-    covers[:, 1] = [len(view) for view in views]
+    covers[:, 5:] = np.tile([1, 1, 0], MAX_AXES)
     offset = 0
     for tensor, view in enumerate(views):
+        head = leading_axes(view, min_cols)
+        cols = math.prod(view[head:])
+        covers[tensor, :5] = (math.prod(view), len(view), head, cols, -(-cols // tile_cols))
         for axis, dim in enumerate(view):
-            covers[tensor, 2 + 3 * axis:5 + 3 * axis] = (dim, math.prod(view[axis + 1:]), offset)
+            covers[tensor, 5 + 3 * axis:8 + 3 * axis] = (dim, math.prod(view[axis + 1:]), offset)
             offset += dim
-    blocks = -(-numel // block)
-    programs = program_table(blocks)
+    numel, cols, band_tiles = covers[:, 0], np.maximum(covers[:, 3], 1), covers[:, 4]
+    bands = -(-(numel // cols) // tile_rows)
+    programs = program_table(np.where(numel > 0, bands * band_tiles, 0))
+    reach = bands * tile_rows * cols + band_tiles * tile_cols
     return _Batch(upload(covers, device), upload(programs, device), len(programs), offset,
-                  max(len(view) for view in views), bool((blocks * block).max() >= 2 ** 31))
+                  max(len(view) for view in views), bool(reach.max() >= 2 ** 31))
 
 
 def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:
@@ -283,8 +336,9 @@ class SM3TritonCall:
         self._tensors = list(tensors)   # kept: the table points into them
         self._weights = [tensor.weights for tensor in tensors]
         self._buffered = np.array([tensor.buffer is not None for tensor in tensors])
-        self._batch = _batch(tuple(tuple(int(dim) for dim in tensor.view) for tensor in tensors), BLOCK, self._device)
-        self._blocks = (BLOCK, VECTOR_BLOCK)
+        self._batch = _batch(tuple(tuple(int(dim) for dim in tensor.view) for tensor in tensors),
+                             (TILE_ROWS, TILE_COLS), MIN_COLS, self._device)
+        self._blocks = (TILE_ROWS, TILE_COLS, VECTOR_BLOCK)
         self._table = np.zeros((len(tensors), _TABLE_FIELDS), dtype=np.int64)
         for row, tensor in enumerate(tensors):
             self._table[row, :3] = (tensor.weights.data_ptr(), tensor.grads.data_ptr(),
@@ -309,7 +363,7 @@ class SM3TritonCall:
         import triton.language as tl
 
         batch = self._batch
-        block, vector_block = self._blocks
+        tile_rows, tile_cols, vector_block = self._blocks
         maxima = torch.zeros(batch.maxima_length, dtype=torch.float32, device=self._device)
         update, finalize = _many_kernels()
         if batch.program_count:
@@ -317,7 +371,8 @@ class SM3TritonCall:
                                            COVER_FIELDS=_COVER_FIELDS,
                                            DTYPE=tl.float64 if self._dtype == torch.float64 else tl.float32,
                                            AXES=batch.axes, WITH_BUFFER=bool(self._buffered.any()),
-                                           INDEX=tl.int64 if batch.wide else tl.int32, BLOCK=block)
+                                           INDEX=tl.int64 if batch.wide else tl.int32, TILE_ROWS=tile_rows,
+                                           TILE_COLS=tile_cols)
         finalize[(len(self._tensors),)](table, batch.covers, maxima, FIELDS=_TABLE_FIELDS, COVER_FIELDS=_COVER_FIELDS,
                                         AXES=batch.axes, BLOCK=vector_block)
 

@@ -27,7 +27,9 @@ SMMF_SHAPES = [(1, 1), (7, 13), (31, 17), (97, 1), (1, 97), (13, 8), (5, 3), (9,
 signs, the last four (columns a multiple of 8) take the tiled programs, partial tiles included, and
 the others the flat ones."""
 
-SM3_VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5), (4, 6)]
+SM3_VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5), (4, 6), (3, 2, 2), (2, 2, 3, 3)]
+"""With the small tiles of ``small_blocks`` (columns at least 4): views whose columns are the last
+axis, the last two or three axes, or every axis (one row)."""
 
 
 @pytest.fixture(autouse=True)
@@ -39,6 +41,9 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(smmf_triton, "TILE_COLS", 16)
     monkeypatch.setattr(smmf_triton, "VECTOR_BLOCK", 16)
     monkeypatch.setattr(sm3_triton, "BLOCK", 32)
+    monkeypatch.setattr(sm3_triton, "TILE_ROWS", 2)
+    monkeypatch.setattr(sm3_triton, "TILE_COLS", 8)
+    monkeypatch.setattr(sm3_triton, "MIN_COLS", 4)
     monkeypatch.setattr(sm3_triton, "VECTOR_BLOCK", 16)
 
 
@@ -347,3 +352,26 @@ def test_a_prepared_call_refuses_gradients_that_do_not_fit():
         assert torch.equal(tensor.weights, weights)
     call.run(grads, rows)
     assert not torch.equal(tensors[0].weights, before[0])
+
+
+def test_sm3_many_maxima_are_nan_where_a_slice_holds_one():
+    """A tile reduces its maxima in registers before the atomics: a NaN of either sign is still the
+    maximum of its slices (as torch's amax, and the CPU kernel), zeros stay +0.0 and huge values
+    order as floats do."""
+    case = sm3_case((7, 13), torch.float32, 0.0, 3)   # seed 3: no coupled decay
+    grads = case.grads.view(7, 13)
+    grads[0] = 0.0
+    grads[1, 2] = 1e18
+    grads[3, 4] = float("nan")
+    grads[5, 6] = -float("nan")
+    accumulators = tuple(torch.zeros_like(accumulator) for accumulator in case.accumulators)
+    tensor = SM3Tensor(weights=case.weights, grads=case.grads, view=case.view, accumulators=accumulators,
+                       buffer=None, scalars=case.scalars)
+    _, _, maxima = dense_update(case.weights.clone(), case.grads, None, 0, case.view, list(accumulators),
+                                case.scalars, add_square=True)
+    on_device(sm3_triton.sm3_many, [tensor])
+    for accumulator, maximum in zip(tensor.accumulators, maxima):
+        torch.testing.assert_close(accumulator, maximum.float(), rtol=1e-6, atol=0, equal_nan=True)
+        assert torch.equal(accumulator.isnan(), maximum.isnan()) and accumulator.isnan().any()
+    row_zero = tensor.accumulators[0][0].item()
+    assert row_zero == 0.0 and math.copysign(1.0, row_zero) > 0

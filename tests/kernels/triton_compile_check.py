@@ -48,7 +48,8 @@ def variants() -> dict[str, tuple]:
             found[f"sm3_many-{name}"] = (update, {"table": "*i64", "covers": "*i64", "programs": "*i32",
                                                   "maxima": "*fp32"},
                                          {**fields, "AXES": axes, "DTYPE": dtype, "WITH_BUFFER": with_buffer,
-                                          "INDEX": index, "BLOCK": sm3_triton.BLOCK}, target)
+                                          "INDEX": index, "TILE_ROWS": sm3_triton.TILE_ROWS,
+                                          "TILE_COLS": sm3_triton.TILE_COLS}, target)
             found[f"sm3_finalize-{name}"] = (sm3_finalize, {"table": "*i64", "covers": "*i64", "maxima": "*fp32"},
                                              {**fields, "AXES": axes, "BLOCK": sm3_triton.VECTOR_BLOCK}, target)
     for weights in ("*fp32", "*bf16", "*fp16", "*fp64"):
