@@ -46,6 +46,8 @@ MIN_COLS = 32
 them where the whole view is smaller): a 3 x 3 convolution's last axes alone would leave most of a
 tile's columns empty."""
 MAX_AXES = 8
+_TRITON_TYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+"""The weights dtypes :func:`sm3_many` steps, by Triton's names (math in fp32, float64 in float64)."""
 VECTOR_BLOCK = 1024
 """Accumulator elements that a finalize program of :func:`sm3_many` copies at a time."""
 
@@ -147,7 +149,8 @@ def _many_kernels():
 
     @triton.jit
     def sm3_many_kernel(table, covers, programs, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
-                        DTYPE: tl.constexpr, AXES: tl.constexpr, WITH_BUFFER: tl.constexpr, INDEX: tl.constexpr,
+                        DTYPE: tl.constexpr, COMPUTE: tl.constexpr, AXES: tl.constexpr, WITH_BUFFER: tl.constexpr,
+                        INDEX: tl.constexpr,
                         TILE_ROWS: tl.constexpr, TILE_COLS: tl.constexpr):
         """A tile of one tensor seen as a (leading axes) x (trailing axes) matrix (see the module
         docstring)."""
@@ -170,26 +173,26 @@ def _many_kernels():
         entry = table + FIELDS * tensor
         weights = tl.load(entry).to(tl.pointer_type(DTYPE))
         grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
-        lr = tl.load(entry + 3).to(tl.float64, bitcast=True).to(DTYPE)
-        eps = tl.load(entry + 4).to(tl.float64, bitcast=True).to(DTYPE)
-        decay = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
-        coupled = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
-        grad_sign = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
-        weight = tl.load(weights + offsets, mask=inside, other=0.0)
-        gradient = tl.load(grads + offsets, mask=inside, other=0.0) * grad_sign + coupled * weight
+        lr = tl.load(entry + 3).to(tl.float64, bitcast=True).to(COMPUTE)
+        eps = tl.load(entry + 4).to(tl.float64, bitcast=True).to(COMPUTE)
+        decay = tl.load(entry + 7).to(tl.float64, bitcast=True).to(COMPUTE)
+        coupled = tl.load(entry + 8).to(tl.float64, bitcast=True).to(COMPUTE)
+        grad_sign = tl.load(entry + 9).to(tl.float64, bitcast=True).to(COMPUTE)
+        weight = tl.load(weights + offsets, mask=inside, other=0.0).to(COMPUTE)
+        gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(COMPUTE) * grad_sign + coupled * weight
         # the minimum of the accumulators: over the leading axes per row, over the trailing per column
-        row_nu = tl.full((TILE_ROWS,), float("inf"), DTYPE)
-        col_nu = tl.full((TILE_COLS,), float("inf"), DTYPE)
+        row_nu = tl.full((TILE_ROWS,), float("inf"), COMPUTE)
+        col_nu = tl.full((TILE_COLS,), float("inf"), COMPUTE)
         for axis in tl.static_range(AXES):   # AXES is the batch's most; axes past a tensor's own are skipped
             dim = tl.load(cover + 5 + 3 * axis).to(INDEX)
             stride = tl.load(cover + 6 + 3 * axis).to(INDEX)
             accumulator = tl.load(entry + 10 + axis).to(tl.pointer_type(tl.float32))
             if axis < head:
                 at = (row // (stride // cols)) % dim
-                row_nu = tl.minimum(row_nu, tl.load(accumulator + at, mask=row_in, other=float("inf")).to(DTYPE))
+                row_nu = tl.minimum(row_nu, tl.load(accumulator + at, mask=row_in, other=float("inf")).to(COMPUTE))
             elif axis < axes:
                 at = (col // stride) % dim
-                col_nu = tl.minimum(col_nu, tl.load(accumulator + at, mask=col_in, other=float("inf")).to(DTYPE))
+                col_nu = tl.minimum(col_nu, tl.load(accumulator + at, mask=col_in, other=float("inf")).to(COMPUTE))
         nu = tl.minimum(row_nu[:, None], col_nu[None, :]) + gradient * gradient
         kept = tl.where(inside, nu, 0.0).to(tl.float32)   # 0 outside: nu >= 0 never falls below it
         # maxima that are NaN where any element is (as torch's amax, and the per-element atomics were)
@@ -211,13 +214,13 @@ def _many_kernels():
             buffer = address.to(tl.pointer_type(tl.float32))
             buffered = inside & (offsets < tl.where(address != 0, length, 0))   # a block of booleans
             momentum = tl.load(entry + 5).to(tl.float64, bitcast=True).to(tl.float32)
-            dampening = tl.load(entry + 6).to(tl.float64, bitcast=True).to(DTYPE)
+            dampening = tl.load(entry + 6).to(tl.float64, bitcast=True).to(COMPUTE)
             moving = tl.load(buffer + offsets, mask=buffered, other=0.0) * momentum + dampening * scaled
             tl.store(buffer + offsets, moving.to(tl.float32), mask=buffered)
             updated = weight * decay - lr * moving
         else:
             updated = weight * decay - lr * scaled
-        tl.store(weights + offsets, updated, mask=inside)
+        tl.store(weights + offsets, updated.to(DTYPE), mask=inside)
 
     @triton.jit
     def sm3_finalize_kernel(table, covers, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
@@ -292,8 +295,8 @@ def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:
     """The batch's weights dtype; ValueError where a tensor does not fit the kernel."""
     dtype = tensors[0].weights.dtype
     device = tensors[0].weights.device
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"sm3_many steps fp32 or float64 weights, got {dtype}")
+    if dtype not in _TRITON_TYPES:
+        raise ValueError(f"sm3_many steps fp32, float64, bf16 or fp16 weights, got {dtype}")
     for index, tensor in enumerate(tensors):
         if tensor.weights.dtype != dtype or tensor.grads.dtype != dtype:
             raise ValueError(f"sm3_many: every weight and gradient must be {dtype} (the first tensor's); "
@@ -369,7 +372,8 @@ class SM3TritonCall:
         if batch.program_count:
             update[(batch.program_count,)](table, batch.covers, batch.programs, maxima, FIELDS=_TABLE_FIELDS,
                                            COVER_FIELDS=_COVER_FIELDS,
-                                           DTYPE=tl.float64 if self._dtype == torch.float64 else tl.float32,
+                                           DTYPE=getattr(tl, _TRITON_TYPES[self._dtype]),
+                                           COMPUTE=tl.float64 if self._dtype == torch.float64 else tl.float32,
                                            AXES=batch.axes, WITH_BUFFER=bool(self._buffered.any()),
                                            INDEX=tl.int64 if batch.wide else tl.int32, TILE_ROWS=tile_rows,
                                            TILE_COLS=tile_cols)
@@ -392,10 +396,10 @@ def sm3_many(tensors: Sequence[SM3Tensor]) -> None:
     Per tensor, what :func:`sm3_range` does on ``[0, numel)`` of its view with new maxima (nu = the
     minimum of its accumulators + G^2; the update, through its momentum buffer when it has one),
     then its accumulators are overwritten by the slice maxima of nu, as the optimizer's SM3-II step
-    does. The tensors share the weights dtype (fp32 or float64: the math's), and their views have 1
-    to :data:`MAX_AXES` axes; ValueError otherwise. No host synchronisation; an empty list is a
-    no-op. A training loop keeps a :class:`SM3TritonCall` instead, which checks and builds the
-    tables once.
+    does. The tensors share the weights dtype (fp32, float64, bf16 or fp16; the math is fp32, float64
+    for float64), and their views have 1 to :data:`MAX_AXES` axes; ValueError otherwise. No host
+    synchronisation; an empty list is a no-op. A training loop keeps a :class:`SM3TritonCall`
+    instead, which checks and builds the tables once.
     """
     if not tensors:
         return

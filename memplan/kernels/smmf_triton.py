@@ -47,6 +47,8 @@ TILE_COLS = 128
 VECTOR_BLOCK = 1024
 """Elements of a factor vector that a finalize program of :func:`smmf_many` handles at a time."""
 SIGN_MODES = {None: 0, torch.uint8: 1, torch.bool: 8}
+_TRITON_TYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+"""The weights dtypes :func:`smmf_many` steps, by Triton's names (math in fp32, float64 in float64)."""
 
 
 @cache
@@ -142,7 +144,8 @@ def _many_kernels():
 
     @triton.jit
     def smmf_many_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
-                         DTYPE: tl.constexpr, INDEX: tl.constexpr, BLOCK: tl.constexpr):
+                         DTYPE: tl.constexpr, COMPUTE: tl.constexpr, INDEX: tl.constexpr,
+                         BLOCK: tl.constexpr):
         """A flat block of BLOCK elements of one tensor, as smmf_kernel: one atomic per element and sum."""
         program = tl.program_id(0)
         tensor = tl.load(programs + 2 * program)
@@ -163,11 +166,11 @@ def _many_kernels():
         col_v = tl.load(entry + 4).to(tl.pointer_type(tl.float32))
         row_m = tl.load(entry + 5).to(tl.pointer_type(tl.float32))
         col_m = tl.load(entry + 6).to(tl.pointer_type(tl.float32))
-        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
-        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
-        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
-        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(DTYPE)
-        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(DTYPE)
+        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(COMPUTE)
+        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(COMPUTE)
+        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(COMPUTE)
+        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(COMPUTE)
+        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(COMPUTE)
         # the previous row factor times its prior is rounded to fp32, as the optimizer's scaled factor is
         prior_v = tl.load(entry + 12).to(tl.float64, bitcast=True).to(tl.float32)
         prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
@@ -179,11 +182,11 @@ def _many_kernels():
             inside = offsets < length
             row = offsets // cols
             col = offsets % cols
-            weight = tl.load(weights + offsets, mask=inside, other=0.0)
-            gradient = tl.load(grads + offsets, mask=inside, other=0.0) * grad_sign + coupled * weight
+            weight = tl.load(weights + offsets, mask=inside, other=0.0).to(COMPUTE)
+            gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(COMPUTE) * grad_sign + coupled * weight
             # the outer products in the math's dtype: float64 multiplies the fp32 factors exactly, as torch does
-            second = gradient * gradient + ((tl.load(row_v + row, mask=inside, other=0.0) * prior_v).to(DTYPE)
-                                            * tl.load(col_v + col, mask=inside, other=0.0).to(DTYPE))
+            second = gradient * gradient + ((tl.load(row_v + row, mask=inside, other=0.0) * prior_v).to(COMPUTE)
+                                            * tl.load(col_v + col, mask=inside, other=0.0).to(COMPUTE))
             if SIGN_MODE == 0:
                 moment = gradient
             else:
@@ -192,10 +195,10 @@ def _many_kernels():
                 else:
                     positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
                 scale = tl.load(row_m + row, mask=inside, other=0.0) * prior_m
-                moment = gradient + (tl.where(positive, scale, -scale).to(DTYPE)
-                                     * tl.load(col_m + col, mask=inside, other=0.0).to(DTYPE))
+                moment = gradient + (tl.where(positive, scale, -scale).to(COMPUTE)
+                                     * tl.load(col_m + col, mask=inside, other=0.0).to(COMPUTE))
             updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
-            tl.store(weights + offsets, updated, mask=inside)
+            tl.store(weights + offsets, updated.to(DTYPE), mask=inside)
             tl.atomic_add(row_sums_v + row, second.to(tl.float32), mask=inside)
             tl.atomic_add(col_sums_v + col, second.to(tl.float32), mask=inside)
             if SIGN_MODE != 0:
@@ -212,7 +215,7 @@ def _many_kernels():
 
     @triton.jit
     def smmf_tile_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
-                         DTYPE: tl.constexpr, INDEX: tl.constexpr, TILE_ROWS: tl.constexpr,
+                         DTYPE: tl.constexpr, COMPUTE: tl.constexpr, INDEX: tl.constexpr, TILE_ROWS: tl.constexpr,
                          TILE_COLS: tl.constexpr):
         """A tile of TILE_ROWS x TILE_COLS elements of one tensor's matrix: its row and column sums
         reduced in registers, one atomic per row and column. With 1-bit signs, cols % 8 == 0, so
@@ -243,17 +246,18 @@ def _many_kernels():
         col_v = tl.load(entry + 4).to(tl.pointer_type(tl.float32))
         row_m = tl.load(entry + 5).to(tl.pointer_type(tl.float32))
         col_m = tl.load(entry + 6).to(tl.pointer_type(tl.float32))
-        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(DTYPE)
-        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(DTYPE)
-        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(DTYPE)
-        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(DTYPE)
-        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(DTYPE)
+        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(COMPUTE)
+        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(COMPUTE)
+        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(COMPUTE)
+        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(COMPUTE)
+        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(COMPUTE)
         prior_v = tl.load(entry + 12).to(tl.float64, bitcast=True).to(tl.float32)
         prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
-        weight = tl.load(weights + offsets, mask=inside, other=0.0)
-        gradient = tl.load(grads + offsets, mask=inside, other=0.0) * grad_sign + coupled * weight
-        scaled_row_v = (tl.load(row_v + row, mask=row_in, other=0.0) * prior_v).to(DTYPE)
-        second = gradient * gradient + scaled_row_v[:, None] * tl.load(col_v + col, mask=col_in, other=0.0).to(DTYPE)[None, :]
+        weight = tl.load(weights + offsets, mask=inside, other=0.0).to(COMPUTE)
+        gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(COMPUTE) * grad_sign + coupled * weight
+        scaled_row_v = (tl.load(row_v + row, mask=row_in, other=0.0) * prior_v).to(COMPUTE)
+        col_v_now = tl.load(col_v + col, mask=col_in, other=0.0).to(COMPUTE)
+        second = gradient * gradient + scaled_row_v[:, None] * col_v_now[None, :]
         if SIGN_MODE == 0:
             moment = gradient
         else:
@@ -263,10 +267,10 @@ def _many_kernels():
             else:
                 positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
             scale = tl.load(row_m + row, mask=row_in, other=0.0) * prior_m
-            signed = tl.where(positive, scale[:, None], -scale[:, None]).to(DTYPE)
-            moment = gradient + signed * tl.load(col_m + col, mask=col_in, other=0.0).to(DTYPE)[None, :]
+            signed = tl.where(positive, scale[:, None], -scale[:, None]).to(COMPUTE)
+            moment = gradient + signed * tl.load(col_m + col, mask=col_in, other=0.0).to(COMPUTE)[None, :]
         updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
-        tl.store(weights + offsets, updated, mask=inside)
+        tl.store(weights + offsets, updated.to(DTYPE), mask=inside)
         second = tl.where(inside, second, 0.0)
         tl.atomic_add(row_sums_v + row, tl.sum(second, axis=1).to(tl.float32), mask=row_in)
         tl.atomic_add(col_sums_v + col, tl.sum(second, axis=0).to(tl.float32), mask=col_in)
@@ -377,8 +381,8 @@ def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtyp
     dtype = tensors[0].weights.dtype
     sign_dtype = None if tensors[0].signs is None else tensors[0].signs.dtype
     device = tensors[0].weights.device
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"smmf_many steps fp32 or float64 weights, got {dtype}")
+    if dtype not in _TRITON_TYPES:
+        raise ValueError(f"smmf_many steps fp32, float64, bf16 or fp16 weights, got {dtype}")
     if sign_dtype not in SIGN_MODES:
         raise ValueError(f"smmf_many takes packed uint8 or bool signs, got {sign_dtype}")
     for index, tensor in enumerate(tensors):
@@ -457,8 +461,8 @@ class SMMFTritonCall:
         block, tile_rows, tile_cols, vector_block = self._blocks
         sums = torch.zeros(batch.sums_length, dtype=torch.float32, device=self._device)
         flat, tiled, finalize = _many_kernels()
-        types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=self._mode,
-                     DTYPE=tl.float64 if self._dtype == torch.float64 else tl.float32,
+        types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=self._mode, DTYPE=getattr(tl, _TRITON_TYPES[self._dtype]),
+                     COMPUTE=tl.float64 if self._dtype == torch.float64 else tl.float32,
                      INDEX=tl.int64 if batch.wide else tl.int32)
         if batch.tile_count:
             tiled[(batch.tile_count,)](table, batch.shapes, batch.tiles, sums, TILE_ROWS=tile_rows,
@@ -484,7 +488,8 @@ def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
     ``(row_v * prior_v, col_v)`` and ``(row_m * prior_m, col_m)``, then what the optimizer's factor
     store does: ``row = keep * row sums``, ``col = keep * column sums``, the shorter side divided by
     its total, written over the state (v's factors, and m's with signs). The tensors share the
-    weights dtype (fp32 or float64: the math's) and the sign storage; ValueError otherwise. No host
+    weights dtype (fp32, float64, bf16 or fp16; the math is fp32, float64 for float64) and the sign
+    storage; ValueError otherwise. No host
     synchronisation; an empty list is a no-op. A training loop keeps a :class:`SMMFTritonCall`
     instead, which checks and builds the tables once.
     """

@@ -32,7 +32,11 @@ DEFAULT_CHUNK_BYTES = 32 * 2**20
 MIN_CHUNK_BYTES = 64 * 2**10
 
 BATCH_DTYPES = (torch.float32, torch.float64)
-"""The parameter dtypes a multi-tensor step takes as they are (see :meth:`MemplanOptimizer._batchable`)."""
+"""The dtypes of CPU parameters a multi-tensor step takes as they are (see
+:meth:`MemplanOptimizer._batchable`)."""
+CUDA_BATCH_DTYPES = BATCH_DTYPES + (torch.bfloat16, torch.float16)
+"""The same for CUDA parameters: the Triton kernels load and store bf16 and fp16 weights too, with
+fp32 math."""
 
 LayoutSource = (Mapping[Any, Iterable[int]] | Callable[[str | None, tuple[int, ...]], Iterable[int]]
                 | Sequence[Iterable[int] | None] | None)
@@ -355,9 +359,10 @@ class MemplanOptimizer(torch.optim.Optimizer):
 
     def _batchable(self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any]) -> bool:
         """Whether a parameter held whole joins its group's batch: a plain contiguous fp32 or float64
-        tensor with a gradient of its own dtype and layout (any other steps on its own, through a
-        working copy where needed)."""
-        return (param.dtype in BATCH_DTYPES and grad.dtype == param.dtype and param.is_contiguous()
+        tensor (bf16 and fp16 too on CUDA) with a gradient of its own dtype and layout (any other
+        steps on its own, through a working copy where needed)."""
+        dtypes = CUDA_BATCH_DTYPES if param.is_cuda else BATCH_DTYPES
+        return (param.dtype in dtypes and grad.dtype == param.dtype and param.is_contiguous()
                 and grad.is_contiguous() and not is_distributed(param) and not is_distributed(grad))
 
     def _step_batch(self, group: Mapping[str, Any],

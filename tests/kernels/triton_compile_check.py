@@ -29,8 +29,10 @@ def variants() -> dict[str, tuple]:
     flat, tiled, finalize = smmf_triton._many_kernels()
     for target in TARGETS:
         for sign_mode in (0, 1, 8):
-            for dtype, index in ((tl.float32, tl.int32), (tl.float64, tl.int64)):
-                common = dict(SHAPE_FIELDS=smmf_triton._SHAPE_FIELDS, SIGN_MODE=sign_mode, DTYPE=dtype, INDEX=index)
+            for dtype, index in ((tl.float32, tl.int32), (tl.float64, tl.int64), (tl.bfloat16, tl.int32)):
+                compute = tl.float64 if dtype == tl.float64 else tl.float32
+                common = dict(SHAPE_FIELDS=smmf_triton._SHAPE_FIELDS, SIGN_MODE=sign_mode, DTYPE=dtype,
+                              COMPUTE=compute, INDEX=index)
                 name = f"{sign_mode}-{dtype}-{index}-{target}"
                 found[f"smmf_tile-{name}"] = (tiled, MANY, {**common, "TILE_ROWS": smmf_triton.TILE_ROWS,
                                                             "TILE_COLS": smmf_triton.TILE_COLS}, target)
@@ -42,12 +44,13 @@ def variants() -> dict[str, tuple]:
         update, sm3_finalize = sm3_triton._many_kernels()
         fields = dict(FIELDS=sm3_triton._TABLE_FIELDS, COVER_FIELDS=sm3_triton._COVER_FIELDS)
         for axes, with_buffer, dtype, index in ((1, False, tl.float32, tl.int32), (2, True, tl.float32, tl.int32),
-                                                (4, True, tl.float64, tl.int64),
-                                                (sm3_triton.MAX_AXES, False, tl.float32, tl.int32)):
+                                                (4, True, tl.float64, tl.int64), (3, True, tl.bfloat16, tl.int32),
+                                                (sm3_triton.MAX_AXES, False, tl.float16, tl.int32)):
             name = f"{axes}-{with_buffer}-{dtype}-{index}-{target}"
             found[f"sm3_many-{name}"] = (update, {"table": "*i64", "covers": "*i64", "programs": "*i32",
                                                   "maxima": "*fp32"},
                                          {**fields, "AXES": axes, "DTYPE": dtype, "WITH_BUFFER": with_buffer,
+                                          "COMPUTE": tl.float64 if dtype == tl.float64 else tl.float32,
                                           "INDEX": index, "TILE_ROWS": sm3_triton.TILE_ROWS,
                                           "TILE_COLS": sm3_triton.TILE_COLS}, target)
             found[f"sm3_finalize-{name}"] = (sm3_finalize, {"table": "*i64", "covers": "*i64", "maxima": "*fp32"},
