@@ -394,3 +394,35 @@ def test_sm3_many_maxima_are_nan_where_a_slice_holds_one():
         assert torch.equal(accumulator.isnan(), maximum.isnan()) and accumulator.isnan().any()
     row_zero = tensor.accumulators[0][0].item()
     assert row_zero == 0.0 and math.copysign(1.0, row_zero) > 0
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
+@pytest.mark.parametrize("module", ["smmf", "sm3"])
+def test_a_tile_adds_one_atomic_per_row_and_column_not_per_element(module, monkeypatch):
+    """The row and column statistics of a tile are reduced in registers: on a 64 x 96 matrix in
+    tiles of 8 x 32, a tile adds 8 row and 32 column atomics for each of SMMF's two factor pairs (v
+    and m) and for SM3's pair of axes: (8 + 32) / 256 atomics an element per pair, where the flat
+    programs added one per element to each row and column statistic (and every element of a row
+    hit its row's address)."""
+    from triton.runtime import interpreter
+
+    lanes = []
+    original = interpreter.InterpreterBuilder.create_atomic_rmw
+
+    def counting(self, op, ptr, val, mask, sem, scope):
+        lanes.append(int(mask.data.sum()))
+        return original(self, op, ptr, val, mask, sem, scope)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
+    rows, cols = 64, 96
+    if module == "smmf":
+        monkeypatch.setattr(smmf_triton, "TILE_ROWS", 8)
+        monkeypatch.setattr(smmf_triton, "TILE_COLS", 32)
+        on_device(smmf_triton.smmf_many, [smmf_case(rows, cols, torch.float32, 1, seed=0)[0]])
+        pairs = 2
+    else:
+        monkeypatch.setattr(sm3_triton, "TILE_ROWS", 8)
+        monkeypatch.setattr(sm3_triton, "TILE_COLS", 32)
+        on_device(sm3_triton.sm3_many, [sm3_case((rows, cols), torch.float32, 0.0, seed=0)])
+        pairs = 1
+    assert sum(lanes) == pairs * (rows * cols // (8 * 32)) * (8 + 32)
