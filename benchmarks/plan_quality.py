@@ -57,10 +57,14 @@ RESULTS = HERE / "results"
 BUDGET_SHARES = (0.01, 0.05)
 
 
-def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: bool = False) -> None:
-    """Trial, priors, plans and their training for one workload; writes benchmarks/results/<name>.*.
-    With ``plans_only``, the trial's runs are read back from the last run's CSV and only the plans
-    are made and trained again (after a change to the planner or to how priors are read)."""
+def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: bool = False,
+                 stem: str | None = None) -> None:
+    """Trial, priors, plans and their training for one workload; writes benchmarks/results/<stem>_*
+    (``stem`` defaults to the workload's name: another keeps a run with other settings beside the
+    one the bundled priors were fitted on). With ``plans_only``, the trial's runs are read back from
+    the last run's CSV and only the plans are made and trained again (after a change to the planner
+    or to how priors are read)."""
+    stem = stem or name
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
     path = WORKLOADS / f"{name}.py"
@@ -70,14 +74,14 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
                   progress=lambda done, label: print(f"[{name} {time.perf_counter() - started:7.0f}s] {done:4d} {label}",
                                                      flush=True))
     if plans_only:
-        result = reload_trial(trial, name, steps, seeds)
-        trial_seconds = json.loads((RESULTS / f"{name}_summary.json").read_text())["trial_seconds"]
+        result = reload_trial(trial, stem, steps, seeds)
+        trial_seconds = json.loads((RESULTS / f"{stem}_summary.json").read_text())["trial_seconds"]
     else:
         result = trial.run()
         trial_seconds = time.perf_counter() - started
     plans_started = time.perf_counter()
     evidence = trial_evidence(f"benchmarks/workloads/{name}.py", settings) + " (benchmarks/plan_quality.py)"
-    priors_path = RESULTS / f"{name}_priors.yaml"
+    priors_path = RESULTS / f"{stem}_priors.yaml"
     # as memplan trial does: no priors file from a workload where Adam is not ahead of SGD
     priors_path.unlink(missing_ok=True)
     if not result.scale_inverted():
@@ -96,11 +100,11 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
         trial.add_plan(plan, label)
         plans[label] = {"budget_bytes": plan.budget_bytes, "state_bytes": plan.state_bytes,
                         "methods": plan.by_method(), "predicted_quality": plan.predicted.quality}
-    result.runs_frame().to_csv(RESULTS / f"{name}_runs.csv", index=False)
+    result.runs_frame().to_csv(RESULTS / f"{stem}_runs.csv", index=False)
     table = result.table()
-    table.to_csv(RESULTS / f"{name}_table.csv", index=False)
-    result.probe_table().to_csv(RESULTS / f"{name}_probes.csv", index=False)
-    (RESULTS / f"{name}_summary.json").write_text(json.dumps({
+    table.to_csv(RESULTS / f"{stem}_table.csv", index=False)
+    result.probe_table().to_csv(RESULTS / f"{stem}_probes.csv", index=False)
+    (RESULTS / f"{stem}_summary.json").write_text(json.dumps({
         "workload": name, "steps": steps, "seeds": seeds, "trial_seconds": round(trial_seconds, 1),
         "total_seconds": round(trial_seconds + time.perf_counter() - plans_started, 1), "adam_state_bytes": adam_bytes,
         "plans": plans, "comparison": compare(result, plans), "notes": result.notes,
@@ -110,8 +114,8 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
 
 
 def reload_trial(trial: Trial, name: str, steps: int, seeds: int):
-    """``trial``'s result with the uniform and probe runs of the last run of ``name`` (which must
-    have used the same steps and seeds), without its plans."""
+    """``trial``'s result with the uniform and probe runs of the last run saved as ``name`` (which
+    must have used the same steps and seeds), without its plans."""
     summary = json.loads((RESULTS / f"{name}_summary.json").read_text())
     if (summary["steps"], summary["seeds"]) != (steps, seeds):
         raise SystemExit(f"{name}'s saved runs used --steps {summary['steps']} --seeds {summary['seeds']}")
@@ -129,16 +133,22 @@ def reload_trial(trial: Trial, name: str, steps: int, seeds: int):
 
 
 def compare(result, plans: dict) -> list[dict]:
-    """Per plan: its loss, the best uniform method that fits its budget, Adam's loss, with spreads."""
+    """Per plan: its loss, the best uniform method that fits its budget, Adam's loss, with spreads,
+    and the plan's loss minus the best uniform method's, seed by seed (mean and standard error)."""
     table = result.table().set_index("method")
     rows = []
     for label, plan in plans.items():
         fitting = table[(table["kind"] == "uniform") & (table["state_bytes"] <= plan["budget_bytes"])]
         fitting = fitting[fitting["loss"].apply(math.isfinite)]
         best = fitting["loss"].idxmin() if len(fitting) else None
-        plan_losses = list(result.best_runs(label).values())
-        best_losses = list(result.best_runs(best).values()) if best else []
+        plan_runs = result.best_runs(label)
+        best_runs = result.best_runs(best) if best else {}
+        plan_losses = list(plan_runs.values())
+        best_losses = list(best_runs.values())
         adam_losses = list(result.best_runs(REFERENCE_FAMILY).values())
+        # seed by seed (the same initialisation and batches): the difference's spread leaves out
+        # what the seeds share, which the two means' spreads both carry
+        paired = [plan_runs[seed] - best_runs[seed] for seed in plan_runs if seed in best_runs]
         rows.append({
             "plan": label, "budget_bytes": plan["budget_bytes"], "plan_loss": _mean(plan_losses),
             "plan_loss_std": _std(plan_losses), "best_uniform": best, "best_uniform_loss": _mean(best_losses),
@@ -146,6 +156,9 @@ def compare(result, plans: dict) -> list[dict]:
             "adam_loss_std": _std(adam_losses),
             "plan_vs_best_uniform": _mean(plan_losses) / _mean(best_losses) - 1 if best_losses else None,
             "plan_vs_adam": _mean(plan_losses) / _mean(adam_losses) - 1,
+            "paired_difference": _mean(paired) if paired else None,
+            "paired_se": _std(paired) / math.sqrt(len(paired)) if len(paired) > 1 and _std(paired) is not None
+            else None,
         })
     return rows
 
@@ -170,7 +183,7 @@ def summary() -> None:
         print(markdown(shown))
         print()
         print(markdown(pd.DataFrame(info["comparison"])))
-    names = list(tables)
+    names = [name for name in tables if (WORKLOADS / f"{name}.py").exists()]   # not runs kept under another stem
     # priors come from the fitted workloads only; each is checked on every other workload, by the
     # measured quality and by the measured loss (the one that keeps its meaning where SGD beats Adam)
     for fitted in (name for name in names if name not in HELD_OUT):
@@ -280,11 +293,13 @@ def main() -> None:
     parser.add_argument("--summary", action="store_true", help="report every workload's results")
     parser.add_argument("--plans-only", action="store_true",
                         help="reuse the workload's saved trial runs; make and train its plans again")
+    parser.add_argument("--stem", help="save the results as benchmarks/results/STEM_* instead of under the "
+                        "workload's name (a run with other settings, kept beside the fitted one)")
     args = parser.parse_args()
     if args.summary:
         summary()
     elif args.workload:
-        run_workload(args.workload, args.steps, args.seeds, args.probes, args.plans_only)
+        run_workload(args.workload, args.steps, args.seeds, args.probes, args.plans_only, args.stem)
     else:
         parser.error("name a workload or give --summary")
 
