@@ -41,6 +41,10 @@ from memplan.kernels.launch import program_table, upload
 from memplan.kernels.smmf_cpu import SMMFScalars, SMMFTensor
 
 BLOCK = 1024
+NEAR_ROWS = 4
+"""The rows at the start of a flat block whose sums a program keeps in registers (one atomic per
+row after its loop); a row further on adds per element (a block of 1024 spans at most 2 rows of
+a matrix at least 1024 wide, 4 of one at least 342 wide)."""
 TILE_ROWS = 16
 TILE_COLS = 128
 """The tile a program of :func:`smmf_many` steps (TILE_COLS a multiple of 8: whole sign bytes)."""
@@ -59,18 +63,25 @@ def _kernel():
     @triton.jit
     def smmf_kernel(weights, grads, signs, row_v, col_v, row_m, col_m, new_row_v, new_col_v, new_row_m, new_col_m,
                     start, length, cols, step_size, eps, decay, coupled, grad_sign,
-                    SIGN_MODE: tl.constexpr, BLOCK: tl.constexpr):
+                    SIGN_MODE: tl.constexpr, BLOCK: tl.constexpr, NEAR_ROWS: tl.constexpr):
         program = tl.program_id(0)
         byte = program * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
         if SIGN_MODE == 1:
             old_bytes = tl.load(signs + byte, mask=byte < (length + 7) // 8, other=0).to(tl.int32)
         new_bytes = tl.full((BLOCK // 8,), 0, tl.int32)  # tl.full: a builtin (tl.zeros is a jit function)
+        # the block's first NEAR_ROWS rows: their sums in registers, one atomic each after the loop
+        first_row = (start + program * BLOCK) // cols
+        near = tl.arange(0, NEAR_ROWS)
+        near_v = tl.full((NEAR_ROWS,), 0.0, new_row_v.dtype.element_ty)
+        near_m = tl.full((NEAR_ROWS,), 0.0, new_row_m.dtype.element_ty)
         for bit in tl.static_range(8):  # element 8 b + bit of every byte b of the block: no reduction needed
             offsets = byte * 8 + bit
             inside = offsets < length
             element = start + offsets
             row = element // cols
             col = element % cols
+            far = inside & (row - first_row >= NEAR_ROWS)
+            picked = ((row - first_row)[None, :] == near[:, None]) & inside[None, :]
             weight = tl.load(weights + offsets, mask=inside, other=0.0)
             compute = weight.dtype if weight.dtype == tl.float64 else tl.float32
             weight = weight.to(compute)
@@ -88,12 +99,14 @@ def _kernel():
                 moment = gradient + tl.where(positive, scale, -scale) * tl.load(col_m + col, mask=inside, other=0.0)
             updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
             tl.store(weights + offsets, updated.to(weights.dtype.element_ty), mask=inside)
-            tl.atomic_add(new_row_v + row, second, mask=inside)
+            near_v += tl.sum(tl.where(picked, second[None, :], 0.0), axis=1).to(near_v.dtype)
+            tl.atomic_add(new_row_v + row, second, mask=far)
             tl.atomic_add(new_col_v + col, second, mask=inside)
             if SIGN_MODE != 0:
                 now_positive = (moment > 0) & inside
                 magnitude = tl.abs(moment)
-                tl.atomic_add(new_row_m + row, magnitude, mask=inside)
+                near_m += tl.sum(tl.where(picked, magnitude[None, :], 0.0), axis=1).to(near_m.dtype)
+                tl.atomic_add(new_row_m + row, magnitude, mask=far)
                 tl.atomic_add(new_col_m + col, magnitude, mask=inside)
                 if SIGN_MODE == 1:
                     new_bytes = new_bytes | (now_positive.to(tl.int32) << bit)
@@ -101,6 +114,11 @@ def _kernel():
                     tl.store(signs + offsets, now_positive.to(signs.dtype.element_ty), mask=inside)
         if SIGN_MODE == 1:
             tl.store(signs + byte, new_bytes.to(tl.uint8), mask=byte < (length + 7) // 8)
+        last_row = (start + tl.minimum((program + 1) * BLOCK, length) - 1) // cols
+        present = first_row + near <= last_row
+        tl.atomic_add(new_row_v + first_row + near, near_v, mask=present)
+        if SIGN_MODE != 0:
+            tl.atomic_add(new_row_m + first_row + near, near_m, mask=present)
 
     return smmf_kernel
 
@@ -124,7 +142,7 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
     grid = (-(-length // BLOCK),)
     _kernel()[grid](weights, grads, sign_storage, scaled_v[0], scaled_v[1], row_m, col_m, new_v[0], new_v[1],
                     new_row_m, new_col_m, start, length, cols, scalars.step_size, scalars.eps, scalars.decay,
-                    scalars.coupled_decay, scalars.grad_sign, SIGN_MODE=mode, BLOCK=BLOCK)
+                    scalars.coupled_decay, scalars.grad_sign, SIGN_MODE=mode, BLOCK=BLOCK, NEAR_ROWS=NEAR_ROWS)
 
 
 # smmf_many's per-call table, one int64 row of 16 per tensor: the data pointers of its weights,
@@ -145,11 +163,13 @@ def _many_kernels():
     @triton.jit
     def smmf_many_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
                          DTYPE: tl.constexpr, COMPUTE: tl.constexpr, INDEX: tl.constexpr,
-                         BLOCK: tl.constexpr):
-        """A flat block of BLOCK elements of one tensor, as smmf_kernel: one atomic per element and sum."""
+                         BLOCK: tl.constexpr, NEAR_ROWS: tl.constexpr):
+        """A flat block of BLOCK elements of one tensor, as smmf_kernel: one atomic per element and
+        column sum, per row for the block's first NEAR_ROWS rows."""
         program = tl.program_id(0)
         tensor = tl.load(programs + 2 * program)
-        byte = tl.load(programs + 2 * program + 1).to(INDEX) * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
+        block = tl.load(programs + 2 * program + 1).to(INDEX)
+        byte = block * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
         shape = shapes + SHAPE_FIELDS * tensor
         length = tl.load(shape).to(INDEX)
         cols = tl.load(shape + 1).to(INDEX)
@@ -177,11 +197,17 @@ def _many_kernels():
         if SIGN_MODE == 1:
             old_bytes = tl.load(signs + byte, mask=byte < (length + 7) // 8, other=0).to(tl.int32)
         new_bytes = tl.full((BLOCK // 8,), 0, tl.int32)
+        first_row = block * BLOCK // cols
+        near = tl.arange(0, NEAR_ROWS)
+        near_v = tl.full((NEAR_ROWS,), 0.0, tl.float32)
+        near_m = tl.full((NEAR_ROWS,), 0.0, tl.float32)
         for bit in tl.static_range(8):  # element 8 b + bit of every byte b of the block, as in smmf_kernel
             offsets = byte * 8 + bit
             inside = offsets < length
             row = offsets // cols
             col = offsets % cols
+            far = inside & (row - first_row >= NEAR_ROWS)
+            picked = ((row - first_row)[None, :] == near[:, None]) & inside[None, :]
             weight = tl.load(weights + offsets, mask=inside, other=0.0).to(COMPUTE)
             gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(COMPUTE) * grad_sign + coupled * weight
             # the outer products in the math's dtype: float64 multiplies the fp32 factors exactly, as torch does
@@ -199,12 +225,14 @@ def _many_kernels():
                                      * tl.load(col_m + col, mask=inside, other=0.0).to(COMPUTE))
             updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
             tl.store(weights + offsets, updated.to(DTYPE), mask=inside)
-            tl.atomic_add(row_sums_v + row, second.to(tl.float32), mask=inside)
+            near_v += tl.sum(tl.where(picked, second.to(tl.float32)[None, :], 0.0), axis=1)
+            tl.atomic_add(row_sums_v + row, second.to(tl.float32), mask=far)
             tl.atomic_add(col_sums_v + col, second.to(tl.float32), mask=inside)
             if SIGN_MODE != 0:
                 now_positive = (moment > 0) & inside
                 magnitude = tl.abs(moment).to(tl.float32)
-                tl.atomic_add(row_sums_m + row, magnitude, mask=inside)
+                near_m += tl.sum(tl.where(picked, magnitude[None, :], 0.0), axis=1)
+                tl.atomic_add(row_sums_m + row, magnitude, mask=far)
                 tl.atomic_add(col_sums_m + col, magnitude, mask=inside)
                 if SIGN_MODE == 1:
                     new_bytes = new_bytes | (now_positive.to(tl.int32) << bit)
@@ -212,6 +240,10 @@ def _many_kernels():
                     tl.store(signs + offsets, now_positive.to(tl.uint8), mask=inside)
         if SIGN_MODE == 1:
             tl.store(signs + byte, new_bytes.to(tl.uint8), mask=byte < (length + 7) // 8)
+        present = first_row + near <= (tl.minimum((block + 1) * BLOCK, length) - 1) // cols
+        tl.atomic_add(row_sums_v + first_row + near, near_v, mask=present)
+        if SIGN_MODE != 0:
+            tl.atomic_add(row_sums_m + first_row + near, near_m, mask=present)
 
     @triton.jit
     def smmf_tile_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
@@ -468,7 +500,8 @@ class SMMFTritonCall:
             tiled[(batch.tile_count,)](table, batch.shapes, batch.tiles, sums, TILE_ROWS=tile_rows,
                                        TILE_COLS=tile_cols, **types)
         if batch.block_count:
-            flat[(batch.block_count,)](table, batch.shapes, batch.blocks, sums, BLOCK=block, **types)
+            flat[(batch.block_count,)](table, batch.shapes, batch.blocks, sums, BLOCK=block, NEAR_ROWS=NEAR_ROWS,
+                                       **types)
         finalize[(len(self._tensors),)](table, batch.shapes, sums, SHAPE_FIELDS=_SHAPE_FIELDS,
                                         MOMENTS=1 if self._mode == 0 else 2, BLOCK=vector_block)
 

@@ -426,3 +426,32 @@ def test_a_tile_adds_one_atomic_per_row_and_column_not_per_element(module, monke
         on_device(sm3_triton.sm3_many, [sm3_case((rows, cols), torch.float32, 0.0, seed=0)])
         pairs = 1
     assert sum(lanes) == pairs * (rows * cols // (8 * 32)) * (8 + 32)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
+@pytest.mark.parametrize("cols", [97, 13], ids=["wide", "narrow"])
+def test_a_flat_block_adds_one_atomic_per_near_row(cols, monkeypatch):
+    """A flat block (1-bit signs, columns not a multiple of 8) keeps the sums of its first
+    NEAR_ROWS rows in registers: one atomic per such row and statistic, per element only for the
+    column sums and for rows further on (a block of 64 spans 2 rows 97 wide, 5 or 6 rows 13 wide)."""
+    from triton.runtime import interpreter
+
+    lanes = []
+    original = interpreter.InterpreterBuilder.create_atomic_rmw
+
+    def counting(self, op, ptr, val, mask, sem, scope):
+        lanes.append(int(mask.data.sum()))
+        return original(self, op, ptr, val, mask, sem, scope)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
+    rows = 40
+    on_device(smmf_triton.smmf_many, [smmf_case(rows, cols, torch.float32, 1, seed=0)[0]])
+    count, block, near = rows * cols, smmf_triton.BLOCK, smmf_triton.NEAR_ROWS
+    row_atomics = 0
+    for first in range(0, count, block):
+        spanned = (min(first + block, count) - 1) // cols - first // cols + 1
+        far_elements = sum(1 for element in range(first, min(first + block, count))
+                           if element // cols - first // cols >= near)
+        row_atomics += min(spanned, near) + far_elements
+    assert sum(lanes) == 2 * (count + row_atomics)   # v and m: every column sum, and the rows'
+    assert (row_atomics < count / 20) == (cols == 97)

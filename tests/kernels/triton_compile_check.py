@@ -36,7 +36,8 @@ def variants() -> dict[str, tuple]:
                 name = f"{sign_mode}-{dtype}-{index}-{target}"
                 found[f"smmf_tile-{name}"] = (tiled, MANY, {**common, "TILE_ROWS": smmf_triton.TILE_ROWS,
                                                             "TILE_COLS": smmf_triton.TILE_COLS}, target)
-                found[f"smmf_many-{name}"] = (flat, MANY, {**common, "BLOCK": smmf_triton.BLOCK}, target)
+                found[f"smmf_many-{name}"] = (flat, MANY, {**common, "BLOCK": smmf_triton.BLOCK,
+                                                           "NEAR_ROWS": smmf_triton.NEAR_ROWS}, target)
             found[f"smmf_finalize-{sign_mode}-{target}"] = (
                 finalize, {"table": "*i64", "shapes": "*i64", "sums": "*fp32"},
                 dict(SHAPE_FIELDS=smmf_triton._SHAPE_FIELDS, MOMENTS=1 if sign_mode == 0 else 2,
@@ -64,7 +65,8 @@ def variants() -> dict[str, tuple]:
                          "start": "i64", "length": "i32", "cols": "i32",
                          **{name: "fp32" for name in ("step_size", "eps", "decay", "coupled", "grad_sign")}}
             found[f"smmf_range-{weights}-{sign_mode}-sm_90"] = (
-                smmf_triton._kernel(), signature, dict(SIGN_MODE=sign_mode, BLOCK=smmf_triton.BLOCK), "sm_90")
+                smmf_triton._kernel(), signature,
+                dict(SIGN_MODE=sign_mode, BLOCK=smmf_triton.BLOCK, NEAR_ROWS=smmf_triton.NEAR_ROWS), "sm_90")
         for mode in (0, 1, 2):
             signature = {"weights": weights, "grads": weights, "buffer": factors, "accumulators": "*fp32",
                          "maxima": "*fp32", "dims": "*i64", "strides": "*i64", "offsets": "*i64", "start": "i64",
