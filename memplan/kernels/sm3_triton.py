@@ -39,6 +39,10 @@ from memplan.kernels.launch import program_table, upload
 from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
 BLOCK = 1024
+NEAR_SLICES = 4
+"""Per axis, the slices at the start of a flat block of :func:`sm3_range` whose maxima a program
+reduces in registers (one atomic each); further slices take one per element (a block of 1024
+elements meets 2 rows of a matrix at least 1024 wide)."""
 TILE_ROWS = 8
 TILE_COLS = 128
 MIN_COLS = 32
@@ -60,7 +64,7 @@ def _kernel():
     @triton.jit
     def sm3_kernel(weights, grads, buffer, accumulators, maxima, dims, strides, offsets, start, length, lr, eps,
                    momentum, dampening, decay, coupled, grad_sign, AXES: tl.constexpr, MODE: tl.constexpr,
-                   WITH_BUFFER: tl.constexpr, BLOCK: tl.constexpr):
+                   WITH_BUFFER: tl.constexpr, BLOCK: tl.constexpr, NEAR: tl.constexpr):
         program = tl.program_id(0)
         positions = program * BLOCK + tl.arange(0, BLOCK)
         inside = positions < length
@@ -74,17 +78,30 @@ def _kernel():
             index = (element // tl.load(strides + axis)) % tl.load(dims + axis)
             slot = tl.load(offsets + axis) + index
             nu = tl.minimum(nu, tl.load(accumulators + slot, mask=inside, other=0.0).to(compute))
-        if MODE == 2:  # SM3-I's first pass: slice maxima of G^2 only
-            square = gradient * gradient
+        if MODE == 0:
+            nu = nu + gradient * gradient
+        if MODE != 1:   # the slice maxima: of G^2 (SM3-I's first pass) or of nu (SM3-II)
+            if MODE == 2:
+                value = tl.where(inside, gradient * gradient, 0.0).to(tl.float32)
+            else:
+                value = tl.where(inside, nu, 0.0).to(tl.float32)
+            # per axis, the block's first NEAR slices (the block's element // stride, counted from its
+            # first element's) are reduced in registers, one atomic each; slices further on, per element
+            first = start + program * BLOCK
+            last = start + tl.minimum((program + 1) * BLOCK, length) - 1
+            near = tl.arange(0, NEAR)
             for axis in tl.static_range(AXES):
-                slot = tl.load(offsets + axis) + (element // tl.load(strides + axis)) % tl.load(dims + axis)
-                tl.atomic_max(maxima + slot, square.to(tl.float32), mask=inside)
-        else:
-            if MODE == 0:
-                nu = nu + gradient * gradient
-                for axis in tl.static_range(AXES):
-                    slot = tl.load(offsets + axis) + (element // tl.load(strides + axis)) % tl.load(dims + axis)
-                    tl.atomic_max(maxima + slot, nu.to(tl.float32), mask=inside)
+                stride = tl.load(strides + axis)
+                dim = tl.load(dims + axis)
+                slots = maxima + tl.load(offsets + axis)
+                local = element // stride - first // stride
+                chosen = tl.where((local[None, :] == near[:, None]) & inside[None, :], value[None, :], 0.0)
+                unordered = tl.max((chosen != chosen).to(tl.int32), 1) != 0   # a NaN is its slice's maximum
+                near_maxima = tl.where(unordered, float("nan"), tl.max(chosen, 1))
+                tl.atomic_max(slots + (first // stride + near) % dim, near_maxima,
+                              mask=first // stride + near <= last // stride)
+                tl.atomic_max(slots + (element // stride) % dim, value, mask=inside & (local >= NEAR))
+        if MODE != 2:
             scaled = gradient * (1.0 / tl.sqrt(nu + eps))
             if WITH_BUFFER:
                 moving = tl.load(buffer + positions, mask=inside, other=0.0) * momentum + dampening * scaled
@@ -112,7 +129,7 @@ def _launch(weights, grads, start, view, accumulators, outputs, buffer, scalars,
     _kernel()[(-(-length // BLOCK),)](
         weights, grads, weights if buffer is None else buffer, stacked, maxima, dims, strides, offsets, start, length,
         scalars.lr, scalars.eps, scalars.momentum, 1.0 - scalars.momentum, scalars.decay, scalars.coupled_decay,
-        scalars.grad_sign, AXES=len(view), MODE=mode, WITH_BUFFER=buffer is not None, BLOCK=BLOCK)
+        scalars.grad_sign, AXES=len(view), MODE=mode, WITH_BUFFER=buffer is not None, BLOCK=BLOCK, NEAR=NEAR_SLICES)
     if outputs is not None:
         for output, piece in zip(outputs, maxima.split(list(view))):
             output.view(-1).copy_(piece)

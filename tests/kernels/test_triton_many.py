@@ -455,3 +455,33 @@ def test_a_flat_block_adds_one_atomic_per_near_row(cols, monkeypatch):
         row_atomics += min(spanned, near) + far_elements
     assert sum(lanes) == 2 * (count + row_atomics)   # v and m: every column sum, and the rows'
     assert (row_atomics < count / 20) == (cols == 97)
+
+
+@pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
+def test_a_flat_sm3_block_adds_one_atomic_per_near_slice(monkeypatch):
+    """sm3_range's blocks (SM3-I, a rank's shard) reduce the maxima of the first NEAR_SLICES
+    slices they meet on each axis in registers: on a 64 x 96 cover in blocks of 32, each block
+    adds one atomic for its row and 4 + 28 for its columns, where it added 32 + 32."""
+    from triton.runtime import interpreter
+
+    from memplan.kernels.sm3_cpu import SM3Scalars
+
+    lanes = []
+    original = interpreter.InterpreterBuilder.create_atomic_rmw
+
+    def counting(self, op, ptr, val, mask, sem, scope):
+        lanes.append(int(mask.data.sum()))
+        return original(self, op, ptr, val, mask, sem, scope)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
+    view = (64, 96)
+    case = sm3_case(view, torch.float32, 0.0, seed=0)
+    new = [torch.zeros(dim) for dim in view]
+    scalars = SM3Scalars(lr=0.1, eps=1e-30, momentum=0.0)
+    on_device(sm3_triton.sm3_range, case.weights, case.grads, 0, view, list(case.accumulators), new, None, scalars)
+    blocks = 64 * 96 // sm3_triton.BLOCK
+    assert sum(lanes) == blocks * (1 + sm3_triton.BLOCK)
+    _, _, maxima = dense_update(case.weights.clone(), case.grads, None, 0, view, list(case.accumulators), scalars,
+                                add_square=True)
+    for got, want in zip(new, maxima):
+        assert torch.equal(got, want.float())

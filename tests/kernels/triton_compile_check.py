@@ -73,7 +73,8 @@ def variants() -> dict[str, tuple]:
                          "length": "i32", **{name: "fp32" for name in ("lr", "eps", "momentum", "dampening", "decay",
                                                                       "coupled", "grad_sign")}}
             found[f"sm3_range-{weights}-{mode}-sm_90"] = (
-                sm3_triton._kernel(), signature, dict(AXES=3, MODE=mode, WITH_BUFFER=mode != 2, BLOCK=sm3_triton.BLOCK),
+                sm3_triton._kernel(), signature,
+                dict(AXES=3, MODE=mode, WITH_BUFFER=mode != 2, BLOCK=sm3_triton.BLOCK, NEAR=sm3_triton.NEAR_SLICES),
                 "sm_90")
     return found
 
