@@ -153,12 +153,19 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
 # kernels read both at these fixed offsets.
 _SHAPE_FIELDS = 5
 _TABLE_FIELDS = 16   # the kernels' literal 16
+_entries = None
+"""memplan.kernels.triton_entries once :func:`_many_kernels` has imported it (it imports Triton)."""
 
 
 @cache
 def _many_kernels():
     import triton
     import triton.language as tl
+
+    # the kernels call the shared table reader through this module's globals, where both Triton's
+    # compiler and its interpreter look (not as a local of this function)
+    global _entries
+    from memplan.kernels import triton_entries as _entries
 
     @triton.jit
     def smmf_many_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
@@ -170,30 +177,10 @@ def _many_kernels():
         tensor = tl.load(programs + 2 * program)
         block = tl.load(programs + 2 * program + 1).to(INDEX)
         byte = block * (BLOCK // 8) + tl.arange(0, BLOCK // 8)
-        shape = shapes + SHAPE_FIELDS * tensor
-        length = tl.load(shape).to(INDEX)
-        cols = tl.load(shape + 1).to(INDEX)
-        rows = tl.load(shape + 2).to(INDEX)
-        row_sums_v = sums + tl.load(shape + 3)
-        col_sums_v = row_sums_v + rows
-        row_sums_m = col_sums_v + cols
-        col_sums_m = row_sums_m + rows
-        entry = table + 16 * tensor
-        weights = tl.load(entry).to(tl.pointer_type(DTYPE))
-        grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
-        signs = tl.load(entry + 2).to(tl.pointer_type(tl.uint8))
-        row_v = tl.load(entry + 3).to(tl.pointer_type(tl.float32))
-        col_v = tl.load(entry + 4).to(tl.pointer_type(tl.float32))
-        row_m = tl.load(entry + 5).to(tl.pointer_type(tl.float32))
-        col_m = tl.load(entry + 6).to(tl.pointer_type(tl.float32))
-        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(COMPUTE)
-        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(COMPUTE)
-        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(COMPUTE)
-        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(COMPUTE)
-        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(COMPUTE)
-        # the previous row factor times its prior is rounded to fp32, as the optimizer's scaled factor is
-        prior_v = tl.load(entry + 12).to(tl.float64, bitcast=True).to(tl.float32)
-        prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
+        length, cols, rows, band_tiles, row_sums_v, col_sums_v, row_sums_m, col_sums_m = _entries.smmf_shape(
+            shapes, tensor, sums, SHAPE_FIELDS, INDEX)
+        (weights, grads, signs, row_v, col_v, row_m, col_m, step_size, eps, decay, coupled, grad_sign, prior_v,
+         prior_m) = _entries.smmf_entry(table, tensor, DTYPE, COMPUTE)
         if SIGN_MODE == 1:
             old_bytes = tl.load(signs + byte, mask=byte < (length + 7) // 8, other=0).to(tl.int32)
         new_bytes = tl.full((BLOCK // 8,), 0, tl.int32)
@@ -255,14 +242,8 @@ def _many_kernels():
         program = tl.program_id(0)
         tensor = tl.load(programs + 2 * program)
         tile = tl.load(programs + 2 * program + 1)
-        shape = shapes + SHAPE_FIELDS * tensor
-        cols = tl.load(shape + 1).to(INDEX)
-        rows = tl.load(shape + 2).to(INDEX)
-        row_sums_v = sums + tl.load(shape + 3)
-        col_sums_v = row_sums_v + rows
-        row_sums_m = col_sums_v + cols
-        col_sums_m = row_sums_m + rows
-        band_tiles = tl.load(shape + 4).to(tl.int32)
+        length, cols, rows, band_tiles, row_sums_v, col_sums_v, row_sums_m, col_sums_m = _entries.smmf_shape(
+            shapes, tensor, sums, SHAPE_FIELDS, INDEX)
         row = (tile // band_tiles).to(INDEX) * TILE_ROWS + tl.arange(0, TILE_ROWS)
         first_col = (tile % band_tiles).to(INDEX) * TILE_COLS
         col = first_col + tl.arange(0, TILE_COLS)
@@ -270,21 +251,8 @@ def _many_kernels():
         col_in = col < cols
         inside = row_in[:, None] & col_in[None, :]
         offsets = row[:, None] * cols + col[None, :]
-        entry = table + 16 * tensor
-        weights = tl.load(entry).to(tl.pointer_type(DTYPE))
-        grads = tl.load(entry + 1).to(tl.pointer_type(DTYPE))
-        signs = tl.load(entry + 2).to(tl.pointer_type(tl.uint8))
-        row_v = tl.load(entry + 3).to(tl.pointer_type(tl.float32))
-        col_v = tl.load(entry + 4).to(tl.pointer_type(tl.float32))
-        row_m = tl.load(entry + 5).to(tl.pointer_type(tl.float32))
-        col_m = tl.load(entry + 6).to(tl.pointer_type(tl.float32))
-        step_size = tl.load(entry + 7).to(tl.float64, bitcast=True).to(COMPUTE)
-        eps = tl.load(entry + 8).to(tl.float64, bitcast=True).to(COMPUTE)
-        decay = tl.load(entry + 9).to(tl.float64, bitcast=True).to(COMPUTE)
-        coupled = tl.load(entry + 10).to(tl.float64, bitcast=True).to(COMPUTE)
-        grad_sign = tl.load(entry + 11).to(tl.float64, bitcast=True).to(COMPUTE)
-        prior_v = tl.load(entry + 12).to(tl.float64, bitcast=True).to(tl.float32)
-        prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
+        (weights, grads, signs, row_v, col_v, row_m, col_m, step_size, eps, decay, coupled, grad_sign, prior_v,
+         prior_m) = _entries.smmf_entry(table, tensor, DTYPE, COMPUTE)
         weight = tl.load(weights + offsets, mask=inside, other=0.0).to(COMPUTE)
         gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(COMPUTE) * grad_sign + coupled * weight
         scaled_row_v = (tl.load(row_v + row, mask=row_in, other=0.0) * prior_v).to(COMPUTE)

@@ -396,24 +396,30 @@ def test_sm3_many_maxima_are_nan_where_a_slice_holds_one():
     assert row_zero == 0.0 and math.copysign(1.0, row_zero) > 0
 
 
+@pytest.fixture
+def lanes(monkeypatch) -> list[int]:
+    """The lanes of every atomic the interpreter runs from now on, one count per atomic call."""
+    from triton.runtime import interpreter
+
+    counted: list[int] = []
+    original = interpreter.InterpreterBuilder.create_atomic_rmw
+
+    def counting(self, op, ptr, val, mask, sem, scope):
+        counted.append(int(mask.data.sum()))
+        return original(self, op, ptr, val, mask, sem, scope)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
+    return counted
+
+
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
 @pytest.mark.parametrize("module", ["smmf", "sm3"])
-def test_a_tile_adds_one_atomic_per_row_and_column_not_per_element(module, monkeypatch):
+def test_a_tile_adds_one_atomic_per_row_and_column_not_per_element(module, monkeypatch, lanes):
     """The row and column statistics of a tile are reduced in registers: on a 64 x 96 matrix in
     tiles of 8 x 32, a tile adds 8 row and 32 column atomics for each of SMMF's two factor pairs (v
     and m) and for SM3's pair of axes: (8 + 32) / 256 atomics an element per pair, where the flat
     programs added one per element to each row and column statistic (and every element of a row
     hit its row's address)."""
-    from triton.runtime import interpreter
-
-    lanes = []
-    original = interpreter.InterpreterBuilder.create_atomic_rmw
-
-    def counting(self, op, ptr, val, mask, sem, scope):
-        lanes.append(int(mask.data.sum()))
-        return original(self, op, ptr, val, mask, sem, scope)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
     rows, cols = 64, 96
     if module == "smmf":
         monkeypatch.setattr(smmf_triton, "TILE_ROWS", 8)
@@ -430,20 +436,10 @@ def test_a_tile_adds_one_atomic_per_row_and_column_not_per_element(module, monke
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
 @pytest.mark.parametrize("cols", [97, 13], ids=["wide", "narrow"])
-def test_a_flat_block_adds_one_atomic_per_near_row(cols, monkeypatch):
+def test_a_flat_block_adds_one_atomic_per_near_row(cols, lanes):
     """A flat block (1-bit signs, columns not a multiple of 8) keeps the sums of its first
     NEAR_ROWS rows in registers: one atomic per such row and statistic, per element only for the
     column sums and for rows further on (a block of 64 spans 2 rows 97 wide, 5 or 6 rows 13 wide)."""
-    from triton.runtime import interpreter
-
-    lanes = []
-    original = interpreter.InterpreterBuilder.create_atomic_rmw
-
-    def counting(self, op, ptr, val, mask, sem, scope):
-        lanes.append(int(mask.data.sum()))
-        return original(self, op, ptr, val, mask, sem, scope)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
     rows = 40
     on_device(smmf_triton.smmf_many, [smmf_case(rows, cols, torch.float32, 1, seed=0)[0]])
     count, block, near = rows * cols, smmf_triton.BLOCK, smmf_triton.NEAR_ROWS
@@ -458,22 +454,12 @@ def test_a_flat_block_adds_one_atomic_per_near_row(cols, monkeypatch):
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
-def test_a_flat_sm3_block_adds_one_atomic_per_near_slice(monkeypatch):
+def test_a_flat_sm3_block_adds_one_atomic_per_near_slice(lanes):
     """sm3_range's blocks (SM3-I, a rank's shard) reduce the maxima of the first NEAR_SLICES
     slices they meet on each axis in registers: on a 64 x 96 cover in blocks of 32, each block
     adds one atomic for its row and 4 + 28 for its columns, where it added 32 + 32."""
-    from triton.runtime import interpreter
-
     from memplan.kernels.sm3_cpu import SM3Scalars
 
-    lanes = []
-    original = interpreter.InterpreterBuilder.create_atomic_rmw
-
-    def counting(self, op, ptr, val, mask, sem, scope):
-        lanes.append(int(mask.data.sum()))
-        return original(self, op, ptr, val, mask, sem, scope)
-
-    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_atomic_rmw", counting)
     view = (64, 96)
     case = sm3_case(view, torch.float32, 0.0, seed=0)
     new = [torch.zeros(dim) for dim in view]
