@@ -58,7 +58,7 @@ BUDGET_SHARES = (0.01, 0.05)
 
 
 def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: bool = False,
-                 stem: str | None = None) -> None:
+                 stem: str | None = None, sweep_seeds: int = 1) -> None:
     """Trial, priors, plans and their training for one workload; writes benchmarks/results/<stem>_*
     (``stem`` defaults to the workload's name: another keeps a run with other settings beside the
     one the bundled priors were fitted on). With ``plans_only``, the trial's runs are read back from
@@ -68,7 +68,8 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
     torch.set_num_threads(1)
     RESULTS.mkdir(exist_ok=True)
     path = WORKLOADS / f"{name}.py"
-    settings = TrialSettings(schedule=Schedule(steps=steps, warmup=max(1, steps // 20)), seeds=seeds, probes=probes)
+    settings = TrialSettings(schedule=Schedule(steps=steps, warmup=max(1, steps // 20)), seeds=seeds,
+                             sweep_seeds=sweep_seeds, probes=probes)
     started = time.perf_counter()
     trial = Trial(path, None, TRIAL_METHODS[2:], settings,
                   progress=lambda done, label: print(f"[{name} {time.perf_counter() - started:7.0f}s] {done:4d} {label}",
@@ -290,6 +291,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--probes", type=int, default=2)
+    parser.add_argument("--sweep-seeds", type=int, default=1, help="seeds each swept learning rate trains on")
     parser.add_argument("--summary", action="store_true", help="report every workload's results")
     parser.add_argument("--plans-only", action="store_true",
                         help="reuse the workload's saved trial runs; make and train its plans again")
@@ -299,7 +301,7 @@ def main() -> None:
     if args.summary:
         summary()
     elif args.workload:
-        run_workload(args.workload, args.steps, args.seeds, args.probes, args.plans_only, args.stem)
+        run_workload(args.workload, args.steps, args.seeds, args.probes, args.plans_only, args.stem, args.sweep_seeds)
     else:
         parser.error("name a workload or give --summary")
 

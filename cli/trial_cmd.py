@@ -32,6 +32,8 @@ def trial(
     methods: MethodsOpt = None,
     steps: int = typer.Option(600, "--steps", help="Training steps per run (shorter runs rank methods by seed noise: see docs/trial.md)."),
     seeds: int = typer.Option(1, "--seeds", help="Seeds (initialisations and batch orders); >1 measures the spread."),
+    sweep_seeds: int = typer.Option(1, "--sweep-seeds", help="Seeds each swept learning rate trains on (the first of "
+                                                            "--seeds); a rate is chosen by their mean loss."),
     lr_factors: str = typer.Option("1/3,1,3", "--lr-factors",
                                    help="Learning-rate grid around each method's start (numbers or fractions such "
                                         "as 1/3), widened while an edge wins."),
@@ -68,7 +70,7 @@ def trial(
     settings = TrialSettings(
         schedule=Schedule(steps=steps, shape=schedule, warmup=max(0, steps // 20) if warmup is None else warmup,
                           clip=clip or None),
-        seeds=seeds, lr_factors=factors, widen=widen, refine=refine, probes=probes,
+        seeds=seeds, sweep_seeds=sweep_seeds, lr_factors=factors, widen=widen, refine=refine, probes=probes,
         probe_methods=tuple(probe_specs) if probe_specs else None, time_limit=time_limit, device=device, jobs=jobs)
     paths = {name: out_dir / name for name in ("trial.csv", "priors.yaml", *(("trial.png",) if plot else ()))}
     for path in paths.values():

@@ -56,6 +56,9 @@ class TrialSettings:
 
     schedule: Schedule
     seeds: int = 1
+    sweep_seeds: int = 1
+    """Seeds each swept rate trains on, the first of ``seeds``: a rate is chosen by its mean loss
+    over them (on a noisy model one seed's luck picks the rate otherwise)."""
     lr_factors: tuple[float, ...] = (1 / 3, 1.0, 3.0)
     widen: int = 4
     refine: bool = True
@@ -68,6 +71,8 @@ class TrialSettings:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise SourceError(f"--seeds must be at least 1, got {self.seeds}")
+        if not 1 <= self.sweep_seeds <= self.seeds:
+            raise SourceError(f"--sweep-seeds must be from 1 to --seeds ({self.seeds}), got {self.sweep_seeds}")
         if not self.lr_factors or any(not factor > 0 for factor in self.lr_factors):
             raise SourceError("--lr-factors must be positive numbers")
         if self.probes < 0:
@@ -382,12 +387,12 @@ class Trial:
     # -- sweeps and runs -----------------------------------------------------------------------
 
     def _sweep_and_seed(self, arm: Arm, start: float) -> None:
-        """Sweep ``arm``'s learning rate on seed 0 (widening past an edge that wins), then train
-        the best rate on the other seeds."""
+        """Sweep ``arm``'s learning rate on the first ``sweep_seeds`` seeds (widening past an edge
+        that wins), then train the best rate on the other seeds."""
         tried: dict[float, float] = {}
         factors = sorted(self.settings.lr_factors)
         for factor in factors:
-            tried[start * factor] = self._run(arm, start * factor, 0).loss
+            tried[start * factor] = self._swept(arm, start * factor)
         step = factors[-1] / factors[-2] if len(factors) > 1 else 3.0
         for _ in range(self.settings.widen):
             best = min(tried, key=lambda lr: (tried[lr], lr))
@@ -399,14 +404,14 @@ class Trial:
                 lower = best / step
             else:
                 break
-            tried[lower] = self._run(arm, lower, 0).loss
+            tried[lower] = self._swept(arm, lower)
         best = min(tried, key=lambda lr: (tried[lr], lr))
         if not math.isfinite(tried[best]):
             self.result.notes.append(f"{arm.label} diverged at every learning rate tried")
             return
         between = refined_rate(tried) if self.settings.refine else None
         if between is not None:
-            tried[between] = self._run(arm, between, 0).loss
+            tried[between] = self._swept(arm, between)
             best = min(tried, key=lambda lr: (tried[lr], lr))
         if len(tried) > 1 and best in (min(tried), max(tried)):
             # its loss, and so its quality, may be better at a rate not tried
@@ -414,8 +419,13 @@ class Trial:
                                      f"{'largest' if best == max(tried) else 'smallest'} of {len(tried)} tried; "
                                      f"its quality may be understated (widen the sweep: --widen, --lr-factors)")
         self.result.best_lr[arm.label] = best
-        for seed in range(1, self.settings.seeds):
+        for seed in range(self.settings.sweep_seeds, self.settings.seeds):
             self._run(arm, best, seed)
+
+    def _swept(self, arm: Arm, lr: float) -> float:
+        """``arm``'s mean loss at ``lr`` over the sweep's seeds (infinite if any run diverged)."""
+        losses = [self._run(arm, lr, seed).loss for seed in range(self.settings.sweep_seeds)]
+        return statistics.fmean(losses) if all(map(math.isfinite, losses)) else math.inf
 
     def _every_seed(self, arm: Arm, lr: float) -> None:
         """Train ``arm`` at ``lr`` on every seed (a probe: its rates are the methods' best)."""

@@ -164,6 +164,30 @@ def test_a_sweep_runs_once_more_at_the_refined_rate_and_keeps_it_when_it_wins(mo
     assert len(tried) == 4 and off.result.best_lr["adam"] == pytest.approx(0.009)
 
 
+def test_a_sweep_on_several_seeds_chooses_the_rate_by_their_mean_loss(monkeypatch):
+    """With sweep_seeds=3, every swept rate trains on seeds 0, 1 and 2 and the rate with the lowest
+    mean wins, though seed 0 alone favours another; the remaining seeds train the chosen rate."""
+    tried = []
+
+    def fake_run(self, arm, lr, seed):
+        tried.append((lr, seed))
+        # seed 0 is lucky at the larger rate; on average the smaller one is better
+        loss = {0.03: [1.0, 2.0, 2.0], 0.01: [1.1, 1.1, 1.1], 0.09: [3.0, 3.0, 3.0], 0.0033: [1.5, 1.5, 1.5]}
+        return SimpleNamespace(loss=loss[round(lr, 4)][seed] if seed < 3 else 1.1)
+
+    monkeypatch.setattr(Trial, "_run", fake_run)
+    settings = TrialSettings(schedule=Schedule(steps=2), seeds=5, sweep_seeds=3, lr_factors=(1 / 3, 1.0, 3.0),
+                             widen=0, refine=False, probes=0)
+    trial = Trial(TINY, None, [], settings)
+    trial._sweep_and_seed(Arm("adam", "uniform", "adam"), 0.03)
+    assert trial.result.best_lr["adam"] == pytest.approx(0.01)
+    swept = {(round(lr, 4), seed) for lr, seed in tried[:9]}
+    assert swept == {(lr, seed) for lr in (0.01, 0.03, 0.09) for seed in range(3)}
+    assert [(round(lr, 4), seed) for lr, seed in tried[9:]] == [(0.01, 3), (0.01, 4)]
+    with pytest.raises(MemplanError):
+        TrialSettings(schedule=Schedule(steps=2), seeds=2, sweep_seeds=3)
+
+
 def _references(adam: list[float], sgd: list[float]) -> TrialResult:
     result = TrialResult(source="x", settings=TrialSettings(Schedule(steps=1)), profile=load_profile(str(TINY)))
     for label, losses in (("adam", adam), ("sgd", sgd)):
