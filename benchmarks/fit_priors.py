@@ -138,9 +138,12 @@ def combine(documents: dict[str, dict]) -> dict:
 
 
 def main() -> None:
+    # a workload's own runs only: not the held-out ones, nor runs with other settings kept under
+    # another stem (plan_quality.py --stem)
     documents = {path.name.removesuffix("_priors.yaml"): yaml.safe_load(path.read_text())
                  for path in sorted(RESULTS.glob("*_priors.yaml"))
-                 if path.name.removesuffix("_priors.yaml") not in HELD_OUT}
+                 if path.name.removesuffix("_priors.yaml") not in HELD_OUT
+                 and (HERE / "workloads" / path.name.replace("_priors.yaml", ".py")).exists()}
     if len(documents) < 2:
         raise SystemExit(f"need the measured priors of at least two workloads in {RESULTS}")
     text = HEADER.format(workloads=", ".join(documents)) + yaml.safe_dump(combine(documents), sort_keys=False, width=110, allow_unicode=True)
