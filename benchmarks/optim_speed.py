@@ -44,8 +44,8 @@ METHODS = ["adamw:impl=foreach", "adamw:impl=forloop", "adamw:impl=fused", "smmf
            "smmf:sign_bits=8,impl=compiled", "smmf:beta1=none,impl=compiled", "sm3:impl=compiled",
            "sm3:momentum=0,impl=compiled", "et2:impl=compiled"]
 CUDA_METHODS = ["adamw:impl=fused", "adamw:impl=foreach", "smmf:impl=triton", "smmf:sign_bits=8,impl=triton",
-                "smmf:beta1=none,impl=triton", "sm3:impl=triton", "sm3:momentum=0,impl=triton", "smmf", "sm3:momentum=0",
-                "et2"]
+                "smmf:beta1=none,impl=triton", "sm3:impl=triton", "sm3:momentum=0,impl=triton", "smmf",
+                "sm3:momentum=0", "et2"]
 BYTES_PER_ELEMENT = {"adamw:impl=fused": 28, "smmf": 12.25, "smmf:sign_bits=8": 14, "smmf:beta1=none": 12,
                      "sm3": 20, "sm3:momentum=0": 12, "et2": 16}
 """The compulsory traffic of one fused step (ALGORITHMS.md), for the achieved-bandwidth column of
@@ -134,8 +134,9 @@ def main() -> None:
         median = statistics.median(rounds[spec])
         traffic = fused_bytes(spec, impl[spec])
         rate = "-" if traffic is None else f"{traffic * elements / median / 1e6:.1f}"
+        extra = "-" if args.no_peak else f"{peak[spec] / 2**20:.2f}"
         print(f"| {spec} | {impl[spec]} | {median:.1f} ({min(rounds[spec]):.1f}-{max(rounds[spec]):.1f}) | "
-              f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {'-' if args.no_peak else f'{peak[spec] / 2**20:.2f}'} |")
+              f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {extra} |")
 
 
 if __name__ == "__main__":

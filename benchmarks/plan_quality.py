@@ -150,6 +150,7 @@ def compare(result, plans: dict) -> list[dict]:
         # seed by seed (the same initialisation and batches): the difference's spread leaves out
         # what the seeds share, which the two means' spreads both carry
         paired = [plan_runs[seed] - best_runs[seed] for seed in plan_runs if seed in best_runs]
+        paired_spread = _std(paired)
         rows.append({
             "plan": label, "budget_bytes": plan["budget_bytes"], "plan_loss": _mean(plan_losses),
             "plan_loss_std": _std(plan_losses), "best_uniform": best, "best_uniform_loss": _mean(best_losses),
@@ -158,8 +159,7 @@ def compare(result, plans: dict) -> list[dict]:
             "plan_vs_best_uniform": _mean(plan_losses) / _mean(best_losses) - 1 if best_losses else None,
             "plan_vs_adam": _mean(plan_losses) / _mean(adam_losses) - 1,
             "paired_difference": _mean(paired) if paired else None,
-            "paired_se": _std(paired) / math.sqrt(len(paired)) if len(paired) > 1 and _std(paired) is not None
-            else None,
+            "paired_se": paired_spread / math.sqrt(len(paired)) if paired_spread is not None else None,
         })
     return rows
 

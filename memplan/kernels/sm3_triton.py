@@ -11,18 +11,18 @@ by atomic max (exact: max is order-free, and nu >= 0).
 new slice maxima of every tensor go to one flat fp32 buffer (zero-filled: nu >= 0), which one
 launch of a finalize kernel then copies over the accumulators. Its programs each take a tile of
 ``TILE_ROWS`` x ``TILE_COLS`` elements of the tensor seen as a matrix: the rows are its cover's
-leading axes, the columns its trailing ones (the fewest whose product reaches :data:`MIN_COLS`).
-A tile reads one accumulator entry per row for each leading axis and one per column for each
-trailing axis, reduces its maxima of nu over its columns and rows in registers, and adds one
-atomic per row or column and axis, where a program over a flat block adds one per element and
-axis (on a GPU atomics to one address serialise, and every element of a row hits its row's). The kernels reach the tensors
-through a table uploaded once per call (without waiting for the device: through pinned memory):
-per tensor, the ``data_ptr`` of its weights, gradients, momentum buffer and accumulators, then its
-scalars (as the int64 bits of float64 values). Each tensor's cover (dims, strides and the offsets
-of its maxima in the buffer, padded to :data:`MAX_AXES` axes) and which tensor and which block of
-it each program steps depend only on the views; those tables are built with numpy and cached, so a
-training loop that steps the same parameters every step reuses them. The optimizer keeps a
-:class:`SM3TritonCall`, which makes its checks and the per-call table's addresses once.
+leading axes, the columns its trailing ones (the fewest whose product reaches :data:`MIN_COLS`). A
+tile reads one accumulator entry per row for each leading axis and one per column for each trailing
+axis, reduces its maxima of nu over its columns and rows in registers, and adds one atomic per row
+or column and axis, where a program over a flat block adds one per element and axis (on a GPU
+atomics to one address serialise, and every element of a row hits its row's). The kernels reach the
+tensors through a table uploaded once per call (without waiting for the device: through pinned
+memory): per tensor, the ``data_ptr`` of its weights, gradients, momentum buffer and accumulators,
+then its scalars (as the int64 bits of float64 values). Each tensor's cover (dims, strides and the
+offsets of its maxima in the buffer, padded to :data:`MAX_AXES` axes) and which tensor and which
+block of it each program steps depend only on the views; those tables are built with numpy and
+cached, so a training loop that steps the same parameters every step reuses them. The optimizer
+keeps a :class:`SM3TritonCall`, which makes its checks and the per-call table's addresses once.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from memplan.kernels.jit import gradient_addresses
-from memplan.kernels.launch import program_table, upload
+from memplan.kernels.launch import TRITON_DTYPES, import_triton_helpers, program_table, upload
 from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
 BLOCK = 1024
@@ -50,8 +50,8 @@ MIN_COLS = 32
 them where the whole view is smaller): a 3 x 3 convolution's last axes alone would leave most of a
 tile's columns empty."""
 MAX_AXES = 8
-_TRITON_TYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-"""The weights dtypes :func:`sm3_many` steps, by Triton's names (math in fp32, float64 in float64)."""
+_entries = None
+"""memplan.kernels.triton_entries once a kernel factory has run (see :func:`import_triton_helpers`)."""
 VECTOR_BLOCK = 1024
 """Accumulator elements that a finalize program of :func:`sm3_many` copies at a time."""
 
@@ -60,6 +60,8 @@ VECTOR_BLOCK = 1024
 def _kernel():
     import triton
     import triton.language as tl
+
+    import_triton_helpers(globals())
 
     @triton.jit
     def sm3_kernel(weights, grads, buffer, accumulators, maxima, dims, strides, offsets, start, length, lr, eps,
@@ -96,9 +98,7 @@ def _kernel():
                 slots = maxima + tl.load(offsets + axis)
                 local = element // stride - first // stride
                 chosen = tl.where((local[None, :] == near[:, None]) & inside[None, :], value[None, :], 0.0)
-                unordered = tl.max((chosen != chosen).to(tl.int32), 1) != 0   # a NaN is its slice's maximum
-                near_maxima = tl.where(unordered, float("nan"), tl.max(chosen, 1))
-                tl.atomic_max(slots + (first // stride + near) % dim, near_maxima,
+                tl.atomic_max(slots + (first // stride + near) % dim, _entries.nan_max(chosen, 1),
                               mask=first // stride + near <= last // stride)
                 tl.atomic_max(slots + (element // stride) % dim, value, mask=inside & (local >= NEAR))
         if MODE != 2:
@@ -164,11 +164,12 @@ def _many_kernels():
     import triton
     import triton.language as tl
 
+    import_triton_helpers(globals())
+
     @triton.jit
     def sm3_many_kernel(table, covers, programs, maxima, FIELDS: tl.constexpr, COVER_FIELDS: tl.constexpr,
                         DTYPE: tl.constexpr, COMPUTE: tl.constexpr, AXES: tl.constexpr, WITH_BUFFER: tl.constexpr,
-                        INDEX: tl.constexpr,
-                        TILE_ROWS: tl.constexpr, TILE_COLS: tl.constexpr):
+                        INDEX: tl.constexpr, TILE_ROWS: tl.constexpr, TILE_COLS: tl.constexpr):
         """A tile of one tensor seen as a (leading axes) x (trailing axes) matrix (see the module
         docstring)."""
         program = tl.program_id(0)
@@ -212,10 +213,8 @@ def _many_kernels():
                 col_nu = tl.minimum(col_nu, tl.load(accumulator + at, mask=col_in, other=float("inf")).to(COMPUTE))
         nu = tl.minimum(row_nu[:, None], col_nu[None, :]) + gradient * gradient
         kept = tl.where(inside, nu, 0.0).to(tl.float32)   # 0 outside: nu >= 0 never falls below it
-        # maxima that are NaN where any element is (as torch's amax, and the per-element atomics were)
-        unordered = (kept != kept).to(tl.int32)
-        row_maxima = tl.where(tl.max(unordered, 1) != 0, float("nan"), tl.max(kept, 1))
-        col_maxima = tl.where(tl.max(unordered, 0) != 0, float("nan"), tl.max(kept, 0))
+        row_maxima = _entries.nan_max(kept, 1)
+        col_maxima = _entries.nan_max(kept, 0)
         for axis in tl.static_range(AXES):
             dim = tl.load(cover + 5 + 3 * axis).to(INDEX)
             stride = tl.load(cover + 6 + 3 * axis).to(INDEX)
@@ -312,7 +311,7 @@ def _check_batch(tensors: Sequence[SM3Tensor]) -> torch.dtype:
     """The batch's weights dtype; ValueError where a tensor does not fit the kernel."""
     dtype = tensors[0].weights.dtype
     device = tensors[0].weights.device
-    if dtype not in _TRITON_TYPES:
+    if dtype not in TRITON_DTYPES:
         raise ValueError(f"sm3_many steps fp32, float64, bf16 or fp16 weights, got {dtype}")
     for index, tensor in enumerate(tensors):
         if tensor.weights.dtype != dtype or tensor.grads.dtype != dtype:
@@ -389,7 +388,7 @@ class SM3TritonCall:
         if batch.program_count:
             update[(batch.program_count,)](table, batch.covers, batch.programs, maxima, FIELDS=_TABLE_FIELDS,
                                            COVER_FIELDS=_COVER_FIELDS,
-                                           DTYPE=getattr(tl, _TRITON_TYPES[self._dtype]),
+                                           DTYPE=getattr(tl, TRITON_DTYPES[self._dtype]),
                                            COMPUTE=tl.float64 if self._dtype == torch.float64 else tl.float32,
                                            AXES=batch.axes, WITH_BUFFER=bool(self._buffered.any()),
                                            INDEX=tl.int64 if batch.wide else tl.int32, TILE_ROWS=tile_rows,

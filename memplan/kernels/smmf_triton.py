@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from memplan.kernels.jit import gradient_addresses
-from memplan.kernels.launch import program_table, upload
+from memplan.kernels.launch import TRITON_DTYPES, import_triton_helpers, program_table, upload
 from memplan.kernels.smmf_cpu import SMMFScalars, SMMFTensor
 
 BLOCK = 1024
@@ -51,8 +51,6 @@ TILE_COLS = 128
 VECTOR_BLOCK = 1024
 """Elements of a factor vector that a finalize program of :func:`smmf_many` handles at a time."""
 SIGN_MODES = {None: 0, torch.uint8: 1, torch.bool: 8}
-_TRITON_TYPES = {torch.float32: "float32", torch.float64: "float64", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-"""The weights dtypes :func:`smmf_many` steps, by Triton's names (math in fp32, float64 in float64)."""
 
 
 @cache
@@ -154,7 +152,7 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
 _SHAPE_FIELDS = 5
 _TABLE_FIELDS = 16   # the kernels' literal 16
 _entries = None
-"""memplan.kernels.triton_entries once :func:`_many_kernels` has imported it (it imports Triton)."""
+"""memplan.kernels.triton_entries once a kernel factory has run (see :func:`import_triton_helpers`)."""
 
 
 @cache
@@ -162,10 +160,7 @@ def _many_kernels():
     import triton
     import triton.language as tl
 
-    # the kernels call the shared table reader through this module's globals, where both Triton's
-    # compiler and its interpreter look (not as a local of this function)
-    global _entries
-    from memplan.kernels import triton_entries as _entries
+    import_triton_helpers(globals())
 
     @triton.jit
     def smmf_many_kernel(table, shapes, programs, sums, SHAPE_FIELDS: tl.constexpr, SIGN_MODE: tl.constexpr,
@@ -381,7 +376,7 @@ def _check_batch(tensors: Sequence[SMMFTensor]) -> tuple[torch.dtype, torch.dtyp
     dtype = tensors[0].weights.dtype
     sign_dtype = None if tensors[0].signs is None else tensors[0].signs.dtype
     device = tensors[0].weights.device
-    if dtype not in _TRITON_TYPES:
+    if dtype not in TRITON_DTYPES:
         raise ValueError(f"smmf_many steps fp32, float64, bf16 or fp16 weights, got {dtype}")
     if sign_dtype not in SIGN_MODES:
         raise ValueError(f"smmf_many takes packed uint8 or bool signs, got {sign_dtype}")
@@ -461,7 +456,8 @@ class SMMFTritonCall:
         block, tile_rows, tile_cols, vector_block = self._blocks
         sums = torch.zeros(batch.sums_length, dtype=torch.float32, device=self._device)
         flat, tiled, finalize = _many_kernels()
-        types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=self._mode, DTYPE=getattr(tl, _TRITON_TYPES[self._dtype]),
+        types = dict(SHAPE_FIELDS=_SHAPE_FIELDS, SIGN_MODE=self._mode,
+                     DTYPE=getattr(tl, TRITON_DTYPES[self._dtype]),
                      COMPUTE=tl.float64 if self._dtype == torch.float64 else tl.float32,
                      INDEX=tl.int64 if batch.wide else tl.int32)
         if batch.tile_count:

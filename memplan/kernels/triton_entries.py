@@ -1,6 +1,6 @@
-"""What the multi-tensor Triton kernels read from their per-call tables, shared by each method's
-kernels (see the table layouts in :mod:`memplan.kernels.smmf_triton`). Imports Triton: only the
-kernel factories import it, once Triton is known to be there."""
+"""Pieces the Triton kernels share: what the multi-tensor kernels read from their per-call tables
+(see the table layouts in :mod:`memplan.kernels.smmf_triton`), and the maximum SM3's kernels
+reduce. Imports Triton: only the kernel factories import it, once Triton is known to be there."""
 
 from __future__ import annotations
 
@@ -46,3 +46,11 @@ def smmf_entry(table, tensor, DTYPE: tl.constexpr, COMPUTE: tl.constexpr):
     prior_m = tl.load(entry + 13).to(tl.float64, bitcast=True).to(tl.float32)
     return weights, grads, signs, row_v, col_v, row_m, col_m, step_size, eps, decay, coupled, grad_sign, prior_v, \
         prior_m
+
+
+@triton.jit
+def nan_max(values, AXIS: tl.constexpr):
+    """The maximum of ``values`` along AXIS, NaN where any value is (as torch's amax, and as one
+    atomic maximum per element kept it: a NaN is its slice's maximum)."""
+    unordered = tl.max((values != values).to(tl.int32), AXIS) != 0
+    return tl.where(unordered, float("nan"), tl.max(values, AXIS))

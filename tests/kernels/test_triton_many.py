@@ -319,8 +319,10 @@ def test_a_group_on_triton_steps_through_one_prepared_multi_tensor_call(monkeypa
     while nothing it points at changes, on the eager trajectory."""
     made, runs = [], []
     original_init, original_run = call.__init__, call.run
-    monkeypatch.setattr(call, "__init__", lambda self, tensors: made.append(len(tensors)) or original_init(self, tensors))
-    monkeypatch.setattr(call, "run", lambda self, grads, *rest: runs.append(len(grads)) or original_run(self, grads, *rest))
+    monkeypatch.setattr(call, "__init__",
+                        lambda self, tensors: made.append(len(tensors)) or original_init(self, tensors))
+    monkeypatch.setattr(call, "run",
+                        lambda self, grads, *rest: runs.append(len(grads)) or original_run(self, grads, *rest))
     results = []
     for impl in ("eager", "triton"):
         generator = torch.Generator().manual_seed(5)
