@@ -13,7 +13,8 @@ A method's entry may hold, besides its ``quality``:
   Adam-equivalent learning rate trains a mixed plan;
 - ``roles``: the quality measured with Adam everywhere except on one role's parameters
   (:mod:`memplan.roles`), on the same scale as if the whole model were that role; a parameter of a
-  role with an entry scores that instead of the method's uniform quality.
+  role with an entry scores that instead of the method's uniform quality. A method without an
+  entry for a role that other methods were probed on is scored by :meth:`Priors.role_transfer`.
 """
 
 from __future__ import annotations
@@ -89,23 +90,24 @@ class Priors:
         return get_method(method).prior_quality(self, options, shape, layout, role)
 
     def method_quality(self, key: str, default: float | None = None, role: str | None = None) -> float:
-        """The prior called ``key`` (for ``role`` when measured per role); ``default`` when there is
-        none (SpecError without a default)."""
+        """The prior called ``key`` for a parameter of ``role``: the role's probe when ``key`` was
+        probed there, else its uniform quality (``default`` when there is none; SpecError without a
+        default) moved by :meth:`role_transfer`."""
         entry = self.methods.get(key)
         if entry is not None and role in entry.roles:
             return entry.roles[role][0]
         if entry is not None and entry.quality is not None:
-            return entry.quality
+            return entry.quality + self.role_transfer(role)
         if default is None:
             raise SpecError(f"no quality prior for {key!r}: add methods.{key} to a --priors file")
-        return default
+        return default + self.role_transfer(role)
 
     def role_adjusted(self, key: str, quality: float, role: str | None) -> float:
         """``quality`` (from a curve, say) moved by what ``role`` measured against the uniform
-        quality of the entry ``key``: unchanged without such a measurement."""
+        quality of the entry ``key``, or by :meth:`role_transfer` where ``key`` was not probed there."""
         entry = self.methods.get(key)
         if entry is None or entry.quality is None or role not in entry.roles:
-            return quality
+            return quality + self.role_transfer(role)
         return quality + entry.roles[role][0] - entry.quality
 
     def quality_std(self, key: str, role: str | None = None) -> float:
@@ -114,6 +116,23 @@ class Priors:
         if entry is None:
             return 0.0
         return entry.roles[role][1] if role in entry.roles else entry.std
+
+    def role_transfer(self, role: str | None) -> float:
+        """How much a method not probed on ``role`` is moved from its uniform quality there.
+
+        Each method probed on ``role`` moved by ``role quality - quality``. An unprobed method moves
+        by their mean where that is a loss, and not at all where it is a gain: a role that hurt the
+        methods measured on it is expected to hurt others too, while a gain credited to a method
+        never measured there would be the first thing the planner chose. 0 when ``role`` is None or
+        no method was probed on it.
+
+        The unprobed method's standard error is left as recorded: a role's quality is extrapolated
+        from its share of the elements, so the probes' spread on a small role is large, and adding
+        it would hand every small role to its cheapest candidate through :func:`memplan.search.within_noise`.
+        """
+        shifts = [entry.roles[role][0] - entry.quality
+                  for entry in self.methods.values() if role in entry.roles and entry.quality is not None]
+        return min(0.0, sum(shifts) / len(shifts)) if shifts else 0.0
 
     def lr_ratio(self, key: str) -> float | None:
         """The measured learning-rate ratio to Adam of the prior ``key``, or None."""

@@ -64,6 +64,47 @@ def test_measured_entries_give_roles_spreads_and_ratios(tmp_path):
         load_priors(path)
 
 
+def test_a_method_not_probed_on_a_role_takes_the_loss_the_probed_methods_measured_there(tmp_path):
+    path = tmp_path / "probed.yaml"
+    # quality given: the bundled roles are dropped, so only these probes speak for each role
+    path.write_text("methods:\n"
+                    "  smmf_no_momentum: {quality: 1.2, roles: {embedding: 0.8, matrix: {quality: 1.5, std: 0.1}}}\n"
+                    "  adamw4bit: {quality: 1.0, roles: {embedding: 0.9, matrix: 0.9}}\n"
+                    "  adafactor: {quality: 1.0}\n"
+                    "  et: {quality: 0.5}\n")
+    priors = load_priors(path)
+    assert priors.role_transfer("embedding") == pytest.approx(-0.25)  # mean of -0.4 and -0.1
+    assert priors.role_transfer("matrix") == 0.0  # the probes gained on average: nothing is credited
+    assert priors.role_transfer("head") == 0.0 and priors.role_transfer(None) == 0.0  # nothing probed
+    assert priors.quality("adafactor", {"beta1": None}, (10, 10), None, role="embedding") == pytest.approx(0.75)
+    assert priors.quality("adafactor", {"beta1": None}, (10, 10), None, role="matrix") == 1.0
+    assert priors.quality("adafactor", {"beta1": None}, (10, 10), None) == 1.0
+    # a probed method keeps its own measurement, and its spread
+    assert priors.quality("smmf", {"beta1": None}, (10, 10), (10, 10), role="embedding") == 0.8
+    assert priors.quality_std("smmf_no_momentum", "matrix") == 0.1
+    # ET's curve moves the same way; Adam is the scale's reference and moves on no role
+    curve = priors.depth_quality(1.0)
+    assert priors.quality("et", {}, (8, 8), (8, 8), role="embedding") == pytest.approx(curve - 0.25)
+    assert priors.quality("adam", {}, (10, 10), None, role="embedding") == 1.0
+
+
+def test_an_unprobed_method_does_not_take_a_role_on_its_whole_model_quality(tmp_path):
+    """Adafactor, probed nowhere, beat SMMF's measured embedding quality on its uniform quality alone
+    and lost the plan 0.2 nats there (benchmarks/RESULTS.md, char_lm with rates over 3 seeds)."""
+    from memplan.loaders import load_profile
+    from memplan.planner import make_plan
+
+    path = tmp_path / "measured.yaml"
+    path.write_text("methods:\n"
+                    "  smmf_no_momentum: {quality: 1.18, roles: {embedding: 0.88}}\n"
+                    "  adamw4bit: {quality: 1.01, roles: {embedding: 1.0}}\n"
+                    "  adafactor: {quality: 0.98}\n")
+    plan = make_plan(load_profile("gpt2"), 64 * 2**20, methods=["adafactor", "smmf"], priors_path=str(path))
+    chosen = {entry.name: entry.method for entry in plan.entries}
+    assert chosen["transformer.wte.weight"] == "smmf:beta1=none"  # 0.88 measured beats 0.98 - 0.1 guessed
+    assert "adafactor" not in {chosen[name] for name in chosen if ".h." in name and name.endswith("attn.weight")}
+
+
 def test_calibrated_quality_falls_with_distortion():
     priors = load_priors()
     assert priors.calibrated_quality("full", 0.0) == 1.0

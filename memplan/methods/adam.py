@@ -15,6 +15,7 @@ class Adam(Method):
 
     implementation = "torch"
     family = "adam"
+    quality_reference = True
 
     def __init__(self, name: str, weight_decay: float, summary: str, optimizer: str) -> None:
         self.name = name

@@ -111,6 +111,9 @@ class Method(ABC):
     """The default learning rate relative to Adam's (:data:`ADAM_LR`)."""
     default_quality: float | None = None
     """The quality prior used when the priors have no entry for :meth:`prior_key`."""
+    quality_reference: bool = False
+    """True for the quality scale's reference (Adam): a probe keeps it on every other role, so it
+    scores its own quality on every role."""
     planner_variants: tuple[str, ...] = ()
     """Other specs of this family the planner tries when ``--methods`` names the bare family."""
 
@@ -194,11 +197,12 @@ class Method(ABC):
     def prior_quality(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
                       role: str | None = None) -> float:
         """Predicted quality of this method for a parameter of ``shape`` and ``role`` under ``layout``."""
-        return priors.method_quality(self.prior_key(options), self.default_quality, role)
+        return priors.method_quality(self.prior_key(options), self.default_quality,
+                                     None if self.quality_reference else role)
 
     def prior_std(self, priors: "Priors", options: Options, role: str | None = None) -> float:
         """The standard error the priors record for :meth:`prior_quality` (0 when unmeasured)."""
-        return priors.quality_std(self.prior_key(options), role)
+        return priors.quality_std(self.prior_key(options), None if self.quality_reference else role)
 
     def prior_depth(self, shape: Shape, options: Options) -> float | None:
         """Where a measured quality of this method lands on the priors' extreme-tensoring depth curve
