@@ -1,7 +1,7 @@
 """The planner: one candidate per parameter under a byte budget, and the Plan that records it.
 
 Every trainable parameter gets its pruned candidate list (:mod:`memplan.search`); parameters with
-the same shape, dtype and kind share one list. The choice across parameters is a multiple-choice
+the same shape, dtype, kind and role share one list. The choice across parameters is a multiple-choice
 knapsack (:mod:`memplan.mckp`): maximise the sum of each parameter's share of the model's
 elements times its candidate's quality, minus an optional time penalty, with the total state
 bytes within the budget.
@@ -97,7 +97,7 @@ def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str]
             return weight * candidate.quality - penalty
 
         measured = distortions.get(param.name) if distortions else None
-        key = (param.shape, param.dtype, param.kind)
+        key = (param.shape, param.dtype, param.kind, param.role)  # a role may be scored apart from its kind
         if measured is None and key in shared:
             front = shared[key]
         else:

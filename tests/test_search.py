@@ -143,3 +143,15 @@ def test_a_cheaper_candidate_measured_less_precisely_does_not_cap_a_precise_one(
     noisy_cheap = Candidate("a", None, 10, 0, "none", "float32", -0.8, quality_std=5.0)
     precise = Candidate("b", None, 20, 0, "none", "float32", 2.4, quality_std=0.1)
     assert [c.quality for c in within_noise([noisy_cheap, precise])] == [-0.8, 2.4]
+
+
+def test_a_head_shaped_like_a_hidden_matrix_is_scored_by_its_own_role(tmp_path):
+    # the same shape, dtype and kind: one candidate list would give the head the matrices' choice
+    profile = ModelProfile("twins", "test", (ParamSpec("body.0.weight", (64, 64), kind="linear"),
+                                             ParamSpec("head.weight", (64, 64), kind="linear")))
+    assert [param.role for param in profile.params] == ["matrix", "head"]
+    path = tmp_path / "roles.yaml"
+    path.write_text("methods:\n  adafactor: {quality: 0.9, roles: {head: 0.1}}\n  smmf: {quality: 0.5}\n")
+    choice = plan_search(profile, 2**20, ["adafactor:beta1=none", "smmf:beta1=0.9"], priors=load_priors(path))
+    assert choice.picks["body.0.weight"].spec.startswith("adafactor")
+    assert choice.picks["head.weight"].spec.startswith("smmf")
