@@ -35,6 +35,8 @@ from pathlib import Path
 
 import yaml
 
+from memplan.priors import SGD_SCALE
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BUNDLED = HERE.parent / "profiles" / "priors.yaml"
@@ -144,6 +146,9 @@ def main() -> None:
                  for path in sorted(RESULTS.glob("*_priors.yaml"))
                  if path.name.removesuffix("_priors.yaml") not in HELD_OUT
                  and (HERE / "workloads" / path.name.replace("_priors.yaml", ".py")).exists()}
+    other_scale = [name for name, document in documents.items() if document.get("scale", SGD_SCALE) != SGD_SCALE]
+    if other_scale:
+        raise SystemExit(f"not on the SGD scale, which the bundled priors are on: {', '.join(other_scale)}")
     if len(documents) < 2:
         raise SystemExit(f"need the measured priors of at least two workloads in {RESULTS}")
     text = HEADER.format(workloads=", ".join(documents)) + yaml.safe_dump(combine(documents), sort_keys=False, width=110, allow_unicode=True)

@@ -45,7 +45,7 @@ import yaml
 from fit_priors import HELD_OUT
 from memplan.loaders.python_file import load_python_file
 from memplan.planner import assigned_plan, make_plan
-from memplan.priors import Priors, load_priors
+from memplan.priors import SGD_SCALE, Priors, load_priors
 from memplan.profile import ModelProfile
 from memplan.training import Schedule
 from memplan.trial import (REFERENCE_FAMILY, SGD_REFERENCE, TRIAL_METHODS, Trial, TrialSettings, priors_document,
@@ -82,15 +82,19 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
         trial_seconds = time.perf_counter() - started
     plans_started = time.perf_counter()
     evidence = trial_evidence(f"benchmarks/workloads/{name}.py", settings) + " (benchmarks/plan_quality.py)"
-    priors_path = RESULTS / f"{stem}_priors.yaml"
-    # as memplan trial does: no priors file from a workload where Adam is not ahead of SGD
-    priors_path.unlink(missing_ok=True)
+    # <stem>_priors.yaml: on the SGD scale, what fit_priors.py pools (none where Adam is not ahead
+    # of SGD: its qualities would run backwards); <stem>_own_priors.yaml: where that scale has no
+    # unit, what memplan trial writes instead, on Adam's loss
+    fit_path, own_path = RESULTS / f"{stem}_priors.yaml", RESULTS / f"{stem}_own_priors.yaml"
+    for path in (fit_path, own_path):
+        path.unlink(missing_ok=True)
     if not result.scale_inverted():
-        priors_path.write_text(yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
-    # a workload's own priors steer its plans only where its quality scale holds (Adam ahead of SGD
-    # by more than seed noise); elsewhere its qualities are noise, or run backwards, and the plans
-    # are made with the bundled priors, as a user without a trustworthy trial would make them
-    planned_with = priors_path if result.scale_holds() else None
+        fit_path.write_text(yaml.safe_dump(priors_document(result, evidence, SGD_SCALE), sort_keys=False))
+    if result.scale() != SGD_SCALE:
+        own_path.write_text(yaml.safe_dump(priors_document(result, evidence), sort_keys=False))
+    # the plans are made with the priors memplan trial would have written for this workload, and with
+    # the bundled ones where it would have written none
+    planned_with = (fit_path if result.scale() == SGD_SCALE else own_path) if result.ranks_methods() else None
     priors = load_priors(planned_with)
     profile = result.profile
     adam_bytes = uniform_state_bytes(profile, REFERENCE_FAMILY)
@@ -110,7 +114,8 @@ def run_workload(name: str, steps: int, seeds: int, probes: int, plans_only: boo
         "total_seconds": round(trial_seconds + time.perf_counter() - plans_started, 1), "adam_state_bytes": adam_bytes,
         "plans": plans, "comparison": compare(result, plans), "notes": result.notes,
         "parameters": sum(param.numel for param in profile.trainable_params),
-        "priors_adam_lr": priors.adam_lr, "planned_with": "own" if planned_with else "bundled",
+        "priors_adam_lr": priors.adam_lr, "quality_scale": result.scale(),
+        "planned_with": ("own" if priors.scale == SGD_SCALE else f"own ({priors.scale})") if planned_with else "bundled",
     }, indent=2, default=str))
 
 

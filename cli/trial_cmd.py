@@ -17,7 +17,7 @@ from memplan.errors import UsageError
 from memplan.fileio import check_writable
 from memplan.loaders import source_kind
 from memplan.plan import Plan
-from memplan.priors import load_priors
+from memplan.priors import QUALITY_SCALES, SGD_SCALE, load_priors
 from memplan.sizes import format_size
 from memplan.training import SCHEDULES, Schedule
 from memplan.trial import (REFERENCE_FAMILY, TRIAL_METHODS, TrialResult, TrialSettings, run_trial, trial_evidence, write_csv, write_plot,
@@ -86,12 +86,10 @@ def trial(
         torch.set_num_threads(threads)
     result = _run_with_progress(Path(source), entry, specs, settings, plan, priors)
     write_csv(result, paths["trial.csv"])
-    inverted = result.scale_inverted()
-    wrote_priors = plan is None and REFERENCE_FAMILY in result.best_lr and not inverted
-    if plan is None and REFERENCE_FAMILY in result.best_lr and inverted:
-        result.notes.append(f"no priors file written: with Adam not ahead of SGD the qualities would steer a plan "
-                            f"backwards ({paths['priors.yaml']} is left as it was); train longer, or plan "
-                            f"without --priors (the bundled priors)")
+    wrote_priors = plan is None and REFERENCE_FAMILY in result.best_lr and result.ranks_methods()
+    if plan is None and REFERENCE_FAMILY in result.best_lr and not wrote_priors:
+        result.notes.append(f"no priors file written: with Adam not ahead of SGD and Adam's loss not positive, no "
+                            f"scale ranks the methods ({paths['priors.yaml']} is left as it was)")
     if wrote_priors:
         write_priors(result, paths["priors.yaml"], trial_evidence(source, settings))
     if plot:
@@ -140,7 +138,7 @@ def _render(result: TrialResult) -> None:
     console = output.stdout()
     schedule = result.settings.schedule
     console.print(f"Trial of {result.source}: {schedule.steps} steps x {result.settings.seeds} seed(s), "
-                  f"{len(result.runs)} runs; quality 1 = Adam, 0 = SGD, each at its best learning rate"
+                  f"{len(result.runs)} runs; quality {QUALITY_SCALES[result.scale()]}"
                   + ("" if result.complete else " (stopped at the time limit)"), markup=False)
     table = Table(title="Methods", title_justify="left")
     for column in ("method", "state", "best lr", "lr / Adam's", "loss", "quality"):
@@ -155,7 +153,8 @@ def _render(result: TrialResult) -> None:
     console.print(table)
     unit, error = result.scale_unit()
     if math.isfinite(unit):
-        console.print(f"Scale unit: L_SGD - L_Adam = {_plus_minus(unit, error)} (qualities divide by it)", markup=False)
+        divides = "qualities divide by it" if result.scale() == SGD_SCALE else "too small a unit: not used"
+        console.print(f"Scale unit: L_SGD - L_Adam = {_plus_minus(unit, error)} ({divides})", markup=False)
     probes = result.probe_table()
     if len(probes):
         roles = Table(title="Per-role probes (Adam elsewhere)", title_justify="left")
@@ -185,6 +184,6 @@ def _document(result: TrialResult, with_priors: bool) -> dict:
 
     unit, error = result.scale_unit()
     return {"source": result.source, "complete": result.complete, "runs": len(result.runs),
-            "scale_unit": unit if math.isfinite(unit) else None, "scale_unit_se": error,
+            "scale": result.scale(), "scale_unit": unit if math.isfinite(unit) else None, "scale_unit_se": error,
             "methods": clean(result.table().to_dict("records")), "probes": clean(result.probe_table().to_dict("records")),
             "notes": result.notes}

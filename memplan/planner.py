@@ -9,20 +9,23 @@ bytes within the budget.
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from memplan import mckp
-from memplan.errors import BudgetError, SpecError
+from memplan.errors import AssumptionWarning, BudgetError, SpecError
 from memplan.methods import ADAM_LR, PLAN_METHODS, REFERENCE_FAMILY, ParamState, get_method, param_state, parse_spec
 from memplan.plan import Plan, PlanEntry, PlanPrediction
 from memplan.priors import Priors, load_priors
 from memplan.profile import ModelProfile
-from memplan.search import Candidate, candidates_for, expand_methods, prune, within_noise
+from memplan.search import Candidate, candidates_for, expand_methods, prune, scored_methods, within_noise
 from memplan.sharding import Sharding, zero1_owners
 
 if TYPE_CHECKING:
+    from memplan.methods.base import Method, Options
     from memplan.moments import GradientMoments
 
 OBJECTIVES = {"quality": 0.0, "balanced": 0.25, "speed": 1.0}
@@ -78,7 +81,14 @@ def plan_search(profile: ModelProfile, budget_bytes: int, methods: Sequence[str]
     """
     started = time.perf_counter()
     priors = priors or load_priors()
-    variants = expand_methods(methods)
+    variants, unscored = scored_methods(expand_methods(methods), priors)
+    if unscored:
+        if not variants:
+            raise SpecError(f"the priors' {priors.scale} scale has a quality for none of the methods "
+                            f"({', '.join(map(str, unscored))}): plan with --methods its trial measured")
+        warnings.warn(AssumptionWarning(
+            f"left out of the plan, with no quality on the priors' {priors.scale} scale (their trial did not "
+            f"measure them): {', '.join(map(str, unscored))}"))
     params = profile.trainable_params
     if not params:
         return Choice(profile, budget_bytes, {}, 0.0, 0.0, time_weight, 0, time.perf_counter() - started,
@@ -228,9 +238,19 @@ def assigned_plan(profile: ModelProfile, specs: Callable[[str], str], learning_r
         picks[param.name] = Candidate(
             spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
             momentum=state.momentum, state_dtype=state.state_dtype,
-            quality=method.prior_quality(priors, options, param.shape, state.layout, param.role))
+            quality=_prior_or_nan(method, priors, options, param.shape, state.layout, param.role))
     choice = Choice(profile, sum(c.state_bytes for c in picks.values()), picks, 0.0, 0.0, 0.0, len(picks),
                     priors=priors)
     plan = plan_from_choice(choice, priors="assigned")
     ratios = {**plan.lr_ratios, **(lr_ratios or {})}
     return replace(plan, learning_rate=learning_rate, lr_ratios={spec: ratios[spec] for spec in plan.lr_ratios})
+
+
+def _prior_or_nan(method: "Method", priors: Priors, options: "Options", shape: tuple[int, ...],
+                  layout: tuple[int, ...] | None, role: str) -> float:
+    """The prior quality of an assigned method, or NaN where the priors have none (a trial trains
+    methods its priors file may not score)."""
+    try:
+        return method.prior_quality(priors, options, shape, layout, role)
+    except SpecError:
+        return math.nan

@@ -4,7 +4,13 @@ The numbers live in ``profiles/priors.yaml`` (bundled, measured with ``memplan t
 project's benchmark workloads, each entry citing its run), not in code; ``load_priors(path)``
 overlays a user's file (typically one ``memplan trial`` wrote for their own model) on them.
 
-Quality is on one scale: 1 = Adam, 0 = SGD without momentum, each at its best learning rate.
+Quality is on one of two scales (:data:`QUALITY_SCALES`), named by the file's ``scale``. The
+bundled priors, and a trial where Adam beat SGD by more than seed noise, use ``adam_sgd``: 1 = Adam, 0 =
+SGD without momentum, each at its best learning rate. A trial where SGD trained about as well as
+Adam writes ``adam_loss``: 1 = Adam, and 1 - x a loss x times above Adam's. A file on another scale
+than the bundled one does not mix with it: only the bundled learning-rate ratios stay, and methods
+it did not measure have no quality (:func:`memplan.search.scored_methods` leaves them out).
+
 A method's entry may hold, besides its ``quality``:
 
 - ``std``: the standard error of that quality over seeds; the planner treats a method whose
@@ -32,9 +38,16 @@ from memplan.roles import ROLES
 from memplan.schema import Either, Fields, ListOf, MapOf, Nullable, Number, OneOf, Text, check
 from memplan.yamlfile import parse_yaml, read_text
 
-PRIORS_FORMAT = 2
-READABLE_FORMATS = (1, 2)
-"""Formats this version reads: 1 has qualities only; 2 adds std, lr_ratio, roles and adam_lr."""
+PRIORS_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
+"""Formats this version reads: 1 has qualities only; 2 adds std, lr_ratio, roles and adam_lr; 3 adds scale."""
+SGD_SCALE, LOSS_SCALE = "adam_sgd", "adam_loss"
+QUALITY_SCALES = {
+    SGD_SCALE: "1 = Adam, 0 = SGD without momentum, each at its best learning rate",
+    LOSS_SCALE: "1 = Adam, 1 - x = a loss x times above Adam's (0.95: 5% more loss)",
+}
+"""The scales a quality may be on, and what their numbers mean."""
+BUNDLED_SCALE = SGD_SCALE
 CALIBRATED_KEYS = ("momentum", "no_momentum", "distortion_scale")
 
 MEASURED = Either(Number(), Fields(required={"quality": Number()}, optional={"std": Number(at_least=0)}))
@@ -55,7 +68,7 @@ PRIORS_FIELDS = Fields(
     required={"methods": MapOf(METHOD_PRIOR), "extreme_tensoring": ListOf(CURVE_POINT),
               "calibrated": Fields(required={key: Number() for key in CALIBRATED_KEYS})},
     optional={"memplan_priors": OneOf(*READABLE_FORMATS), "adam_lr": Nullable(Number(above=0)),
-              "evidence": Text()},
+              "scale": OneOf(*QUALITY_SCALES), "evidence": Text()},
 )
 """The keys of a complete priors document (the bundled one, or it with a user's file laid over it)."""
 
@@ -73,13 +86,15 @@ class MethodPrior:
 
 @dataclass(frozen=True)
 class Priors:
-    """Per-key method priors, the ET depth curve, the calibrated-quality constants, and the Adam
-    learning rate the priors were measured at (None for the bundled, model-independent ones)."""
+    """Per-key method priors, the ET depth curve (empty when a file on its own scale measured
+    none), the calibrated-quality constants, the Adam learning rate the priors were measured at
+    (None for the bundled, model-independent ones) and the scale of the qualities."""
 
     methods: Mapping[str, MethodPrior]
     et_curve: tuple[tuple[float, float], ...]
     calibrated: Mapping[str, float]
     adam_lr: float | None = None
+    scale: str = BUNDLED_SCALE
 
     def quality(self, method: str, options: Mapping[str, Any], shape: Shape, layout: Layout,
                 role: str | None = None) -> float:
@@ -98,6 +113,9 @@ class Priors:
             return entry.roles[role][0]
         if entry is not None and entry.quality is not None:
             return entry.quality + self.role_transfer(role)
+        if self.scale != BUNDLED_SCALE:  # a default is a guess on the bundled scale
+            raise SpecError(f"no quality prior for {key!r} on the priors' {self.scale} scale: the trial that "
+                            f"wrote them did not measure it")
         if default is None:
             raise SpecError(f"no quality prior for {key!r}: add methods.{key} to a --priors file")
         return default + self.role_transfer(role)
@@ -142,6 +160,9 @@ class Priors:
     def depth_quality(self, depth: float) -> float:
         """The ET curve at ``depth``: linear between its points, held beyond them."""
         points = self.et_curve
+        if not points:
+            raise SpecError(f"no extreme-tensoring curve on the priors' {self.scale} scale: the trial that "
+                            f"wrote them measured fewer than two ET presets")
         if depth <= points[0][0]:
             return points[0][1]
         for (low_depth, low_quality), (high_depth, high_quality) in zip(points, points[1:]):
@@ -161,6 +182,8 @@ def load_priors(path: str | Path | None = None) -> Priors:
     data = bundled_priors_document()
     if path is not None:
         override = parse_yaml(read_text(path, ProfileError), str(path), ProfileError) or {}
+        if isinstance(override, Mapping) and override.get("scale", BUNDLED_SCALE) != data.get("scale", BUNDLED_SCALE):
+            data = _rescaled(data, override)
         data = _overlay(data, override, str(path))
     return _from_dict(data, str(path or "bundled priors"))
 
@@ -180,9 +203,19 @@ def _override_fields(methods: Iterable[str]) -> Fields:
         "adam_lr": Nullable(Number(above=0)),
         "evidence": Text(),
         "methods": Fields(optional={name: METHOD_PRIOR for name in methods}),
+        "scale": OneOf(*QUALITY_SCALES),
         "extreme_tensoring": ListOf(CURVE_POINT),
         "calibrated": Nullable(Fields(optional={key: Number() for key in CALIBRATED_KEYS})),
     })
+
+
+def _rescaled(base: dict[str, Any], override: Any) -> dict[str, Any]:
+    """What of the bundled ``base`` may sit under a file on another quality scale: the methods'
+    learning-rate ratios (a ratio of rates has no scale) and the calibrated constants; no quality,
+    spread, per-role quality or ET curve."""
+    methods = {name: {"lr_ratio": entry["lr_ratio"]} if isinstance(entry, Mapping) and "lr_ratio" in entry else {}
+               for name, entry in base["methods"].items()}
+    return {**base, "methods": methods, "extreme_tensoring": [], "scale": override.get("scale")}
 
 
 def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
@@ -241,8 +274,10 @@ def _from_dict(data: Mapping[str, Any], where: str) -> Priors:
     methods = {name: _method_prior(entry) for name, entry in data["methods"].items()}
     curve = tuple(sorted((float(point["depth"]), float(point["quality"])) for point in data["extreme_tensoring"]))
     calibrated = {key: float(value) for key, value in data["calibrated"].items()}
-    if len(curve) < 2 or len({depth for depth, _ in curve}) != len(curve):
+    scale = data.get("scale", BUNDLED_SCALE)
+    # a file on its own scale may have measured no curve: ET is then not scored, rather than wrongly
+    if (len(curve) < 2 and (curve or scale == BUNDLED_SCALE)) or len({depth for depth, _ in curve}) != len(curve):
         raise ProfileError(f"{where}: extreme_tensoring needs at least two points at distinct depths")
     adam_lr = data.get("adam_lr")
     return Priors(methods=methods, et_curve=curve, calibrated=calibrated,
-                  adam_lr=None if adam_lr is None else float(adam_lr))
+                  adam_lr=None if adam_lr is None else float(adam_lr), scale=scale)

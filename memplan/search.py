@@ -13,9 +13,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
+from memplan.errors import SpecError
 from memplan.methods import ParamState, as_spec, get_method, param_state
 from memplan.methods.spec import MethodSpec
-from memplan.priors import Priors
+from memplan.priors import BUNDLED_SCALE, Priors
 from memplan.profile import ParamSpec
 from memplan.sharding import Sharding
 
@@ -57,6 +58,29 @@ def expand_methods(texts: Iterable[str]) -> list[MethodSpec]:
         extra = () if spec.options else get_method(spec.name).planner_variants
         variants.extend([spec, *(as_spec(item) for item in extra)])
     return list(dict.fromkeys(variants))
+
+
+SCORING_SHAPE = (8, 8)
+"""A shape every method has a layout for: asking its prior there tells whether the priors score it."""
+
+
+def scored_methods(methods: Sequence[MethodSpec], priors: Priors) -> tuple[list[MethodSpec], list[MethodSpec]]:
+    """``methods`` split into those ``priors`` give a quality and those they cannot: only a priors
+    file on another scale than the bundled one leaves some out (it has no quality for a method its
+    trial did not measure, and no curve without two ET presets)."""
+    if priors.scale == BUNDLED_SCALE:
+        return list(methods), []  # a method without a prior is the error candidates_for names
+    scored, unscored = [], []
+    for spec in methods:
+        method = get_method(spec.name)
+        options = method.resolve(spec)
+        try:
+            method.prior_quality(priors, options, SCORING_SHAPE, method.default_layout(SCORING_SHAPE, options))
+        except SpecError:
+            unscored.append(spec)
+        else:
+            scored.append(spec)
+    return scored, unscored
 
 
 def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Priors,

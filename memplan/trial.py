@@ -2,7 +2,9 @@
 
 A trial trains short matched runs (:mod:`memplan.training`: the same initial weights and the same
 batches per seed) and puts every method on one scale: 1 = Adam, 0 = SGD without momentum, each
-at its best learning rate. It runs, within a budget of steps, seeds and wall time:
+at its best learning rate; or, where SGD trained about as well as Adam and that scale has no unit,
+1 = Adam and 1 - x a loss x times above Adam's (:data:`memplan.priors.QUALITY_SCALES`). It runs,
+within a budget of steps, seeds and wall time:
 
 1. **uniform sweeps**: every method everywhere, at a few learning rates around a start (Adam's
    best times the method's ratio in the priors), widened while the best rate is at an edge;
@@ -33,7 +35,7 @@ import torch
 from memplan.errors import MemplanError, SourceError
 from memplan.methods import ADAM_LR, REFERENCE_FAMILY, build, get_method, param_state, parse_spec
 from memplan.plan import Plan
-from memplan.priors import PRIORS_FORMAT, Priors, load_priors
+from memplan.priors import LOSS_SCALE, PRIORS_FORMAT, QUALITY_SCALES, SGD_SCALE, Priors, load_priors
 from memplan.profile import ModelProfile
 from memplan.roles import ROLES
 from memplan.training import RunResult, Schedule, Workload, train
@@ -119,15 +121,25 @@ class TrialResult:
         lr = self.best_lr.get(label)
         return {run["seed"]: run["loss"] for run in self.runs if run["arm"] == label and run["lr"] == lr}
 
-    def quality(self, label: str) -> tuple[float, float | None]:
-        """Mean quality of ``label`` over the seeds trained with the references, and its standard
-        error (None from one seed). NaN when the references are missing or tie."""
+    def quality(self, label: str, scale: str | None = None) -> tuple[float, float | None]:
+        """Mean quality of ``label`` on ``scale`` (default :meth:`scale`) over the seeds trained with
+        the references, and its standard error (None from one seed). NaN when the references are
+        missing or tie."""
         values = []
+        scale = scale or self.scale()
         adam, sgd, own = self.best_runs(REFERENCE_FAMILY), self.best_runs(SGD_REFERENCE), self.best_runs(label)
         for seed, loss in own.items():
-            if seed in adam and seed in sgd and math.isfinite(adam[seed]) and math.isfinite(sgd[seed]) \
-                    and sgd[seed] != adam[seed]:
-                values.append((sgd[seed] - loss) / (sgd[seed] - adam[seed]) if math.isfinite(loss) else -math.inf)
+            if seed not in adam or not math.isfinite(adam[seed]):
+                continue
+            # quality = (zero - loss) / unit: the loss that scores 0, and how far below it Adam is
+            if scale == LOSS_SCALE:
+                zero, unit = 2 * adam[seed], adam[seed]
+            elif seed in sgd and math.isfinite(sgd[seed]):
+                zero, unit = sgd[seed], sgd[seed] - adam[seed]
+            else:
+                continue
+            if unit != 0:
+                values.append((zero - loss) / unit if math.isfinite(loss) else -math.inf)
         if not values:
             return math.nan, None
         mean = statistics.fmean(values) if all(math.isfinite(v) for v in values) else -math.inf
@@ -169,15 +181,30 @@ class TrialResult:
         unit, _ = self.scale_unit()
         return math.isfinite(unit) and self.scale_note() is None
 
-    def table(self) -> pd.DataFrame:
+    def scale(self) -> str:
+        """The scale the qualities are put on: ``adam_sgd`` where it holds, else ``adam_loss`` (Adam's loss
+        as the unit: where SGD trains about as well as Adam, the methods' losses still differ, and
+        that scale ranks them as their losses do). ``adam_sgd`` when Adam's loss is not positive."""
+        adam = self.best_runs(REFERENCE_FAMILY)
+        if self.scale_holds() or not adam or not all(math.isfinite(loss) and loss > 0 for loss in adam.values()):
+            return SGD_SCALE
+        return LOSS_SCALE
+
+    def ranks_methods(self) -> bool:
+        """Whether the qualities rank the methods, so that a priors file written from them steers a
+        plan the right way: on Adam's loss, or on the SGD scale with SGD behind Adam."""
+        unit, _ = self.scale_unit()
+        return self.scale() == LOSS_SCALE or (math.isfinite(unit) and unit > 0)
+
+    def table(self, scale: str | None = None) -> pd.DataFrame:
         """Per uniform method and plan: state bytes, best lr, its ratio to Adam's, loss (mean, std over
-        seeds), quality and its standard error, seeds."""
+        seeds), quality on ``scale`` (default :meth:`scale`) and its standard error, seeds."""
         rows = []
         adam_lr = self.best_lr.get(REFERENCE_FAMILY)
         for label in dict.fromkeys(run["arm"] for run in self.runs if run["kind"] in ("uniform", "plan")):
             losses = list(self.best_runs(label).values())
             kind = next(run["kind"] for run in self.runs if run["arm"] == label)
-            quality, spread = self.quality(label)
+            quality, spread = self.quality(label, scale)
             lr = self.best_lr.get(label)
             rows.append({
                 "method": label, "kind": kind, "state_bytes": self._state_bytes(label), "best_lr": lr,
@@ -189,14 +216,14 @@ class TrialResult:
         return pd.DataFrame(rows, columns=["method", "kind", "state_bytes", "best_lr", "lr_ratio", "loss", "loss_std",
                                            "quality", "quality_se", "seeds"])
 
-    def probe_table(self) -> pd.DataFrame:
+    def probe_table(self, scale: str | None = None) -> pd.DataFrame:
         """Per probe (method, role): the role's share of the elements, the probe's quality (Adam
-        elsewhere) and the role's quality as if the whole model were that role."""
+        elsewhere) and the role's quality as if the whole model were that role, on ``scale``."""
         shares = role_shares(self.profile)
         rows = []
         for label in dict.fromkeys(run["arm"] for run in self.runs if run["kind"] == "probe"):
             first = next(run for run in self.runs if run["arm"] == label)
-            quality, spread = self.quality(label)
+            quality, spread = self.quality(label, scale)
             share = shares[first["role"]]
             rows.append({"method": first["spec"], "role": first["role"], "share": share, "probe_quality": quality,
                          "role_quality": 1.0 - (1.0 - quality) / share if math.isfinite(quality) else quality,
@@ -298,6 +325,9 @@ class Trial:
             weak = self.result.scale_note()
             if weak is not None:
                 self.result.notes.append(weak)
+            if self.result.scale() == LOSS_SCALE:
+                self.result.notes.append(f"qualities are on Adam's loss instead ({QUALITY_SCALES[LOSS_SCALE]}), "
+                                         f"and so is the priors file")
             if self.plan is not None:
                 self._plan_arm()
             else:
@@ -576,13 +606,15 @@ def run_trial(path: Path, entry: str | None = None, methods: Sequence[str] = TRI
 # -- priors ----------------------------------------------------------------------------------------
 
 
-def priors_document(result: TrialResult, evidence: str) -> dict[str, Any]:
-    """A ``--priors`` file from a trial: per prior key its quality, standard error, learning-rate
-    ratio and per-role qualities, and the extreme-tensoring curve points it measured."""
+def priors_document(result: TrialResult, evidence: str, scale: str | None = None) -> dict[str, Any]:
+    """A ``--priors`` file from a trial: per prior key its quality on ``scale`` (default the
+    result's :meth:`~TrialResult.scale`), standard error, learning-rate ratio and per-role
+    qualities, and the extreme-tensoring curve points it measured."""
     if REFERENCE_FAMILY not in result.best_lr:
         raise MemplanError("no Adam run finished: the trial has no reference to write priors against")
-    table = result.table().set_index("method")
-    probes = result.probe_table()
+    scale = scale or result.scale()
+    table = result.table(scale).set_index("method")
+    probes = result.probe_table(scale)
     speakers: dict[str, str] = {}  # prior key -> the spec whose measurement it records
     curve: list[dict[str, Any]] = []
     for spec in table.index:
@@ -603,7 +635,7 @@ def priors_document(result: TrialResult, evidence: str) -> dict[str, Any]:
         if key not in speakers or (spec in set(probes["method"]) and speakers[key] not in set(probes["method"])):
             speakers[key] = spec
     methods = {key: _method_entry(spec, table.loc[spec], probes, evidence) for key, spec in speakers.items()}
-    document: dict[str, Any] = {"memplan_priors": PRIORS_FORMAT, "evidence": evidence,
+    document: dict[str, Any] = {"memplan_priors": PRIORS_FORMAT, "scale": scale, "evidence": evidence,
                                 "adam_lr": float(f"{result.best_lr[REFERENCE_FAMILY]:.3g}"), "methods": methods}
     if len({point["depth"] for point in curve}) >= 2:
         document["extreme_tensoring"] = sorted(curve, key=lambda point: point["depth"])

@@ -27,7 +27,7 @@ def trial():
 
 
 def test_the_trial_sweeps_each_method_and_puts_it_on_the_adam_sgd_scale(trial):
-    table = trial.table().set_index("method")
+    table = trial.table("adam_sgd").set_index("method")
     assert list(table.index) == ["adam", "sgd", "smmf", "sm3:momentum=0", "et2"]
     assert table.loc["adam", "quality"] == 1.0 and table.loc["sgd", "quality"] == 0.0
     runs = trial.runs_frame()
@@ -192,7 +192,7 @@ def _references(adam: list[float], sgd: list[float]) -> TrialResult:
     result = TrialResult(source="x", settings=TrialSettings(Schedule(steps=1)), profile=load_profile(str(TINY)))
     for label, losses in (("adam", adam), ("sgd", sgd)):
         result.best_lr[label] = 0.1
-        result.runs += [{"arm": label, "kind": "uniform", "seed": seed, "lr": 0.1, "loss": value}
+        result.runs += [{"arm": label, "kind": "uniform", "seed": seed, "lr": 0.1, "loss": value, "state_bytes": None}
                         for seed, value in enumerate(losses)]
     return result
 
@@ -207,6 +207,61 @@ def test_the_trial_warns_when_the_scale_has_no_unit_or_only_noise():
     assert _references([1.0], [1.5]).scale_holds() and not noisy.scale_holds()
     assert not _references([1.0], [0.9]).scale_holds()
     assert _references([1.0], [0.9]).scale_inverted() and not noisy.scale_inverted()
+
+
+def test_where_the_sgd_scale_has_no_unit_qualities_are_on_adams_loss():
+    holds = _references([1.0, 1.1, 1.05], [1.5, 1.6, 1.52])
+    assert holds.scale() == "adam_sgd" and holds.ranks_methods()
+    level = _references([1.0, 1.2, 1.1], [1.01, 1.18, 1.12])  # SGD within noise of Adam
+    assert level.scale() == "adam_loss" and level.ranks_methods()
+    level.best_lr["et3"] = 0.1
+    level.runs += [{"arm": "et3", "kind": "uniform", "seed": seed, "lr": 0.1, "loss": loss, "state_bytes": None}
+                   for seed, loss in enumerate([0.95, 1.14, 1.1])]
+    quality, error = level.quality("et3")
+    assert quality == pytest.approx((1.05 + 1.05 + 1.0) / 3) and error is not None  # 1 - (L - L_Adam) / L_Adam
+    on_sgd, _ = level.quality("et3", "adam_sgd")
+    assert on_sgd != pytest.approx(quality)  # the SGD scale is still there to be asked for
+    assert level.table().set_index("method").loc["et3", "quality"] == pytest.approx(quality)
+    # a loss that is not positive is no unit: the SGD scale stays, and says whether it ranks
+    negative = _references([-1.0], [-0.9])
+    assert negative.scale() == "adam_sgd" and negative.ranks_methods()
+    assert not _references([-1.0], [-1.2]).ranks_methods()
+
+
+def test_a_priors_file_on_adams_loss_replaces_the_bundled_qualities(tmp_path):
+    from memplan.errors import AssumptionWarning, SpecError
+    from memplan.planner import plan_search
+    from memplan.profile import ModelProfile, ParamSpec
+    from memplan.trial import priors_document
+
+    level = _references([1.0, 1.2, 1.1], [1.01, 1.18, 1.12])
+    for label, losses in (("smmf", [1.1, 1.3, 1.2]), ("et1", [0.9, 1.1, 1.0]), ("et3", [0.95, 1.15, 1.05])):
+        level.best_lr[label] = 0.2
+        level.runs += [{"arm": label, "kind": "uniform", "seed": seed, "lr": 0.2, "loss": loss, "state_bytes": None}
+                       for seed, loss in enumerate(losses)]
+    document = priors_document(level, "test run")
+    assert document["scale"] == "adam_loss" and document["memplan_priors"] == 3
+    path = tmp_path / "priors.yaml"
+    path.write_text(yaml.safe_dump(document))
+    priors = load_priors(path)
+    bundled = load_priors()
+    assert priors.scale == "adam_loss" and bundled.scale == "adam_sgd"
+    assert priors.methods["smmf"].quality == pytest.approx(document["methods"]["smmf"]["quality"])
+    assert priors.methods["smmf"].lr_ratio == 2.0  # measured here
+    # the bundled entries keep their learning-rate ratios and lose their qualities, spreads and roles
+    assert priors.methods["adafactor"].quality is None and priors.methods["adafactor"].roles == {}
+    assert priors.methods["adafactor"].lr_ratio == bundled.methods["adafactor"].lr_ratio
+    assert priors.role_transfer("embedding") == 0.0  # the bundled probes do not speak for this scale
+    with pytest.raises(SpecError, match="adam_loss scale"):
+        priors.quality("adafactor", {"beta1": None}, (8, 8), None)
+    assert [point for point in priors.et_curve] == sorted(priors.et_curve) and len(priors.et_curve) == 2
+    # the planner leaves out what the file cannot score, and says so
+    profile = ModelProfile("small", "test", (ParamSpec("w", (32, 32), kind="linear"),))
+    with pytest.warns(AssumptionWarning, match="left out of the plan.*adafactor"):
+        choice = plan_search(profile, 2**20, ["smmf", "et", "adafactor", "adam"], priors=priors)
+    assert choice.picks["w"].spec == "et" and choice.picks["w"].layout == (32, 32)  # ET1: the lowest loss here
+    with pytest.raises(SpecError, match="none of the methods"):
+        plan_search(profile, 2**20, ["adafactor"], priors=priors)
 
 
 def test_jobs_in_worker_processes_train_the_same_runs_in_the_same_order():

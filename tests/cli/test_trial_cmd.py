@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import yaml
 
@@ -15,7 +17,7 @@ def test_trial_writes_its_table_runs_plot_and_priors_that_plan_reads(run_memplan
     assert "Scale unit: L_SGD - L_Adam = " in result.stdout and " ± " in result.stdout  # two seeds
     for name in ("trial.csv", "trial.png", "priors.yaml"):
         assert (tmp_path / ".memplan" / name).stat().st_size > 0
-    assert yaml.safe_load((tmp_path / ".memplan" / "priors.yaml").read_text())["memplan_priors"] == 2
+    assert yaml.safe_load((tmp_path / ".memplan" / "priors.yaml").read_text())["memplan_priors"] == 3
     load_priors(tmp_path / ".memplan" / "priors.yaml")
     planned = run_memplan("plan", TINY, "--budget", "2KiB", "--priors", ".memplan/priors.yaml")
     assert planned.code == 0, planned.stderr
@@ -47,13 +49,31 @@ def test_no_refine_trains_the_grid_only(run_memplan, tmp_path):
     assert counts["--refine"] >= counts["--no-refine"]
 
 
-def test_no_priors_are_written_where_sgd_beats_adam(run_memplan, tmp_path):
+def test_where_sgd_beats_adam_the_priors_are_on_adams_loss(run_memplan, tmp_path):
     bowl = REPO / "tests" / "fixtures" / "sgd_wins.py"
     result = run_memplan("trial", bowl, "--methods", "adagrad", "--steps", "30", "--clip", "0", "--probes", "0",
-                         "--no-plot")
+                         "--no-plot", "--json")
     assert result.code == 0, result.stderr
-    assert "no unit" in result.stderr and "no priors file written" in result.stderr
-    assert (tmp_path / ".memplan" / "trial.csv").exists() and not (tmp_path / ".memplan" / "priors.yaml").exists()
+    document = json.loads(result.stdout)
+    assert document["scale"] == "adam_loss" and document["scale_unit"] < 0
+    assert any("no unit" in note for note in document["notes"])
+    assert any("Adam's loss instead" in note for note in document["notes"])
+    losses = {row["method"]: row["loss"] for row in document["methods"]}
+    qualities = {row["method"]: row["quality"] for row in document["methods"]}
+    for method, loss in losses.items():  # 1 - (L - L_Adam) / L_Adam
+        assert qualities[method] == pytest.approx(1 - (loss - losses["adam"]) / losses["adam"])
+    written = yaml.safe_load((tmp_path / ".memplan" / "priors.yaml").read_text())
+    assert written["scale"] == "adam_loss" and written["methods"]["sgd"]["quality"] > 1  # SGD won
+    # the plan it steers prefers what trained best here, and says what it could not score
+    planned = run_memplan("plan", bowl, "--budget", "1KiB", "--priors", ".memplan/priors.yaml", "--json")
+    assert planned.code == 0, planned.stderr
+    assert json.loads(planned.stdout)["parameters"][0]["method"] == "sgd"
+    assert "left out of the plan" in planned.stderr and "smmf" in planned.stderr
+    # the human-readable table names the scale
+    shown = run_memplan("trial", bowl, "--methods", "adagrad", "--steps", "30", "--clip", "0", "--probes", "0",
+                        "--no-plot", "--out-dir", "again")
+    assert "quality 1 = Adam, 1 - x = a loss x times above Adam's" in shown.stdout
+    assert "too small a unit: not used" in shown.stdout
 
 
 def test_jobs_train_methods_in_worker_processes(run_memplan, tmp_path):
