@@ -15,6 +15,9 @@ A method's entry may hold, besides its ``quality``:
 
 - ``std``: the standard error of that quality over seeds; the planner treats a method whose
   quality is within this noise of a cheaper candidate's as no better than it;
+- ``seeds``: the per-seed qualities behind it (a trial writes them, seed 0 first): two methods
+  measured on the same seeds are compared by their paired difference, whose noise is smaller
+  than their two standard errors together where the seeds' luck is shared;
 - ``lr_ratio``: its best learning rate over Adam's, which plans record so that one
   Adam-equivalent learning rate trains a mixed plan;
 - ``roles``: the quality measured with Adam everywhere except on one role's parameters
@@ -50,18 +53,22 @@ QUALITY_SCALES = {
 BUNDLED_SCALE = SGD_SCALE
 CALIBRATED_KEYS = ("momentum", "no_momentum", "distortion_scale")
 
-MEASURED = Either(Number(), Fields(required={"quality": Number()}, optional={"std": Number(at_least=0)}))
-"""A measured quality, alone or with its standard error."""
+SEEDS = ListOf(Number())
+"""Per-seed qualities, seed 0 first."""
+
+MEASURED = Either(Number(), Fields(required={"quality": Number()},
+                                   optional={"std": Number(at_least=0), "seeds": SEEDS}))
+"""A measured quality, alone or with its standard error and per-seed values."""
 
 METHOD_PRIOR = Either(Number(), Fields(optional={
-    "quality": Number(), "std": Number(at_least=0), "lr_ratio": Number(above=0),
+    "quality": Number(), "std": Number(at_least=0), "seeds": SEEDS, "lr_ratio": Number(above=0),
     "roles": Fields(optional={role: MEASURED for role in ROLES}), "evidence": Text(),
 }))
 """One method's prior: its quality alone, or with its spread, learning-rate ratio, per-role
 qualities and the evidence behind them."""
 
 CURVE_POINT = Fields(required={"depth": Number(), "quality": Number()},
-                     optional={"std": Number(at_least=0), "evidence": Text()})
+                     optional={"std": Number(at_least=0), "seeds": SEEDS, "evidence": Text()})
 """One point of the extreme-tensoring curve: quality at an index depth."""
 
 PRIORS_FIELDS = Fields(
@@ -75,13 +82,15 @@ PRIORS_FIELDS = Fields(
 
 @dataclass(frozen=True)
 class MethodPrior:
-    """What is known of one prior key: quality (None: the method's default), its spread, its
-    learning-rate ratio and per-role (quality, std) pairs."""
+    """What is known of one prior key: quality (None: the method's default), its spread and
+    per-seed values, its learning-rate ratio, and per-role (quality, std) pairs and per-seed values."""
 
     quality: float | None = None
     std: float = 0.0
     lr_ratio: float | None = None
     roles: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    seeds: tuple[float, ...] = ()
+    role_seeds: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,8 @@ class Priors:
     calibrated: Mapping[str, float]
     adam_lr: float | None = None
     scale: str = BUNDLED_SCALE
+    curve_seeds: Mapping[float, tuple[float, ...]] = field(default_factory=dict)
+    """Per-seed qualities of the ET curve's points, by depth, where measured."""
 
     def quality(self, method: str, options: Mapping[str, Any], shape: Shape, layout: Layout,
                 role: str | None = None) -> float:
@@ -134,6 +145,33 @@ class Priors:
         if entry is None:
             return 0.0
         return entry.roles[role][1] if role in entry.roles else entry.std
+
+    def quality_seeds(self, key: str, role: str | None = None) -> tuple[float, ...]:
+        """The per-seed qualities behind the prior ``key`` for ``role`` (moved by
+        :meth:`role_transfer` where ``key`` was not probed there, as its quality is); () if none."""
+        entry = self.methods.get(key)
+        if entry is None:
+            return ()
+        if role in entry.roles:
+            return entry.role_seeds.get(role, ())
+        shift = self.role_transfer(role)
+        return tuple(value + shift for value in entry.seeds)
+
+    def depth_seeds(self, depth: float) -> tuple[float, ...]:
+        """The per-seed qualities of the ET curve at ``depth``, interpolated as :meth:`depth_quality`
+        is; () where a point it uses has none, or the points have different seed counts."""
+        points = self.et_curve
+        if not points:
+            return ()
+        depth = min(max(depth, points[0][0]), points[-1][0])
+        for (low, _), (high, _) in zip(points, points[1:]):
+            if depth <= high:
+                below, above = self.curve_seeds.get(low, ()), self.curve_seeds.get(high, ())
+                if not below or len(below) != len(above):
+                    return ()
+                fraction = (depth - low) / (high - low)
+                return tuple(a + fraction * (b - a) for a, b in zip(below, above))
+        return self.curve_seeds.get(points[-1][0], ())
 
     def role_transfer(self, role: str | None) -> float:
         """How much a method not probed on ``role`` is moved from its uniform quality there.
@@ -233,7 +271,7 @@ def _overlay(base: dict[str, Any], override: Any, where: str) -> dict[str, Any]:
     return merged
 
 
-MEASUREMENT_FIELDS = ("std", "roles")
+MEASUREMENT_FIELDS = ("std", "seeds", "roles")
 """Fields that describe a quality measurement: an entry that gives its own quality drops the bundled
 ones (another workload's standard error and per-role qualities do not belong to the new quality)."""
 
@@ -256,16 +294,23 @@ def _measured(entry: Any) -> tuple[float, float]:
     return float(entry), 0.0
 
 
+def _seeds(entry: Any) -> tuple[float, ...]:
+    """The per-seed qualities of a :data:`MEASURED` or :data:`METHOD_PRIOR` value (() if none)."""
+    return tuple(float(value) for value in entry.get("seeds", ())) if isinstance(entry, Mapping) else ()
+
+
 def _method_prior(entry: Any) -> MethodPrior:
     """A :class:`MethodPrior` from a :data:`METHOD_PRIOR` value."""
     if not isinstance(entry, Mapping):
         return MethodPrior(quality=float(entry))
     quality = entry.get("quality")
     ratio = entry.get("lr_ratio")
+    roles = entry.get("roles") or {}
     return MethodPrior(
         quality=None if quality is None else float(quality), std=float(entry.get("std", 0.0)),
         lr_ratio=None if ratio is None else float(ratio),
-        roles={role: _measured(value) for role, value in (entry.get("roles") or {}).items()})
+        roles={role: _measured(value) for role, value in roles.items()}, seeds=_seeds(entry),
+        role_seeds={role: _seeds(value) for role, value in roles.items() if _seeds(value)})
 
 
 def _from_dict(data: Mapping[str, Any], where: str) -> Priors:
@@ -279,5 +324,6 @@ def _from_dict(data: Mapping[str, Any], where: str) -> Priors:
     if (len(curve) < 2 and (curve or scale == BUNDLED_SCALE)) or len({depth for depth, _ in curve}) != len(curve):
         raise ProfileError(f"{where}: extreme_tensoring needs at least two points at distinct depths")
     adam_lr = data.get("adam_lr")
+    curve_seeds = {float(point["depth"]): _seeds(point) for point in data["extreme_tensoring"] if _seeds(point)}
     return Priors(methods=methods, et_curve=curve, calibrated=calibrated,
-                  adam_lr=None if adam_lr is None else float(adam_lr), scale=scale)
+                  adam_lr=None if adam_lr is None else float(adam_lr), scale=scale, curve_seeds=curve_seeds)

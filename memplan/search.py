@@ -10,6 +10,7 @@ its exact state bytes, its traffic per step and a predicted quality. Dominated c
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Sequence
 
@@ -36,6 +37,8 @@ class Candidate:
     distortion: float | None = None
     quality_std: float = 0.0
     """The standard error of ``quality`` when it was measured over seeds (0: no spread known)."""
+    quality_seeds: tuple[float, ...] = ()
+    """The per-seed qualities behind ``quality``, seed 0 first, where the priors recorded them."""
     rank_bytes: int | None = None
     """Under sharding, the bytes the per-rank budget counts (see :meth:`memplan.sharding.Sharding.budgeted_bytes`)."""
 
@@ -105,24 +108,26 @@ def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Prio
                 continue
             measured = distortion(state) if distortion else None
             if measured is not None:
-                quality, spread = priors.calibrated_quality(state.momentum, measured), 0.0
+                quality, spread, seeds = priors.calibrated_quality(state.momentum, measured), 0.0, ()
             else:
                 quality = method.prior_quality(priors, options, param.shape, state.layout, param.role)
                 spread = method.prior_std(priors, options, param.role)
+                seeds = method.prior_seeds(priors, options, param.shape, state.layout, param.role)
             found[key] = Candidate(
                 spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
                 momentum=state.momentum, state_dtype=state.state_dtype, quality=quality,
-                seconds=seconds(state) if seconds else 0.0, distortion=measured, quality_std=spread,
+                seconds=seconds(state) if seconds else 0.0, distortion=measured, quality_std=spread, quality_seeds=seeds,
                 rank_bytes=sharding.budgeted_bytes(state.tensors, param.shape) if sharding else None)
     return list(found.values())
 
 
 def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candidate]:
     """The candidates with each one's quality capped at that of any cheaper candidate, measured at
-    least as precisely, that it does not beat by more than ``z`` combined standard errors: a method
-    within noise of a cheaper one should lose to it, and after the cap :func:`prune` drops it (ties
-    go to fewer bytes). A cheaper candidate whose own spread is the larger does not cap (its mean is
-    what is in doubt), and candidates without a recorded spread compare as before."""
+    least as precisely, that it does not beat by more than ``z`` standard errors of their
+    difference: a method within noise of a cheaper one should lose to it, and after the cap
+    :func:`prune` drops it (ties go to fewer bytes). A cheaper candidate whose own spread is the
+    larger does not cap (its mean is what is in doubt), and candidates without a recorded spread
+    compare as before. The difference's standard error is :func:`difference_se`."""
     ordered = sorted(candidates, key=lambda c: c.charged_bytes)
     settled: list[Candidate] = []
     for candidate in ordered:
@@ -130,12 +135,22 @@ def within_noise(candidates: Sequence[Candidate], z: float = 1.0) -> list[Candid
         for cheaper in settled:
             if cheaper.charged_bytes >= candidate.charged_bytes:
                 continue
-            noise = z * math.hypot(candidate.quality_std, cheaper.quality_std)
+            noise = z * difference_se(candidate, cheaper)
             # a cheaper quality less precise than this one's cannot set it: its mean is the doubtful one
             if noise > 0 and cheaper.quality_std <= candidate.quality_std and candidate.quality - cheaper.quality <= noise:
                 quality = min(quality, cheaper.quality)
         settled.append(candidate if quality == candidate.quality else replace(candidate, quality=quality))
     return settled
+
+
+def difference_se(first: Candidate, second: Candidate) -> float:
+    """The standard error of ``first.quality - second.quality``: from the per-seed differences where
+    both were measured on the same seeds (their shared luck cancels), else from the two standard
+    errors as if independent."""
+    if len(first.quality_seeds) == len(second.quality_seeds) >= 2:
+        differences = [a - b for a, b in zip(first.quality_seeds, second.quality_seeds)]
+        return statistics.stdev(differences) / math.sqrt(len(differences))
+    return math.hypot(first.quality_std, second.quality_std)
 
 
 def prune(candidates: Sequence[Candidate], value: Callable[[Candidate], float]) -> list[Candidate]:

@@ -125,7 +125,17 @@ class TrialResult:
         """Mean quality of ``label`` on ``scale`` (default :meth:`scale`) over the seeds trained with
         the references, and its standard error (None from one seed). NaN when the references are
         missing or tie."""
-        values = []
+        values = list(self.seed_qualities(label, scale).values())
+        if not values:
+            return math.nan, None
+        mean = statistics.fmean(values) if all(math.isfinite(v) for v in values) else -math.inf
+        spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 and math.isfinite(mean) else None
+        return mean, spread
+
+    def seed_qualities(self, label: str, scale: str | None = None) -> dict[int, float]:
+        """Per seed trained with the references, the quality of ``label`` on ``scale`` (default
+        :meth:`scale`; -inf where the run diverged)."""
+        values = {}
         scale = scale or self.scale()
         adam, sgd, own = self.best_runs(REFERENCE_FAMILY), self.best_runs(SGD_REFERENCE), self.best_runs(label)
         for seed, loss in own.items():
@@ -139,12 +149,8 @@ class TrialResult:
             else:
                 continue
             if unit != 0:
-                values.append((zero - loss) / unit if math.isfinite(loss) else -math.inf)
-        if not values:
-            return math.nan, None
-        mean = statistics.fmean(values) if all(math.isfinite(v) for v in values) else -math.inf
-        spread = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 and math.isfinite(mean) else None
-        return mean, spread
+                values[seed] = (zero - loss) / unit if math.isfinite(loss) else -math.inf
+        return values
 
     def scale_unit(self) -> tuple[float, float | None]:
         """The quality scale's unit, L_SGD - L_Adam at their best rates (mean over the seeds both
@@ -218,7 +224,8 @@ class TrialResult:
 
     def probe_table(self, scale: str | None = None) -> pd.DataFrame:
         """Per probe (method, role): the role's share of the elements, the probe's quality (Adam
-        elsewhere) and the role's quality as if the whole model were that role, on ``scale``."""
+        elsewhere) and the role's quality as if the whole model were that role, on ``scale``, and
+        the probe's arm (its runs' label)."""
         shares = role_shares(self.profile)
         rows = []
         for label in dict.fromkeys(run["arm"] for run in self.runs if run["kind"] == "probe"):
@@ -227,9 +234,9 @@ class TrialResult:
             share = shares[first["role"]]
             rows.append({"method": first["spec"], "role": first["role"], "share": share, "probe_quality": quality,
                          "role_quality": 1.0 - (1.0 - quality) / share if math.isfinite(quality) else quality,
-                         "role_quality_se": None if spread is None else spread / share})
+                         "role_quality_se": None if spread is None else spread / share, "arm": label})
         return pd.DataFrame(rows, columns=["method", "role", "share", "probe_quality", "role_quality",
-                                           "role_quality_se"])
+                                           "role_quality_se", "arm"])
 
     def _state_bytes(self, label: str) -> int | None:
         sizes = [run["state_bytes"] for run in self.runs if run["arm"] == label and run["state_bytes"] is not None]
@@ -615,6 +622,7 @@ def priors_document(result: TrialResult, evidence: str, scale: str | None = None
     scale = scale or result.scale()
     table = result.table(scale).set_index("method")
     probes = result.probe_table(scale)
+    seeds = lambda label: _seed_list(result.seed_qualities(label, scale), result.settings.seeds)
     speakers: dict[str, str] = {}  # prior key -> the spec whose measurement it records
     curve: list[dict[str, Any]] = []
     for spec in table.index:
@@ -630,11 +638,13 @@ def priors_document(result: TrialResult, evidence: str, scale: str | None = None
             point = {"depth": round(depth, 3), "quality": round(float(row["quality"]), 4)}
             if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
                 point["std"] = round(float(row["quality_se"]), 4)
+            if seeds(spec):
+                point["seeds"] = [round(value, 4) for value in seeds(spec)]
             curve.append({**point, "evidence": f"{spec}: {evidence}"})
         # the first spec of a key speaks for it, unless a later one was probed
         if key not in speakers or (spec in set(probes["method"]) and speakers[key] not in set(probes["method"])):
             speakers[key] = spec
-    methods = {key: _method_entry(spec, table.loc[spec], probes, evidence) for key, spec in speakers.items()}
+    methods = {key: _method_entry(spec, table.loc[spec], probes, evidence, seeds) for key, spec in speakers.items()}
     document: dict[str, Any] = {"memplan_priors": PRIORS_FORMAT, "scale": scale, "evidence": evidence,
                                 "adam_lr": float(f"{result.best_lr[REFERENCE_FAMILY]:.3g}"), "methods": methods}
     if len({point["depth"] for point in curve}) >= 2:
@@ -642,11 +652,15 @@ def priors_document(result: TrialResult, evidence: str, scale: str | None = None
     return document
 
 
-def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str) -> dict[str, Any]:
-    """One ``methods`` entry of a priors file from a spec's row of the trial table and its probes."""
+def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str,
+                  seeds: Callable[[str], list[float]]) -> dict[str, Any]:
+    """One ``methods`` entry of a priors file from a spec's row of the trial table and its probes
+    (``seeds`` gives an arm's per-seed qualities)."""
     entry: dict[str, Any] = {"quality": round(float(row["quality"]), 4)}
     if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
         entry["std"] = round(float(row["quality_se"]), 4)
+    if seeds(spec):
+        entry["seeds"] = [round(value, 4) for value in seeds(spec)]
     if row["lr_ratio"] is not None and not pd.isna(row["lr_ratio"]):
         entry["lr_ratio"] = float(f"{row['lr_ratio']:.3g}")
     roles = {}
@@ -655,11 +669,21 @@ def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str
             measured: dict[str, float] = {"quality": round(float(probe["role_quality"]), 4)}
             if probe["role_quality_se"] is not None and not pd.isna(probe["role_quality_se"]):
                 measured["std"] = round(float(probe["role_quality_se"]), 4)
+            if seeds(probe["arm"]):
+                measured["seeds"] = [round(1.0 - (1.0 - value) / probe["share"], 4) for value in seeds(probe["arm"])]
             roles[probe["role"]] = measured
     if roles:
         entry["roles"] = roles
     entry["evidence"] = f"{spec}: {evidence}"
     return entry
+
+
+def _seed_list(values: dict[int, float], seeds: int) -> list[float]:
+    """Per-seed qualities as a list, seed 0 first, where every seed up to ``seeds`` has a finite
+    one (a list that skipped a seed would pair the wrong runs); else empty."""
+    if seeds < 2 or sorted(values) != list(range(seeds)) or not all(map(math.isfinite, values.values())):
+        return []
+    return [values[seed] for seed in range(seeds)]
 
 
 def _mean_depth(profile: ModelProfile, method: Any, options: dict[str, Any]) -> float | None:

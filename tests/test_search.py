@@ -8,6 +8,7 @@ from memplan.methods import PLAN_METHODS, param_state
 from memplan.priors import load_priors
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.planner import make_plan, plan_search, traffic_seconds
+from memplan.methods import as_spec
 from memplan.search import candidates_for, expand_methods, prune, within_noise
 from tests.test_mckp import brute_force
 from tests.conftest import PAPER_PRIORS
@@ -155,3 +156,46 @@ def test_a_head_shaped_like_a_hidden_matrix_is_scored_by_its_own_role(tmp_path):
     choice = plan_search(profile, 2**20, ["adafactor:beta1=none", "smmf:beta1=0.9"], priors=load_priors(path))
     assert choice.picks["body.0.weight"].spec.startswith("adafactor")
     assert choice.picks["head.weight"].spec.startswith("smmf")
+
+
+def test_methods_measured_on_the_same_seeds_are_compared_by_their_paired_difference():
+    from memplan.search import Candidate, difference_se, within_noise
+
+    def candidate(spec, state_bytes, quality, spread, seeds=()):
+        return Candidate(spec, None, state_bytes, 0, "none", "float32", quality, quality_std=spread,
+                         quality_seeds=seeds)
+
+    # each seed's luck moves both alike: apart by 0.03 on every seed, though each spreads by 0.05
+    cheap_seeds, dear_seeds = (0.90, 1.00, 1.10, 0.95), (0.93, 1.03, 1.13, 0.98)
+    cheap = candidate("a", 10, 0.9875, 0.045, cheap_seeds)
+    dear = candidate("b", 20, 1.0175, 0.045, dear_seeds)
+    assert difference_se(dear, cheap) == pytest.approx(0.0, abs=1e-12)
+    assert [c.quality for c in within_noise([cheap, dear])] == [0.9875, 1.0175]  # a real difference
+    # without the seeds the same numbers are within noise, and the dearer one is capped
+    unpaired = [candidate("a", 10, 0.9875, 0.045), candidate("b", 20, 1.0175, 0.045)]
+    assert difference_se(*unpaired) == pytest.approx(0.045 * 2 ** 0.5)
+    assert [c.quality for c in within_noise(unpaired)] == [0.9875, 0.9875]
+    # seeds of another count are not paired
+    assert difference_se(candidate("b", 20, 1.0, 0.045, dear_seeds[:3]), cheap) == pytest.approx(0.045 * 2 ** 0.5)
+
+
+def test_per_seed_qualities_follow_the_role_and_the_et_curve(tmp_path):
+    path = tmp_path / "seeded.yaml"
+    path.write_text("methods:\n"
+                    "  smmf: {quality: 0.8, std: 0.1, seeds: [0.7, 0.9], roles: {embedding: {quality: 0.5, seeds: [0.4, 0.6]}}}\n"
+                    "  adafactor: {quality: 1.0, seeds: [0.95, 1.05]}\n"
+                    "extreme_tensoring:\n"
+                    "- {depth: 1, quality: 0.6, seeds: [0.5, 0.7]}\n"
+                    "- {depth: 3, quality: 0.2, seeds: [0.1, 0.3]}\n")
+    priors = load_priors(path)
+    assert priors.quality_seeds("smmf") == (0.7, 0.9)
+    assert priors.quality_seeds("smmf", "embedding") == (0.4, 0.6)
+    # an unprobed role moves the seeds as it moves the quality
+    shift = priors.role_transfer("embedding")
+    assert shift < 0 and priors.quality_seeds("adafactor", "embedding") == pytest.approx((0.95 + shift, 1.05 + shift))
+    assert priors.depth_seeds(2.0) == pytest.approx((0.3, 0.5)) and priors.depth_seeds(5.0) == pytest.approx((0.1, 0.3))
+    param = ParamSpec("w", (8, 8), kind="linear")
+    found = {(c.spec, c.layout): c for c in candidates_for(param, [as_spec("smmf:beta1=0.9"), as_spec("et")], priors)}
+    assert found["smmf:beta1=0.9", (8, 8)].quality_seeds == (0.7, 0.9)
+    assert found["et", (8, 8)].quality_seeds == pytest.approx((0.5, 0.7))  # the natural layout: depth 1
+    assert found["et", (2, 2, 2, 2, 2, 2)].quality_seeds == pytest.approx((0.1, 0.3))  # depth 3

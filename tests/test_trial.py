@@ -71,6 +71,13 @@ def test_the_priors_file_it_writes_is_what_plan_reads(trial, tmp_path):
         role = next(param.role for param in profile.trainable_params if param.name == entry.name)
         assert entry.quality == pytest.approx(priors.method_quality("smmf", role=role))
     assert plan.learning_rate == priors.adam_lr and plan.lr_ratios[plan.entries[0].method] == smmf.lr_ratio
+    # the per-seed qualities behind each number (two seeds here), for paired comparisons
+    per_seed = trial.seed_qualities("smmf")
+    assert smmf.seeds == pytest.approx([per_seed[0], per_seed[1]], abs=1e-4)
+    probe = trial.probe_table().iloc[0]
+    role_seeds = [1 - (1 - trial.seed_qualities(probe["arm"])[seed]) / probe["share"] for seed in (0, 1)]
+    key = {"smmf": "smmf", "sm3:momentum=0": "sm3_no_momentum", "et2": "et"}[probe["method"]]
+    assert priors.methods[key].role_seeds[probe["role"]] == pytest.approx(role_seeds, abs=1e-4)
 
 
 def test_a_plan_is_trained_beside_the_uniform_methods_that_fit_its_budget(tmp_path):

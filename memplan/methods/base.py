@@ -204,6 +204,11 @@ class Method(ABC):
         """The standard error the priors record for :meth:`prior_quality` (0 when unmeasured)."""
         return priors.quality_std(self.prior_key(options), None if self.quality_reference else role)
 
+    def prior_seeds(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
+                    role: str | None = None) -> tuple[float, ...]:
+        """The per-seed qualities behind :meth:`prior_quality`, seed 0 first (() when not recorded)."""
+        return priors.quality_seeds(self.prior_key(options), None if self.quality_reference else role)
+
     def prior_depth(self, shape: Shape, options: Options) -> float | None:
         """Where a measured quality of this method lands on the priors' extreme-tensoring depth curve
         for a parameter of ``shape`` (None: the method has a priors entry of its own, not a curve point)."""

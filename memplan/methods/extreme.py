@@ -83,6 +83,13 @@ class ExtremeTensoring(Method):
         moved by what ``role`` measured under the family's entry."""
         return priors.role_adjusted(self.family_name, priors.depth_quality(index_depth(shape, layout)), role)
 
+    def prior_seeds(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
+                    role: str | None = None) -> tuple[float, ...]:
+        """The curve's per-seed qualities at this index's depth, moved with the quality by ``role``."""
+        depth = index_depth(shape, layout)
+        shift = priors.role_adjusted(self.family_name, 0.0, role)
+        return tuple(value + shift for value in priors.depth_seeds(depth))
+
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         return "rank_one"
 

@@ -86,9 +86,13 @@ class SM3(Method):
                       role: str | None = None) -> float:
         """The family's prior, scaled by the extreme-tensoring depth curve's ratio for covers on
         views finer than the natural shape."""
-        depth = index_depth(shape, layout)
-        return super().prior_quality(priors, options, shape, layout, role) * priors.depth_quality(depth) \
-            / priors.depth_quality(1.0)
+        return super().prior_quality(priors, options, shape, layout, role) * _depth_ratio(priors, shape, layout)
+
+    def prior_seeds(self, priors: "Priors", options: Options, shape: Shape, layout: Layout,
+                    role: str | None = None) -> tuple[float, ...]:
+        """The family's per-seed qualities, scaled as :meth:`prior_quality` is."""
+        ratio = _depth_ratio(priors, shape, layout)
+        return tuple(value * ratio for value in super().prior_seeds(priors, options, shape, layout, role))
 
     def moment_estimate(self, options: Options, layout: Layout) -> str:
         return "cover"
@@ -118,3 +122,10 @@ def _pytorch_optimizer_tensors(shape: Shape, dtype: str) -> tuple[StateTensor, .
 
 
 SM3_METHOD = SM3()
+
+
+def _depth_ratio(priors: "Priors", shape: Shape, layout: Layout) -> float:
+    """The extreme-tensoring curve at this cover's depth over its value at depth 1 (1 for a cover of
+    the natural shape, which needs no curve)."""
+    depth = index_depth(shape, layout)
+    return 1.0 if depth == 1.0 else priors.depth_quality(depth) / priors.depth_quality(1.0)
