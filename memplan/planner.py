@@ -16,10 +16,10 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from memplan import mckp
-from memplan.errors import AssumptionWarning, BudgetError, SpecError
+from memplan.errors import AssumptionWarning, BudgetError, SpecError, UsageError
 from memplan.methods import ADAM_LR, PLAN_METHODS, REFERENCE_FAMILY, ParamState, get_method, param_state, parse_spec
 from memplan.plan import Plan, PlanEntry, PlanPrediction
-from memplan.priors import Priors, load_priors
+from memplan.priors import BUNDLED_SCALE, Priors, load_priors
 from memplan.profile import ModelProfile
 from memplan.search import Candidate, candidates_for, expand_methods, prune, scored_methods, within_noise
 from memplan.sharding import Sharding, zero1_owners
@@ -172,6 +172,11 @@ def make_plan(profile: ModelProfile, budget_bytes: int, methods: Sequence[str] =
     if weight < 0:
         raise SpecError(f"--time-weight must be >= 0, got {weight}")
     priors = load_priors(priors_path)
+    if moments is not None and priors.scale != BUNDLED_SCALE:
+        # the calibrated constants score a distortion on the bundled scale: mixed with these, the
+        # calibrated parameters' qualities would be compared with numbers on another scale
+        raise UsageError(f"--calibrate scores on the {BUNDLED_SCALE} scale and {priors_path} is on the "
+                         f"{priors.scale} scale: plan with one of them")
     distortions = moments.distortions(profile) if moments else None
     choice = plan_search(profile, budget_bytes, methods, priors, weight, seconds or traffic_seconds(), distortions,
                          sharding)

@@ -58,3 +58,12 @@ def test_plan_errors(run_memplan, tmp_path):
     assert "model.fingerprint: missing, expected a string" in bad.stderr
     for result in (infeasible, no_profile, not_code, bad):
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_calibrate_does_not_mix_with_priors_on_another_scale(run_memplan, tmp_path):
+    (tmp_path / "loss.yaml").write_text("memplan_priors: 3\nscale: adam_loss\nmethods:\n  smmf: {quality: 1.01}\n"
+                                        "  adam: {quality: 1.0}\n")
+    result = run_memplan("plan", REPO / "examples" / "model.py", "--budget", "16KiB", "--calibrate", "--samples", "2",
+                         "--priors", "loss.yaml", "--methods", "smmf,adam")
+    assert result.code == 2 and "--calibrate scores on the adam_sgd scale" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
