@@ -42,3 +42,16 @@ def test_chi_square_percentiles():
 def test_exact_references_pool_to_themselves():
     assert pooled([1.0, 1.0], [0.0, 0.0]) == (1.0, 0.0)
     assert pooled([0.5], [0.1]) == (0.5, pytest.approx(0.1))
+
+
+def test_only_priors_on_the_sgd_scale_are_pooled_into_the_bundled_ones(tmp_path, monkeypatch):
+    import fit_priors
+
+    bundled = tmp_path / "priors.yaml"
+    monkeypatch.setattr(fit_priors, "RESULTS", tmp_path)
+    monkeypatch.setattr(fit_priors, "BUNDLED", bundled)
+    (tmp_path / "char_lm_priors.yaml").write_text("scale: adam_sgd\nmethods: {smmf: {quality: 0.8}}\n")
+    (tmp_path / "digits_cnn_priors.yaml").write_text("scale: adam_loss\nmethods: {smmf: {quality: 1.02}}\n")
+    with pytest.raises(SystemExit, match="not on the SGD scale.*digits_cnn"):
+        fit_priors.main()
+    assert not bundled.exists()
