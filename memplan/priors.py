@@ -43,7 +43,8 @@ from memplan.yamlfile import parse_yaml, read_text
 
 PRIORS_FORMAT = 3
 READABLE_FORMATS = (1, 2, 3)
-"""Formats this version reads: 1 has qualities only; 2 adds std, lr_ratio, roles and adam_lr; 3 adds scale."""
+"""Formats this version reads: 1 has qualities only; 2 adds std, lr_ratio, roles and adam_lr; 3 adds scale
+and per-seed qualities (seeds)."""
 SGD_SCALE, LOSS_SCALE = "adam_sgd", "adam_loss"
 QUALITY_SCALES = {
     SGD_SCALE: "1 = Adam, 0 = SGD without momentum, each at its best learning rate",
