@@ -638,8 +638,8 @@ def priors_document(result: TrialResult, evidence: str, scale: str | None = None
             point = {"depth": round(depth, 3), "quality": round(float(row["quality"]), 4)}
             if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
                 point["std"] = round(float(row["quality_se"]), 4)
-            if seeds(spec):
-                point["seeds"] = [round(value, 4) for value in seeds(spec)]
+            if per_seed := seeds(spec):
+                point["seeds"] = [round(value, 4) for value in per_seed]
             curve.append({**point, "evidence": f"{spec}: {evidence}"})
         # the first spec of a key speaks for it, unless a later one was probed
         if key not in speakers or (spec in set(probes["method"]) and speakers[key] not in set(probes["method"])):
@@ -659,8 +659,8 @@ def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str
     entry: dict[str, Any] = {"quality": round(float(row["quality"]), 4)}
     if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
         entry["std"] = round(float(row["quality_se"]), 4)
-    if seeds(spec):
-        entry["seeds"] = [round(value, 4) for value in seeds(spec)]
+    if per_seed := seeds(spec):
+        entry["seeds"] = [round(value, 4) for value in per_seed]
     if row["lr_ratio"] is not None and not pd.isna(row["lr_ratio"]):
         entry["lr_ratio"] = float(f"{row['lr_ratio']:.3g}")
     roles = {}
@@ -669,8 +669,8 @@ def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str
             measured: dict[str, float] = {"quality": round(float(probe["role_quality"]), 4)}
             if probe["role_quality_se"] is not None and not pd.isna(probe["role_quality_se"]):
                 measured["std"] = round(float(probe["role_quality_se"]), 4)
-            if seeds(probe["arm"]):
-                measured["seeds"] = [round(1.0 - (1.0 - value) / probe["share"], 4) for value in seeds(probe["arm"])]
+            if per_seed := seeds(probe["arm"]):
+                measured["seeds"] = [round(1.0 - (1.0 - value) / probe["share"], 4) for value in per_seed]
             roles[probe["role"]] = measured
     if roles:
         entry["roles"] = roles
