@@ -9,7 +9,6 @@ bytes within the budget.
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
@@ -21,11 +20,10 @@ from memplan.methods import ADAM_LR, PLAN_METHODS, REFERENCE_FAMILY, ParamState,
 from memplan.plan import Plan, PlanEntry, PlanPrediction
 from memplan.priors import BUNDLED_SCALE, Priors, load_priors
 from memplan.profile import ModelProfile
-from memplan.search import Candidate, candidates_for, expand_methods, prune, scored_methods, within_noise
+from memplan.search import Candidate, candidates_for, expand_methods, prior_or_nan, prune, scored_methods, within_noise
 from memplan.sharding import Sharding, zero1_owners
 
 if TYPE_CHECKING:
-    from memplan.methods.base import Method, Options
     from memplan.moments import GradientMoments
 
 OBJECTIVES = {"quality": 0.0, "balanced": 0.25, "speed": 1.0}
@@ -243,19 +241,10 @@ def assigned_plan(profile: ModelProfile, specs: Callable[[str], str], learning_r
         picks[param.name] = Candidate(
             spec=state.spec, layout=state.layout, state_bytes=state.state_bytes, bytes_moved=state.bytes_moved,
             momentum=state.momentum, state_dtype=state.state_dtype,
-            quality=_prior_or_nan(method, priors, options, param.shape, state.layout, param.role))
+            quality=prior_or_nan(method, priors, options, param.shape, state.layout, param.role))
     choice = Choice(profile, sum(c.state_bytes for c in picks.values()), picks, 0.0, 0.0, 0.0, len(picks),
                     priors=priors)
     plan = plan_from_choice(choice, priors="assigned")
     ratios = {**plan.lr_ratios, **(lr_ratios or {})}
     return replace(plan, learning_rate=learning_rate, lr_ratios={spec: ratios[spec] for spec in plan.lr_ratios})
 
-
-def _prior_or_nan(method: "Method", priors: Priors, options: "Options", shape: tuple[int, ...],
-                  layout: tuple[int, ...] | None, role: str) -> float:
-    """The prior quality of an assigned method, or NaN where the priors have none (a trial trains
-    methods its priors file may not score)."""
-    try:
-        return method.prior_quality(priors, options, shape, layout, role)
-    except SpecError:
-        return math.nan

@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Sequence
 
 from memplan.errors import SpecError
 from memplan.methods import ParamState, as_spec, get_method, param_state
+from memplan.methods.base import Layout, Method, Options
+from memplan.methods.shapes import Shape
 from memplan.methods.spec import MethodSpec
 from memplan.priors import BUNDLED_SCALE, Priors
 from memplan.profile import ParamSpec
@@ -77,13 +79,19 @@ def scored_methods(methods: Sequence[MethodSpec], priors: Priors) -> tuple[list[
     for spec in methods:
         method = get_method(spec.name)
         options = method.resolve(spec)
-        try:
-            method.prior_quality(priors, options, SCORING_SHAPE, method.default_layout(SCORING_SHAPE, options))
-        except SpecError:
-            unscored.append(spec)
-        else:
-            scored.append(spec)
+        layout = method.default_layout(SCORING_SHAPE, options)
+        (unscored if math.isnan(prior_or_nan(method, priors, options, SCORING_SHAPE, layout)) else scored).append(spec)
     return scored, unscored
+
+
+def prior_or_nan(method: Method, priors: Priors, options: Options, shape: Shape, layout: Layout,
+                 role: str | None = None) -> float:
+    """``method``'s prior quality, or NaN where ``priors`` have none for it (a file on another scale
+    than the bundled one that did not measure it; priors themselves are always finite)."""
+    try:
+        return method.prior_quality(priors, options, shape, layout, role)
+    except SpecError:
+        return math.nan
 
 
 def candidates_for(param: ParamSpec, methods: Sequence[MethodSpec], priors: Priors,
