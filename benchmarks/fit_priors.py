@@ -40,14 +40,14 @@ from memplan.priors import SGD_SCALE
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 BUNDLED = HERE.parent / "profiles" / "priors.yaml"
-HELD_OUT = frozenset({"source_gru", "source_lm", "source_words"})
+HELD_OUT = frozenset({"docstring_lm", "source_words"})
 """Workloads the bundled priors are never fitted on: ``plan_quality.py --summary`` checks the priors'
 ranking of the methods against what is measured on them."""
 
 HEADER = """\
 # memplan's bundled quality priors, measured with `memplan trial` on the project's quality
-# benchmarks (benchmarks/workloads/: {workloads}) and combined by benchmarks/fit_priors.py;
-# each entry cites the runs. Regenerate: the commands in benchmarks/RESULTS.md, "Plan quality".
+# benchmarks ({workloads}: benchmarks/workloads/) and combined by
+# benchmarks/fit_priors.py; each entry cites the runs. Regenerate: the commands in benchmarks/RESULTS.md, "Plan quality".
 #
 # Scale: 1.0 = Adam, 0.0 = SGD without momentum, each at its best learning rate, from the held-out
 # loss after each run (600 steps). quality is the workloads' mean weighted by their precision (a

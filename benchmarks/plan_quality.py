@@ -18,13 +18,16 @@ priors (``profiles/priors.yaml``) and the qualities and losses measured there.
 Usage (each workload in its own process, one thread each, so that both cores work)::
 
     python benchmarks/plan_quality.py char_lm --steps 600 --seeds 3 &
-    python benchmarks/plan_quality.py source_lm --steps 600 --seeds 3 &      # held out from
-    wait                                                                      # the bundled priors
-    python benchmarks/plan_quality.py source_gru --steps 600 --seeds 3 &     # (fit_priors.HELD_OUT)
-    python benchmarks/plan_quality.py source_words --steps 600 --seeds 3 &
+    python benchmarks/plan_quality.py source_lm --steps 600 --seeds 3 &
     wait
-    python benchmarks/plan_quality.py digits_cnn --steps 600 --seeds 3
-    python benchmarks/fit_priors.py; python benchmarks/plan_quality.py --summary
+    python benchmarks/plan_quality.py source_gru --steps 600 --seeds 3 &
+    python benchmarks/plan_quality.py digits_cnn --steps 600 --seeds 3 &
+    wait
+    python benchmarks/fit_priors.py                                           # the bundled priors
+    python benchmarks/plan_quality.py docstring_lm --steps 600 --seeds 3 &   # held out from them
+    python benchmarks/plan_quality.py source_words --steps 600 --seeds 3 &   # (fit_priors.HELD_OUT)
+    wait
+    python benchmarks/plan_quality.py --summary
 """
 
 from __future__ import annotations

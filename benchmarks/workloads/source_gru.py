@@ -1,8 +1,8 @@
 """A small character-level GRU language model on Python's own standard-library source code.
 
-Held out from the bundled priors (``benchmarks/fit_priors.py`` never reads it): the workload on
-which ``benchmarks/plan_quality.py --summary`` checks that the priors rank the methods as training
-does. It differs from ``char_lm`` in architecture (a recurrent network, no attention, no
+One of the workloads the bundled priors are fitted on (``benchmarks/fit_priors.py``). It was
+first held out from them, to check that the priors rank the methods as training does; that check
+spent, it joined the fit, and ``docstring_lm`` is the held-out workload now. It differs from ``char_lm`` in architecture (a recurrent network, no attention, no
 normalisation layer, no position table) and in text (Python code, not the prose of the language
 reference), but it is still a character-level language model.
 
@@ -34,7 +34,8 @@ UNKNOWN = len(ALPHABET)
 VOCAB = len(ALPHABET) + 1
 
 
-def _encode(text: str) -> torch.Tensor:
+def encode(text: str) -> torch.Tensor:
+    """The symbols of ``text``: its place in ``ALPHABET``, or ``UNKNOWN``."""
     index = {char: position for position, char in enumerate(ALPHABET)}
     return torch.tensor([index.get(char, UNKNOWN) for char in text], dtype=torch.long)
 
@@ -45,7 +46,7 @@ def _corpus() -> tuple[torch.Tensor, torch.Tensor]:
     for module in MODULES:
         origin = importlib.util.find_spec(module).origin
         with open(origin, encoding="utf-8") as source:
-            tokens = _encode(source.read())
+            tokens = encode(source.read())
         split = int(len(tokens) * 0.9)
         train.append(tokens[:split])
         held_out.append(tokens[split:])
