@@ -6,7 +6,7 @@ design fixed, before it was ever trained, when the first held-out workloads (``s
 priors rank the methods as training does on a model they were not fitted on.
 
 The text is every module, class and function docstring of 29 standard-library modules that no other
-workload reads (about 400,000 characters of English prose about code, read from the running
+workload reads (about 360,000 characters of English prose about code, read from the running
 interpreter's installation, so the workload needs no download). Each module's first 90% of
 docstring text trains and its last 10% is held out. Characters outside printable ASCII (and newline)
 share one symbol, as in ``source_gru``.
