@@ -21,7 +21,8 @@ axes' product is one number per run, and the trailing axes' scaled accumulators 
 row-major outer product, which a thread builds for each range it meets. In pass 1 a thread keeps
 one sum of G^2 per table entry and folds them into the trailing axes' sums when it leaves the
 range. Sums are float64, in each piece's own partial vectors, combined in piece order after the
-threads join. The threads are Python threads running ``nogil`` kernels over pieces, contiguous runs
+threads join; with fp32 weights, a table entry first adds up to 16 runs' squares in fp32
+(:data:`memplan.kernels.extreme_numba.BLOCK_RUNS`). The threads are Python threads running ``nogil`` kernels over pieces, contiguous runs
 of items (:func:`memplan.kernels.jit.split_work`), each taking the next piece when it finishes one.
 
 Roots: orders 1, 2 and 4 take square roots, as the eager step does. Another order p, with

@@ -55,6 +55,43 @@ def run_squares(weights, grads, table_sums, coupled, grad_sign):
     return total
 
 
+@_run_loop
+def chunk_squares(weights, grads, block_sums, coupled, grad_sign):
+    """Up to :data:`CHUNK` elements of a run with fp32 weights: G^2 added to the block's fp32
+    table sums; returns the chunk's sum, in fp32."""
+    total = block_sums.dtype.type(0)
+    if coupled == 0:
+        for i in range(grads.shape[0]):
+            square = grads[i] * grads[i]
+            block_sums[i] += square
+            total += square
+        return total
+    for i in range(grads.shape[0]):
+        gradient = grads[i] * grad_sign + coupled * weights[i]
+        square = gradient * gradient
+        block_sums[i] += square
+        total += square
+    return total
+
+
+@_run_loop
+def flush_block(table_sums, block_sums):
+    """The block's fp32 table sums added to the float64 ones, and zeroed."""
+    for i in range(block_sums.shape[0]):
+        table_sums[i] += block_sums[i]
+        block_sums[i] = 0
+
+
+BLOCK_RUNS, CHUNK = 16, 1024
+"""Pass 1 with fp32 weights adds each table entry's squares in fp32 over at most ``BLOCK_RUNS``
+runs before it adds them to the float64 sums, and a run's squares in fp32 over at most ``CHUNK``
+elements (spread over the vector lanes) before float64. An entry then adds at most 16 squares in
+fp32: a relative error of 16 ulp (1e-6) at worst. Per element, the float64 sums had cost a
+conversion and a float64 read and write: ET2's pass 1 over the GPT-2-like set on one thread took
+19 ms, now 15 (torch.sum over the same gradients: 10-11). With two threads both reach torch.sum's
+rate, which the memory then bounds (benchmarks/RESULTS.md)."""
+
+
 @_element
 def reduced_root(table, table_roots, i, outer, outer_root, offset, offset_root):
     """For x = outer * table[i] + offset, of an order other than 1, 2 and 4 (see
@@ -247,23 +284,40 @@ def fold(table_sums, sums, dims, offsets, head, axes, tail):
 
 
 @_jit
-def square_item(weights, grads, table_sums, sums, dims, offsets, index, start, first, stop, head, tail, coupled,
-                grad_sign):
+def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, index, start, first, stop, head, tail,
+                coupled, grad_sign):
     """Pass 1 over elements ``[first, stop)`` of a range that starts at element ``start`` of
-    its index (a function of its own: inside a loop body numba would type the index arithmetic
-    as float64, and the loops would not vectorize)."""
+    its index; ``block_sums`` is zero on entry and on return (:data:`BLOCK_RUNS`). A function of
+    its own: inside a loop body numba would type the index arithmetic as float64, and the loops
+    would not vectorize."""
     head_indices(index, dims, head, start, first, tail)
+    blocked = weights.itemsize == 4
+    runs, low, high = 0, tail, 0   # runs in the fp32 block, and the table entries they touched
     k = first
     while k < stop:
         col0 = (start + k) % tail
         end = min(stop, k + tail - col0)
         col1 = col0 + end - k
-        total = run_squares(weights[k:end], grads[k:end], table_sums[col0:col1], coupled, grad_sign)
+        if blocked:
+            total = 0.0
+            for c in range(k, end, CHUNK):
+                chunk_end = min(end, c + CHUNK)
+                at = col0 + c - k
+                total += chunk_squares(weights[c:chunk_end], grads[c:chunk_end], block_sums[at:at + chunk_end - c],
+                                       coupled, grad_sign)
+            runs, low, high = runs + 1, min(low, col0), max(high, col1)
+            if runs == BLOCK_RUNS:
+                flush_block(table_sums[low:high], block_sums[low:high])
+                runs, low, high = 0, tail, 0
+        else:
+            total = run_squares(weights[k:end], grads[k:end], table_sums[col0:col1], coupled, grad_sign)
         for axis in range(head):
             sums[offsets[axis] + index[axis]] += total
         if col1 == tail:
             next_run(index, dims, head)
         k = end
+    if runs:
+        flush_block(table_sums[low:high], block_sums[low:high])
 
 
 @_jit
@@ -309,6 +363,7 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, 
     vectors in ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`;
     zeroed here, per range: a piece meets a range in one item at most)."""
     table_sums = np.empty(scratch[0])
+    block_sums = np.zeros(scratch[0], dtype=np.float32)
     index = np.zeros(scratch[1], dtype=np.int64)
     for piece in range(low, high):
         for position in range(bounds[piece], bounds[piece + 1]):
@@ -321,7 +376,7 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, 
             table_sums[:tail] = 0.0
             weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
             grads = carray(array_pointer(addresses[at, 1], weight_type), (length,))
-            square_item(weights, grads, table_sums, sums, dims, offsets, index, start, items[position, 1],
+            square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, index, start, items[position, 1],
                         items[position, 2], head, tail, weight_type(scalars[at, _COUPLED]),
                         weight_type(scalars[at, _GRAD_SIGN]))
             fold(table_sums, sums, dims, offsets, head, axes, tail)
