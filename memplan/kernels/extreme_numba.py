@@ -38,9 +38,10 @@ _element = _run_loop
 
 @_run_loop
 def run_squares(weights, grads, table_sums, coupled, grad_sign):
-    """One run: G^2 added to the table's sums; returns the run's sum. The weights are read
-    only for coupled weight decay (this pass reads nothing else)."""
-    total = 0.0
+    """One run, or a chunk of one: G^2 added to the table's sums; returns their sum, added up in
+    the table's dtype (the float64 sums, or a block's fp32 ones: :data:`BLOCK_RUNS`). The weights
+    are read only for coupled weight decay (this pass reads nothing else)."""
+    total = table_sums.dtype.type(0)
     if coupled == 0:
         for i in range(grads.shape[0]):
             square = grads[i] * grads[i]
@@ -51,25 +52,6 @@ def run_squares(weights, grads, table_sums, coupled, grad_sign):
         gradient = grads[i] * grad_sign + coupled * weights[i]
         square = gradient * gradient
         table_sums[i] += square
-        total += square
-    return total
-
-
-@_run_loop
-def chunk_squares(weights, grads, block_sums, coupled, grad_sign):
-    """Up to :data:`CHUNK` elements of a run with fp32 weights: G^2 added to the block's fp32
-    table sums; returns the chunk's sum, in fp32."""
-    total = block_sums.dtype.type(0)
-    if coupled == 0:
-        for i in range(grads.shape[0]):
-            square = grads[i] * grads[i]
-            block_sums[i] += square
-            total += square
-        return total
-    for i in range(grads.shape[0]):
-        gradient = grads[i] * grad_sign + coupled * weights[i]
-        square = gradient * gradient
-        block_sums[i] += square
         total += square
     return total
 
@@ -303,8 +285,8 @@ def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, ind
             for c in range(k, end, CHUNK):
                 chunk_end = min(end, c + CHUNK)
                 at = col0 + c - k
-                total += chunk_squares(weights[c:chunk_end], grads[c:chunk_end], block_sums[at:at + chunk_end - c],
-                                       coupled, grad_sign)
+                total += run_squares(weights[c:chunk_end], grads[c:chunk_end], block_sums[at:at + chunk_end - c],
+                                     coupled, grad_sign)
             runs, low, high = runs + 1, min(low, col0), max(high, col1)
             if runs == BLOCK_RUNS:
                 flush_block(table_sums[low:high], block_sums[low:high])
