@@ -80,6 +80,15 @@ def flush_columns(sums, block):
         block[j] = 0
 
 
+@_row_loop
+def flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment):
+    """Columns ``[low, high)`` of the fp32 blocks added to the float64 column sums (after the
+    ``rows`` row sums), and zeroed."""
+    flush_columns(sums_v[rows + low:rows + high], block_v[low:high])
+    if with_moment:
+        flush_columns(sums_m[rows + low:rows + high], block_m[low:high])
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
          prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, weight_type,
@@ -142,9 +151,7 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
             if blocked:
                 pieces, low, high = pieces + 1, min(low, col0), max(high, col1)
                 if pieces == BLOCK_ROWS:
-                    flush_columns(sums_v[rows + low:rows + high], block_v[low:high])
-                    if with_moment:
-                        flush_columns(sums_m[rows + low:rows + high], block_m[low:high])
+                    flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment)
                     pieces, low, high = 0, cols, 0
             k = end
         if sign_mode == 1:
@@ -153,9 +160,7 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
             for word in range(byte_count):
                 packed[word] = np.uint8((words[word] * gather) >> np.uint64(56))
     if pieces:
-        flush_columns(sums_v[rows + low:rows + high], block_v[low:high])
-        if with_moment:
-            flush_columns(sums_m[rows + low:rows + high], block_m[low:high])
+        flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
