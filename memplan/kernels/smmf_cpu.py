@@ -18,8 +18,8 @@ contiguous runs of about equal size (:func:`memplan.kernels.jit.split_work`), a 
 which the threads take as they finish one (:func:`memplan.kernels.jit.run_in_threads`). A piece's
 row and column sums go into its own float64 partial vectors (with fp32 weights, through fp32 sums
 of a row piece and of up to 16 row pieces per column: :data:`memplan.kernels.smmf_numba.BLOCK_ROWS`);
-after the threads join, each range's
-partials are combined in piece order, so the result does not depend on which thread ran what. The
+after the threads join, each range's partials are combined in piece order, so the result does not
+depend on which thread ran what. The
 threads are Python threads running ``nogil`` kernels: inside a numba ``prange`` body the same loops
 ran about ten times slower.
 """
