@@ -21,6 +21,7 @@ from memplan.errors import PlanError, ProfileError, SpecError
 from memplan.yamlfile import YamlDocument
 from memplan.methods import ADAM_LR, get_method, param_state, parse_spec
 from memplan.methods.spec import Option
+from memplan.priors import BUNDLED_SCALE, QUALITY_SCALES
 from memplan.profile import ModelProfile
 from memplan.sharding import SHARDINGS, Sharding
 from memplan.schema import (
@@ -91,6 +92,7 @@ PLAN_FIELDS = Fields(
               "budget_bytes": Integer(at_least=0), "predicted": PLAN_PREDICTION_FIELDS,
               "parameters": ListOf(PLAN_ENTRY_FIELDS)},
     optional={"objective": Fields(optional={"name": Text(), "time_weight": Number()}), "priors": Text(),
+              "quality_scale": OneOf(*QUALITY_SCALES),
               "sharding": Fields(required={"kind": OneOf(*SHARDINGS), "world_size": Integer(at_least=1)},
                                  optional={"rank_state_bytes": ListOf(Integer(at_least=0))}),
               "calibration": Nullable(MapOf(Anything())),
@@ -258,6 +260,9 @@ class Plan(YamlDocument):
     objective: str = "quality"
     time_weight: float = 0.0
     priors: str = "bundled"
+    quality_scale: str = BUNDLED_SCALE
+    """The scale the priors' qualities, and so the entries' and the predicted quality, are on
+    (:data:`memplan.priors.QUALITY_SCALES`)."""
     hyperparameters: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     calibration: Mapping[str, Any] | None = None
     learning_rate: float = ADAM_LR
@@ -343,6 +348,7 @@ class Plan(YamlDocument):
             "budget_bytes": self.budget_bytes,
             "objective": {"name": self.objective, "time_weight": self.time_weight},
             "priors": self.priors,
+            "quality_scale": self.quality_scale,
             "predicted": self.predicted.to_dict(),
         }
         if self.calibration is not None:
@@ -397,6 +403,7 @@ class Plan(YamlDocument):
             model_name=model["name"], model_source=model.get("source", ""), fingerprint=model["fingerprint"],
             budget_bytes=data["budget_bytes"], entries=tuple(entries), objective=objective.get("name", "quality"),
             time_weight=float(objective.get("time_weight", 0.0)), priors=data.get("priors", "bundled"),
+            quality_scale=data.get("quality_scale", BUNDLED_SCALE),
             hyperparameters={method: dict(values) for method, values in hyperparameters.items()},
             predicted=PlanPrediction.from_dict(data["predicted"]), calibration=data.get("calibration"),
             learning_rate=float(data.get("learning_rate", ADAM_LR)),

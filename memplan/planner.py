@@ -218,7 +218,7 @@ def plan_from_choice(choice: Choice, objective: str = "quality", priors: str = "
     return Plan(
         model_name=choice.profile.name, model_source=choice.profile.source,
         fingerprint=choice.profile.fingerprint, budget_bytes=choice.budget_bytes, entries=tuple(entries),
-        objective=objective, time_weight=choice.time_weight, priors=priors,
+        objective=objective, time_weight=choice.time_weight, priors=priors, quality_scale=priors_used.scale,
         hyperparameters={method: get_method(method).hyperparameter_defaults() for method in methods},
         learning_rate=priors_used.adam_lr or ADAM_LR,
         lr_ratios=learning_rate_ratios([entry.method for entry in entries], priors_used),

@@ -21,6 +21,18 @@ def test_yaml_round_trip_is_identical(gpt2_plan, tmp_path):
     assert loaded.state_bytes == gpt2_plan.predicted.state_bytes <= loaded.budget_bytes
 
 
+def test_a_plan_records_the_scale_of_its_qualities(gpt2_plan, tmp_path):
+    assert gpt2_plan.quality_scale == "adam_sgd" and yaml.safe_load(gpt2_plan.to_yaml())["quality_scale"] == "adam_sgd"
+    path = tmp_path / "loss.yaml"
+    path.write_text("memplan_priors: 3\nscale: adam_loss\nmethods:\n  smmf: {quality: 1.01}\n  adam: {quality: 1.0}\n")
+    plan = make_plan(load_profile("gpt2"), 64 * 2**20, methods=["smmf", "adam"], priors_path=str(path))
+    assert plan.quality_scale == "adam_loss" and Plan.from_yaml(plan.to_yaml()).quality_scale == "adam_loss"
+    # a plan written before the key existed reads as the bundled scale; an unknown scale is refused
+    assert Plan.from_yaml(tampered(gpt2_plan, lambda d: d.pop("quality_scale"))).quality_scale == "adam_sgd"
+    with pytest.raises(PlanError, match="quality_scale: expected one of"):
+        Plan.from_yaml(tampered(gpt2_plan, lambda d: d.update(quality_scale="nats")))
+
+
 def test_predictions_are_a_typed_record_in_the_files_key_order(gpt2_plan):
     predicted = gpt2_plan.predicted
     assert isinstance(predicted, PlanPrediction) and predicted.state_bytes == gpt2_plan.state_bytes
