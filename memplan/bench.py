@@ -41,13 +41,13 @@ from memplan.errors import MemplanError, UsageError
 from memplan.fileio import atomic_write, atomic_write_text
 from memplan.loaders import load_profile
 from memplan.measure import state_storage_bytes
-from memplan.methods import BENCH_METHODS, REFERENCE_FAMILY, as_spec, build, get_method, param_state
+from memplan.methods import BENCH_METHODS, REFERENCE_FAMILY, as_spec, build, get_method, param_state, parse_spec
 from memplan.optim.implementation import implementation_of
 from memplan.plan import Plan
 from memplan.profile import ModelProfile, ParamSpec
 from memplan.sizes import format_size
 from memplan.devices import Device, parse_device
-from memplan.census import method_census
+from memplan.census import StepCensus, method_census
 from memplan.costmodel import DeviceProfile, predict_seconds, resolve_device_profile
 
 
@@ -250,18 +250,35 @@ def method_entry(spec: str, params: Sequence[ParamSpec], device_profile: DeviceP
 def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DeviceProfile | None,
                label: str = "plan") -> BenchEntry:
     """The entry for a plan: :func:`memplan.optim.from_plan` over the parameters, the plan's own
-    predicted state bytes, and a census of the planned optimizer's real step."""
-    from memplan.census import census_step
+    predicted state bytes, and a census of the planned optimizer's step, one method spec's
+    parameters at a time: a spec whose step is a one-pass kernel on the device (``impl=compiled``,
+    ``triton``, or ``auto`` where one runs) is counted as that kernel (meta tensors cannot run it),
+    the others by counting their real step."""
+    from memplan.census import census_step, fused_census
     from memplan.optim import from_plan
+    from memplan.optim.planned import planned_group
 
     plan.check_model(ModelProfile(plan.model_name, "bench", tuple(params)))
 
     def build(named: NamedParameters) -> torch.optim.Optimizer:
         return from_plan(list(named), plan)
 
-    shapes = [(param.shape, param.dtype) for param in params]
     cache_bytes = device_profile.cache_bytes if device_profile is not None else 0
-    census = census_step(build, shapes, cache_bytes, names=[param.name for param in params])
+    device_kind = device_profile.kind if device_profile is not None else "cpu"
+    by_name = {param.name: param for param in params}
+    groups: dict[str, list[ParamSpec]] = {}
+    for entry in plan.entries:
+        groups.setdefault(entry.method, []).append(by_name[entry.name])
+    census = StepCensus()
+    for spec_text, members in groups.items():
+        spec = parse_spec(spec_text)
+        method = get_method(spec.name)
+        shapes = [(param.shape, param.dtype) for param in members]
+        if method.step_structure(method.resolve(spec), device_kind) == "fused":
+            census += fused_census(spec_text, shapes, device_kind)
+        else:
+            census += census_step(lambda named, spec_text=spec_text: planned_group(plan, spec_text, named), shapes,
+                                  cache_bytes, names=[param.name for param in members])
     seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
     note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
     return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)

@@ -183,6 +183,21 @@ def test_a_plan_is_one_more_entry_with_exact_bytes():
         plan_entry(plan, bench_params(PROFILE, "bfloat16"), CPU_GENERIC)
 
 
+@pytest.mark.parametrize("spec", ["smmf", "smmf:impl=compiled", "sm3:momentum=0,impl=compiled", "adam"])
+def test_a_plan_is_predicted_as_its_methods_are(spec):
+    """A plan of one method spec is predicted as that spec's own entry: its step counted where it
+    runs eager, and as the one-pass kernel where the spec runs one (a census on meta tensors cannot
+    run a kernel, and had counted a compiled plan as the eager step)."""
+    from memplan.bench import method_entry, plan_entry
+    from memplan.planner import assigned_plan
+
+    params = bench_params(PROFILE, "float32")
+    plan = assigned_plan(PROFILE, lambda name: spec)
+    planned, alone = plan_entry(plan, params, CPU_GENERIC), method_entry(spec, params, CPU_GENERIC)
+    assert planned.predicted_step_seconds == pytest.approx(alone.predicted_step_seconds, rel=1e-12)
+    assert planned.predicted_peak_bytes == alone.predicted_peak_bytes
+
+
 def test_prepare_bench_assembles_entries_and_the_device_profile(tmp_path, monkeypatch):
     from memplan.bench import BenchSetup, prepare_bench
     from memplan.methods import BENCH_METHODS

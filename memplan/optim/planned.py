@@ -60,19 +60,32 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
     for entry in plan.entries:
         groups.setdefault(entry.method, []).append((entry.name, by_name[entry.name], entry.layout))
     _check_overrides(groups, overrides)
-    inner = []
-    for spec_text, members in groups.items():
-        spec = parse_spec(spec_text)
-        hyperparameters = dict(plan.hyperparameters.get(spec.name, {}))
-        hyperparameters.pop("lr", None)
-        method_lr = plan.learning_rate_for(spec_text, lr)
-        if lr is None and lr_scale != 1.0:
-            method_lr = method_lr * lr_scale
-        optimizer = _build(spec, members, method_lr, hyperparameters, overrides)
-        for group in optimizer.param_groups:
-            group[METHOD_KEY] = spec_text
-        inner.append(optimizer)
-    return PlannedOptimizer(inner, plan)
+    return PlannedOptimizer([_group_optimizer(plan, spec_text, members, lr, lr_scale, overrides)
+                             for spec_text, members in groups.items()], plan)
+
+
+def planned_group(plan: Plan, spec_text: str, named: NamedParameters) -> torch.optim.Optimizer:
+    """The inner optimizer :func:`from_plan` builds for the plan's parameters of method spec
+    ``spec_text``, over ``named`` (those parameters, by the plan's names), at the plan's own rate:
+    one part of a planned step, for counting it (:func:`memplan.bench.plan_entry`)."""
+    layouts = {entry.name: entry.layout for entry in plan.entries}
+    return _group_optimizer(plan, spec_text, [(name, param, layouts[name]) for name, param in named], None, 1.0, {})
+
+
+def _group_optimizer(plan: Plan, spec_text: str, members: list[tuple[str, torch.nn.Parameter, tuple[int, ...] | None]],
+                     lr: float | torch.Tensor | None, lr_scale: float,
+                     overrides: Mapping[str, Any]) -> torch.optim.Optimizer:
+    """The inner optimizer of one method spec (see :func:`from_plan`), its groups tagged with the spec."""
+    spec = parse_spec(spec_text)
+    hyperparameters = dict(plan.hyperparameters.get(spec.name, {}))
+    hyperparameters.pop("lr", None)
+    method_lr = plan.learning_rate_for(spec_text, lr)
+    if lr is None and lr_scale != 1.0:
+        method_lr = method_lr * lr_scale
+    optimizer = _build(spec, members, method_lr, hyperparameters, overrides)
+    for group in optimizer.param_groups:
+        group[METHOD_KEY] = spec_text
+    return optimizer
 
 
 def _check_overrides(groups: Mapping[str, Any], overrides: Mapping[str, Any]) -> None:
