@@ -291,19 +291,26 @@ def _predicted_rank_bytes(label: str, plan: Plan | None, params: Sequence[Any], 
 
 def _predicted_compute_seconds(label: str, plan: Plan | None, params: Sequence[Any], sharding: Sharding, job: _Job,
                                rank: int) -> float | None:
-    """This rank's compute: the cost model on its shard shapes; None without a device profile, or
-    for a plan (whose census needs the whole planned optimizer)."""
-    from memplan.census import method_census
+    """This rank's compute: the cost model on its shard shapes, for ``label`` or, with a plan, for
+    each of its method specs on the shards of that spec's parameters (each counted as the method
+    alone is, in its default layout); None without a device profile."""
+    from memplan.census import StepCensus, method_census
     from memplan.costmodel import predict_seconds, resolve_device_profile
     from memplan.devices import parse_device
 
     chosen, _ = resolve_device_profile(parse_device(job.device), job.device_profile)
-    if chosen is None or plan is not None:
+    if chosen is None:
         return None
-    shard_shapes = [(local_shape(param.shape, row_range(param.shape[0], sharding.shards, rank)) if param.shape
-                     else param.shape, param.dtype) for param in params]
+    specs = {entry.name: entry.method for entry in plan.entries} if plan is not None else {}
+    groups: dict[str, list[tuple[Any, str]]] = {}
+    for param in params:
+        shard = local_shape(param.shape, row_range(param.shape[0], sharding.shards, rank)) if param.shape else param.shape
+        groups.setdefault(specs.get(param.name, label), []).append((shard, param.dtype))
     try:
-        return predict_seconds(method_census(label, shard_shapes, chosen.cache_bytes, chosen.kind), chosen).seconds
+        census = StepCensus()
+        for spec, shard_shapes in groups.items():
+            census += method_census(spec, shard_shapes, chosen.cache_bytes, chosen.kind)
+        return predict_seconds(census, chosen).seconds
     except Exception:  # a third-party optimizer that cannot step on the meta device
         return None
 

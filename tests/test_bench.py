@@ -198,6 +198,24 @@ def test_a_plan_is_predicted_as_its_methods_are(spec):
     assert planned.predicted_peak_bytes == alone.predicted_peak_bytes
 
 
+@pytest.mark.parametrize("spec", ["smmf", "smmf:impl=compiled"])
+def test_a_plan_on_ranks_is_predicted_as_its_methods_are(spec):
+    """On ranks too, a plan of one method spec gets that spec's compute prediction for each rank's
+    shards (before, a plan got none)."""
+    from memplan.bench_ranks import _Job, _predicted_compute_seconds
+    from memplan.planner import assigned_plan
+    from memplan.sharding import Sharding
+
+    job = _Job(profile={}, labels=[], plan_path=None, device="cpu", steps=1, warmup=1, device_profile="cpu-generic",
+               port=0, out_path="")
+    sharding, params = Sharding("fsdp2", 2), PROFILE.trainable_params
+    plan = assigned_plan(PROFILE, lambda name: spec)
+    for rank in range(2):
+        planned = _predicted_compute_seconds("plan", plan, params, sharding, job, rank)
+        alone = _predicted_compute_seconds(spec, None, params, sharding, job, rank)
+        assert planned is not None and planned == pytest.approx(alone, rel=1e-12) and planned > 0
+
+
 def test_prepare_bench_assembles_entries_and_the_device_profile(tmp_path, monkeypatch):
     from memplan.bench import BenchSetup, prepare_bench
     from memplan.methods import BENCH_METHODS
