@@ -266,19 +266,16 @@ def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DevicePr
     cache_bytes = device_profile.cache_bytes if device_profile is not None else 0
     device_kind = device_profile.kind if device_profile is not None else "cpu"
     by_name = {param.name: param for param in params}
-    groups: dict[str, list[ParamSpec]] = {}
-    for entry in plan.entries:
-        groups.setdefault(entry.method, []).append(by_name[entry.name])
     census = StepCensus()
-    for spec_text, members in groups.items():
+    for spec_text, entries in plan.method_groups().items():
         spec = parse_spec(spec_text)
         method = get_method(spec.name)
-        shapes = [(param.shape, param.dtype) for param in members]
+        shapes = [(by_name[entry.name].shape, by_name[entry.name].dtype) for entry in entries]
         if method.step_structure(method.resolve(spec), device_kind) == "fused":
             census += fused_census(spec_text, shapes, device_kind)
         else:
             census += census_step(lambda named, spec_text=spec_text: planned_group(plan, spec_text, named), shapes,
-                                  cache_bytes, names=[param.name for param in members])
+                                  cache_bytes, names=[entry.name for entry in entries])
     seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
     note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
     return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)

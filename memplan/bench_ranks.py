@@ -301,14 +301,14 @@ def _predicted_compute_seconds(label: str, plan: Plan | None, params: Sequence[A
     chosen, _ = resolve_device_profile(parse_device(job.device), job.device_profile)
     if chosen is None:
         return None
-    specs = {entry.name: entry.method for entry in plan.entries} if plan is not None else {}
-    groups: dict[str, list[tuple[Any, str]]] = {}
-    for param in params:
-        shard = local_shape(param.shape, row_range(param.shape[0], sharding.shards, rank)) if param.shape else param.shape
-        groups.setdefault(specs.get(param.name, label), []).append((shard, param.dtype))
+    by_name = {param.name: param for param in params}
+    groups = ({spec: [by_name[entry.name] for entry in entries] for spec, entries in plan.method_groups().items()}
+              if plan is not None else {label: list(params)})
     try:
         census = StepCensus()
-        for spec, shard_shapes in groups.items():
+        for spec, members in groups.items():
+            shard_shapes = [(local_shape(param.shape, row_range(param.shape[0], sharding.shards, rank)) if param.shape
+                             else param.shape, param.dtype) for param in members]
             census += method_census(spec, shard_shapes, chosen.cache_bytes, chosen.kind)
         return predict_seconds(census, chosen).seconds
     except Exception:  # a third-party optimizer that cannot step on the meta device

@@ -311,6 +311,14 @@ class Plan(YamlDocument):
                                                                          entry.layout).tensors)
                                                for entry in self.entries])
 
+    def method_groups(self) -> dict[str, list[PlanEntry]]:
+        """The entries by method spec, in the order each spec first appears: the parameters one
+        inner optimizer of :func:`memplan.optim.from_plan` steps."""
+        groups: dict[str, list[PlanEntry]] = {}
+        for entry in self.entries:
+            groups.setdefault(entry.method, []).append(entry)
+        return groups
+
     def by_method(self) -> list[dict[str, Any]]:
         """Per method spec: how many parameters, elements and state bytes it got (most bytes first)."""
         rows: dict[str, dict[str, Any]] = {}

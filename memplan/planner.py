@@ -247,4 +247,3 @@ def assigned_plan(profile: ModelProfile, specs: Callable[[str], str], learning_r
     plan = plan_from_choice(choice, priors="assigned")
     ratios = {**plan.lr_ratios, **(lr_ratios or {})}
     return replace(plan, learning_rate=learning_rate, lr_ratios={spec: ratios[spec] for spec in plan.lr_ratios})
-

@@ -56,9 +56,8 @@ def from_plan(model_or_params: torch.nn.Module | NamedParameters, plan: Plan | s
     plan.check_model(_profile_of(named, plan))
     plan.check_world(*running_sharding([param for _, param in named]))
     by_name = dict(named)
-    groups: dict[str, list[tuple[str, torch.nn.Parameter, tuple[int, ...] | None]]] = {}
-    for entry in plan.entries:
-        groups.setdefault(entry.method, []).append((entry.name, by_name[entry.name], entry.layout))
+    groups = {spec_text: [(entry.name, by_name[entry.name], entry.layout) for entry in entries]
+              for spec_text, entries in plan.method_groups().items()}
     _check_overrides(groups, overrides)
     return PlannedOptimizer([_group_optimizer(plan, spec_text, members, lr, lr_scale, overrides)
                              for spec_text, members in groups.items()], plan)
