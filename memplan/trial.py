@@ -635,12 +635,8 @@ def priors_document(result: TrialResult, evidence: str, scale: str | None = None
         key = method.prior_key(options)
         depth = _mean_depth(result.profile, method, options)
         if depth is not None and all(point["depth"] != round(depth, 3) for point in curve):
-            point = {"depth": round(depth, 3), "quality": round(float(row["quality"]), 4)}
-            if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
-                point["std"] = round(float(row["quality_se"]), 4)
-            if per_seed := seeds(spec):
-                point["seeds"] = [round(value, 4) for value in per_seed]
-            curve.append({**point, "evidence": f"{spec}: {evidence}"})
+            curve.append({"depth": round(depth, 3), **_measurement(row["quality"], row["quality_se"], seeds(spec)),
+                          "evidence": f"{spec}: {evidence}"})
         # the first spec of a key speaks for it, unless a later one was probed
         if key not in speakers or (spec in set(probes["method"]) and speakers[key] not in set(probes["method"])):
             speakers[key] = spec
@@ -656,26 +652,29 @@ def _method_entry(spec: str, row: pd.Series, probes: pd.DataFrame, evidence: str
                   seeds: Callable[[str], list[float]]) -> dict[str, Any]:
     """One ``methods`` entry of a priors file from a spec's row of the trial table and its probes
     (``seeds`` gives an arm's per-seed qualities)."""
-    entry: dict[str, Any] = {"quality": round(float(row["quality"]), 4)}
-    if row["quality_se"] is not None and not pd.isna(row["quality_se"]):
-        entry["std"] = round(float(row["quality_se"]), 4)
-    if per_seed := seeds(spec):
-        entry["seeds"] = [round(value, 4) for value in per_seed]
+    entry: dict[str, Any] = _measurement(row["quality"], row["quality_se"], seeds(spec))
     if row["lr_ratio"] is not None and not pd.isna(row["lr_ratio"]):
         entry["lr_ratio"] = float(f"{row['lr_ratio']:.3g}")
     roles = {}
     for _, probe in probes[probes["method"] == spec].iterrows():
         if math.isfinite(probe["role_quality"]):
-            measured: dict[str, float] = {"quality": round(float(probe["role_quality"]), 4)}
-            if probe["role_quality_se"] is not None and not pd.isna(probe["role_quality_se"]):
-                measured["std"] = round(float(probe["role_quality_se"]), 4)
-            if per_seed := seeds(probe["arm"]):
-                measured["seeds"] = [round(1.0 - (1.0 - value) / probe["share"], 4) for value in per_seed]
-            roles[probe["role"]] = measured
+            role_seeds = [1.0 - (1.0 - value) / probe["share"] for value in seeds(probe["arm"])]
+            roles[probe["role"]] = _measurement(probe["role_quality"], probe["role_quality_se"], role_seeds)
     if roles:
         entry["roles"] = roles
     entry["evidence"] = f"{spec}: {evidence}"
     return entry
+
+
+def _measurement(quality: float, error: float | None, per_seed: list[float]) -> dict[str, Any]:
+    """A measured quality as a priors file writes it: rounded, with its standard error where known
+    and its per-seed values where recorded."""
+    measured: dict[str, Any] = {"quality": round(float(quality), 4)}
+    if error is not None and not pd.isna(error):
+        measured["std"] = round(float(error), 4)
+    if per_seed:
+        measured["seeds"] = [round(value, 4) for value in per_seed]
+    return measured
 
 
 def _seed_list(values: dict[int, float], seeds: int) -> list[float]:
