@@ -15,7 +15,9 @@ embedding 1024x768, and 4 blocks of LayerNorm(768) + Linear 768->2304, 768->768,
 warm-up step, then `--steps` timed steps; the median is reported. The whole round (every
 optimizer, in turn) is repeated `--repeats` times, interleaved, and the ratio to AdamW is taken
 within each round, so slow phases of a shared machine hit both sides of a ratio alike; the
-table gives the median over rounds. Peak extra memory is measured in a separate, profiled step
+table gives the median over rounds. Each round also times ``torch.sum`` over every gradient (the
+``read`` row): the rate the machine reads the tensors at, beside which the one-pass steps' read
+bytes are reported (``GB/s read``). Peak extra memory is measured in a separate, profiled step
 (torch.profiler memory events on CPU, the allocator's peak on CUDA; see ``peak_during`` in
 memplan/devices.py).
 """
@@ -31,7 +33,7 @@ import torch
 from memplan.devices import Device, parse_device
 from memplan.loaders.bundled import load_bundled
 from memplan.measure import state_storage_bytes
-from memplan.methods import parse_spec, split_spec_list
+from memplan.methods import split_spec_list
 from memplan.optim import build_optimizer
 from memplan.optim.implementation import implementation_of
 
@@ -50,6 +52,12 @@ BYTES_PER_ELEMENT = {"adamw:impl=fused": 28, "smmf": 12.25, "smmf:sign_bits=8": 
                      "sm3": 20, "sm3:momentum=0": 12, "et2": 16}
 """The compulsory traffic of one fused step (ALGORITHMS.md), for the achieved-bandwidth column of
 the one-pass kernels (``impl=compiled`` or ``triton``) and fused AdamW."""
+READ_BYTES_PER_ELEMENT = {"adamw:impl=fused": 16, "smmf": 8.125, "smmf:sign_bits=8": 9, "smmf:beta1=none": 8,
+                          "sm3": 12, "sm3:momentum=0": 8, "et2": 12}
+"""The part of that traffic a step reads (extreme tensoring reads the gradients once per pass): on
+a CPU whose writes back to read lines cost little, a step's time follows these bytes, and the
+``read`` row (``torch.sum`` over the same gradients, timed in every round) gives the rate they can
+be read at."""
 CHUNK = 32 * 2**20
 
 
@@ -67,15 +75,22 @@ def make_params(shapes: list[tuple[int, ...]], device: str, seed: int = 0) -> li
     return params
 
 
-def fused_bytes(spec: str, implementation: str) -> float | None:
-    """Bytes per element a one-pass step of ``spec`` moves, where it ran as one (else None)."""
+def fused_bytes(spec: str, implementation: str, table: dict[str, float] = BYTES_PER_ELEMENT) -> float | None:
+    """Bytes per element (from ``table``) a one-pass step of ``spec`` moves, where it ran as one
+    (else None)."""
     if spec == "adamw:impl=fused":
-        return BYTES_PER_ELEMENT[spec]
+        return table[spec]
     if implementation not in ("compiled", "triton"):
         return None
-    parsed = parse_spec(spec)
-    options = ",".join(f"{key}={value}" for key, value in parsed.options if key != "impl")
-    return BYTES_PER_ELEMENT.get(f"{parsed.name}:{options}" if options else parsed.name)
+    name, _, options = spec.partition(":")  # as written: the parsed values print as None, 0.0
+    options = ",".join(option for option in options.split(",") if option and not option.startswith("impl="))
+    return table.get(f"{name}:{options}" if options else name)
+
+
+def timed_read(params: list[torch.nn.Parameter], steps: int, device: Device) -> float:
+    """Median time of summing every gradient (each read once), in milliseconds: the rate this
+    device reads a step's gradients at, in the same round as the steps."""
+    return statistics.median(device.time_steps(lambda: [param.grad.sum() for param in params], steps))
 
 
 def timed_steps(optimizer: torch.optim.Optimizer, steps: int, device: Device) -> float:
@@ -113,7 +128,12 @@ def main() -> None:
     impl: dict[str, str] = {}
     state: dict[str, int] = {}
     peak: dict[str, int] = {}
+    reads: list[float] = []
     for _ in range(args.repeats):
+        params = make_params(shapes, device.torch_device)
+        timed_read(params, 1, device)
+        reads.append(timed_read(params, args.steps, device))
+        del params
         for spec in methods:
             params = make_params(shapes, device.torch_device)
             optimizer = build(spec, params)
@@ -126,17 +146,24 @@ def main() -> None:
             del optimizer, params
             device.release()
     baseline = rounds[methods[0]]
+    read_rate = 4 * elements / statistics.median(reads) / 1e6
     print(f"| method | impl | step (ms, median of rounds; min-max) | vs {methods[0]} (median of per-round ratios) | "
-          f"GB/s (fused traffic) | state (MiB) | peak extra (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+          f"GB/s (fused traffic) | GB/s read (% of read row) | state (MiB) | peak extra (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| read: torch.sum of each gradient | torch | {statistics.median(reads):.1f} ({min(reads):.1f}-"
+          f"{max(reads):.1f}) | {statistics.median(r / b for r, b in zip(reads, baseline)):.2f}x | - | "
+          f"{read_rate:.1f} (100%) | - | - |")
     for spec in methods:
         ratio = statistics.median(mine / base for mine, base in zip(rounds[spec], baseline))
         median = statistics.median(rounds[spec])
         traffic = fused_bytes(spec, impl[spec])
         rate = "-" if traffic is None else f"{traffic * elements / median / 1e6:.1f}"
+        read = fused_bytes(spec, impl[spec], READ_BYTES_PER_ELEMENT)
+        read_cell = "-" if read is None else (f"{read * elements / median / 1e6:.1f} "
+                                              f"({read * elements / median / 1e6 / read_rate:.0%})")
         extra = "-" if args.no_peak else f"{peak[spec] / 2**20:.2f}"
         print(f"| {spec} | {impl[spec]} | {median:.1f} ({min(rounds[spec]):.1f}-{max(rounds[spec]):.1f}) | "
-              f"{ratio:.2f}x | {rate} | {state[spec] / 2**20:.2f} | {extra} |")
+              f"{ratio:.2f}x | {rate} | {read_cell} | {state[spec] / 2**20:.2f} | {extra} |")
 
 
 if __name__ == "__main__":
