@@ -9,9 +9,11 @@ The cost model::
 except that the elements of memplan's one-pass kernels whose rate the profile measured
 (``fused_element_seconds``, keyed by :meth:`memplan.methods.Method.fused_kernel`) take
 ``elements * rate`` (plus the kernel's measured ``fused_step_seconds`` once a step) instead of
-their bytes over the memory bandwidth: on a CPU those kernels
-are bound by their arithmetic (a square root and a division per element, sign bits, row and
-column sums), not by memory.
+their bytes over the memory bandwidth, which misjudges them on a CPU both ways: SMMF's step is
+bound by each core's work per element (its time stays the same when the memory runs faster),
+while extreme tensoring and SM3 read at close to the machine's read rate when the memory is slow
+(their writes, to lines just read, cost little); a measured rate holds whichever binds. Without
+one (a bundled profile, a GPU) a kernel's bytes go over the memory bandwidth.
 
 The traffic and kernel counts come from :mod:`memplan.census`; the device figures from a
 :class:`DeviceProfile`: bundled (``profiles/devices/*.yaml``: spec-sheet numbers, each naming its
