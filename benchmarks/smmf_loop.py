@@ -1,0 +1,238 @@
+"""Where the time of SMMF's one-pass CPU loop goes: the row loop of
+``memplan/kernels/smmf_numba.py`` (bool signs, fp32 column sums) stand-alone, and variants of it,
+over a matrix that stays in the caches and over one read from memory. With ``--threads 2`` each of
+two threads walks half the rows (``nogil`` loops on Python threads, as the kernel runs them).
+
+    python benchmarks/smmf_loop.py [--cols 768] [--rounds 7] [--threads 1]
+
+Variants: ``w += step * g`` over the same elements (the floor: 8 bytes read, 4 written); the loop
+as the kernel has it; without the square root and division (what they cost); without the column
+sums (what adding into the two column vectors costs); walked in tiles of 16 rows by 1,024 columns
+(the column vectors stay in L1, but 16 rows stream at once); two rows per pass (each column's
+factors and sums read and written once for both rows); the update first and the sums in a second
+loop over an L1 scratch of S and |F|, 512 elements at a time. Each variant runs in turn, in
+interleaved rounds; the table gives the median ns per element and the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+from memplan.kernels.jit import numba_module
+
+numba = numba_module()
+LOOP = dict(nogil=True, fastmath={"reassoc"}, error_model="numpy")
+
+
+def make_row(without: str = ""):
+    """The kernel's row loop, leaving out ``"root"`` (square root and division) or ``"columns"``."""
+
+    @numba.njit(**LOOP)
+    def row(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, sums_v, sums_m):
+        sum_v = np.float32(0)
+        sum_m = np.float32(0)
+        for i in range(weights.shape[0]):
+            weight = weights[i]
+            gradient = grads[i]
+            second = gradient * gradient + rv * col_v[i]
+            moment = gradient + (rm if flags[i] else -rm) * col_m[i]
+            flags[i] = moment > 0
+            magnitude = abs(moment)
+            if without == "root":
+                weights[i] = weight + step_size * (moment * second)
+            else:
+                weights[i] = weight + step_size * (moment / (np.sqrt(second) + eps))
+            sum_v += second
+            sum_m += magnitude
+            if without != "columns":
+                sums_v[i] += second
+                sums_m[i] += magnitude
+        return sum_v, sum_m
+
+    return row
+
+
+@numba.njit(**LOOP)
+def two_rows(w0, g0, f0, w1, g1, f1, col_v, col_m, rv0, rm0, rv1, rm1, step_size, eps, sums_v, sums_m):
+    """The row loop over two rows at once: each column's factors and sums touched once."""
+    a_v = np.float32(0)
+    a_m = np.float32(0)
+    b_v = np.float32(0)
+    b_m = np.float32(0)
+    for i in range(w0.shape[0]):
+        cv = col_v[i]
+        cm = col_m[i]
+        gradient = g0[i]
+        second = gradient * gradient + rv0 * cv
+        moment = gradient + (rm0 if f0[i] else -rm0) * cm
+        f0[i] = moment > 0
+        magnitude = abs(moment)
+        w0[i] = w0[i] + step_size * (moment / (np.sqrt(second) + eps))
+        gradient1 = g1[i]
+        second1 = gradient1 * gradient1 + rv1 * cv
+        moment1 = gradient1 + (rm1 if f1[i] else -rm1) * cm
+        f1[i] = moment1 > 0
+        magnitude1 = abs(moment1)
+        w1[i] = w1[i] + step_size * (moment1 / (np.sqrt(second1) + eps))
+        a_v += second
+        a_m += magnitude
+        b_v += second1
+        b_m += magnitude1
+        sums_v[i] += second + second1
+        sums_m[i] += magnitude + magnitude1
+    return a_v + b_v, a_m + b_m
+
+
+def make_walk(row, tile_rows: int = 1, tile_cols: int = 0):
+    """A whole matrix through ``row``: row after row, or in tiles of ``tile_rows`` x ``tile_cols``."""
+
+    @numba.njit(nogil=True, error_model="numpy")
+    def walk(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+        total = 0.0
+        width = tile_cols if tile_cols else cols
+        for r0 in range(0, rows, tile_rows):
+            for c0 in range(0, cols, width):
+                c1 = min(cols, c0 + width)
+                for r in range(r0, min(rows, r0 + tile_rows)):
+                    a, b = row(w[r * cols + c0:r * cols + c1], g[r * cols + c0:r * cols + c1],
+                               f[r * cols + c0:r * cols + c1], col_v[c0:c1], col_m[c0:c1], np.float32(0.3),
+                               np.float32(0.2), np.float32(-1e-3), np.float32(1e-8), sums_v[c0:c1], sums_m[c0:c1])
+                    total += a + b
+        return total
+
+    return walk
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def walk_pairs(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+    """A whole matrix, two rows per pass (``rows`` even)."""
+    total = 0.0
+    for r in range(0, rows, 2):
+        q = r + 1
+        a, b = two_rows(w[r * cols:q * cols], g[r * cols:q * cols], f[r * cols:q * cols], w[q * cols:(q + 1) * cols],
+                        g[q * cols:(q + 1) * cols], f[q * cols:(q + 1) * cols], col_v, col_m, np.float32(0.3),
+                        np.float32(0.2), np.float32(0.3), np.float32(0.2), np.float32(-1e-3), np.float32(1e-8),
+                        sums_v, sums_m)
+        total += a + b
+    return total
+
+
+SCRATCH = 512
+
+
+@numba.njit(**LOOP)
+def update_part(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, seconds, magnitudes):
+    """The update alone, leaving each element's S and |F| in scratch."""
+    for i in range(weights.shape[0]):
+        gradient = grads[i]
+        second = gradient * gradient + rv * col_v[i]
+        moment = gradient + (rm if flags[i] else -rm) * col_m[i]
+        flags[i] = moment > 0
+        magnitudes[i] = abs(moment)
+        seconds[i] = second
+        weights[i] = weights[i] + step_size * (moment / (np.sqrt(second) + eps))
+
+
+@numba.njit(**LOOP)
+def sums_part(seconds, magnitudes, sums_v, sums_m):
+    """The row and column sums of the scratch."""
+    sum_v = np.float32(0)
+    sum_m = np.float32(0)
+    for i in range(seconds.shape[0]):
+        sum_v += seconds[i]
+        sum_m += magnitudes[i]
+        sums_v[i] += seconds[i]
+        sums_m[i] += magnitudes[i]
+    return sum_v, sum_m
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def walk_split(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+    """A whole matrix, each row in pieces of SCRATCH elements: the update, then the sums over
+    its scratch (which stays in L1)."""
+    seconds = np.empty(SCRATCH, np.float32)
+    magnitudes = np.empty(SCRATCH, np.float32)
+    total = 0.0
+    for r in range(rows):
+        for low in range(0, cols, SCRATCH):
+            high = min(cols, low + SCRATCH)
+            at, to = r * cols + low, r * cols + high
+            update_part(w[at:to], g[at:to], f[at:to], col_v[low:high], col_m[low:high], np.float32(0.3),
+                        np.float32(0.2), np.float32(-1e-3), np.float32(1e-8), seconds[:high - low],
+                        magnitudes[:high - low])
+            a, b = sums_part(seconds[:high - low], magnitudes[:high - low], sums_v[low:high], sums_m[low:high])
+            total += a + b
+    return total
+
+
+@numba.njit(**LOOP)
+def stream(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+    """The floor: ``w += step * g`` over the same elements (8 bytes read and 4 written each)."""
+    for i in range(w.shape[0]):
+        w[i] = w[i] + np.float32(-1e-3) * g[i]
+    return 0.0
+
+
+VARIANTS = {
+    "w += step * g (the floor)": stream,
+    "as in the kernel": make_walk(make_row()),
+    "without sqrt and division": make_walk(make_row("root")),
+    "without column sums": make_walk(make_row("columns")),
+    "tiles of 16 x 1024": make_walk(make_row(), 16, 1024),
+    "two rows per pass": walk_pairs,
+    "sums in a second loop over scratch": walk_split,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cols", type=int, default=768)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    pool = ThreadPoolExecutor(args.threads)
+    generator = np.random.default_rng(0)
+    cols = args.cols
+    col_v = generator.random(cols, dtype=np.float32)
+    col_m = generator.random(cols, dtype=np.float32)
+    print(f"{args.threads} thread(s), {cols} columns; ns per element, median of {args.rounds} interleaved rounds "
+          "(min-max)\n")
+    print("| variant | in the caches (~100 K elements) | from memory (~19 M elements) |")
+    print("|---|---|---|")
+    cells: dict[str, list[str]] = {name: [] for name in VARIANTS}
+    for target in (98_304, 18_874_368):
+        rows = max(2 * args.threads, target // cols // (2 * args.threads) * 2 * args.threads)
+        share = rows // args.threads
+        count = rows * cols
+        repeats = max(1, 20_000_000 // count)
+        w = generator.standard_normal(count, dtype=np.float32)
+        g = generator.standard_normal(count, dtype=np.float32)
+        f = (generator.random(count) > 0.5).astype(np.uint8)
+        sums = [(np.zeros(cols, np.float32), np.zeros(cols, np.float32)) for _ in range(args.threads)]
+
+        def run(walk, thread: int, repeats: int = 1) -> None:
+            part = slice(thread * share * cols, (thread + 1) * share * cols)
+            for _ in range(repeats):
+                walk(w[part], g[part], f[part], col_v, col_m, share, cols, *sums[thread])
+
+        for walk in VARIANTS.values():
+            run(walk, 0)  # compile
+        times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        for _ in range(args.rounds):
+            for name, walk in VARIANTS.items():
+                start = time.perf_counter()
+                list(pool.map(run, [walk] * args.threads, range(args.threads), [repeats] * args.threads))
+                times[name].append((time.perf_counter() - start) / repeats / count * 1e9)
+        for name, values in times.items():
+            cells[name].append(f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})")
+    for name, row in cells.items():
+        print(f"| {name} | {row[0]} | {row[1]} |")
+
+
+if __name__ == "__main__":
+    main()
