@@ -7,11 +7,12 @@ two threads walks half the rows (``nogil`` loops on Python threads, as the kerne
 
 Variants: ``w += step * g`` over the same elements (the floor: 8 bytes read, 4 written); the loop
 as the kernel has it; without the square root and division (what they cost); without the column
-sums (what adding into the two column vectors costs); walked in tiles of 16 rows by 1,024 columns
-(the column vectors stay in L1, but 16 rows stream at once); two rows per pass (each column's
-factors and sums read and written once for both rows); the update first and the sums in a second
-loop over an L1 scratch of S and |F|, 512 elements at a time. Each variant runs in turn, in
-interleaved rounds; the table gives the median ns per element and the spread.
+sums (what adding into the two column vectors costs), or with those vectors only read or only
+written; walked in tiles of 16 rows by 1,024 columns (the column vectors stay in L1, but 16 rows
+stream at once); two rows per pass (each column's factors and sums read and written once for both
+rows); the update first and the sums in a second loop over an L1 scratch of S and |F|, 512
+elements at a time. Each variant runs in turn, in interleaved rounds; the table gives the median
+ns per element and the spread.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ LOOP = dict(nogil=True, fastmath={"reassoc"}, error_model="numpy")
 
 
 def make_row(without: str = ""):
-    """The kernel's row loop, leaving out ``"root"`` (square root and division) or ``"columns"``."""
+    """The kernel's row loop, leaving out ``"root"`` (square root and division) or ``"columns"``
+    (the column sums), or touching the column sums with ``"loads"`` (read into the row sums) or
+    ``"stores"`` (overwritten) alone."""
 
     @numba.njit(**LOOP)
     def row(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, sums_v, sums_m):
@@ -49,7 +52,13 @@ def make_row(without: str = ""):
                 weights[i] = weight + step_size * (moment / (np.sqrt(second) + eps))
             sum_v += second
             sum_m += magnitude
-            if without != "columns":
+            if without == "loads":
+                sum_v += sums_v[i]
+                sum_m += sums_m[i]
+            elif without == "stores":
+                sums_v[i] = second
+                sums_m[i] = magnitude
+            elif without != "columns":
                 sums_v[i] += second
                 sums_m[i] += magnitude
         return sum_v, sum_m
@@ -183,6 +192,8 @@ VARIANTS = {
     "as in the kernel": make_walk(make_row()),
     "without sqrt and division": make_walk(make_row("root")),
     "without column sums": make_walk(make_row("columns")),
+    "column vectors read, not written": make_walk(make_row("loads")),
+    "column vectors written, not read": make_walk(make_row("stores")),
     "tiles of 16 x 1024": make_walk(make_row(), 16, 1024),
     "two rows per pass": walk_pairs,
     "sums in a second loop over scratch": walk_split,
