@@ -190,7 +190,7 @@ def _results_table(report: BenchReport, origin: str, width: int) -> Table:
     table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     columns = (("method", "state", "state error", "pred. ms", "measured ms", "time error", "vs AdamW") if narrow else
                ("method", "impl", "pred. state", "measured state", "state error", "peak transient", "pred. ms",
-                "measured ms (p10-p90)", "time error", "vs AdamW"))
+                "measured ms (p10-p90)", "time error", "vs AdamW", "GB/s (of memory)"))
     for column in columns:
         header = column.replace(" ", "\n", 1) if narrow and column != "method" else column
         if column == "method":
@@ -215,9 +215,19 @@ def _results_table(report: BenchReport, origin: str, width: int) -> Table:
             "measured ms (p10-p90)": measured_ms,
             "time error": "-" if result.step_error is None else f"{100 * result.step_error:+.0f}%",
             "vs AdamW": "-" if ratio is None else f"{ratio:.2f}x",
+            "GB/s (of memory)": _bandwidth(report, result),
         }
         table.add_row(*(cells[column] for column in columns))
     return table
+
+
+def _bandwidth(report: BenchReport, result: BenchResult) -> str:
+    """The achieved bandwidth in GB/s, with its share of the device profile's memory bandwidth."""
+    achieved = result.achieved_bandwidth
+    if achieved is None:
+        return "-"
+    share = report.bandwidth_share(result)
+    return f"{achieved / 1e9:.1f}" + ("" if share is None else f" ({share:.0%})")
 
 
 def _state_error(result: BenchResult) -> str:

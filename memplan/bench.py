@@ -15,7 +15,10 @@ is measured in turn from the same starting values:
   maximum of the running sum of torch.profiler's memory events);
 - step time: ``warmup`` steps (the first allocates the state), then the median, 10th and 90th
   percentile of ``steps`` timed steps (:meth:`memplan.devices.Device.time_steps`: wall clock
-  on CPU, CUDA events on a GPU, with one synchronisation after the timed steps).
+  on CPU, CUDA events on a GPU, with one synchronisation after the timed steps);
+- achieved bandwidth: the bytes the census says a step moves to and from memory (for a one-pass
+  kernel, its compulsory bytes) over the median step, and that rate's share of the device
+  profile's memory bandwidth.
 
 Before a method runs, params + grads + its predicted state + its predicted transient peak are
 checked against the device's free memory (or a given ``memory_bytes``): a method that would not
@@ -79,6 +82,9 @@ class BenchEntry:
     """Predicted transient bytes of one step (the census's peak of temporaries)."""
     prediction_note: str = ""
     """Why a prediction is missing, when it is."""
+    traffic_bytes: int | None = None
+    """Bytes a step moves to and from memory by the census (:meth:`memplan.census.StepCensus.memory_traffic`;
+    a one-pass kernel's compulsory bytes): what the achieved bandwidth is counted from."""
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,15 @@ class BenchResult:
     implementation: str | None = None
     """What stepped it (:func:`memplan.optim.implementation.implementation_of`): eager, compiled,
     triton, or torch's fused, foreach or forloop; None when it did not run."""
+    traffic_bytes: int | None = None
+    """The entry's :attr:`BenchEntry.traffic_bytes`."""
+
+    @property
+    def achieved_bandwidth(self) -> float | None:
+        """The census's memory traffic over the measured median step (bytes per second), when both exist."""
+        if self.traffic_bytes is None or not self.step_ms_median:
+            return None
+        return self.traffic_bytes / (self.step_ms_median / 1e3)
 
     @property
     def step_error(self) -> float | None:
@@ -128,6 +143,8 @@ class BenchResult:
             "skipped": self.skipped,
             "skip_reason": self.skip_reason,
             "implementation": self.implementation,
+            "traffic_bytes": self.traffic_bytes,
+            "achieved_bytes_per_second": self.achieved_bandwidth,
         }
 
 
@@ -162,6 +179,13 @@ class BenchReport:
             return None
         return result.step_ms_median / baseline.step_ms_median
 
+    def bandwidth_share(self, result: BenchResult) -> float | None:
+        """``result``'s achieved bandwidth over the device profile's memory bandwidth (calibrated
+        or bundled), or None without either."""
+        if result.achieved_bandwidth is None or self.device_profile is None:
+            return None
+        return result.achieved_bandwidth / self.device_profile.memory_bandwidth
+
     def noise_warnings(self) -> list[str]:
         """One line per measured entry whose step times spread too widely to judge a prediction:
         a 90th percentile more than :data:`NOISY_SPREAD` times the median."""
@@ -173,7 +197,8 @@ class BenchReport:
 
     def records(self) -> list[dict[str, Any]]:
         """One flat record per result, with the ratio to AdamW (JSON results and CSV rows)."""
-        return [{**result.to_dict(), "ratio_to_adamw": self.ratio_to_adamw(result)} for result in self.results]
+        return [{**result.to_dict(), "ratio_to_adamw": self.ratio_to_adamw(result),
+                 "memory_bandwidth_share": self.bandwidth_share(result)} for result in self.results]
 
     def to_json(self) -> dict[str, Any]:
         """The ``memplan bench --json`` document."""
@@ -244,7 +269,7 @@ def method_entry(spec: str, params: Sequence[ParamSpec], device_profile: DeviceP
     seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
     note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
     return BenchEntry(parsed, _builder(parsed), state_bytes, seconds,
-                      census.peak_temporary_bytes, note)
+                      census.peak_temporary_bytes, note, _traffic(census, device_profile))
 
 
 def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DeviceProfile | None,
@@ -278,7 +303,13 @@ def plan_entry(plan: Plan, params: Sequence[ParamSpec], device_profile: DevicePr
                                   cache_bytes, names=[entry.name for entry in entries])
     seconds = None if device_profile is None else predict_seconds(census, device_profile).seconds
     note = "" if device_profile is not None else "no device profile: run memplan bench --calibrate"
-    return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note)
+    return BenchEntry(label, build, plan.state_bytes, seconds, census.peak_temporary_bytes, note,
+                      _traffic(census, device_profile))
+
+
+def _traffic(census: StepCensus, device_profile: DeviceProfile | None) -> int:
+    """The census's memory traffic, with line fills where the profile's device allocates on write."""
+    return census.memory_traffic(device_profile is not None and device_profile.write_allocate)
 
 
 @dataclass(frozen=True)
@@ -453,6 +484,7 @@ def measure_entry(entry: BenchEntry, named: NamedParameters, device: Device, ste
         peak_transient_bytes=peak, predicted_step_ms=_ms(entry.predicted_step_seconds),
         step_ms_median=statistics.median(times_ms), step_ms_p10=percentile(times_ms, 0.10),
         step_ms_p90=percentile(times_ms, 0.90), required_bytes=required, implementation=implementation,
+        traffic_bytes=entry.traffic_bytes,
     )
 
 

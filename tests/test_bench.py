@@ -196,6 +196,7 @@ def test_a_plan_is_predicted_as_its_methods_are(spec):
     planned, alone = plan_entry(plan, params, CPU_GENERIC), method_entry(spec, params, CPU_GENERIC)
     assert planned.predicted_step_seconds == pytest.approx(alone.predicted_step_seconds, rel=1e-12)
     assert planned.predicted_peak_bytes == alone.predicted_peak_bytes
+    assert planned.traffic_bytes == alone.traffic_bytes
 
 
 @pytest.mark.parametrize("spec", ["smmf", "smmf:impl=compiled"])
@@ -257,3 +258,35 @@ def test_each_row_records_what_stepped_it(report):
     assert implementations["sm3:impl=pytorch_optimizer"] == "pytorch_optimizer"
     assert all(value for value in implementations.values())
     assert "implementation" in report.to_frame().columns
+
+
+def test_achieved_bandwidth_is_the_census_traffic_over_the_measured_step(report):
+    """Each row's GB/s is its census's memory traffic over its median step, and its share of the
+    profile's memory bandwidth; a one-pass kernel's traffic is the byte model's compulsory bytes."""
+    from memplan.census import method_census
+
+    params = bench_params(PROFILE, "float32")
+    shapes = [(param.shape, param.dtype) for param in params]
+    for record in report.records():
+        census = method_census(record["method"], shapes, CPU_GENERIC.cache_bytes)
+        traffic = census.memory_traffic(CPU_GENERIC.write_allocate)
+        assert record["traffic_bytes"] == traffic > 0
+        assert record["achieved_bytes_per_second"] == pytest.approx(traffic / (record["step_ms_median"] / 1e3))
+        assert record["memory_bandwidth_share"] == pytest.approx(
+            record["achieved_bytes_per_second"] / CPU_GENERIC.memory_bandwidth)
+    compiled = method_entry("smmf:impl=compiled", params, None)
+    assert compiled.traffic_bytes == sum(param_state("smmf:impl=compiled", param.shape, param.dtype).bytes_moved
+                                         for param in params)
+
+
+def test_no_bandwidth_without_a_measured_step_or_a_device_profile():
+    from memplan.bench import BenchReport, BenchResult
+
+    measured = BenchResult("adam", 0, 0, None, None, None, None, 2.0, 1.8, 2.2, 0, traffic_bytes=4_000_000)
+    unmeasured = BenchResult("sm3", 0, None, None, None, None, None, None, None, None, 0, skipped=True,
+                             traffic_bytes=4_000_000)
+    assert measured.achieved_bandwidth == pytest.approx(2e9) and unmeasured.achieved_bandwidth is None
+    without_profile = BenchReport("cpu", "cpu", "2", "tiny", "float32", 5, 1, 1, 0, None, "", (measured,))
+    assert without_profile.bandwidth_share(measured) is None
+    with_profile = BenchReport("cpu", "cpu", "2", "tiny", "float32", 5, 1, 1, 0, CPU_GENERIC, "", (measured,))
+    assert with_profile.bandwidth_share(measured) == pytest.approx(2e9 / CPU_GENERIC.memory_bandwidth)
