@@ -1,12 +1,17 @@
 """SMMF's one-pass step as Triton kernels (CUDA tensors; tested on CPU tensors under
 ``TRITON_INTERPRET=1``): on a flat range of one parameter, or on many whole parameters at once.
 
-The same update as :mod:`memplan.kernels.smmf_cpu`. Each program takes ``BLOCK`` consecutive
-elements of the range (a multiple of 8, so it owns whole packed sign bytes: it reads them, and
-writes the new ones packed in registers, one bit position at a time, without a reduction); the
-row and column sums go to the output vectors by atomic adds (fp32; their order, hence the last
-bits of the sums, is not deterministic). No host synchronisation: every scalar of
-:func:`smmf_range` is a kernel argument.
+The same update as :mod:`memplan.kernels.smmf_cpu`. :func:`smmf_range` steps a range in tiles of
+``TILE_ROWS`` x ``TILE_COLS`` elements of the matrix (masked to the range), each summing its rows
+and columns in registers and adding one atomic per row and column to the output vectors, wherever
+a tile owns whole packed sign bytes (:func:`range_tiles_own_their_signs`: with 1-bit signs, a
+range and rows that start on a byte, as a rank's shard of a matrix with a column count that is a
+multiple of 8 does). Otherwise each program takes ``BLOCK`` consecutive elements of the range (a
+multiple of 8, so it owns whole packed sign bytes: it reads them, and writes the new ones packed
+in registers, one bit position at a time, without a reduction) and adds one atomic per element to
+its column's sums. The sums are fp32 atomic adds: their order, hence the last bits of the sums, is
+not deterministic. No host synchronisation: every scalar of :func:`smmf_range` is a kernel
+argument.
 
 :func:`smmf_many` steps many whole parameters with one launch of the update kernel, the
 zero-fill of one flat fp32 buffer for their row and column sums, and one launch of a finalize
@@ -137,10 +142,90 @@ def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor |
         sign_storage = sign_storage.view(torch.uint8)
     row_m, col_m = scaled_m if scaled_m is not None else scaled_v
     new_row_m, new_col_m = new_m if new_m is not None else new_v
+    if range_tiles_own_their_signs(mode, start, cols):
+        first_row = start // cols
+        band_tiles = -(-cols // TILE_COLS)
+        grid = (-(-((start + length - 1) // cols - first_row + 1) // TILE_ROWS) * band_tiles,)
+        _range_tile_kernel()[grid](weights, grads, sign_storage, scaled_v[0], scaled_v[1], row_m, col_m, new_v[0],
+                                   new_v[1], new_row_m, new_col_m, start, length, cols, first_row, band_tiles,
+                                   scalars.step_size, scalars.eps, scalars.decay, scalars.coupled_decay,
+                                   scalars.grad_sign, SIGN_MODE=mode, TILE_ROWS=TILE_ROWS, TILE_COLS=TILE_COLS)
+        return
     grid = (-(-length // BLOCK),)
     _kernel()[grid](weights, grads, sign_storage, scaled_v[0], scaled_v[1], row_m, col_m, new_v[0], new_v[1],
                     new_row_m, new_col_m, start, length, cols, scalars.step_size, scalars.eps, scalars.decay,
                     scalars.coupled_decay, scalars.grad_sign, SIGN_MODE=mode, BLOCK=BLOCK, NEAR_ROWS=NEAR_ROWS)
+
+
+def range_tiles_own_their_signs(sign_mode: int, start: int, cols: int) -> bool:
+    """Whether :func:`smmf_range` steps its range in tiles: each tile must own whole packed sign
+    bytes, so with 1-bit signs the range starts on a byte (``start % 8 == 0``) and every row does
+    (``cols % 8 == 0``); bytes and no signs always fit."""
+    return sign_mode != 1 or (start % 8 == 0 and cols % 8 == 0)
+
+
+@cache
+def _range_tile_kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def smmf_range_tile_kernel(weights, grads, signs, row_v, col_v, row_m, col_m, new_row_v, new_col_v, new_row_m,
+                               new_col_m, start, length, cols, first_row, band_tiles, step_size, eps, decay, coupled,
+                               grad_sign, SIGN_MODE: tl.constexpr, TILE_ROWS: tl.constexpr,
+                               TILE_COLS: tl.constexpr):
+        """A tile of TILE_ROWS x TILE_COLS elements of the matrix, those of it inside the range
+        ``[start, start + length)``: as smmf_kernel, with the tile's row and column sums reduced in
+        registers, one atomic per row and column (not per element). With 1-bit signs the range
+        and every row start on a sign byte (:func:`range_tiles_own_their_signs`), so the tile owns
+        whole bytes and an element's bit is its column's low three bits."""
+        program = tl.program_id(0)
+        row = first_row + (program // band_tiles) * TILE_ROWS + tl.arange(0, TILE_ROWS)
+        first_col = (program % band_tiles) * TILE_COLS
+        col = first_col + tl.arange(0, TILE_COLS)
+        col_in = col < cols
+        offsets = row[:, None] * cols + col[None, :] - start   # within the range
+        inside = col_in[None, :] & (offsets >= 0) & (offsets < length)
+        row_in = tl.sum(inside.to(tl.int32), axis=1) > 0
+        weight = tl.load(weights + offsets, mask=inside, other=0.0)
+        compute = weight.dtype if weight.dtype == tl.float64 else tl.float32
+        weight = weight.to(compute)
+        gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(compute) * grad_sign + coupled * weight
+        scaled_row_v = tl.load(row_v + row, mask=row_in, other=0.0).to(compute)
+        col_v_now = tl.load(col_v + col, mask=col_in, other=0.0).to(compute)
+        second = gradient * gradient + scaled_row_v[:, None] * col_v_now[None, :]
+        if SIGN_MODE == 0:
+            moment = gradient
+        else:
+            if SIGN_MODE == 1:
+                packed = tl.load(signs + (offsets >> 3), mask=inside, other=0).to(tl.int32)
+                positive = ((packed >> (col & 7)[None, :]) & 1) != 0
+            else:
+                positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
+            scale = tl.load(row_m + row, mask=row_in, other=0.0)
+            signed = tl.where(positive, scale[:, None], -scale[:, None]).to(compute)
+            moment = gradient + signed * tl.load(col_m + col, mask=col_in, other=0.0).to(compute)[None, :]
+        updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
+        tl.store(weights + offsets, updated.to(weights.dtype.element_ty), mask=inside)
+        second = tl.where(inside, second, 0.0)
+        tl.atomic_add(new_row_v + row, tl.sum(second, axis=1).to(new_row_v.dtype.element_ty), mask=row_in)
+        tl.atomic_add(new_col_v + col, tl.sum(second, axis=0).to(new_col_v.dtype.element_ty), mask=col_in)
+        if SIGN_MODE != 0:
+            magnitude = tl.where(inside, tl.abs(moment), 0.0)
+            tl.atomic_add(new_row_m + row, tl.sum(magnitude, axis=1).to(new_row_m.dtype.element_ty), mask=row_in)
+            tl.atomic_add(new_col_m + col, tl.sum(magnitude, axis=0).to(new_col_m.dtype.element_ty), mask=col_in)
+            now_positive = (moment > 0) & inside
+            if SIGN_MODE == 1:
+                bits = now_positive.to(tl.int32) << (col & 7)[None, :]
+                packed = tl.sum(tl.reshape(bits, (TILE_ROWS, TILE_COLS // 8, 8)), axis=2)
+                byte_col = first_col + 8 * tl.arange(0, TILE_COLS // 8)
+                byte_offsets = row[:, None] * cols + byte_col[None, :] - start
+                owned = (byte_col < cols)[None, :] & (byte_offsets >= 0) & (byte_offsets < length)
+                tl.store(signs + (byte_offsets >> 3), packed.to(tl.uint8), mask=owned)
+            else:
+                tl.store(signs + offsets, now_positive.to(tl.uint8), mask=inside)
+
+    return smmf_range_tile_kernel
 
 
 # smmf_many's per-call table, one int64 row of 16 per tensor: the data pointers of its weights,
@@ -497,4 +582,4 @@ def smmf_many(tensors: Sequence[SMMFTensor]) -> None:
                                  for tensor in tensors], range(len(tensors)))
 
 
-__all__ = ["SMMFTritonCall", "smmf_many", "smmf_range"]
+__all__ = ["SMMFTritonCall", "range_tiles_own_their_signs", "smmf_many", "smmf_range"]

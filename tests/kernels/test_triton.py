@@ -47,6 +47,48 @@ def test_smmf_triton_range_equals_the_dense_step(shape, sign_bits):
                 torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=ULP)
 
 
+TILED_CASES = [(13, 16, 0, 208), (13, 16, 24, 150), (40, 24, 8, 617), (9, 40, 88, 1), (5, 64, 40, 200)]
+"""rows, cols, start, length: ranges that start on a sign byte in matrices whose rows do."""
+
+
+@pytest.mark.parametrize("sign_bits", [1, 8, None], ids=["1bit", "8bit", "no_momentum"])
+@pytest.mark.parametrize("case", TILED_CASES, ids=["x".join(map(str, case)) for case in TILED_CASES])
+def test_smmf_triton_range_in_tiles_equals_the_dense_step(case, sign_bits, monkeypatch):
+    """A range that starts on a sign byte of a matrix whose rows do is stepped in tiles, one
+    atomic per row and column of a tile (small tiles here: several per row band and per row)."""
+    rows, cols, start, length = case
+    monkeypatch.setattr(smmf_triton, "TILE_ROWS", 4)
+    monkeypatch.setattr(smmf_triton, "TILE_COLS", 16)
+    monkeypatch.setattr(smmf_triton, "_kernel", lambda: pytest.fail("a tiled range took the flat kernel"))
+    generator = torch.Generator().manual_seed(rows + start)
+    weights, grads = torch.randn(length, generator=generator), torch.randn(length, generator=generator)
+    positive = torch.rand(length, generator=generator) > 0.5
+    factors = [torch.rand(size, generator=generator) + 0.1 for size in (rows, cols, rows, cols)]
+    scalars = SMMFScalars(step_size=-0.01, eps=1e-8, decay=0.999, coupled_decay=0.01, negate=start % 16 == 8)
+    scaled_v, scaled_m = (factors[0], factors[1]), (factors[2], factors[3]) if sign_bits else None
+    expected = dense_step(weights, grads, positive, start, rows, cols, scaled_v, scaled_m, scalars)
+    signs = None if sign_bits is None else pack(positive) if sign_bits == 1 else positive.clone()
+    new_v = (torch.zeros(rows), torch.zeros(cols))
+    new_m = (torch.zeros(rows), torch.zeros(cols)) if sign_bits else None
+    on_device(smmf_triton.smmf_range, weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars)
+    torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
+    for got, want in zip(new_v, expected[2]):
+        torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=ULP)
+    if sign_bits is not None:
+        stored = unpack(signs, length) if sign_bits == 1 else signs
+        assert torch.equal(stored, expected[1])
+        if sign_bits == 1:
+            assert torch.equal(signs, pack(expected[1]))  # the last byte's padding bits stay 0
+        for got, want in zip(new_m, expected[3]):
+            torch.testing.assert_close(got, want.float(), rtol=1e-5, atol=ULP)
+
+
+def test_only_ranges_whose_sign_bytes_tiles_own_go_in_tiles():
+    fits = smmf_triton.range_tiles_own_their_signs
+    assert fits(1, 16, 24) and fits(0, 3, 7) and fits(8, 5, 13)
+    assert not fits(1, 4, 24) and not fits(1, 16, 12)
+
+
 VIEWS = [(1,), (97,), (7, 13), (31, 1), (5, 3, 7), (2, 3, 1, 5)]
 
 

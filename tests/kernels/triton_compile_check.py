@@ -67,6 +67,9 @@ def variants() -> dict[str, tuple]:
             found[f"smmf_range-{weights}-{sign_mode}-sm_90"] = (
                 smmf_triton._kernel(), signature,
                 dict(SIGN_MODE=sign_mode, BLOCK=smmf_triton.BLOCK, NEAR_ROWS=smmf_triton.NEAR_ROWS), "sm_90")
+            found[f"smmf_range_tile-{weights}-{sign_mode}-sm_90"] = (
+                smmf_triton._range_tile_kernel(), {**signature, "first_row": "i32", "band_tiles": "i32"},
+                dict(SIGN_MODE=sign_mode, TILE_ROWS=smmf_triton.TILE_ROWS, TILE_COLS=smmf_triton.TILE_COLS), "sm_90")
         for mode in (0, 1, 2):
             signature = {"weights": weights, "grads": weights, "buffer": factors, "accumulators": "*fp32",
                          "maxima": "*fp32", "dims": "*i64", "strides": "*i64", "offsets": "*i64", "start": "i64",
