@@ -120,10 +120,7 @@ def _launch(weights, grads, start, view, accumulators, outputs, buffer, scalars,
         return
     if len(view) > MAX_AXES:
         raise ValueError(f"the Triton SM3 kernel takes covers of at most {MAX_AXES} axes, got {len(view)}")
-    device = weights.device
-    dims = torch.tensor(view, dtype=torch.int64, device=device)
-    strides = torch.tensor([math.prod(view[axis + 1:]) for axis in range(len(view))], dtype=torch.int64, device=device)
-    offsets = torch.tensor([sum(view[:axis]) for axis in range(len(view))], dtype=torch.int64, device=device)
+    dims, strides, offsets = cover_tables(tuple(view), weights.device)
     stacked = torch.cat([accumulator.reshape(-1) for accumulator in accumulators])
     maxima = torch.cat([output.reshape(-1) for output in outputs]) if outputs is not None else stacked
     _kernel()[(-(-length // BLOCK),)](
@@ -133,6 +130,17 @@ def _launch(weights, grads, start, view, accumulators, outputs, buffer, scalars,
     if outputs is not None:
         for output, piece in zip(outputs, maxima.split(list(view))):
             output.view(-1).copy_(piece)
+
+
+@lru_cache(maxsize=256)
+def cover_tables(view: tuple[int, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The cover's dims, strides and the offsets of each axis's accumulator in the stacked ones
+    (int64, on ``device``), made once per view and device: uploaded through pinned memory, so a
+    step waits for no device work (a tensor built from a list on a GPU waits for the stream)."""
+    dims = np.array(view, dtype=np.int64)
+    strides = np.array([math.prod(view[axis + 1:]) for axis in range(len(view))], dtype=np.int64)
+    offsets = np.array([sum(view[:axis]) for axis in range(len(view))], dtype=np.int64)
+    return upload(dims, device), upload(strides, device), upload(offsets, device)
 
 
 def sm3_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],
@@ -422,4 +430,4 @@ def sm3_many(tensors: Sequence[SM3Tensor]) -> None:
     SM3TritonCall(tensors).run([tensor.grads for tensor in tensors], [tensor.scalars for tensor in tensors])
 
 
-__all__ = ["SM3TritonCall", "sm3_many", "sm3_range", "sm3_square_maxima_range"]
+__all__ = ["SM3TritonCall", "cover_tables", "sm3_many", "sm3_range", "sm3_square_maxima_range"]

@@ -122,3 +122,13 @@ def test_sm3_triton_range_equals_the_dense_step(view, variant, momentum, monkeyp
         if new is not None:
             for got, want in zip(new, expected[2]):
                 torch.testing.assert_close(got, want, rtol=1e-6, atol=0)
+
+
+def test_sm3_range_builds_its_cover_tables_once_per_view():
+    """The dims, strides and accumulator offsets of a view are made once (uploaded without waiting
+    for the device), not per step."""
+    from memplan.kernels import sm3_triton
+
+    tables = sm3_triton.cover_tables((5, 3, 7), torch.device("cpu"))
+    assert [table.tolist() for table in tables] == [[5, 3, 7], [21, 7, 1], [0, 5, 8]]
+    assert all(again is table for again, table in zip(sm3_triton.cover_tables((5, 3, 7), torch.device("cpu")), tables))
