@@ -2,10 +2,11 @@
 ``TRITON_INTERPRET=1``): on a flat range of one parameter's cover view, or on many whole
 parameters at once (SM3-II).
 
-The same update as :mod:`memplan.kernels.sm3_cpu`. Each program takes ``BLOCK`` consecutive
-elements; an element's index on every axis comes from its flat position and the axis strides
-(the cover has at most :data:`MAX_AXES` axes), and the new slice maxima go to the output vectors
-by atomic max (exact: max is order-free, and nu >= 0).
+The same update as :mod:`memplan.kernels.sm3_cpu`. Both see a cover (at most :data:`MAX_AXES`
+axes) as a matrix and step it in tiles (below); :func:`sm3_range` masks each tile to its range
+``[start, start + length)`` of the flat view (a rank's shard), whose positions are the tile's
+matrix positions minus ``start``. The new slice maxima go to the output vectors by atomic max
+(exact: max is order-free, and nu >= 0).
 
 :func:`sm3_many` steps many whole parameters with SM3-II in one launch of the update kernel: the
 new slice maxima of every tensor go to one flat fp32 buffer (zero-filled: nu >= 0), which one
@@ -38,11 +39,6 @@ from memplan.kernels.jit import gradient_addresses
 from memplan.kernels.launch import TRITON_DTYPES, import_triton_helpers, program_table, upload
 from memplan.kernels.sm3_cpu import SM3Scalars, SM3Tensor
 
-BLOCK = 1024
-NEAR_SLICES = 4
-"""Per axis, the slices at the start of a flat block of :func:`sm3_range` whose maxima a program
-reduces in registers (one atomic each); further slices take one per element (a block of 1024
-elements meets 2 rows of a matrix at least 1024 wide)."""
 TILE_ROWS = 8
 TILE_COLS = 128
 MIN_COLS = 32
@@ -64,43 +60,57 @@ def _kernel():
     import_triton_helpers(globals())
 
     @triton.jit
-    def sm3_kernel(weights, grads, buffer, accumulators, maxima, dims, strides, offsets, start, length, lr, eps,
-                   momentum, dampening, decay, coupled, grad_sign, AXES: tl.constexpr, MODE: tl.constexpr,
-                   WITH_BUFFER: tl.constexpr, BLOCK: tl.constexpr, NEAR: tl.constexpr):
+    def sm3_kernel(weights, grads, buffer, accumulators, maxima, dims, strides, offsets, start, length, cols,
+                   first_row, band_tiles, head, lr, eps, momentum, dampening, decay, coupled, grad_sign,
+                   AXES: tl.constexpr, MODE: tl.constexpr, WITH_BUFFER: tl.constexpr, TILE_ROWS: tl.constexpr,
+                   TILE_COLS: tl.constexpr):
+        """A tile of the cover seen as a (leading axes) x (trailing axes) matrix, those of its
+        elements inside the range ``[start, start + length)``; MODE 0 is SM3-II's step, 1 SM3-I's
+        update, 2 SM3-I's first pass (the slice maxima of G^2, no update)."""
         program = tl.program_id(0)
-        positions = program * BLOCK + tl.arange(0, BLOCK)
-        inside = positions < length
-        element = start + positions
+        row = first_row + (program // band_tiles) * TILE_ROWS + tl.arange(0, TILE_ROWS)
+        col = (program % band_tiles) * TILE_COLS + tl.arange(0, TILE_COLS)
+        positions = row[:, None] * cols + col[None, :] - start   # within the range
+        inside = (col < cols)[None, :] & (positions >= 0) & (positions < length)
+        row_in = tl.max(inside.to(tl.int32), 1) > 0
+        col_in = tl.max(inside.to(tl.int32), 0) > 0
         weight = tl.load(weights + positions, mask=inside, other=0.0)
         compute = weight.dtype if weight.dtype == tl.float64 else tl.float32
         weight = weight.to(compute)
         gradient = tl.load(grads + positions, mask=inside, other=0.0).to(compute) * grad_sign + coupled * weight
-        nu = tl.full((BLOCK,), float("inf"), compute)
-        for axis in tl.static_range(AXES):
-            index = (element // tl.load(strides + axis)) % tl.load(dims + axis)
-            slot = tl.load(offsets + axis) + index
-            nu = tl.minimum(nu, tl.load(accumulators + slot, mask=inside, other=0.0).to(compute))
-        if MODE == 0:
-            nu = nu + gradient * gradient
-        if MODE != 1:   # the slice maxima: of G^2 (SM3-I's first pass) or of nu (SM3-II)
-            if MODE == 2:
-                value = tl.where(inside, gradient * gradient, 0.0).to(tl.float32)
-            else:
-                value = tl.where(inside, nu, 0.0).to(tl.float32)
-            # per axis, the block's first NEAR slices (the block's element // stride, counted from its
-            # first element's) are reduced in registers, one atomic each; slices further on, per element
-            first = start + program * BLOCK
-            last = start + tl.minimum((program + 1) * BLOCK, length) - 1
-            near = tl.arange(0, NEAR)
+        square = gradient * gradient
+        if MODE != 2:
+            # the minimum of the accumulators: over the leading axes per row, over the trailing per column
+            row_nu = tl.full((TILE_ROWS,), float("inf"), compute)
+            col_nu = tl.full((TILE_COLS,), float("inf"), compute)
             for axis in tl.static_range(AXES):
-                stride = tl.load(strides + axis)
                 dim = tl.load(dims + axis)
+                stride = tl.load(strides + axis)
+                slots = accumulators + tl.load(offsets + axis)
+                if axis < head:   # (names of their own in each branch: the compiler yields a variable both assign)
+                    row_at = (row // (stride // cols)) % dim
+                    row_nu = tl.minimum(row_nu, tl.load(slots + row_at, mask=row_in, other=float("inf")).to(compute))
+                else:
+                    col_at = (col // stride) % dim
+                    col_nu = tl.minimum(col_nu, tl.load(slots + col_at, mask=col_in, other=float("inf")).to(compute))
+            nu = tl.minimum(row_nu[:, None], col_nu[None, :])
+            if MODE == 0:
+                nu = nu + square
+        if MODE != 1:   # the slice maxima: of G^2 (SM3-I's first pass) or of nu (SM3-II), one atomic per row or column
+            if MODE == 2:
+                kept = tl.where(inside, square, 0.0).to(tl.float32)
+            else:
+                kept = tl.where(inside, nu, 0.0).to(tl.float32)   # 0 outside: nu >= 0 never falls below it
+            row_maxima = _entries.nan_max(kept, 1)
+            col_maxima = _entries.nan_max(kept, 0)
+            for axis in tl.static_range(AXES):
+                dim = tl.load(dims + axis)
+                stride = tl.load(strides + axis)
                 slots = maxima + tl.load(offsets + axis)
-                local = element // stride - first // stride
-                chosen = tl.where((local[None, :] == near[:, None]) & inside[None, :], value[None, :], 0.0)
-                tl.atomic_max(slots + (first // stride + near) % dim, _entries.nan_max(chosen, 1),
-                              mask=first // stride + near <= last // stride)
-                tl.atomic_max(slots + (element // stride) % dim, value, mask=inside & (local >= NEAR))
+                if axis < head:
+                    tl.atomic_max(slots + (row // (stride // cols)) % dim, row_maxima, mask=row_in)
+                else:
+                    tl.atomic_max(slots + (col // stride) % dim, col_maxima, mask=col_in)
         if MODE != 2:
             scaled = gradient * (1.0 / tl.sqrt(nu + eps))
             if WITH_BUFFER:
@@ -121,12 +131,18 @@ def _launch(weights, grads, start, view, accumulators, outputs, buffer, scalars,
     if len(view) > MAX_AXES:
         raise ValueError(f"the Triton SM3 kernel takes covers of at most {MAX_AXES} axes, got {len(view)}")
     dims, strides, offsets = cover_tables(tuple(view), weights.device)
+    head = leading_axes(tuple(view), MIN_COLS)
+    cols = math.prod(view[head:])
+    first_row = start // cols
+    band_tiles = -(-cols // TILE_COLS)
+    bands = -(-((start + length - 1) // cols - first_row + 1) // TILE_ROWS)
     stacked = torch.cat([accumulator.reshape(-1) for accumulator in accumulators])
     maxima = torch.cat([output.reshape(-1) for output in outputs]) if outputs is not None else stacked
-    _kernel()[(-(-length // BLOCK),)](
+    _kernel()[(bands * band_tiles,)](
         weights, grads, weights if buffer is None else buffer, stacked, maxima, dims, strides, offsets, start, length,
-        scalars.lr, scalars.eps, scalars.momentum, 1.0 - scalars.momentum, scalars.decay, scalars.coupled_decay,
-        scalars.grad_sign, AXES=len(view), MODE=mode, WITH_BUFFER=buffer is not None, BLOCK=BLOCK, NEAR=NEAR_SLICES)
+        cols, first_row, band_tiles, head, scalars.lr, scalars.eps, scalars.momentum, 1.0 - scalars.momentum,
+        scalars.decay, scalars.coupled_decay, scalars.grad_sign, AXES=len(view), MODE=mode,
+        WITH_BUFFER=buffer is not None, TILE_ROWS=TILE_ROWS, TILE_COLS=TILE_COLS)
     if outputs is not None:
         for output, piece in zip(outputs, maxima.split(list(view))):
             output.view(-1).copy_(piece)

@@ -101,7 +101,9 @@ def test_sm3_triton_range_equals_the_dense_step(view, variant, momentum, monkeyp
 
     from .test_sm3_cpu import axis_indices, dense_update, random_case as sm3_case, slice_maxima
 
-    monkeypatch.setattr(sm3_triton, "BLOCK", 32)
+    monkeypatch.setattr(sm3_triton, "TILE_ROWS", 2)   # several tiles per band and per row
+    monkeypatch.setattr(sm3_triton, "TILE_COLS", 4)
+    monkeypatch.setattr(sm3_triton, "MIN_COLS", 4)
     for seed in range(2):
         start, weights, grads, buffer, accumulators = sm3_case(view, torch.float32, seed, momentum)
         scalars = SM3Scalars(lr=0.1, eps=1e-30, momentum=momentum, decay=0.999, coupled_decay=0.01 * seed,

@@ -40,7 +40,6 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(smmf_triton, "TILE_ROWS", 4)
     monkeypatch.setattr(smmf_triton, "TILE_COLS", 16)
     monkeypatch.setattr(smmf_triton, "VECTOR_BLOCK", 16)
-    monkeypatch.setattr(sm3_triton, "BLOCK", 32)
     monkeypatch.setattr(sm3_triton, "TILE_ROWS", 2)
     monkeypatch.setattr(sm3_triton, "TILE_COLS", 8)
     monkeypatch.setattr(sm3_triton, "MIN_COLS", 4)
@@ -456,20 +455,32 @@ def test_a_flat_block_adds_one_atomic_per_near_row(cols, lanes):
 
 
 @pytest.mark.skipif(DEVICE.type != "cpu", reason="counts the interpreter's atomics")
-def test_a_flat_sm3_block_adds_one_atomic_per_near_slice(lanes):
-    """sm3_range's blocks (SM3-I, a rank's shard) reduce the maxima of the first NEAR_SLICES
-    slices they meet on each axis in registers: on a 64 x 96 cover in blocks of 32, each block
-    adds one atomic for its row and 4 + 28 for its columns, where it added 32 + 32."""
+@pytest.mark.parametrize("module", ["smmf", "sm3"])
+def test_a_range_adds_one_atomic_per_row_and_column_of_a_tile(module, monkeypatch, lanes):
+    """A rank's range (here rows 8 to 39 of a 64 x 96 matrix, in tiles of 8 x 32) is stepped in
+    tiles too: each adds 8 row and 32 column atomics for each of SMMF's two factor pairs and for
+    SM3's pair of axes, where the flat programs had added one per element and column."""
     from memplan.kernels.sm3_cpu import SM3Scalars
+    from memplan.kernels.smmf_cpu import SMMFScalars
 
-    view = (64, 96)
-    case = sm3_case(view, torch.float32, 0.0, seed=0)
-    new = [torch.zeros(dim) for dim in view]
-    scalars = SM3Scalars(lr=0.1, eps=1e-30, momentum=0.0)
-    on_device(sm3_triton.sm3_range, case.weights, case.grads, 0, view, list(case.accumulators), new, None, scalars)
-    blocks = 64 * 96 // sm3_triton.BLOCK
-    assert sum(lanes) == blocks * (1 + sm3_triton.BLOCK)
-    _, _, maxima = dense_update(case.weights.clone(), case.grads, None, 0, view, list(case.accumulators), scalars,
-                                add_square=True)
-    for got, want in zip(new, maxima):
-        assert torch.equal(got, want.float())
+    rows, cols, first, count = 64, 96, 8, 32
+    start, length = first * cols, count * cols
+    generator = torch.Generator().manual_seed(0)
+    weights, grads = torch.randn(length, generator=generator), torch.randn(length, generator=generator)
+    if module == "smmf":
+        monkeypatch.setattr(smmf_triton, "TILE_ROWS", 8)
+        monkeypatch.setattr(smmf_triton, "TILE_COLS", 32)
+        factors = [torch.rand(size, generator=generator) + 0.1 for size in (rows, cols, rows, cols)]
+        signs = torch.randint(0, 256, (length // 8,), generator=generator, dtype=torch.uint8)
+        on_device(smmf_triton.smmf_range, weights, grads, signs, start, cols, (factors[0], factors[1]),
+                  (factors[2], factors[3]), (torch.zeros(rows), torch.zeros(cols)),
+                  (torch.zeros(rows), torch.zeros(cols)), SMMFScalars(step_size=-0.01, eps=1e-8))
+        pairs = 2
+    else:
+        monkeypatch.setattr(sm3_triton, "TILE_ROWS", 8)
+        monkeypatch.setattr(sm3_triton, "TILE_COLS", 32)
+        accumulators = [torch.rand(dim, generator=generator) for dim in (rows, cols)]
+        on_device(sm3_triton.sm3_range, weights, grads, start, (rows, cols), accumulators,
+                  [torch.zeros(rows), torch.zeros(cols)], None, SM3Scalars(lr=0.1, eps=1e-30, momentum=0.0))
+        pairs = 1
+    assert sum(lanes) == pairs * (count * cols // (8 * 32)) * (8 + 32)

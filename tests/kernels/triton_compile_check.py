@@ -73,12 +73,13 @@ def variants() -> dict[str, tuple]:
         for mode in (0, 1, 2):
             signature = {"weights": weights, "grads": weights, "buffer": factors, "accumulators": "*fp32",
                          "maxima": "*fp32", "dims": "*i64", "strides": "*i64", "offsets": "*i64", "start": "i64",
-                         "length": "i32", **{name: "fp32" for name in ("lr", "eps", "momentum", "dampening", "decay",
-                                                                      "coupled", "grad_sign")}}
+                         "length": "i32", "cols": "i32", "first_row": "i32", "band_tiles": "i32", "head": "i32",
+                         **{name: "fp32" for name in ("lr", "eps", "momentum", "dampening", "decay", "coupled",
+                                                      "grad_sign")}}
             found[f"sm3_range-{weights}-{mode}-sm_90"] = (
                 sm3_triton._kernel(), signature,
-                dict(AXES=3, MODE=mode, WITH_BUFFER=mode != 2, BLOCK=sm3_triton.BLOCK, NEAR=sm3_triton.NEAR_SLICES),
-                "sm_90")
+                dict(AXES=3, MODE=mode, WITH_BUFFER=mode != 2, TILE_ROWS=sm3_triton.TILE_ROWS,
+                     TILE_COLS=sm3_triton.TILE_COLS), "sm_90")
     return found
 
 
