@@ -169,6 +169,8 @@ def _range_tile_kernel():
     import triton
     import triton.language as tl
 
+    import_triton_helpers(globals())
+
     @triton.jit
     def smmf_range_tile_kernel(weights, grads, signs, row_v, col_v, row_m, col_m, new_row_v, new_col_v, new_row_m,
                                new_col_m, start, length, cols, first_row, band_tiles, step_size, eps, decay, coupled,
@@ -187,43 +189,20 @@ def _range_tile_kernel():
         offsets = row[:, None] * cols + col[None, :] - start   # within the range
         inside = col_in[None, :] & (offsets >= 0) & (offsets < length)
         row_in = tl.sum(inside.to(tl.int32), axis=1) > 0
-        weight = tl.load(weights + offsets, mask=inside, other=0.0)
-        compute = weight.dtype if weight.dtype == tl.float64 else tl.float32
-        weight = weight.to(compute)
-        gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(compute) * grad_sign + coupled * weight
-        scaled_row_v = tl.load(row_v + row, mask=row_in, other=0.0).to(compute)
-        col_v_now = tl.load(col_v + col, mask=col_in, other=0.0).to(compute)
-        second = gradient * gradient + scaled_row_v[:, None] * col_v_now[None, :]
-        if SIGN_MODE == 0:
-            moment = gradient
-        else:
-            if SIGN_MODE == 1:
-                packed = tl.load(signs + (offsets >> 3), mask=inside, other=0).to(tl.int32)
-                positive = ((packed >> (col & 7)[None, :]) & 1) != 0
-            else:
-                positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
-            scale = tl.load(row_m + row, mask=row_in, other=0.0)
-            signed = tl.where(positive, scale[:, None], -scale[:, None]).to(compute)
-            moment = gradient + signed * tl.load(col_m + col, mask=col_in, other=0.0).to(compute)[None, :]
-        updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
-        tl.store(weights + offsets, updated.to(weights.dtype.element_ty), mask=inside)
-        second = tl.where(inside, second, 0.0)
+        second, magnitude, now_positive = _entries.smmf_tile_update(
+            weights, grads, signs, row_v, col_v, row_m, col_m, 1.0, 1.0, offsets, inside, row, row_in, col, col_in,
+            step_size, eps, decay, coupled, grad_sign, SIGN_MODE)
         tl.atomic_add(new_row_v + row, tl.sum(second, axis=1).to(new_row_v.dtype.element_ty), mask=row_in)
         tl.atomic_add(new_col_v + col, tl.sum(second, axis=0).to(new_col_v.dtype.element_ty), mask=col_in)
         if SIGN_MODE != 0:
-            magnitude = tl.where(inside, tl.abs(moment), 0.0)
             tl.atomic_add(new_row_m + row, tl.sum(magnitude, axis=1).to(new_row_m.dtype.element_ty), mask=row_in)
             tl.atomic_add(new_col_m + col, tl.sum(magnitude, axis=0).to(new_col_m.dtype.element_ty), mask=col_in)
-            now_positive = (moment > 0) & inside
-            if SIGN_MODE == 1:
-                bits = now_positive.to(tl.int32) << (col & 7)[None, :]
-                packed = tl.sum(tl.reshape(bits, (TILE_ROWS, TILE_COLS // 8, 8)), axis=2)
-                byte_col = first_col + 8 * tl.arange(0, TILE_COLS // 8)
-                byte_offsets = row[:, None] * cols + byte_col[None, :] - start
-                owned = (byte_col < cols)[None, :] & (byte_offsets >= 0) & (byte_offsets < length)
-                tl.store(signs + (byte_offsets >> 3), packed.to(tl.uint8), mask=owned)
-            else:
-                tl.store(signs + offsets, now_positive.to(tl.uint8), mask=inside)
+        if SIGN_MODE == 1:
+            byte_col = first_col + 8 * tl.arange(0, TILE_COLS // 8)
+            byte_offsets = row[:, None] * cols + byte_col[None, :] - start
+            owned = (byte_col < cols)[None, :] & (byte_offsets >= 0) & (byte_offsets < length)
+            tl.store(signs + (byte_offsets >> 3), _entries.packed_signs(now_positive, col, TILE_ROWS, TILE_COLS)
+                     .to(tl.uint8), mask=owned)
 
     return smmf_range_tile_kernel
 
@@ -333,40 +312,20 @@ def _many_kernels():
         offsets = row[:, None] * cols + col[None, :]
         (weights, grads, signs, row_v, col_v, row_m, col_m, step_size, eps, decay, coupled, grad_sign, prior_v,
          prior_m) = _entries.smmf_entry(table, tensor, DTYPE, COMPUTE)
-        weight = tl.load(weights + offsets, mask=inside, other=0.0).to(COMPUTE)
-        gradient = tl.load(grads + offsets, mask=inside, other=0.0).to(COMPUTE) * grad_sign + coupled * weight
-        scaled_row_v = (tl.load(row_v + row, mask=row_in, other=0.0) * prior_v).to(COMPUTE)
-        col_v_now = tl.load(col_v + col, mask=col_in, other=0.0).to(COMPUTE)
-        second = gradient * gradient + scaled_row_v[:, None] * col_v_now[None, :]
-        if SIGN_MODE == 0:
-            moment = gradient
-        else:
-            if SIGN_MODE == 1:
-                packed = tl.load(signs + (offsets >> 3), mask=inside, other=0).to(tl.int32)
-                positive = ((packed >> (col & 7).to(tl.int32)[None, :]) & 1) != 0
-            else:
-                positive = tl.load(signs + offsets, mask=inside, other=0).to(tl.int32) != 0
-            scale = tl.load(row_m + row, mask=row_in, other=0.0) * prior_m
-            signed = tl.where(positive, scale[:, None], -scale[:, None]).to(COMPUTE)
-            moment = gradient + signed * tl.load(col_m + col, mask=col_in, other=0.0).to(COMPUTE)[None, :]
-        updated = weight * decay + step_size * (moment / (tl.sqrt(second) + eps))
-        tl.store(weights + offsets, updated.to(DTYPE), mask=inside)
-        second = tl.where(inside, second, 0.0)
+        # the previous row factors times their priors, rounded to fp32 as the optimizer's scaled factors are
+        second, magnitude, now_positive = _entries.smmf_tile_update(
+            weights, grads, signs, row_v, col_v, row_m, col_m, prior_v, prior_m, offsets, inside, row, row_in, col,
+            col_in, step_size, eps, decay, coupled, grad_sign, SIGN_MODE)
         tl.atomic_add(row_sums_v + row, tl.sum(second, axis=1).to(tl.float32), mask=row_in)
         tl.atomic_add(col_sums_v + col, tl.sum(second, axis=0).to(tl.float32), mask=col_in)
         if SIGN_MODE != 0:
-            magnitude = tl.where(inside, tl.abs(moment), 0.0)
             tl.atomic_add(row_sums_m + row, tl.sum(magnitude, axis=1).to(tl.float32), mask=row_in)
             tl.atomic_add(col_sums_m + col, tl.sum(magnitude, axis=0).to(tl.float32), mask=col_in)
-            now_positive = (moment > 0) & inside
-            if SIGN_MODE == 1:
-                bits = now_positive.to(tl.int32) << (col & 7).to(tl.int32)[None, :]
-                packed = tl.sum(tl.reshape(bits, (TILE_ROWS, TILE_COLS // 8, 8)), axis=2)
-                byte_col = first_col + 8 * tl.arange(0, TILE_COLS // 8)
-                byte = (row[:, None] * cols + byte_col[None, :]) >> 3
-                tl.store(signs + byte, packed.to(tl.uint8), mask=row_in[:, None] & (byte_col < cols)[None, :])
-            else:
-                tl.store(signs + offsets, now_positive.to(tl.uint8), mask=inside)
+        if SIGN_MODE == 1:
+            byte_col = first_col + 8 * tl.arange(0, TILE_COLS // 8)
+            byte = (row[:, None] * cols + byte_col[None, :]) >> 3
+            tl.store(signs + byte, _entries.packed_signs(now_positive, col, TILE_ROWS, TILE_COLS).to(tl.uint8),
+                     mask=row_in[:, None] & (byte_col < cols)[None, :])
 
     @triton.jit
     def smmf_finalize_kernel(table, shapes, sums, SHAPE_FIELDS: tl.constexpr, MOMENTS: tl.constexpr,

@@ -63,22 +63,29 @@ def test_fused_range_equals_the_dense_step(shape, sign_bits, threads):
         start, weights, grads, positive, factors = random_case(rows, cols, torch.float32, seed)
         scalars = SMMFScalars(step_size=-0.01, eps=1e-8, decay=1.0 - 1e-3 * seed, coupled_decay=0.01 * (seed == 2),
                               negate=seed == 1)
-        scaled_v, scaled_m = (factors[0], factors[1]), (factors[2], factors[3]) if sign_bits else None
-        expected = dense_step(weights, grads, positive, start, rows, cols, scaled_v, scaled_m, scalars)
-        signs = None if sign_bits is None else pack(positive) if sign_bits == 1 else positive.clone()
-        new_v = (torch.zeros(rows), torch.zeros(cols))
-        new_m = (torch.zeros(rows), torch.zeros(cols)) if sign_bits else None
-        smmf_range(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars)
-        torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
-        for got, want in zip(new_v, expected[2]):
-            torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=ULP)
-        if sign_bits is not None:
-            stored = unpack(signs, weights.numel()) if sign_bits == 1 else signs
-            assert torch.equal(stored, expected[1])
-            if sign_bits == 1:
-                assert torch.equal(signs, pack(expected[1]))  # padding bits cleared, as the eager path leaves them
-            for got, want in zip(new_m, expected[3]):
-                torch.testing.assert_close(got, want.float(), rtol=1e-6, atol=ULP)
+        check_range(smmf_range, weights, grads, positive, start, rows, cols, factors, scalars, sign_bits)
+
+
+def check_range(step, weights, grads, positive, start, rows, cols, factors, scalars, sign_bits, sums_rtol=1e-6):
+    """``step`` (a ``smmf_range``) on a range of a rows x cols matrix against the dense step: the
+    weights, the signs (packed ones with their padding bits cleared, as the eager path leaves them)
+    and the row and column sums (to ``sums_rtol``)."""
+    scaled_v, scaled_m = (factors[0], factors[1]), (factors[2], factors[3]) if sign_bits else None
+    expected = dense_step(weights, grads, positive, start, rows, cols, scaled_v, scaled_m, scalars)
+    signs = None if sign_bits is None else pack(positive) if sign_bits == 1 else positive.clone()
+    new_v = (torch.zeros(rows), torch.zeros(cols))
+    new_m = (torch.zeros(rows), torch.zeros(cols)) if sign_bits else None
+    step(weights, grads, signs, start, cols, scaled_v, scaled_m, new_v, new_m, scalars)
+    torch.testing.assert_close(weights, expected[0], rtol=1e-6, atol=ULP)
+    for got, want in zip(new_v, expected[2]):
+        torch.testing.assert_close(got, want.float(), rtol=sums_rtol, atol=ULP)
+    if sign_bits is not None:
+        stored = unpack(signs, weights.numel()) if sign_bits == 1 else signs
+        assert torch.equal(stored, expected[1])
+        if sign_bits == 1:
+            assert torch.equal(signs, pack(expected[1]))
+        for got, want in zip(new_m, expected[3]):
+            torch.testing.assert_close(got, want.float(), rtol=sums_rtol, atol=ULP)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
