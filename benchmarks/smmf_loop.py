@@ -6,8 +6,9 @@ two threads walks half the rows (``nogil`` loops on Python threads, as the kerne
     python benchmarks/smmf_loop.py [--cols 768] [--rounds 7] [--threads 1]
 
 Variants: ``w += step * g`` over the same elements (the floor: 8 bytes read, 4 written); the loop
-as the kernel has it; without the square root and division (what they cost); without the column
-sums (what adding into the two column vectors costs), or with those vectors only read or only
+as the kernel has it; the same without its weight-decay and gradient-sign terms, which every
+variant below also leaves out; without the square root and division (what they cost); without the
+column sums (what adding into the two column vectors costs), or with those vectors only read or only
 written; walked in tiles of 16 rows by 1,024 columns (the column vectors stay in L1, but 16 rows
 stream at once); two rows per pass (each column's factors and sums read and written once for both
 rows); the update first and the sums in a second loop over an L1 scratch of S and |F|, 512
@@ -30,26 +31,28 @@ numba = numba_module()
 LOOP = dict(nogil=True, fastmath={"reassoc"}, error_model="numpy")
 
 
-def make_row(without: str = ""):
-    """The kernel's row loop, leaving out ``"root"`` (square root and division) or ``"columns"``
-    (the column sums), or touching the column sums with ``"loads"`` (read into the row sums) or
-    ``"stores"`` (overwritten) alone."""
+def make_row(without: str = "", terms: bool = False):
+    """The kernel's row loop without its weight decay and gradient sign (``terms`` keeps them, as
+    the kernel has them: decay 1, coupled decay 0 and sign 1, read at run time), leaving out
+    ``"root"`` (square root and division) or ``"columns"`` (the column sums), or touching the
+    column sums with ``"loads"`` (read into the row sums) or ``"stores"`` (overwritten) alone."""
 
     @numba.njit(**LOOP)
-    def row(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, sums_v, sums_m):
+    def row(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, sums_v, sums_m, decay, coupled, grad_sign):
         sum_v = np.float32(0)
         sum_m = np.float32(0)
         for i in range(weights.shape[0]):
             weight = weights[i]
-            gradient = grads[i]
+            gradient = grads[i] * grad_sign + coupled * weight if terms else grads[i]
             second = gradient * gradient + rv * col_v[i]
             moment = gradient + (rm if flags[i] else -rm) * col_m[i]
             flags[i] = moment > 0
             magnitude = abs(moment)
+            kept = weight * decay if terms else weight
             if without == "root":
-                weights[i] = weight + step_size * (moment * second)
+                weights[i] = kept + step_size * (moment * second)
             else:
-                weights[i] = weight + step_size * (moment / (np.sqrt(second) + eps))
+                weights[i] = kept + step_size * (moment / (np.sqrt(second) + eps))
             sum_v += second
             sum_m += magnitude
             if without == "loads":
@@ -101,7 +104,7 @@ def make_walk(row, tile_rows: int = 1, tile_cols: int = 0):
     """A whole matrix through ``row``: row after row, or in tiles of ``tile_rows`` x ``tile_cols``."""
 
     @numba.njit(nogil=True, error_model="numpy")
-    def walk(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+    def walk(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
         total = 0.0
         width = tile_cols if tile_cols else cols
         for r0 in range(0, rows, tile_rows):
@@ -110,7 +113,8 @@ def make_walk(row, tile_rows: int = 1, tile_cols: int = 0):
                 for r in range(r0, min(rows, r0 + tile_rows)):
                     a, b = row(w[r * cols + c0:r * cols + c1], g[r * cols + c0:r * cols + c1],
                                f[r * cols + c0:r * cols + c1], col_v[c0:c1], col_m[c0:c1], np.float32(0.3),
-                               np.float32(0.2), np.float32(-1e-3), np.float32(1e-8), sums_v[c0:c1], sums_m[c0:c1])
+                               np.float32(0.2), np.float32(-1e-3), np.float32(1e-8), sums_v[c0:c1], sums_m[c0:c1],
+                               terms[0], terms[1], terms[2])
                     total += a + b
         return total
 
@@ -118,7 +122,7 @@ def make_walk(row, tile_rows: int = 1, tile_cols: int = 0):
 
 
 @numba.njit(nogil=True, error_model="numpy")
-def walk_pairs(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+def walk_pairs(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
     """A whole matrix, two rows per pass (``rows`` even)."""
     total = 0.0
     for r in range(0, rows, 2):
@@ -161,7 +165,7 @@ def sums_part(seconds, magnitudes, sums_v, sums_m):
 
 
 @numba.njit(nogil=True, error_model="numpy")
-def walk_split(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+def walk_split(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
     """A whole matrix, each row in pieces of SCRATCH elements: the update, then the sums over
     its scratch (which stays in L1)."""
     seconds = np.empty(SCRATCH, np.float32)
@@ -180,7 +184,7 @@ def walk_split(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
 
 
 @numba.njit(**LOOP)
-def stream(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
+def stream(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
     """The floor: ``w += step * g`` over the same elements (8 bytes read and 4 written each)."""
     for i in range(w.shape[0]):
         w[i] = w[i] + np.float32(-1e-3) * g[i]
@@ -189,7 +193,8 @@ def stream(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m):
 
 VARIANTS = {
     "w += step * g (the floor)": stream,
-    "as in the kernel": make_walk(make_row()),
+    "the kernel's loop": make_walk(make_row(terms=True)),
+    "without weight decay and gradient sign": make_walk(make_row()),
     "without sqrt and division": make_walk(make_row("root")),
     "without column sums": make_walk(make_row("columns")),
     "column vectors read, not written": make_walk(make_row("loads")),
@@ -211,6 +216,7 @@ def main() -> None:
     cols = args.cols
     col_v = generator.random(cols, dtype=np.float32)
     col_m = generator.random(cols, dtype=np.float32)
+    terms = np.array([1.0, 0.0, 1.0], np.float32)   # decay, coupled decay, gradient sign
     print(f"{args.threads} thread(s), {cols} columns; ns per element, median of {args.rounds} interleaved rounds "
           "(min-max)\n")
     print("| variant | in the caches (~100 K elements) | from memory (~19 M elements) |")
@@ -229,7 +235,7 @@ def main() -> None:
         def run(walk, thread: int, repeats: int = 1) -> None:
             part = slice(thread * share * cols, (thread + 1) * share * cols)
             for _ in range(repeats):
-                walk(w[part], g[part], f[part], col_v, col_m, share, cols, *sums[thread])
+                walk(w[part], g[part], f[part], col_v, col_m, share, cols, *sums[thread], terms)
 
         for walk in VARIANTS.values():
             run(walk, 0)  # compile
