@@ -11,7 +11,7 @@ variant below also leaves out; without the square root and division (what they c
 column sums (what adding into the two column vectors costs), or with those vectors only read or only
 written; walked in tiles of 16 rows by 1,024 columns (the column vectors stay in L1, but 16 rows
 stream at once); two rows per pass (each column's factors and sums read and written once for both
-rows); the update first and the sums in a second loop over an L1 scratch of S and |F|, 512
+rows), adjacent or from the matrix's two halves (twice the streams read at once); the update first and the sums in a second loop over an L1 scratch of S and |F|, 512
 elements at a time. Each variant runs in turn, in interleaved rounds; the table gives the median
 ns per element and the spread.
 """
@@ -135,6 +135,22 @@ def walk_pairs(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
     return total
 
 
+@numba.njit(nogil=True, error_model="numpy")
+def walk_far_pairs(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
+    """A whole matrix, two rows per pass taken from its two halves (``rows`` even): twice the
+    streams that one row's walk reads at once."""
+    total = 0.0
+    half = rows // 2
+    for r in range(half):
+        q = r + half
+        a, b = two_rows(w[r * cols:(r + 1) * cols], g[r * cols:(r + 1) * cols], f[r * cols:(r + 1) * cols],
+                        w[q * cols:(q + 1) * cols], g[q * cols:(q + 1) * cols], f[q * cols:(q + 1) * cols], col_v,
+                        col_m, np.float32(0.3), np.float32(0.2), np.float32(0.3), np.float32(0.2), np.float32(-1e-3),
+                        np.float32(1e-8), sums_v, sums_m)
+        total += a + b
+    return total
+
+
 SCRATCH = 512
 
 
@@ -201,6 +217,7 @@ VARIANTS = {
     "column vectors written, not read": make_walk(make_row("stores")),
     "tiles of 16 x 1024": make_walk(make_row(), 16, 1024),
     "two rows per pass": walk_pairs,
+    "two rows per pass, from the two halves": walk_far_pairs,
     "sums in a second loop over scratch": walk_split,
 }
 
