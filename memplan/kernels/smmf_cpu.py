@@ -15,7 +15,10 @@ or many whole parameters (:func:`smmf_many`, which also stores their new factors
 step however many small tensors a model has). The ranges are cut into items that start at a
 multiple of 8 elements (every packed sign byte belongs to one item), and the items into pieces,
 contiguous runs of about equal size (:func:`memplan.kernels.jit.split_work`), a few per thread,
-which the threads take as they finish one (:func:`memplan.kernels.jit.run_in_threads`). A piece's
+which the threads take as they finish one (:func:`memplan.kernels.jit.run_in_threads`). An item
+with enough rows is stepped two row pieces at a time, one from each of its halves
+(:func:`memplan.kernels.smmf_numba.paired_item`): a loop that reads one row at a time keeps too few
+of memory's reads in flight (benchmarks/RESULTS.md). A piece's
 row and column sums go into its own float64 partial vectors (with fp32 weights, through fp32 sums
 of a row piece and of up to 16 row pieces per column: :data:`memplan.kernels.smmf_numba.BLOCK_ROWS`);
 after the threads join, each range's partials are combined in piece order, so the result does not

@@ -5,6 +5,8 @@ cache serves them to a new process (see :mod:`memplan.kernels.jit`).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from memplan.kernels.jit import numba_module
@@ -64,6 +66,64 @@ def row_without_moment(weights, grads, col_v, rv, step_size, eps, decay, coupled
     return sum_v
 
 
+@_row_loop
+def pair_with_moment(weights, grads, flags, other_weights, other_grads, other_flags, col_v, col_m, rv, rm, other_rv,
+                     other_rm, step_size, eps, decay, coupled, grad_sign, col_sums_v, col_sums_m):
+    """:func:`row_with_moment` over two row pieces of the same columns at once (see
+    :func:`paired_item`): each column's factors read, and its sums updated, once for both; returns
+    both rows' sums."""
+    sum_v = col_sums_v.dtype.type(0)
+    sum_m = col_sums_v.dtype.type(0)
+    other_v = col_sums_v.dtype.type(0)
+    other_m = col_sums_v.dtype.type(0)
+    for i in range(weights.shape[0]):
+        factor_v = col_v[i]
+        factor_m = col_m[i]
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        second = gradient * gradient + rv * factor_v
+        moment = gradient + (rm if flags[i] else -rm) * factor_m
+        flags[i] = moment > 0
+        magnitude = abs(moment)
+        weights[i] = weight * decay + step_size * (moment / (np.sqrt(second) + eps))
+        other_weight = other_weights[i]
+        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
+        other_second = other_gradient * other_gradient + other_rv * factor_v
+        other_moment = other_gradient + (other_rm if other_flags[i] else -other_rm) * factor_m
+        other_flags[i] = other_moment > 0
+        other_magnitude = abs(other_moment)
+        other_weights[i] = other_weight * decay + step_size * (other_moment / (np.sqrt(other_second) + eps))
+        sum_v += second
+        sum_m += magnitude
+        other_v += other_second
+        other_m += other_magnitude
+        col_sums_v[i] += second + other_second
+        col_sums_m[i] += magnitude + other_magnitude
+    return sum_v, sum_m, other_v, other_m
+
+
+@_row_loop
+def pair_without_moment(weights, grads, other_weights, other_grads, col_v, rv, other_rv, step_size, eps, decay,
+                        coupled, grad_sign, col_sums_v):
+    """:func:`row_without_moment` over two row pieces of the same columns at once."""
+    sum_v = col_sums_v.dtype.type(0)
+    other_v = col_sums_v.dtype.type(0)
+    for i in range(weights.shape[0]):
+        factor_v = col_v[i]
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        second = gradient * gradient + rv * factor_v
+        weights[i] = weight * decay + step_size * (gradient / (np.sqrt(second) + eps))
+        other_weight = other_weights[i]
+        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
+        other_second = other_gradient * other_gradient + other_rv * factor_v
+        other_weights[i] = other_weight * decay + step_size * (other_gradient / (np.sqrt(other_second) + eps))
+        sum_v += second
+        other_v += other_second
+        col_sums_v[i] += second + other_second
+    return sum_v, other_v
+
+
 BLOCK_ROWS = 16
 """With fp32 weights, a row piece's sums are added up in fp32 (at most :data:`TILE` elements,
 spread over the vector lanes) and each column's in fp32 over at most ``BLOCK_ROWS`` row pieces, then
@@ -89,6 +149,25 @@ def flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment):
         flush_columns(sums_m[rows + low:rows + high], block_m[low:high])
 
 
+@_row_loop
+def unpack_signs(packed, words):
+    """Bit j of each byte of ``packed`` to byte j of the same word of ``words`` (0 or 1). The loop
+    indexes slices from 0: an index numba cannot prove non-negative gets a wraparound check that
+    kept LLVM from vectorizing it (17% of the step on ResNet-50, one thread)."""
+    for word in range(packed.shape[0]):
+        # byte b's bit j to byte j of its word (0 or 1): bit j alone in byte j, then made 0 or 1
+        alone = np.uint64(packed[word]) * np.uint64(0x0101010101010101) & np.uint64(0x8040201008040201)
+        words[word] = ((alone + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & np.uint64(0x0101010101010101)
+
+
+@_row_loop
+def pack_signs(packed, words):
+    """:func:`unpack_signs` undone: byte j of each word of ``words`` (0 or 1) to bit j of its byte."""
+    gather = np.uint64(0x0102040810204080)  # bit j of the top byte of word * gather = byte j of word
+    for word in range(packed.shape[0]):
+        packed[word] = np.uint8((words[word] * gather) >> np.uint64(56))
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
 def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
          prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, weight_type,
@@ -98,10 +177,6 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
     and the loops would not vectorize): the update, the new signs, and the row sums
     (``sums[:rows]``) and column sums (after them). ``block_v`` and ``block_m`` are fp32 scratch
     of at least ``cols`` zeros, zeros again on return (:data:`BLOCK_ROWS`)."""
-    # the sign loops index slices from 0: an index numba cannot prove non-negative (byte_start + word)
-    # gets a wraparound check that kept LLVM from vectorizing them, and they took 17% of the step
-    # (ResNet-50, one thread: 27.3 -> 23.0 ms with the slices)
-    gather = np.uint64(0x0102040810204080)  # bit j of the top byte of word * gather = byte j of word
     with_moment = sign_mode != 0
     blocked = weights.itemsize == 4
     pieces, low, high = 0, cols, 0   # row pieces in the fp32 column block, and the columns they touched
@@ -110,11 +185,7 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
         byte_start = tile_start >> 3
         byte_count = (tile_stop - tile_start + 7) >> 3
         if sign_mode == 1:
-            packed = signs[byte_start:byte_start + byte_count]
-            for word in range(byte_count):
-                # byte b's bit j to byte j of its word (0 or 1): bit j alone in byte j, then made 0 or 1
-                alone = np.uint64(packed[word]) * np.uint64(0x0101010101010101) & np.uint64(0x8040201008040201)
-                words[word] = ((alone + np.uint64(0x7F7F7F7F7F7F7F7F)) >> np.uint64(7)) & np.uint64(0x0101010101010101)
+            unpack_signs(signs[byte_start:byte_start + byte_count], words)
             flags = unpacked
         elif sign_mode == 8:
             flags = signs[tile_start:tile_stop]
@@ -156,11 +227,109 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
             k = end
         if sign_mode == 1:
             unpacked[tile_stop - tile_start:byte_count * 8] = 0  # padding bits of the range's last byte
-            packed = signs[byte_start:byte_start + byte_count]
-            for word in range(byte_count):
-                packed[word] = np.uint8((words[word] * gather) >> np.uint64(56))
+            pack_signs(signs[byte_start:byte_start + byte_count], words)
     if pieces:
         flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment)
+
+
+@_row_loop
+def pair_piece(weights, grads, flags, other_weights, other_grads, other_flags, col_v, col_m, rv, rm, other_rv,
+               other_rm, step_size, eps, decay, coupled, grad_sign, with_moment, col_sums_v, col_sums_m):
+    """Two row pieces of the same columns, with or without first moment: both rows' sums of S and |F|
+    (0 without first moment)."""
+    if with_moment:
+        return pair_with_moment(weights, grads, flags, other_weights, other_grads, other_flags, col_v, col_m, rv, rm,
+                                other_rv, other_rm, step_size, eps, decay, coupled, grad_sign, col_sums_v, col_sums_m)
+    sum_v, other_v = pair_without_moment(weights, grads, other_weights, other_grads, col_v, rv, other_rv, step_size,
+                                         eps, decay, coupled, grad_sign, col_sums_v)
+    return sum_v, col_sums_v.dtype.type(0), other_v, col_sums_v.dtype.type(0)
+
+
+PAIR_MIN_ROWS = 4
+"""The full rows an item needs in each half before :func:`paired_item` steps its halves together."""
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc"})
+def paired_item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v,
+                prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, weight_type,
+                block_v, block_m, other_unpacked, other_words):
+    """:func:`item` with two row pieces in each pass: elements ``[first, first + span)`` together with
+    the ``span`` after them (``span`` a multiple of ``cols`` and of 8, so the second half's pieces
+    have the first's columns and its tiles start on a sign byte), then the rest by :func:`item`.
+    A loop reading twice the streams keeps more of memory's reads in flight (two rows' weights,
+    gradients and signs at once), and reads each column's factors and adds to its sums once for
+    both rows (benchmarks/RESULTS.md)."""
+    step = 8 // math.gcd(cols, 8)
+    span = ((stop - first) // 2 // cols // step * step) * cols
+    if span < PAIR_MIN_ROWS * cols:
+        item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_v, row_m, col_m, prior_v, prior_m,
+             step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, weight_type, block_v,
+             block_m)
+        return
+    with_moment = sign_mode != 0
+    blocked = weights.itemsize == 4
+    apart = span // cols   # rows between a piece of the first half and its partner
+    pieces, low, high = 0, cols, 0
+    for tile_start in range(first, first + span, TILE):
+        tile_stop = min(first + span, tile_start + TILE)
+        other_start = tile_start + span
+        byte_start = tile_start >> 3
+        other_byte_start = other_start >> 3
+        byte_count = (tile_stop - tile_start + 7) >> 3
+        if sign_mode == 1:
+            unpack_signs(signs[byte_start:byte_start + byte_count], words)
+            unpack_signs(signs[other_byte_start:other_byte_start + byte_count], other_words)
+            flags, other_flags = unpacked, other_unpacked
+        elif sign_mode == 8:
+            flags = signs[tile_start:tile_stop]
+            other_flags = signs[other_start:other_start + tile_stop - tile_start]
+        else:
+            flags, other_flags = unpacked, other_unpacked
+        k = tile_start
+        while k < tile_stop:
+            row = (start + k) // cols
+            col0 = start + k - row * cols
+            end = min(tile_stop, k + cols - col0)
+            col1 = col0 + end - k
+            other = k + span
+            other_end = end + span
+            rv = weight_type(row_v[row] * prior_v)
+            other_rv = weight_type(row_v[row + apart] * prior_v)
+            rm = weight_type(row_m[row] * prior_m)
+            other_rm = weight_type(row_m[row + apart] * prior_m)
+            row_flags = flags[k - tile_start:end - tile_start]
+            other_row_flags = other_flags[k - tile_start:end - tile_start]
+            if blocked:   # two calls: the fp32 block and the float64 sums are arrays of different types
+                sum_v, sum_m, other_v, other_m = pair_piece(
+                    weights[k:end], grads[k:end], row_flags, weights[other:other_end], grads[other:other_end],
+                    other_row_flags, col_v[col0:col1], col_m[col0:col1], rv, rm, other_rv, other_rm, step_size, eps,
+                    decay, coupled, grad_sign, with_moment, block_v[col0:col1], block_m[col0:col1])
+            else:
+                sum_v, sum_m, other_v, other_m = pair_piece(
+                    weights[k:end], grads[k:end], row_flags, weights[other:other_end], grads[other:other_end],
+                    other_row_flags, col_v[col0:col1], col_m[col0:col1], rv, rm, other_rv, other_rm, step_size, eps,
+                    decay, coupled, grad_sign, with_moment, sums_v[rows + col0:rows + col1],
+                    sums_m[rows + col0:rows + col1])
+            if with_moment:
+                sums_m[row] += sum_m
+                sums_m[row + apart] += other_m
+            sums_v[row] += sum_v
+            sums_v[row + apart] += other_v
+            if blocked:
+                pieces, low, high = pieces + 2, min(low, col0), max(high, col1)
+                if pieces >= BLOCK_ROWS:
+                    flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment)
+                    pieces, low, high = 0, cols, 0
+            k = end
+        if sign_mode == 1:
+            pack_signs(signs[byte_start:byte_start + byte_count], words)
+            pack_signs(signs[other_byte_start:other_byte_start + byte_count], other_words)
+    if pieces:
+        flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment)
+    if first + 2 * span < stop:
+        item(weights, grads, signs, sign_mode, start, first + 2 * span, stop, cols, row_v, col_v, row_m, col_m, prior_v,
+             prior_m, step_size, eps, decay, coupled, grad_sign, sums_v, sums_m, rows, unpacked, words, weight_type,
+             block_v, block_m)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
@@ -181,6 +350,8 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
     for ResNet-50's 161 tensors)."""
     unpacked = np.zeros(TILE, dtype=np.uint8)
     words = unpacked.view(np.uint64)
+    other_unpacked = np.zeros(TILE, dtype=np.uint8)
+    other_words = other_unpacked.view(np.uint64)
     widest = 0
     for index in range(ranges.shape[0]):
         widest = max(widest, ranges[index, 2])
@@ -217,10 +388,11 @@ def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial,
             else:
                 row_m, col_m = row_v, col_v
             values = scalars[index]
-            item(weights, grads, signs, sign_mode, start, items[position, 1], items[position, 2], cols, row_v,
-                 col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
-                 weight_type(values[1]), weight_type(values[2]), weight_type(values[3]), weight_type(values[4]),
-                 sums_v, sums_m, rows, unpacked, words, weight_type, block_v, block_m)
+            paired_item(weights, grads, signs, sign_mode, start, items[position, 1], items[position, 2], cols, row_v,
+                        col_v, row_m, col_m, factor_type(values[5]), factor_type(values[6]), weight_type(values[0]),
+                        weight_type(values[1]), weight_type(values[2]), weight_type(values[3]),
+                        weight_type(values[4]), sums_v, sums_m, rows, unpacked, words, weight_type, block_v, block_m,
+                        other_unpacked, other_words)
         if previous >= 0 and finished_in_walk(touched, previous, what):
             finish(addresses, ranges, scalars, touched, origins, partial, what, output_type, previous)
 

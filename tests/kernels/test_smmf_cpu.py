@@ -88,6 +88,25 @@ def check_range(step, weights, grads, positive, start, rows, cols, factors, scal
             torch.testing.assert_close(got, want.float(), rtol=sums_rtol, atol=ULP)
 
 
+PAIRED_CASES = [(40, 24, 0, 960), (41, 13, 5, 500), (97, 9, 100, 760)]
+"""rows, cols, start, length: ranges long enough that the kernel steps two row pieces in each pass
+(an item needs 4 rows in each half), with columns a multiple of 8 or not, starting on a row or not."""
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("sign_bits", [1, 8, None], ids=["1bit", "8bit", "no_momentum"])
+@pytest.mark.parametrize("case", PAIRED_CASES, ids=["x".join(map(str, case)) for case in PAIRED_CASES])
+def test_rows_stepped_in_pairs_equal_the_dense_step(case, sign_bits, dtype, threads):
+    rows, cols, start, length = case
+    generator = torch.Generator().manual_seed(rows)
+    weights = torch.randn(length, generator=generator).to(dtype)
+    grads = torch.randn(length, generator=generator).to(dtype)
+    positive = torch.rand(length, generator=generator) > 0.5
+    factors = [(torch.rand(size, generator=generator) + 0.1).to(dtype) for size in (rows, cols, rows, cols)]
+    scalars = SMMFScalars(step_size=-0.01, eps=1e-8, decay=0.999, coupled_decay=0.01, negate=True)
+    check_range(smmf_range, weights, grads, positive, start, rows, cols, factors, scalars, sign_bits)
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
 def test_dtypes_run_in_their_working_precision(dtype, threads):
     rows, cols = 29, 11
