@@ -30,6 +30,25 @@ _row_loop = numba.njit(cache=True, nogil=True, fastmath={"reassoc"}, error_model
 
 
 @_row_loop
+def moment_element(weight, gradient, positive, factor_v, factor_m, rv, rm, step_size, eps, decay, coupled,
+                   grad_sign):
+    """One element's step with first moment: its new weight and sign, S and |F|."""
+    gradient = gradient * grad_sign + coupled * weight
+    second = gradient * gradient + rv * factor_v
+    moment = gradient + (rm if positive else -rm) * factor_m
+    return weight * decay + step_size * (moment / (np.sqrt(second) + eps)), moment > 0, second, abs(moment)
+
+
+@_row_loop
+def plain_element(weight, gradient, factor_v, rv, step_size, eps, decay, coupled, grad_sign):
+    """One element's step without first moment (the gradient is the update's numerator): its new
+    weight and S."""
+    gradient = gradient * grad_sign + coupled * weight
+    second = gradient * gradient + rv * factor_v
+    return weight * decay + step_size * (gradient / (np.sqrt(second) + eps)), second
+
+
+@_row_loop
 def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps, decay, coupled, grad_sign,
                     col_sums_v, col_sums_m):
     """One row's piece (every array sliced to it): the update, the new sign flags (0/1, in
@@ -38,13 +57,8 @@ def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps,
     sum_v = col_sums_v.dtype.type(0)
     sum_m = col_sums_v.dtype.type(0)
     for i in range(weights.shape[0]):
-        weight = weights[i]
-        gradient = grads[i] * grad_sign + coupled * weight
-        second = gradient * gradient + rv * col_v[i]
-        moment = gradient + (rm if flags[i] else -rm) * col_m[i]
-        flags[i] = moment > 0
-        magnitude = abs(moment)
-        weights[i] = weight * decay + step_size * (moment / (np.sqrt(second) + eps))
+        weights[i], flags[i], second, magnitude = moment_element(weights[i], grads[i], flags[i], col_v[i], col_m[i],
+                                                                 rv, rm, step_size, eps, decay, coupled, grad_sign)
         sum_v += second
         sum_m += magnitude
         col_sums_v[i] += second
@@ -54,13 +68,11 @@ def row_with_moment(weights, grads, flags, col_v, col_m, rv, rm, step_size, eps,
 
 @_row_loop
 def row_without_moment(weights, grads, col_v, rv, step_size, eps, decay, coupled, grad_sign, col_sums_v):
-    """The same without first moment: the gradient is the update's numerator."""
+    """The same without first moment."""
     sum_v = col_sums_v.dtype.type(0)
     for i in range(weights.shape[0]):
-        weight = weights[i]
-        gradient = grads[i] * grad_sign + coupled * weight
-        second = gradient * gradient + rv * col_v[i]
-        weights[i] = weight * decay + step_size * (gradient / (np.sqrt(second) + eps))
+        weights[i], second = plain_element(weights[i], grads[i], col_v[i], rv, step_size, eps, decay, coupled,
+                                           grad_sign)
         sum_v += second
         col_sums_v[i] += second
     return sum_v
@@ -79,20 +91,11 @@ def pair_with_moment(weights, grads, flags, other_weights, other_grads, other_fl
     for i in range(weights.shape[0]):
         factor_v = col_v[i]
         factor_m = col_m[i]
-        weight = weights[i]
-        gradient = grads[i] * grad_sign + coupled * weight
-        second = gradient * gradient + rv * factor_v
-        moment = gradient + (rm if flags[i] else -rm) * factor_m
-        flags[i] = moment > 0
-        magnitude = abs(moment)
-        weights[i] = weight * decay + step_size * (moment / (np.sqrt(second) + eps))
-        other_weight = other_weights[i]
-        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
-        other_second = other_gradient * other_gradient + other_rv * factor_v
-        other_moment = other_gradient + (other_rm if other_flags[i] else -other_rm) * factor_m
-        other_flags[i] = other_moment > 0
-        other_magnitude = abs(other_moment)
-        other_weights[i] = other_weight * decay + step_size * (other_moment / (np.sqrt(other_second) + eps))
+        weights[i], flags[i], second, magnitude = moment_element(weights[i], grads[i], flags[i], factor_v, factor_m,
+                                                                 rv, rm, step_size, eps, decay, coupled, grad_sign)
+        other_weights[i], other_flags[i], other_second, other_magnitude = moment_element(
+            other_weights[i], other_grads[i], other_flags[i], factor_v, factor_m, other_rv, other_rm, step_size, eps,
+            decay, coupled, grad_sign)
         sum_v += second
         sum_m += magnitude
         other_v += other_second
@@ -110,14 +113,10 @@ def pair_without_moment(weights, grads, other_weights, other_grads, col_v, rv, o
     other_v = col_sums_v.dtype.type(0)
     for i in range(weights.shape[0]):
         factor_v = col_v[i]
-        weight = weights[i]
-        gradient = grads[i] * grad_sign + coupled * weight
-        second = gradient * gradient + rv * factor_v
-        weights[i] = weight * decay + step_size * (gradient / (np.sqrt(second) + eps))
-        other_weight = other_weights[i]
-        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
-        other_second = other_gradient * other_gradient + other_rv * factor_v
-        other_weights[i] = other_weight * decay + step_size * (other_gradient / (np.sqrt(other_second) + eps))
+        weights[i], second = plain_element(weights[i], grads[i], factor_v, rv, step_size, eps, decay, coupled,
+                                           grad_sign)
+        other_weights[i], other_second = plain_element(other_weights[i], other_grads[i], factor_v, other_rv,
+                                                       step_size, eps, decay, coupled, grad_sign)
         sum_v += second
         other_v += other_second
         col_sums_v[i] += second + other_second
