@@ -149,6 +149,16 @@ def flush_block(sums_v, sums_m, block_v, block_m, rows, low, high, with_moment):
 
 
 @_row_loop
+def row_piece(start, k, stop, cols):
+    """The row piece that element ``k`` of a range starting at ``start`` begins: its row, first
+    column, the element after it (at most ``stop``) and the column after it."""
+    row = (start + k) // cols
+    col0 = start + k - row * cols
+    end = min(stop, k + cols - col0)
+    return row, col0, end, col0 + end - k
+
+
+@_row_loop
 def unpack_signs(packed, words):
     """Bit j of each byte of ``packed`` to byte j of the same word of ``words`` (0 or 1). The loop
     indexes slices from 0: an index numba cannot prove non-negative gets a wraparound check that
@@ -192,10 +202,7 @@ def item(weights, grads, signs, sign_mode, start, first, stop, cols, row_v, col_
             flags = unpacked
         k = tile_start
         while k < tile_stop:
-            row = (start + k) // cols
-            col0 = start + k - row * cols
-            end = min(tile_stop, k + cols - col0)
-            col1 = col0 + end - k
+            row, col0, end, col1 = row_piece(start, k, tile_stop, cols)
             # the row factor scaled in the factors' dtype (as the eager step does), then widened
             rv = weight_type(row_v[row] * prior_v)
             if with_moment:
@@ -286,10 +293,7 @@ def paired_item(weights, grads, signs, sign_mode, start, first, stop, cols, row_
             flags, other_flags = unpacked, other_unpacked
         k = tile_start
         while k < tile_stop:
-            row = (start + k) // cols
-            col0 = start + k - row * cols
-            end = min(tile_stop, k + cols - col0)
-            col1 = col0 + end - k
+            row, col0, end, col1 = row_piece(start, k, tile_stop, cols)
             other = k + span
             other_end = end + span
             rv = weight_type(row_v[row] * prior_v)
