@@ -99,6 +99,33 @@ def run_update(weights, grads, buffer, table, table_max, base, with_maxima, lr, 
 
 
 @_run_loop
+def pair_update(weights, grads, other_weights, other_grads, table, table_max, base, other_base, lr, eps, decay,
+                coupled, grad_sign):
+    """SM3-II without momentum on two runs of the same columns at once (:func:`item`'s halves):
+    four streams read where one run reads two, and each table entry's maximum updated once for
+    both; returns both runs' maxima (as bits, as :func:`run_update`)."""
+    one = weights.dtype.type(1)
+    top = table_max.dtype.type(0)
+    other_top = table_max.dtype.type(0)
+    for i in range(weights.shape[0]):
+        minimum = table[i]
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        nu = min(base, minimum) + gradient * gradient
+        other_weight = other_weights[i]
+        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
+        other_nu = min(other_base, minimum) + other_gradient * other_gradient
+        bits = float_bits(nu)
+        other_bits = float_bits(other_nu)
+        table_max[i] = max(table_max[i], max(bits, other_bits))
+        top = max(top, bits)
+        other_top = max(other_top, other_bits)
+        weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(nu + eps)))
+        other_weights[i] = other_weight * decay - lr * (other_gradient * (one / np.sqrt(other_nu + eps)))
+    return top, other_top
+
+
+@_run_loop
 def run_square_max(weights, grads, table_max, coupled, grad_sign):
     """SM3-I's first pass on one run: the maxima of G^2 into ``table_max``; returns the run's (both
     as bits, as :func:`run_update`)."""
@@ -173,28 +200,81 @@ def fold_table(table_max, maxima, dims, offsets, head, axes, tail):
                 out[i] = max(out[i], largest(table_max[first:first + stride]))
 
 
+@_run_loop
+def head_base(head_values, offsets, index, head):
+    """The smallest of the head axes' accumulators at a run's head ``index`` (infinity for none)."""
+    base = head_values.dtype.type(np.inf)
+    for axis in range(head):
+        base = min(base, head_values[offsets[axis] + index[axis]])
+    return base
+
+
+@_run_loop
+def head_index(index, dims, head, run):
+    """The head axes' indices of run ``run``."""
+    for axis in range(head - 1, -1, -1):
+        index[axis] = run % dims[axis]
+        run //= dims[axis]
+
+
+@_run_loop
+def next_run(index, dims, head):
+    """The next run's head indices."""
+    for axis in range(head - 1, -1, -1):
+        index[axis] += 1
+        if index[axis] < dims[axis]:
+            break
+        index[axis] = 0
+
+
+@_run_loop
+def raise_maxima(maxima, offsets, index, head, run_max):
+    """A run's maximum into its head slices' maxima."""
+    for axis in range(head):
+        slot = offsets[axis] + index[axis]
+        maxima[slot] = max(maxima[slot], run_max)
+
+
+PAIR_MIN_RUNS = 8
+"""The whole runs each half of an item needs before :func:`item` steps its halves together."""
+
+
 @_jit
-def item(weights, grads, buffer, table, table_max, head_values, maxima, dims, offsets, index, start, first, stop,
-         head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer):
+def item(weights, grads, buffer, table, table_max, head_values, maxima, dims, offsets, index, other_index, start,
+         first, stop, head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer):
     """Elements ``[first, stop)`` of a range that starts at element ``start`` of its view, run by
     run (a function of its own: inside a loop body numba would type the index arithmetic as
     float64, and the loops would not vectorize). ``table`` and ``table_max`` hold one entry per
     element of a run; ``table_max`` and ``maxima`` hold the bits of the maxima (see
-    :func:`run_update`)."""
+    :func:`run_update`). SM3-II without momentum steps the whole runs of an item with
+    :data:`PAIR_MIN_RUNS` in each half a run from each half at a time (:func:`pair_update`)."""
     with_maxima = mode != SM3_I
-    run = (start + first) // tail
-    for axis in range(head - 1, -1, -1):   # the head axes' indices of the first run
-        index[axis] = run % dims[axis]
-        run //= dims[axis]
-    infinity = head_values.dtype.type(np.inf)
+    aligned = min(stop, first + (tail - (start + first) % tail) % tail)   # the first whole run's start
+    half = (stop - aligned) // tail // 2 * tail
+    paired = mode != SM3_I and mode != SQUARE_MAXIMA and not with_buffer and half >= PAIR_MIN_RUNS * tail
+    head_index(index, dims, head, (start + first) // tail)
     k = first
     while k < stop:
+        if paired and k == aligned:
+            head_index(other_index, dims, head, (start + aligned + half) // tail)
+            for k in range(aligned, aligned + half, tail):
+                run_max, other_max = pair_update(weights[k:k + tail], grads[k:k + tail],
+                                                 weights[k + half:k + half + tail], grads[k + half:k + half + tail],
+                                                 table[:tail], table_max[:tail],
+                                                 head_base(head_values, offsets, index, head),
+                                                 head_base(head_values, offsets, other_index, head), lr, eps, decay,
+                                                 coupled, grad_sign)
+                raise_maxima(maxima, offsets, index, head, run_max)
+                raise_maxima(maxima, offsets, other_index, head, other_max)
+                next_run(index, dims, head)
+                next_run(other_index, dims, head)
+            k = aligned + 2 * half
+            head_index(index, dims, head, (start + k) // tail)
+            continue
         col0 = (start + k) % tail
         end = min(stop, k + tail - col0)
         col1 = col0 + end - k
-        base = infinity
-        for axis in range(head):
-            base = min(base, head_values[offsets[axis] + index[axis]])
+        base = head_base(head_values, offsets, index, head)
         if mode == SQUARE_MAXIMA:
             run_max = run_square_max(weights[k:end], grads[k:end], table_max[col0:col1], coupled, grad_sign)
         else:
@@ -202,15 +282,9 @@ def item(weights, grads, buffer, table, table_max, head_values, maxima, dims, of
                                  table[col0:col1], table_max[col0:col1], base, with_maxima, lr, eps, momentum,
                                  dampening, decay, coupled, grad_sign, with_buffer)
         if with_maxima:
-            for axis in range(head):
-                slot = offsets[axis] + index[axis]
-                maxima[slot] = max(maxima[slot], run_max)
+            raise_maxima(maxima, offsets, index, head, run_max)
         if col1 == tail:
-            for axis in range(head - 1, -1, -1):   # the next run's head indices
-                index[axis] += 1
-                if index[axis] < dims[axis]:
-                    break
-                index[axis] = 0
+            next_run(index, dims, head)
         k = end
 
 
@@ -231,6 +305,7 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
     table_max = np.empty(scratch[0], dtype=bits_type)
     head_values = np.empty(scratch[1], dtype=partial.dtype)
     index = np.zeros(scratch[2], dtype=np.int64)
+    other_index = np.zeros(scratch[2], dtype=np.int64)
     partial_bits = partial.view(bits_type)
     for piece in range(low, high):
         previous = -1
@@ -256,15 +331,15 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
             if axes - head == 1:
                 last = carray(array_pointer(axis_addresses[first_axis + axes - 1, 0], accumulator_type), (tail,))
                 item(weights, grads, buffer, last, maxima[offsets[axes - 1]:offsets[axes - 1] + tail],
-                     head_values, maxima, dims, offsets, index, start, items[position, 1], items[position, 2],
-                     head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
+                     head_values, maxima, dims, offsets, index, other_index, start, items[position, 1],
+                     items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
                 continue
             if mode != SQUARE_MAXIMA:
                 fill_table(table, axis_addresses, dims, first_axis, head, axes, accumulator_type)
             if mode != SM3_I:
                 table_max[:tail] = 0
-            item(weights, grads, buffer, table, table_max, head_values, maxima, dims, offsets, index, start,
-                 items[position, 1], items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay,
+            item(weights, grads, buffer, table, table_max, head_values, maxima, dims, offsets, index, other_index,
+                 start, items[position, 1], items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay,
                  coupled, grad_sign, with_buffer)
             if mode != SM3_I:
                 fold_table(table_max, maxima, dims, offsets, head, axes, tail)
