@@ -20,7 +20,9 @@ product is small: :data:`CACHED_TAIL`, or :data:`TAIL_ELEMENTS` where runs would
 axes' product is one number per run, and the trailing axes' scaled accumulators are a table, their
 row-major outer product, which a thread builds for each range it meets. In pass 1 a thread keeps
 one sum of G^2 per table entry and folds them into the trailing axes' sums when it leaves the
-range. Sums are float64, in each piece's own partial vectors, combined in piece order after the
+range; with fp32 weights and no coupled decay it reads a long item's whole runs four at a time, one
+from each quarter of the item, in one loop (four streams read at once; benchmarks/RESULTS.md).
+Sums are float64, in each piece's own partial vectors, combined in piece order after the
 threads join; with fp32 weights, a table entry first adds up to 16 runs' squares in fp32
 (:data:`memplan.kernels.extreme_numba.BLOCK_RUNS`). The threads are Python threads running ``nogil`` kernels over pieces, contiguous runs
 of items (:func:`memplan.kernels.jit.split_work`), each taking the next piece when it finishes one.

@@ -57,6 +57,26 @@ def run_squares(weights, grads, table_sums, coupled, grad_sign):
 
 
 @_run_loop
+def four_run_squares(first, second, third, fourth, table_sums):
+    """The same entries of four whole runs at once (every array sliced to them; the gradients
+    alone, no coupled decay): each entry's four squares added to the table's sums in one step;
+    returns each run's sum over them."""
+    zero = table_sums.dtype.type(0)
+    a_sum, b_sum, c_sum, d_sum = zero, zero, zero, zero
+    for i in range(table_sums.shape[0]):
+        a = first[i] * first[i]
+        b = second[i] * second[i]
+        c = third[i] * third[i]
+        d = fourth[i] * fourth[i]
+        table_sums[i] += (a + b) + (c + d)
+        a_sum += a
+        b_sum += b
+        c_sum += c
+        d_sum += d
+    return a_sum, b_sum, c_sum, d_sum
+
+
+@_run_loop
 def flush_block(table_sums, block_sums):
     """The block's fp32 table sums added to the float64 ones, and zeroed."""
     for i in range(block_sums.shape[0]):
@@ -266,15 +286,13 @@ def fold(table_sums, sums, dims, offsets, head, axes, tail):
 
 
 @_jit
-def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, index, start, first, stop, head, tail,
-                coupled, grad_sign):
-    """Pass 1 over elements ``[first, stop)`` of a range that starts at element ``start`` of
-    its index; ``block_sums`` is zero on entry and on return (:data:`BLOCK_RUNS`). A function of
-    its own: inside a loop body numba would type the index arithmetic as float64, and the loops
-    would not vectorize."""
-    head_indices(index, dims, head, start, first, tail)
+def square_runs(weights, grads, table_sums, block_sums, sums, offsets, dims, index, start, first, stop, head, tail,
+                coupled, grad_sign, runs, low, high):
+    """Pass 1 over elements ``[first, stop)`` run by run (``index`` the head axes' indices of the
+    run that holds ``first``, advanced past them); ``runs``, ``low`` and ``high`` say what the fp32
+    block holds on entry (runs, and the table entries they touched), returned updated (see
+    :func:`square_item`)."""
     blocked = weights.itemsize == 4
-    runs, low, high = 0, tail, 0   # runs in the fp32 block, and the table entries they touched
     k = first
     while k < stop:
         col0 = (start + k) % tail
@@ -298,6 +316,69 @@ def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, ind
         if col1 == tail:
             next_run(index, dims, head)
         k = end
+    return runs, low, high
+
+
+@_jit
+def square_quarters(grads, table_sums, block_sums, sums, offsets, dims, quarter_index, first, quarter, head, tail,
+                    runs, low, high):
+    """Pass 1 over the whole runs of ``[first, first + 4 * quarter)`` (fp32, no coupled decay), a
+    run from each quarter at a time (``quarter_index[q]`` the head indices of quarter q's first
+    run, advanced past its runs): four streams far apart, which a thread reads faster than one
+    (benchmarks/RESULTS.md), and each table entry's block sum added to once for four runs."""
+    if runs:
+        flush_block(table_sums[low:high], block_sums[low:high])
+    for k in range(first, first + quarter, tail):
+        totals = (0.0, 0.0, 0.0, 0.0)
+        for chunk in range(0, tail, CHUNK):
+            at = k + chunk
+            size = min(tail - chunk, CHUNK)
+            a, b, c, d = four_run_squares(grads[at:at + size], grads[at + quarter:at + quarter + size],
+                                          grads[at + 2 * quarter:at + 2 * quarter + size],
+                                          grads[at + 3 * quarter:at + 3 * quarter + size],
+                                          block_sums[chunk:chunk + size])
+            totals = (totals[0] + a, totals[1] + b, totals[2] + c, totals[3] + d)
+        for part in range(4):
+            total = totals[part]
+            for axis in range(head):
+                sums[offsets[axis] + quarter_index[part, axis]] += total
+            next_run(quarter_index[part], dims, head)
+        runs += 4
+        if runs == BLOCK_RUNS:
+            flush_block(table_sums[:tail], block_sums[:tail])
+            runs = 0
+    return runs, 0 if runs else tail, tail if runs else 0
+
+
+QUARTER_MIN_RUNS = 8
+"""The whole runs each quarter of an item needs before :func:`square_item` reads its quarters
+together."""
+
+
+@_jit
+def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, index, quarter_index, start, first,
+                stop, head, tail, coupled, grad_sign):
+    """Pass 1 over elements ``[first, stop)`` of a range that starts at element ``start`` of
+    its index; ``block_sums`` is zero on entry and on return (:data:`BLOCK_RUNS`). With fp32
+    weights and no coupled decay, the item's whole runs are read a quarter at a time
+    (:func:`square_quarters`) where each quarter has :data:`QUARTER_MIN_RUNS`; the partial runs at
+    either end, and the runs the quarters leave, run by run. A function of its own: inside a loop
+    body numba would type the index arithmetic as float64, and the loops would not vectorize."""
+    head_indices(index, dims, head, start, first, tail)
+    runs, low, high = 0, tail, 0
+    aligned = min(stop, first + (tail - (start + first) % tail) % tail)   # the first whole run's start
+    quarter = (stop - aligned) // tail // 4 * tail
+    if weights.itemsize == 4 and coupled == 0 and quarter >= QUARTER_MIN_RUNS * tail:
+        runs, low, high = square_runs(weights, grads, table_sums, block_sums, sums, offsets, dims, index, start,
+                                      first, aligned, head, tail, coupled, grad_sign, runs, low, high)
+        for part in range(4):
+            head_indices(quarter_index[part], dims, head, start, aligned + part * quarter, tail)
+        runs, low, high = square_quarters(grads, table_sums, block_sums, sums, offsets, dims, quarter_index, aligned,
+                                          quarter, head, tail, runs, low, high)
+        first = aligned + 4 * quarter
+        head_indices(index, dims, head, start, first, tail)
+    runs, low, high = square_runs(weights, grads, table_sums, block_sums, sums, offsets, dims, index, start, first,
+                                  stop, head, tail, coupled, grad_sign, runs, low, high)
     if runs:
         flush_block(table_sums[low:high], block_sums[low:high])
 
@@ -347,6 +428,7 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, 
     table_sums = np.empty(scratch[0])
     block_sums = np.zeros(scratch[0], dtype=np.float32)
     index = np.zeros(scratch[1], dtype=np.int64)
+    quarter_index = np.zeros((4, scratch[1]), dtype=np.int64)
     for piece in range(low, high):
         for position in range(bounds[piece], bounds[piece + 1]):
             at = items[position, 0]
@@ -358,8 +440,8 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, 
             table_sums[:tail] = 0.0
             weights = carray(array_pointer(addresses[at, 0], weight_type), (length,))
             grads = carray(array_pointer(addresses[at, 1], weight_type), (length,))
-            square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, index, start, items[position, 1],
-                        items[position, 2], head, tail, weight_type(scalars[at, _COUPLED]),
+            square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, index, quarter_index, start,
+                        items[position, 1], items[position, 2], head, tail, weight_type(scalars[at, _COUPLED]),
                         weight_type(scalars[at, _GRAD_SIGN]))
             fold(table_sums, sums, dims, offsets, head, axes, tail)
 
