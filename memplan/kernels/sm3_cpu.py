@@ -24,8 +24,8 @@ run. Threads (Python threads running ``nogil`` kernels) take pieces, contiguous 
 (:func:`memplan.kernels.jit.split_work`), as they finish one. For an item whose runs span several trailing axes, a
 thread builds the table of their accumulators' minima (one entry per element of a run), keeps the
 maxima of nu per table entry, and folds them into each trailing axis's maxima when the item ends;
-runs along the last axis alone read that axis's accumulator as the table. SM3-II without momentum
-steps a long item's whole runs two at a time, one from each half of the item, in one loop (twice
+runs along the last axis alone read that axis's accumulator as the table. SM3-II steps a long
+item's whole runs two at a time, one from each half of the item, in one loop (twice
 the streams read at once; benchmarks/RESULTS.md). Each piece keeps its
 maxima in its own row of partial vectors; after the threads join, one serial step combines the
 rows (exactly: max is order-free, and nu >= 0).

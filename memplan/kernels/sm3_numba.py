@@ -126,6 +126,36 @@ def pair_update(weights, grads, other_weights, other_grads, table, table_max, ba
 
 
 @_run_loop
+def pair_update_with_buffer(weights, grads, buffer, other_weights, other_grads, other_buffer, table, table_max, base,
+                            other_base, lr, eps, momentum, dampening, decay, coupled, grad_sign):
+    """:func:`pair_update` with momentum (each buffer's values as :func:`run_update` computes them)."""
+    one = weights.dtype.type(1)
+    top = table_max.dtype.type(0)
+    other_top = table_max.dtype.type(0)
+    for i in range(weights.shape[0]):
+        minimum = table[i]
+        weight = weights[i]
+        gradient = grads[i] * grad_sign + coupled * weight
+        nu = min(base, minimum) + gradient * gradient
+        other_weight = other_weights[i]
+        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
+        other_nu = min(other_base, minimum) + other_gradient * other_gradient
+        bits = float_bits(nu)
+        other_bits = float_bits(other_nu)
+        table_max[i] = max(table_max[i], max(bits, other_bits))
+        top = max(top, bits)
+        other_top = max(other_top, other_bits)
+        moving = buffer.dtype.type(buffer[i] * momentum + dampening * (gradient * (one / np.sqrt(nu + eps))))
+        other_moving = buffer.dtype.type(other_buffer[i] * momentum
+                                         + dampening * (other_gradient * (one / np.sqrt(other_nu + eps))))
+        buffer[i] = moving
+        other_buffer[i] = other_moving
+        weights[i] = weight * decay - lr * moving
+        other_weights[i] = other_weight * decay - lr * other_moving
+    return top, other_top
+
+
+@_run_loop
 def run_square_max(weights, grads, table_max, coupled, grad_sign):
     """SM3-I's first pass on one run: the maxima of G^2 into ``table_max``; returns the run's (both
     as bits, as :func:`run_update`)."""
@@ -246,24 +276,30 @@ def item(weights, grads, buffer, table, table_max, head_values, maxima, dims, of
     run (a function of its own: inside a loop body numba would type the index arithmetic as
     float64, and the loops would not vectorize). ``table`` and ``table_max`` hold one entry per
     element of a run; ``table_max`` and ``maxima`` hold the bits of the maxima (see
-    :func:`run_update`). SM3-II without momentum steps the whole runs of an item with
-    :data:`PAIR_MIN_RUNS` in each half a run from each half at a time (:func:`pair_update`)."""
+    :func:`run_update`). SM3-II steps the whole runs of an item with :data:`PAIR_MIN_RUNS` in each
+    half a run from each half at a time (:func:`pair_update`)."""
     with_maxima = mode != SM3_I
     aligned = min(stop, first + (tail - (start + first) % tail) % tail)   # the first whole run's start
     half = (stop - aligned) // tail // 2 * tail
-    paired = mode != SM3_I and mode != SQUARE_MAXIMA and not with_buffer and half >= PAIR_MIN_RUNS * tail
+    paired = mode != SM3_I and mode != SQUARE_MAXIMA and half >= PAIR_MIN_RUNS * tail
     head_index(index, dims, head, (start + first) // tail)
     k = first
     while k < stop:
         if paired and k == aligned:
             head_index(other_index, dims, head, (start + aligned + half) // tail)
             for k in range(aligned, aligned + half, tail):
-                run_max, other_max = pair_update(weights[k:k + tail], grads[k:k + tail],
-                                                 weights[k + half:k + half + tail], grads[k + half:k + half + tail],
-                                                 table[:tail], table_max[:tail],
-                                                 head_base(head_values, offsets, index, head),
-                                                 head_base(head_values, offsets, other_index, head), lr, eps, decay,
-                                                 coupled, grad_sign)
+                base = head_base(head_values, offsets, index, head)
+                other_base = head_base(head_values, offsets, other_index, head)
+                other = k + half
+                if with_buffer:
+                    run_max, other_max = pair_update_with_buffer(
+                        weights[k:k + tail], grads[k:k + tail], buffer[k:k + tail], weights[other:other + tail],
+                        grads[other:other + tail], buffer[other:other + tail], table[:tail], table_max[:tail], base,
+                        other_base, lr, eps, momentum, dampening, decay, coupled, grad_sign)
+                else:
+                    run_max, other_max = pair_update(weights[k:k + tail], grads[k:k + tail], weights[other:other + tail],
+                                                     grads[other:other + tail], table[:tail], table_max[:tail], base,
+                                                     other_base, lr, eps, decay, coupled, grad_sign)
                 raise_maxima(maxima, offsets, index, head, run_max)
                 raise_maxima(maxima, offsets, other_index, head, other_max)
                 next_run(index, dims, head)
