@@ -3,7 +3,7 @@
 over a matrix that stays in the caches and over one read from memory. With ``--threads 2`` each of
 two threads walks half the rows (``nogil`` loops on Python threads, as the kernel runs them).
 
-    python benchmarks/smmf_loop.py [--cols 768] [--rounds 7] [--threads 1]
+    python benchmarks/smmf_loop.py [--cols 768] [--rounds 7] [--threads 1] [--variants WORDS]
 
 Variants: ``w += step * g`` over the same elements (the floor: 8 bytes read, 4 written); the loop
 as the kernel has it; the same without its weight-decay and gradient-sign terms, which every
@@ -11,9 +11,11 @@ variant below also leaves out; without the square root and division (what they c
 column sums (what adding into the two column vectors costs), or with those vectors only read or only
 written; walked in tiles of 16 rows by 1,024 columns (the column vectors stay in L1, but 16 rows
 stream at once); two rows per pass (each column's factors and sums read and written once for both
-rows), adjacent or from the matrix's two halves (twice the streams read at once); the update first and the sums in a second loop over an L1 scratch of S and |F|, 512
-elements at a time. Each variant runs in turn, in interleaved rounds; the table gives the median
-ns per element and the spread.
+rows), adjacent or from the matrix's two halves (twice the streams read at once); four rows per
+pass from its four quarters; the update first and the sums in a second loop over an L1 scratch of S
+and |F|, 512 elements at a time. Each variant runs in turn, in interleaved rounds; the table gives
+the median ns per element and the spread. ``--variants two,four`` runs only the variants whose names
+hold one of the words.
 """
 
 from __future__ import annotations
@@ -100,6 +102,44 @@ def two_rows(w0, g0, f0, w1, g1, f1, col_v, col_m, rv0, rm0, rv1, rm1, step_size
     return a_v + b_v, a_m + b_m
 
 
+@numba.njit(**LOOP)
+def four_rows(w0, g0, f0, w1, g1, f1, w2, g2, f2, w3, g3, f3, col_v, col_m, rv, rm, step_size, eps, sums_v, sums_m):
+    """The row loop over four rows at once (the same row factors, as the variants' rows have):
+    each column's factors and sums touched once for all four."""
+    total_v = np.float32(0)
+    total_m = np.float32(0)
+    for i in range(w0.shape[0]):
+        cv = col_v[i]
+        cm = col_m[i]
+        g = g0[i]
+        s0 = g * g + rv * cv
+        m0 = g + (rm if f0[i] else -rm) * cm
+        f0[i] = m0 > 0
+        w0[i] = w0[i] + step_size * (m0 / (np.sqrt(s0) + eps))
+        g = g1[i]
+        s1 = g * g + rv * cv
+        m1 = g + (rm if f1[i] else -rm) * cm
+        f1[i] = m1 > 0
+        w1[i] = w1[i] + step_size * (m1 / (np.sqrt(s1) + eps))
+        g = g2[i]
+        s2 = g * g + rv * cv
+        m2 = g + (rm if f2[i] else -rm) * cm
+        f2[i] = m2 > 0
+        w2[i] = w2[i] + step_size * (m2 / (np.sqrt(s2) + eps))
+        g = g3[i]
+        s3 = g * g + rv * cv
+        m3 = g + (rm if f3[i] else -rm) * cm
+        f3[i] = m3 > 0
+        w3[i] = w3[i] + step_size * (m3 / (np.sqrt(s3) + eps))
+        second = (s0 + s1) + (s2 + s3)
+        magnitude = (abs(m0) + abs(m1)) + (abs(m2) + abs(m3))
+        total_v += second
+        total_m += magnitude
+        sums_v[i] += second
+        sums_m[i] += magnitude
+    return total_v, total_m
+
+
 def make_walk(row, tile_rows: int = 1, tile_cols: int = 0):
     """A whole matrix through ``row``: row after row, or in tiles of ``tile_rows`` x ``tile_cols``."""
 
@@ -148,6 +188,21 @@ def walk_far_pairs(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
                         col_m, np.float32(0.3), np.float32(0.2), np.float32(0.3), np.float32(0.2), np.float32(-1e-3),
                         np.float32(1e-8), sums_v, sums_m)
         total += a + b
+    return total
+
+
+@numba.njit(nogil=True, error_model="numpy")
+def walk_far_quads(w, g, f, col_v, col_m, rows, cols, sums_v, sums_m, terms):
+    """A whole matrix, four rows per pass taken from its four quarters (``rows`` a multiple of 4)."""
+    total = 0.0
+    quarter = rows // 4
+    for r in range(quarter):
+        a, b, c, d = r * cols, (r + quarter) * cols, (r + 2 * quarter) * cols, (r + 3 * quarter) * cols
+        x, y = four_rows(w[a:a + cols], g[a:a + cols], f[a:a + cols], w[b:b + cols], g[b:b + cols], f[b:b + cols],
+                         w[c:c + cols], g[c:c + cols], f[c:c + cols], w[d:d + cols], g[d:d + cols], f[d:d + cols],
+                         col_v, col_m, np.float32(0.3), np.float32(0.2), np.float32(-1e-3), np.float32(1e-8),
+                         sums_v, sums_m)
+        total += x + y
     return total
 
 
@@ -218,6 +273,7 @@ VARIANTS = {
     "tiles of 16 x 1024": make_walk(make_row(), 16, 1024),
     "two rows per pass": walk_pairs,
     "two rows per pass, from the two halves": walk_far_pairs,
+    "four rows per pass, from the four quarters": walk_far_quads,
     "sums in a second loop over scratch": walk_split,
 }
 
@@ -227,7 +283,10 @@ def main() -> None:
     parser.add_argument("--cols", type=int, default=768)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--variants", default="", help="comma-separated words; run the variants whose names hold one")
     args = parser.parse_args()
+    chosen = [word.strip() for word in args.variants.split(",") if word.strip()]
+    variants = {name: walk for name, walk in VARIANTS.items() if not chosen or any(word in name for word in chosen)}
     pool = ThreadPoolExecutor(args.threads)
     generator = np.random.default_rng(0)
     cols = args.cols
@@ -238,9 +297,9 @@ def main() -> None:
           "(min-max)\n")
     print("| variant | in the caches (~100 K elements) | from memory (~19 M elements) |")
     print("|---|---|---|")
-    cells: dict[str, list[str]] = {name: [] for name in VARIANTS}
+    cells: dict[str, list[str]] = {name: [] for name in variants}
     for target in (98_304, 18_874_368):
-        rows = max(2 * args.threads, target // cols // (2 * args.threads) * 2 * args.threads)
+        rows = max(4 * args.threads, target // cols // (4 * args.threads) * 4 * args.threads)
         share = rows // args.threads
         count = rows * cols
         repeats = max(1, 20_000_000 // count)
@@ -254,11 +313,11 @@ def main() -> None:
             for _ in range(repeats):
                 walk(w[part], g[part], f[part], col_v, col_m, share, cols, *sums[thread], terms)
 
-        for walk in VARIANTS.values():
+        for walk in variants.values():
             run(walk, 0)  # compile
-        times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        times: dict[str, list[float]] = {name: [] for name in variants}
         for _ in range(args.rounds):
-            for name, walk in VARIANTS.items():
+            for name, walk in variants.items():
                 start = time.perf_counter()
                 list(pool.map(run, [walk] * args.threads, range(args.threads), [repeats] * args.threads))
                 times[name].append((time.perf_counter() - start) / repeats / count * 1e9)
