@@ -52,8 +52,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, gradient_addresses, kernel_pieces, piece_origins, run_in_threads,
-                                 split_work, tail_axes)
+from memplan.kernels.jit import (batch_dtype, dtype_like, gradient_addresses, kernel_pieces, piece_origins,
+                                 run_in_threads, split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -240,14 +240,15 @@ def _square_sums(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int
     origins, total = piece_origins(items, bounds, ranges[:, 6], ranges[:, 7])
     partial = np.empty(total, dtype=np.float64)
     square_walk, finish_sums, _, _ = _kernel()
-    arguments = (ranges, axis_table, addresses, scalars, items, bounds, origins, partial, weight_type, scratch)
+    arguments = (ranges, axis_table, addresses, scalars, items, bounds, origins, partial, dtype_like(weight_type),
+                 scratch)
     run_in_threads(lambda low, high: square_walk(*arguments, low, high), pieces)
     storing = what == STORE_ACCUMULATORS
     scaled = np.empty(int(ranges[-1, 6] + ranges[-1, 7]) if storing else 0, dtype=weight_type)
     axis_roots = np.empty(scaled.shape[0], dtype=np.float64)
     corrections = np.zeros((len(layouts) if storing else 0, len(CORRECTIONS)), dtype=np.float64)
-    finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, output_type, scaled,
-                axis_roots, corrections)
+    finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, dtype_like(output_type),
+                scaled, axis_roots, corrections)
     return scaled, axis_roots, corrections
 
 
@@ -259,7 +260,8 @@ def _update(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...
     pieces = kernel_pieces(sum(lengths))
     items, bounds, _ = split_work(lengths, pieces)
     _, _, _, update_walk = _kernel()
-    arguments = (ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds, weight_type,
+    arguments = (ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
+                 dtype_like(weight_type),
                  scratch)
     run_in_threads(lambda low, high: update_walk(*arguments, low, high), pieces)
 
@@ -398,7 +400,8 @@ def _infinity_squared_norms(addresses: np.ndarray, lengths: tuple[int, ...], sca
     norms = np.empty(len(lengths), dtype=np.float64)
     inverse_roots = np.empty(states.shape[0], dtype=np.float64)
     kernel = _norm_kernels()[0]
-    arguments = (addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots, weight_type)
+    arguments = (addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots,
+                 dtype_like(weight_type))
     run_in_threads(lambda low, high: kernel(*arguments, low, high, False), pieces)
     kernel(*arguments, 0, 0, True)
     return norms, inverse_roots
@@ -410,7 +413,7 @@ def _infinity_scale(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np
     pieces = kernel_pieces(sum(lengths))
     items, bounds, _ = split_work(lengths, pieces)
     kernel = _norm_kernels()[1]
-    arguments = (addresses, scalars, inverse_roots, items, bounds, weight_type)
+    arguments = (addresses, scalars, inverse_roots, items, bounds, dtype_like(weight_type))
     run_in_threads(lambda low, high: kernel(*arguments, low, high), pieces)
 
 

@@ -420,11 +420,12 @@ def update_item(weights, grads, buffer, table, table_roots, table_inverse, large
 
 
 @_serial_jit
-def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, partial, weight_type, scratch, low,
+def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, partial, weights_like, scratch, low,
                 high):
     """Pass 1 over the items of pieces ``low`` to ``high``; each piece's slice sums go to its own
     vectors in ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`;
     zeroed here, per range: a piece meets a range in one item at most)."""
+    weight_type = weights_like.dtype.type
     table_sums = np.empty(scratch[0])
     block_sums = np.zeros(scratch[0], dtype=np.float32)
     index = np.zeros(scratch[1], dtype=np.int64)
@@ -448,10 +449,11 @@ def square_walk(ranges, axis_table, addresses, scalars, items, bounds, origins, 
 
 @_serial_jit
 def update_walk(ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
-                weight_type, scratch, low, high):
+                weights_like, scratch, low, high):
     """Pass 2 over the items of pieces ``low`` to ``high``, from the ranges' scaled
     accumulators (and, for orders other than 1, 2 and 4, their roots) in ``scaled`` and
     ``axis_roots``."""
+    weight_type = weights_like.dtype.type
     table = np.empty(scratch[0], dtype=scaled.dtype)
     table_roots = np.empty(scratch[0], dtype=scaled.dtype)
     table_inverse = np.empty(scratch[0], dtype=scaled.dtype)
@@ -508,13 +510,14 @@ def prepare_roots(ranges, axis_table, scaled, axis_roots, corrections):
 
 
 @_serial_jit
-def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, output_type, scaled,
+def finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, outputs_like, scaled,
                 axis_roots, corrections):
     """Each range's slice sums, combined over the pieces that touched it in piece order: added
     to its output vectors (ADD_SUMS), or (STORE_ACCUMULATORS) folded into its fp32
     accumulators, S <- keep S + alpha sums, which are then scaled for pass 2 as
     :func:`memplan.optim.extreme._scaled_factors` does, in fp32 (into ``scaled`` and
     ``corrections``, with their roots: :func:`prepare_roots`)."""
+    output_type = outputs_like.dtype.type
     totals = np.zeros(ranges[-1, 6] + ranges[-1, 7] if ranges.shape[0] else 0)
     for at in range(ranges.shape[0]):
         first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
@@ -581,7 +584,7 @@ def infinity_run_scale(weights, grads, inverse_root, lr, decay, coupled, grad_si
 
 @_serial_jit
 def infinity_squared_norm(addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots,
-                          weight_type, low, high, finish):
+                          weights_like, low, high, finish):
     """ET-infinity's pass 1. Without ``finish``: the items of pieces ``low`` to ``high``, each
     piece's sums of G^2 added to its row of ``partial`` (one column per tensor). With ``finish``,
     once the threads have joined: each tensor's squared norm, its partial sums combined in piece
@@ -589,6 +592,7 @@ def infinity_squared_norm(addresses, scalars, items, bounds, partial, touched, s
     the 0-d fp32 accumulators; none for a lone range), the accumulator updated as the eager step
     rounds it, s <- keep s + alpha ||G||^2 in fp32 with the squared norm rounded to fp32 first, and
     (eps + s)^(-1/2) in fp32 into ``inverse_roots``."""
+    weight_type = weights_like.dtype.type
     if not finish:
         for piece in range(low, high):
             for position in range(bounds[piece], bounds[piece + 1]):
@@ -617,9 +621,10 @@ def infinity_squared_norm(addresses, scalars, items, bounds, partial, touched, s
 
 
 @_serial_jit
-def infinity_scale(addresses, scalars, inverse_roots, items, bounds, weight_type, low, high):
+def infinity_scale(addresses, scalars, inverse_roots, items, bounds, weights_like, low, high):
     """ET-infinity's pass 2 over the items of pieces ``low`` to ``high``, each tensor scaled by
     its ``inverse_roots`` entry."""
+    weight_type = weights_like.dtype.type
     for piece in range(low, high):
         for position in range(bounds[piece], bounds[piece + 1]):
             at, first, stop = items[position, 0], items[position, 1], items[position, 2]

@@ -102,6 +102,15 @@ def run_in_threads(piece: Callable[[int, int], None], pieces: int) -> None:
         future.result()
 
 
+@cache
+def dtype_like(numpy_type: Any) -> np.ndarray:
+    """An empty array of ``numpy_type``: how a kernel call passes a dtype (the kernel reads
+    ``like.dtype.type``). numba types a class argument such as ``np.float32`` in Python at every
+    call, 5 to 10 us each (a multi-tensor SMMF call passed three to each of its eight pieces, with
+    the GIL held), and an array's in C."""
+    return np.empty(0, dtype=numpy_type)
+
+
 def batch_dtype(name: str, tensors: Sequence[Any]) -> Any:
     """The weights' dtype that the tensors of one multi-tensor call (``name``) share, fp32 or
     float64; ValueError when a tensor's weights or gradients have another."""

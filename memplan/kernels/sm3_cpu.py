@@ -41,8 +41,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, gradient_addresses, kernel_pieces, piece_origins, run_in_threads,
-                                 split_work, tail_axes)
+from memplan.kernels.jit import (batch_dtype, dtype_like, gradient_addresses, kernel_pieces, piece_origins,
+                                 run_in_threads, split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -263,10 +263,10 @@ def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]]
     walk, combine = _kernel()
     bits_type = np.uint32 if weight_type is np.float32 else np.uint64   # the maxima's bits (see sm3_numba.walk)
     arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode,
-                 weight_type, bits_type, accumulator_type, scratch)
+                 dtype_like(weight_type), dtype_like(bits_type), dtype_like(accumulator_type), scratch)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     if mode != SM3_I:
-        combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, output_type)
+        combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, dtype_like(output_type))
 
 
 @lru_cache(maxsize=64)

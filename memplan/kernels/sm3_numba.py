@@ -297,9 +297,9 @@ def item(weights, grads, buffer, table, table_max, head_values, maxima, dims, of
                         grads[other:other + tail], buffer[other:other + tail], table[:tail], table_max[:tail], base,
                         other_base, lr, eps, momentum, dampening, decay, coupled, grad_sign)
                 else:
-                    run_max, other_max = pair_update(weights[k:k + tail], grads[k:k + tail], weights[other:other + tail],
-                                                     grads[other:other + tail], table[:tail], table_max[:tail], base,
-                                                     other_base, lr, eps, decay, coupled, grad_sign)
+                    run_max, other_max = pair_update(
+                        weights[k:k + tail], grads[k:k + tail], weights[other:other + tail], grads[other:other + tail],
+                        table[:tail], table_max[:tail], base, other_base, lr, eps, decay, coupled, grad_sign)
                 raise_maxima(maxima, offsets, index, head, run_max)
                 raise_maxima(maxima, offsets, other_index, head, other_max)
                 next_run(index, dims, head)
@@ -325,8 +325,8 @@ def item(weights, grads, buffer, table, table_max, head_values, maxima, dims, of
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode, weight_type,
-         bits_type, accumulator_type, scratch, low, high):
+def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode, weights_like,
+         bits_like, accumulators_like, scratch, low, high):
     """The items of pieces ``low`` to ``high``; each piece's maxima go to its own vectors in
     ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`; zeroed
     here, per range, where the piece first meets it), written as their bits (``bits_type``, the
@@ -337,6 +337,9 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
     in the piece's partial vector for it; a merged tail builds the table (at most
     :data:`~memplan.kernels.sm3_cpu.TAIL_ELEMENTS` entries) and folds its maxima into each
     trailing axis's after the item."""
+    weight_type = weights_like.dtype.type
+    bits_type = bits_like.dtype.type
+    accumulator_type = accumulators_like.dtype.type
     table = np.empty(scratch[0], dtype=partial.dtype)
     table_max = np.empty(scratch[0], dtype=bits_type)
     head_values = np.empty(scratch[1], dtype=partial.dtype)
@@ -368,7 +371,8 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
                 last = carray(array_pointer(axis_addresses[first_axis + axes - 1, 0], accumulator_type), (tail,))
                 item(weights, grads, buffer, last, maxima[offsets[axes - 1]:offsets[axes - 1] + tail],
                      head_values, maxima, dims, offsets, index, other_index, start, items[position, 1],
-                     items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign, with_buffer)
+                     items[position, 2], head, tail, mode, lr, eps, momentum, dampening, decay, coupled, grad_sign,
+                     with_buffer)
                 continue
             if mode != SQUARE_MAXIMA:
                 fill_table(table, axis_addresses, dims, first_axis, head, axes, accumulator_type)
@@ -382,9 +386,10 @@ def walk(ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, 
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=FAST_MATH)
-def combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, output_type):
+def combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, outputs_like):
     """Each range's maxima, over the pieces that touched it (into the first one's vectors; 0 where
     none did), max-combined into its output vectors (ADD_MAXIMA) or stored there (STORE_MAXIMA)."""
+    output_type = outputs_like.dtype.type
     for at in range(ranges.shape[0]):
         first_axis, axes, slot, width = ranges[at, 2], ranges[at, 3], ranges[at, 6], ranges[at, 7]
         low, high = touched[at, 0], touched[at, 1]

@@ -36,8 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, gradient_addresses, kernel_pieces, piece_origins, run_in_threads,
-                                 split_work)
+from memplan.kernels.jit import (batch_dtype, dtype_like, gradient_addresses, kernel_pieces, piece_origins,
+                                 run_in_threads, split_work)
 from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
@@ -213,10 +213,10 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
     origins, total = piece_origins(items, bounds, ranges[:, 3], ranges[:, 2] + ranges[:, 4])
     partial = np.empty((2 if mode != NO_SIGNS else 1, total), dtype=np.float64)
     walk, combine = _kernel()
-    arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, weight_type, factor_type, touched,
-                 what, output_type)
+    arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, dtype_like(weight_type),
+                 dtype_like(factor_type), touched, what, dtype_like(output_type))
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
-    combine(addresses, ranges, scalars, touched, origins, partial, what, output_type)
+    combine(addresses, ranges, scalars, touched, origins, partial, what, dtype_like(output_type))
 
 
 @lru_cache(maxsize=64)

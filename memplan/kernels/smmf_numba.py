@@ -343,14 +343,17 @@ def finished_in_walk(touched, index, what):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial, weight_type, factor_type,
-         touched, what, output_type, low, high):
+def walk(addresses, ranges, scalars, items, bounds, origins, sign_mode, partial, weights_like, factors_like,
+         touched, what, outputs_like, low, high):
     """The items of pieces ``low`` to ``high``; each piece's sums go to its own vectors in
     ``partial``, from ``origins[piece]`` (see :func:`memplan.kernels.jit.piece_origins`; zeroed
     here, per range, where the piece first meets it). A range that this piece alone touches is
     finished here too when the call stores factors (``what``, see :func:`finish`): while its sums
     are in the cache, and on every thread, rather than in the serial :func:`combine` (0.4 ms a step
     for ResNet-50's 161 tensors)."""
+    weight_type = weights_like.dtype.type
+    factor_type = factors_like.dtype.type
+    output_type = outputs_like.dtype.type
     unpacked = np.zeros(TILE, dtype=np.uint8)
     words = unpacked.view(np.uint64)
     other_unpacked = np.zeros(TILE, dtype=np.uint8)
@@ -434,10 +437,11 @@ def finish(addresses, ranges, scalars, touched, origins, partial, mode, output_t
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def combine(addresses, ranges, scalars, touched, origins, partial, mode, output_type):
+def combine(addresses, ranges, scalars, touched, origins, partial, mode, outputs_like):
     """After the threads join: :func:`finish` for every range that more than one piece touched, and,
     when the call adds its sums to output vectors (ADD_SUMS), for every range (:func:`walk`
     finished the others)."""
+    output_type = outputs_like.dtype.type
     for index in range(ranges.shape[0]):
         if touched[index, 0] < 0 or finished_in_walk(touched, index, mode):
             continue

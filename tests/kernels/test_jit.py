@@ -1,4 +1,4 @@
-"""How kernels split many ranges among threads."""
+"""How kernels split many ranges among threads, and how a call passes them dtypes."""
 
 import pytest
 
@@ -96,3 +96,30 @@ def test_each_piece_owns_the_vectors_of_the_ranges_it_touches_and_no_more(length
     assert (owner == -1).sum() <= pieces * empty   # unused: only empty ranges between a piece's ranges
     touched = {index for index, length in enumerate(lengths) if length}
     assert total <= sum(int(widths[index]) for index in touched) + (pieces - 1) * int(widths.max()) + pieces * empty
+
+
+def test_kernels_called_from_python_take_no_type_classes():
+    """A class argument (np.float32) is typed in Python at every call, with the GIL held; the kernels
+    take dtypes as empty arrays (jit.dtype_like). Every kernel a step calls from Python, after steps
+    of every compiled method: no argument of any signature it was called with is a type class."""
+    import torch
+    from numba.core import types
+
+    from memplan.kernels import extreme_numba, sm3_numba, smmf_numba
+    from memplan.optim import build_optimizer
+
+    for spec in ("smmf:impl=compiled", "smmf:beta1=none,impl=compiled", "sm3:impl=compiled", "et2:impl=compiled",
+                 "et_inf:impl=compiled"):
+        for dtype in (torch.float32, torch.float64):
+            params = [torch.nn.Parameter(torch.randn(shape, dtype=dtype)) for shape in ((40, 24), (7,), (3, 5, 2))]
+            for param in params:
+                param.grad = torch.randn_like(param)
+            build_optimizer(spec, params, lr=1e-3).step()
+    entries = (smmf_numba.walk, smmf_numba.combine, sm3_numba.walk, sm3_numba.combine, extreme_numba.square_walk,
+               extreme_numba.finish_sums, extreme_numba.update_walk, extreme_numba.infinity_squared_norm,
+               extreme_numba.infinity_scale)
+    for kernel in entries:
+        assert kernel.signatures, kernel.__name__
+        for signature in kernel.signatures:
+            assert not any(isinstance(argument, types.NumberClass) for argument in signature), (kernel.__name__,
+                                                                                                 signature)
