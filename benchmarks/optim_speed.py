@@ -1,11 +1,12 @@
 """Step time, state and peak extra memory of memplan's optimizers beside torch's AdamW, on CPU or CUDA.
 
-    python benchmarks/optim_speed.py [--threads 2] [--steps 5] [--repeats 3] [--set gpt2|resnet50]
+    python benchmarks/optim_speed.py [--threads 2] [--steps 5] [--repeats 3] [--set gpt2|resnet50|64x64,...]
                                      [--methods spec,spec,...] [--device cpu|cuda]
 
 ``--set resnet50`` takes the bundled ResNet-50 profile's 161 tensors (25.6 M parameters, many
-small) instead. Methods with ``impl=compiled`` run the one-pass CPU kernels, ``impl=triton`` the
-Triton kernels on a GPU; the ``impl`` column says which implementation actually ran (a missing JIT
+small) instead, and ``--set 64x64`` (shapes, comma-separated) the tensors written out. Methods with
+``impl=compiled`` run the one-pass CPU kernels, ``impl=triton`` the Triton kernels on a GPU; the
+``impl`` column says which implementation actually ran (a missing JIT
 falls back to eager). ``--device cuda`` times each step between CUDA events (one synchronisation
 after the timed steps, as ``memplan bench`` does) and defaults to the Triton methods.
 
@@ -62,8 +63,13 @@ CHUNK = 32 * 2**20
 
 
 def parameter_shapes(name: str) -> list[tuple[int, ...]]:
-    """The benchmark's tensors: the GPT-2-like set, or a bundled profile's parameters."""
-    return SHAPES if name == "gpt2" else [tuple(param.shape) for param in load_bundled(name).params]
+    """The benchmark's tensors: the GPT-2-like set, shapes written out (``64x64`` or ``768x768,768``:
+    a step's fixed costs where the tensors are small), or a bundled profile's parameters."""
+    if name == "gpt2":
+        return SHAPES
+    if all(part.replace("x", "").isdigit() for part in name.split(",")):
+        return [tuple(int(dim) for dim in part.split("x")) for part in name.split(",")]
+    return [tuple(param.shape) for param in load_bundled(name).params]
 
 
 def make_params(shapes: list[tuple[int, ...]], device: str, seed: int = 0) -> list[torch.nn.Parameter]:
@@ -109,7 +115,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--set", default="gpt2", help="gpt2 (the 67.7 M set) or a bundled profile (resnet50)")
+    parser.add_argument("--set", default="gpt2",
+                        help="gpt2 (the 67.7 M set), shapes such as 64x64,128, or a bundled profile (resnet50)")
     parser.add_argument("--methods", help="comma-separated specs; the first is the baseline "
                         "(default: every method on CPU, the Triton ones and references on CUDA)")
     parser.add_argument("--no-peak", action="store_true", help="skip the profiled peak-memory step (faster)")

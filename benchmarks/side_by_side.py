@@ -74,7 +74,8 @@ def _run(root: Path, args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", help="the git revision to time beside the working tree")
-    parser.add_argument("--set", default="gpt2", help="gpt2 (the 67.7 M set) or a bundled profile (resnet50)")
+    parser.add_argument("--set", default="gpt2",
+                        help="gpt2 (the 67.7 M set), shapes such as 64x64,128, or a bundled profile (resnet50)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated specs; the first is the baseline")
     parser.add_argument("--runs", type=int, default=4, help="processes per version")
     parser.add_argument("--rounds", type=int, default=5)

@@ -28,3 +28,9 @@ def test_the_bytes_follow_the_spec_as_written() -> None:
     assert optim_speed.fused_bytes("sm3:momentum=0,impl=triton", "triton", optim_speed.READ_BYTES_PER_ELEMENT) == 8
     assert optim_speed.fused_bytes("adamw:impl=fused", "fused") == 28
     assert optim_speed.fused_bytes("smmf", "eager") is None
+
+
+def test_a_set_of_shapes_written_out() -> None:
+    assert optim_speed.parameter_shapes("64x64") == [(64, 64)]
+    assert optim_speed.parameter_shapes("768x768,768,2x3x4") == [(768, 768), (768,), (2, 3, 4)]
+    assert optim_speed.parameter_shapes("gpt2") == optim_speed.SHAPES
