@@ -109,9 +109,9 @@ def report(pairs: list[tuple[dict[str, float], dict[str, float]]], args: argpars
     print("|---|---|---|" + "---|" * len(methods))
     for number, pair in enumerate(pairs, 1):
         for version, times in zip((args.against, "tree"), pair):
-            cells = [f"{times[baseline]:.2f}"] + [f"{times[name]:.2f} ({times[name] / times[baseline]:.2f}x)"
+            cells = [f"{times[baseline]:.4g}"] + [f"{times[name]:.4g} ({times[name] / times[baseline]:.2f}x)"
                                                   for name in methods[1:]]
-            print(f"| {number} | {version} | {times['read']:.2f} | " + " | ".join(cells) + " |")
+            print(f"| {number} | {version} | {times['read']:.4g} | " + " | ".join(cells) + " |")
     print(f"\n| method | {args.against}: vs {baseline} | tree: vs {baseline} | tree / {args.against} (same pair) |")
     print("|---|---|---|---|")
     for name in methods[1:]:

@@ -19,7 +19,7 @@ def test_the_summary_takes_medians_of_per_run_ratios(capsys) -> None:
     args = argparse.Namespace(set="gpt2", threads=2, rounds=5, steps=3, against="HEAD~1")
     side_by_side.report(pairs, args)
     lines = capsys.readouterr().out.splitlines()
-    assert "| 1 | HEAD~1 | 3.00 | 10.00 | 12.00 (1.20x) |" in lines
-    assert "| 1 | tree | 3.10 | 10.00 | 9.00 (0.90x) |" in lines
+    assert "| 1 | HEAD~1 | 3 | 10 | 12 (1.20x) |" in lines
+    assert "| 1 | tree | 3.1 | 10 | 9 (0.90x) |" in lines
     # revision: 1.2, 1.1, 1.1 -> 1.10; tree: 0.9, 1.0, 1.0 -> 1.00; tree / revision: 0.75, 0.91, 1.0 -> 0.91
     assert lines[-1] == "| smmf | 1.10x | 1.00x | 0.91 |"
