@@ -4,14 +4,15 @@
                                       [--runs 4] [--rounds 5] [--steps 3] [--threads 2]
 
 A kernel change is timed against the commit before it in separate processes (two versions of a
-module cannot share one), alternating: the revision's run 1, the tree's run 1, the revision's run 2,
-and so on; the revision is checked out in a temporary git worktree. Each process steps every
-method (the first is the baseline) on one set of tensors (``optim_speed.py``'s), in ``--rounds``
-interleaved rounds of ``--steps`` steps, with ``torch.sum`` over every gradient in each round (the
-``read`` column: this machine's memory runs at two speeds minutes apart, and a ratio means
-something only beside the read rate it was taken at). The table gives each process's medians; the
-summary, per method, the median over runs of each version's ratio to the baseline and of the
-tree's time over the revision's in the same pair of runs.
+module cannot share one), alternating: the revision's run 1, the tree's run 1, then the tree's run 2
+before the revision's, and so on (a machine slowing down over the runs favours neither); the
+revision is checked out in a temporary git worktree. Each process steps every method (the first
+is the baseline) on one set of tensors (``optim_speed.py``'s), in ``--rounds`` interleaved rounds
+of ``--steps`` steps, with ``torch.sum`` over every gradient in each round (the ``read`` column:
+this machine's memory runs at two speeds minutes apart, and a ratio means something only beside the
+read rate it was taken at). The table gives each process's medians; the summary, per method, the
+median over runs of each version's ratio to the baseline and of the tree's time over the
+revision's in the same pair of runs.
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ def _run(root: Path, args: argparse.Namespace) -> dict[str, float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _pair(checkout: Path, args: argparse.Namespace, tree_first: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """One run of each version, (revision, tree); every other pair runs the tree first, so that a
+    machine slowing down (or speeding up) over the runs does not favour one version."""
+    if tree_first:
+        tree = _run(REPO, args)
+        return _run(checkout, args), tree
+    revision = _run(checkout, args)
+    return revision, _run(REPO, args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--against", help="the git revision to time beside the working tree")
@@ -93,7 +104,7 @@ def main() -> None:
         subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", "-q", str(checkout), args.against],
                        check=True)
         try:
-            pairs = [(_run(checkout, args), _run(REPO, args)) for _ in range(args.runs)]
+            pairs = [_pair(checkout, args, tree_first=number % 2 == 1) for number in range(args.runs)]
         finally:
             subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(checkout)], check=True)
     report(pairs, args)
