@@ -22,10 +22,12 @@ row-major outer product, which a thread builds for each range it meets. In pass 
 one sum of G^2 per table entry and folds them into the trailing axes' sums when it leaves the
 range; with fp32 weights and no coupled decay it reads a long item's whole runs four at a time, one
 from each quarter of the item, in one loop (four streams read at once; benchmarks/RESULTS.md).
-Sums are float64, in each piece's own partial vectors, combined in piece order after the
-threads join; with fp32 weights, a table entry first adds up to 16 runs' squares in fp32
-(:data:`memplan.kernels.extreme_numba.BLOCK_RUNS`). The threads are Python threads running ``nogil`` kernels over pieces, contiguous runs
-of items (:func:`memplan.kernels.jit.split_work`), each taking the next piece when it finishes one.
+Pass 2 steps a long item's whole runs two at a time, one from each half (for orders other than 1, 2
+and 4, where both runs take the near root). Sums are float64, in each piece's own partial vectors,
+combined in piece order after the threads join; with fp32 weights, a table entry first adds up to
+16 runs' squares in fp32 (:data:`memplan.kernels.extreme_numba.BLOCK_RUNS`). The threads are Python
+threads running ``nogil`` kernels over pieces, contiguous runs of items
+(:func:`memplan.kernels.jit.split_work`), each taking the next piece when it finishes one.
 
 Roots: orders 1, 2 and 4 take square roots, as the eager step does. Another order p, with
 a = -1 / (2p), x = t + offset (t the accumulators' product), M = max(t, offset) and

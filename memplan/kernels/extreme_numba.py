@@ -234,6 +234,83 @@ def run_update(weights, grads, buffer, table, table_roots, table_inverse, outer,
             plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
 
 
+@_element
+def pair_step(weights, grads, buffer, other_weights, other_grads, other_buffer, i, root, other_root, scale, lr,
+              momentum, decay, coupled, grad_sign):
+    """Both runs' step at element i, with momentum."""
+    momentum_step(weights, grads, buffer, i, root, scale, lr, momentum, decay, coupled, grad_sign)
+    momentum_step(other_weights, other_grads, other_buffer, i, other_root, scale, lr, momentum, decay, coupled,
+                  grad_sign)
+
+
+@_element
+def plain_pair_step(weights, grads, other_weights, other_grads, i, root, other_root, scale, lr, decay, coupled,
+                    grad_sign):
+    """Both runs' step at element i, without momentum."""
+    plain_step(weights, grads, i, root, scale, lr, decay, coupled, grad_sign)
+    plain_step(other_weights, other_grads, i, other_root, scale, lr, decay, coupled, grad_sign)
+
+
+@_run_loop
+def pair_update(weights, grads, buffer, other_weights, other_grads, other_buffer, table, table_roots, table_inverse,
+                outer, other_outer, offset, exponent, order, head_root, other_head_root, ratio, other_ratio, scale, lr,
+                momentum, decay, coupled, grad_sign, with_buffer):
+    """:func:`run_update` on two runs of the same table entries at once (:func:`update_item`'s
+    halves), for orders 1, 2 and 4, and for the others where both runs take :func:`near_power`:
+    four streams read where one run reads two. One branch-free loop per root and buffer."""
+    one = weights.dtype.type(1)
+    count = weights.shape[0]
+    if order == 1:
+        if with_buffer:
+            for i in range(count):
+                pair_step(weights, grads, buffer, other_weights, other_grads, other_buffer, i,
+                          one / np.sqrt(outer * table[i] + offset), one / np.sqrt(other_outer * table[i] + offset),
+                          scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                plain_pair_step(weights, grads, other_weights, other_grads, i,
+                                one / np.sqrt(outer * table[i] + offset),
+                                one / np.sqrt(other_outer * table[i] + offset), scale, lr, decay, coupled, grad_sign)
+    elif order == 2:
+        if with_buffer:
+            for i in range(count):
+                pair_step(weights, grads, buffer, other_weights, other_grads, other_buffer, i,
+                          one / np.sqrt(np.sqrt(outer * table[i] + offset)),
+                          one / np.sqrt(np.sqrt(other_outer * table[i] + offset)),
+                          scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                plain_pair_step(weights, grads, other_weights, other_grads, i,
+                                one / np.sqrt(np.sqrt(outer * table[i] + offset)),
+                                one / np.sqrt(np.sqrt(other_outer * table[i] + offset)),
+                                scale, lr, decay, coupled, grad_sign)
+    elif order == 4:
+        if with_buffer:
+            for i in range(count):
+                pair_step(weights, grads, buffer, other_weights, other_grads, other_buffer, i,
+                          one / np.sqrt(np.sqrt(np.sqrt(outer * table[i] + offset))),
+                          one / np.sqrt(np.sqrt(np.sqrt(other_outer * table[i] + offset))),
+                          scale, lr, momentum, decay, coupled, grad_sign)
+        else:
+            for i in range(count):
+                plain_pair_step(weights, grads, other_weights, other_grads, i,
+                                one / np.sqrt(np.sqrt(np.sqrt(outer * table[i] + offset))),
+                                one / np.sqrt(np.sqrt(np.sqrt(other_outer * table[i] + offset))),
+                                scale, lr, decay, coupled, grad_sign)
+    elif with_buffer:
+        for i in range(count):
+            pair_step(weights, grads, buffer, other_weights, other_grads, other_buffer, i,
+                      near_power(table_roots, table_inverse, i, head_root, ratio, exponent),
+                      near_power(table_roots, table_inverse, i, other_head_root, other_ratio, exponent),
+                      scale, lr, momentum, decay, coupled, grad_sign)
+    else:
+        for i in range(count):
+            plain_pair_step(weights, grads, other_weights, other_grads, i,
+                            near_power(table_roots, table_inverse, i, head_root, ratio, exponent),
+                            near_power(table_roots, table_inverse, i, other_head_root, other_ratio, exponent),
+                            scale, lr, decay, coupled, grad_sign)
+
+
 @_serial_jit
 def head_indices(index, dims, head, start, first, tail):
     """The head axes' indices of the run that holds element ``start + first``."""
@@ -383,36 +460,88 @@ def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, ind
         flush_block(table_sums[low:high], block_sums[low:high])
 
 
+@_run_loop
+def run_factors(scaled, axis_roots, offsets, index, head, general, sqrt2_root, offset, largest_inverse, limit, kind):
+    """A run's product of its head axes' scaled accumulators; for orders other than 1, 2 and 4, that
+    of their roots times 2^(a/2) and alone, and whether the offset is near (see :func:`run_update`)."""
+    outer = kind(1)
+    outer_root = sqrt2_root
+    head_root = 1.0
+    for axis in range(head):
+        outer = outer * scaled[offsets[axis] + index[axis]]
+        if general:
+            outer_root *= axis_roots[offsets[axis] + index[axis]]
+            head_root *= axis_roots[offsets[axis] + index[axis]]
+    # the offset beside the run's smallest product: float64, so that nothing overflows
+    near = general and np.float64(offset) * largest_inverse <= limit * np.float64(outer)
+    return outer, kind(outer_root), kind(head_root), near
+
+
+PAIR_MIN_RUNS = 8
+"""The whole runs each half of an item needs before :func:`update_item` steps its halves together."""
+
+
 @_jit
 def update_item(weights, grads, buffer, table, table_roots, table_inverse, largest_inverse, scaled, axis_roots, dims,
-                offsets, index, start, first, stop, head, tail, order, scale, offset, sqrt2_root, offset_root, lr,
-                momentum, decay, coupled, grad_sign, with_buffer):
+                offsets, index, other_index, start, first, stop, head, tail, order, scale, offset, sqrt2_root,
+                offset_root, lr, momentum, decay, coupled, grad_sign, with_buffer):
     """Pass 2 over elements ``[first, stop)`` of a range (``scaled`` and ``axis_roots`` sliced
     to the range's slices; for orders other than 1, 2 and 4, ``table_inverse`` holds 1 / table
-    and ``largest_inverse`` its largest entry, infinite where the table holds a zero)."""
+    and ``largest_inverse`` its largest entry, infinite where the table holds a zero). The whole
+    runs of an item with :data:`PAIR_MIN_RUNS` in each half are stepped a run from each half at a
+    time (:func:`pair_update`, or one after the other where a general order's runs do not both take
+    the near root)."""
     general = order != 1 and order != 2 and order != 4
     kind = table.dtype.type
     limit = NEAR if table.itemsize == 4 else NEAR_DOUBLE
     exponent = kind(-0.5 / order)
+    aligned = min(stop, first + (tail - (start + first) % tail) % tail)   # the first whole run's start
+    half = (stop - aligned) // tail // 2 * tail
+    paired = half >= PAIR_MIN_RUNS * tail
     head_indices(index, dims, head, start, first, tail)
     k = first
     while k < stop:
+        if paired and k == aligned:
+            head_indices(other_index, dims, head, start, aligned + half, tail)
+            for k in range(aligned, aligned + half, tail):
+                outer, outer_root, head_root, near = run_factors(scaled, axis_roots, offsets, index, head, general,
+                                                                 sqrt2_root, offset, largest_inverse, limit, kind)
+                other_outer, other_outer_root, other_head_root, other_near = run_factors(
+                    scaled, axis_roots, offsets, other_index, head, general, sqrt2_root, offset, largest_inverse, limit,
+                    kind)
+                other = k + half
+                ratio = kind(offset / outer) if near else kind(0)
+                other_ratio = kind(offset / other_outer) if other_near else kind(0)
+                if not general or (near and other_near):
+                    pair_update(weights[k:k + tail], grads[k:k + tail], buffer[k:k + tail] if with_buffer else buffer,
+                                weights[other:other + tail], grads[other:other + tail],
+                                buffer[other:other + tail] if with_buffer else buffer, table[:tail],
+                                table_roots[:tail], table_inverse[:tail], outer, other_outer, offset, exponent, order,
+                                head_root, other_head_root, ratio, other_ratio, scale, lr, momentum, decay, coupled,
+                                grad_sign, with_buffer)
+                else:
+                    run_update(weights[k:k + tail], grads[k:k + tail], buffer[k:k + tail] if with_buffer else buffer,
+                               table[:tail], table_roots[:tail], table_inverse[:tail], outer, outer_root, offset,
+                               offset_root, exponent, order, near, head_root, ratio, scale, lr, momentum, decay,
+                               coupled, grad_sign, with_buffer)
+                    run_update(weights[other:other + tail], grads[other:other + tail],
+                               buffer[other:other + tail] if with_buffer else buffer, table[:tail], table_roots[:tail],
+                               table_inverse[:tail], other_outer, other_outer_root, offset, offset_root, exponent,
+                               order, other_near, other_head_root, other_ratio, scale, lr, momentum, decay, coupled,
+                               grad_sign, with_buffer)
+                next_run(index, dims, head)
+                next_run(other_index, dims, head)
+            k = aligned + 2 * half
+            head_indices(index, dims, head, start, k, tail)
+            continue
         col0 = (start + k) % tail
         end = min(stop, k + tail - col0)
         col1 = col0 + end - k
-        outer = kind(1)
-        outer_root = sqrt2_root
-        head_root = 1.0
-        for axis in range(head):
-            outer = outer * scaled[offsets[axis] + index[axis]]
-            if general:
-                outer_root *= axis_roots[offsets[axis] + index[axis]]
-                head_root *= axis_roots[offsets[axis] + index[axis]]
-        # the offset beside the run's smallest product: float64, so that nothing overflows
-        near = general and np.float64(offset) * largest_inverse <= limit * np.float64(outer)
+        outer, outer_root, head_root, near = run_factors(scaled, axis_roots, offsets, index, head, general, sqrt2_root,
+                                                         offset, largest_inverse, limit, kind)
         run_update(weights[k:end], grads[k:end], buffer[k:end] if with_buffer else buffer, table[col0:col1],
-                   table_roots[col0:col1], table_inverse[col0:col1], outer, kind(outer_root), offset,
-                   offset_root, exponent, order, near, kind(head_root), kind(offset / outer) if near else kind(0),
+                   table_roots[col0:col1], table_inverse[col0:col1], outer, outer_root, offset,
+                   offset_root, exponent, order, near, head_root, kind(offset / outer) if near else kind(0),
                    scale, lr, momentum, decay, coupled, grad_sign, with_buffer)
         if col1 == tail:
             next_run(index, dims, head)
@@ -459,6 +588,7 @@ def update_walk(ranges, axis_table, addresses, scalars, corrections, scaled, axi
     table_inverse = np.empty(scratch[0], dtype=scaled.dtype)
     root_products = np.empty(scratch[0])
     index = np.zeros(scratch[1], dtype=np.int64)
+    other_index = np.zeros(scratch[1], dtype=np.int64)
     for piece in range(low, high):
         for position in range(bounds[piece], bounds[piece + 1]):
             at = items[position, 0]
@@ -483,9 +613,8 @@ def update_walk(ranges, axis_table, addresses, scalars, corrections, scaled, axi
             buffer = carray(array_pointer(addresses[at, 2], np.float32), (length if with_buffer else 0,))
             values, correction = scalars[at], corrections[at]
             update_item(weights, grads, buffer, table, table_roots, table_inverse, largest_inverse, range_scaled,
-                        range_roots, dims, offsets, index, start, items[position, 1], items[position, 2], head, tail,
-                        axes,
-                        weight_type(correction[_SCALE]), weight_type(correction[_OFFSET]),
+                        range_roots, dims, offsets, index, other_index, start, items[position, 1], items[position, 2],
+                        head, tail, axes, weight_type(correction[_SCALE]), weight_type(correction[_OFFSET]),
                         correction[_SQRT2_ROOT], weight_type(correction[_OFFSET_ROOT]),
                         weight_type(values[_LR]), np.float32(values[_MOMENTUM]), weight_type(values[_DECAY]),
                         weight_type(values[_COUPLED]), weight_type(values[_GRAD_SIGN]), with_buffer)
