@@ -99,6 +99,23 @@ def run_update(weights, grads, buffer, table, table_max, base, with_maxima, lr, 
 
 
 @_run_loop
+def pair_nu(weights, grads, other_weights, other_grads, table, table_max, i, base, other_base, coupled, grad_sign):
+    """Element i of two runs of the same columns (:func:`pair_update`): each run's weight, G and nu,
+    and nu's bits (see :func:`run_update`), whose maximum goes into ``table_max[i]``."""
+    minimum = table[i]
+    weight = weights[i]
+    gradient = grads[i] * grad_sign + coupled * weight
+    nu = min(base, minimum) + gradient * gradient
+    other_weight = other_weights[i]
+    other_gradient = other_grads[i] * grad_sign + coupled * other_weight
+    other_nu = min(other_base, minimum) + other_gradient * other_gradient
+    bits = float_bits(nu)
+    other_bits = float_bits(other_nu)
+    table_max[i] = max(table_max[i], max(bits, other_bits))
+    return weight, gradient, nu, bits, other_weight, other_gradient, other_nu, other_bits
+
+
+@_run_loop
 def pair_update(weights, grads, other_weights, other_grads, table, table_max, base, other_base, lr, eps, decay,
                 coupled, grad_sign):
     """SM3-II without momentum on two runs of the same columns at once (:func:`item`'s halves):
@@ -108,16 +125,8 @@ def pair_update(weights, grads, other_weights, other_grads, table, table_max, ba
     top = table_max.dtype.type(0)
     other_top = table_max.dtype.type(0)
     for i in range(weights.shape[0]):
-        minimum = table[i]
-        weight = weights[i]
-        gradient = grads[i] * grad_sign + coupled * weight
-        nu = min(base, minimum) + gradient * gradient
-        other_weight = other_weights[i]
-        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
-        other_nu = min(other_base, minimum) + other_gradient * other_gradient
-        bits = float_bits(nu)
-        other_bits = float_bits(other_nu)
-        table_max[i] = max(table_max[i], max(bits, other_bits))
+        weight, gradient, nu, bits, other_weight, other_gradient, other_nu, other_bits = pair_nu(
+            weights, grads, other_weights, other_grads, table, table_max, i, base, other_base, coupled, grad_sign)
         top = max(top, bits)
         other_top = max(other_top, other_bits)
         weights[i] = weight * decay - lr * (gradient * (one / np.sqrt(nu + eps)))
@@ -133,16 +142,8 @@ def pair_update_with_buffer(weights, grads, buffer, other_weights, other_grads, 
     top = table_max.dtype.type(0)
     other_top = table_max.dtype.type(0)
     for i in range(weights.shape[0]):
-        minimum = table[i]
-        weight = weights[i]
-        gradient = grads[i] * grad_sign + coupled * weight
-        nu = min(base, minimum) + gradient * gradient
-        other_weight = other_weights[i]
-        other_gradient = other_grads[i] * grad_sign + coupled * other_weight
-        other_nu = min(other_base, minimum) + other_gradient * other_gradient
-        bits = float_bits(nu)
-        other_bits = float_bits(other_nu)
-        table_max[i] = max(table_max[i], max(bits, other_bits))
+        weight, gradient, nu, bits, other_weight, other_gradient, other_nu, other_bits = pair_nu(
+            weights, grads, other_weights, other_grads, table, table_max, i, base, other_base, coupled, grad_sign)
         top = max(top, bits)
         other_top = max(other_top, other_bits)
         moving = buffer.dtype.type(buffer[i] * momentum + dampening * (gradient * (one / np.sqrt(nu + eps))))
