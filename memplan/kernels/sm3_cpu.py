@@ -25,10 +25,10 @@ run. Threads (Python threads running ``nogil`` kernels) take pieces, contiguous 
 thread builds the table of their accumulators' minima (one entry per element of a run), keeps the
 maxima of nu per table entry, and folds them into each trailing axis's maxima when the item ends;
 runs along the last axis alone read that axis's accumulator as the table. SM3-II steps a long
-item's whole runs two at a time, one from each half of the item, in one loop (twice
-the streams read at once; benchmarks/RESULTS.md). Each piece keeps its
-maxima in its own row of partial vectors; after the threads join, one serial step combines the
-rows (exactly: max is order-free, and nu >= 0).
+item's whole runs two at a time, one from each half of the item, in one loop (twice the streams
+read at once; benchmarks/RESULTS.md). Each piece keeps its maxima in its own row of partial
+vectors; after the threads join, one serial step combines the rows (exactly: max is order-free,
+and nu >= 0).
 """
 
 from __future__ import annotations
