@@ -427,6 +427,15 @@ def square_quarters(grads, table_sums, block_sums, sums, offsets, dims, quarter_
     return runs, 0 if runs else tail, tail if runs else 0
 
 
+@_run_loop
+def whole_runs(start, first, stop, tail, parts):
+    """Of elements ``[first, stop)`` of a range that starts at element ``start`` of its index: where
+    the first whole run starts, and how many elements of whole runs each of ``parts`` equal parts
+    holds (whole runs too)."""
+    aligned = min(stop, first + (tail - (start + first) % tail) % tail)
+    return aligned, (stop - aligned) // tail // parts * tail
+
+
 QUARTER_MIN_RUNS = 8
 """The whole runs each quarter of an item needs before :func:`square_item` reads its quarters
 together."""
@@ -443,8 +452,7 @@ def square_item(weights, grads, table_sums, block_sums, sums, dims, offsets, ind
     body numba would type the index arithmetic as float64, and the loops would not vectorize."""
     head_indices(index, dims, head, start, first, tail)
     runs, low, high = 0, tail, 0
-    aligned = min(stop, first + (tail - (start + first) % tail) % tail)   # the first whole run's start
-    quarter = (stop - aligned) // tail // 4 * tail
+    aligned, quarter = whole_runs(start, first, stop, tail, 4)
     if weights.itemsize == 4 and coupled == 0 and quarter >= QUARTER_MIN_RUNS * tail:
         runs, low, high = square_runs(weights, grads, table_sums, block_sums, sums, offsets, dims, index, start,
                                       first, aligned, head, tail, coupled, grad_sign, runs, low, high)
@@ -495,8 +503,7 @@ def update_item(weights, grads, buffer, table, table_roots, table_inverse, large
     kind = table.dtype.type
     limit = NEAR if table.itemsize == 4 else NEAR_DOUBLE
     exponent = kind(-0.5 / order)
-    aligned = min(stop, first + (tail - (start + first) % tail) % tail)   # the first whole run's start
-    half = (stop - aligned) // tail // 2 * tail
+    aligned, half = whole_runs(start, first, stop, tail, 2)
     paired = half >= PAIR_MIN_RUNS * tail
     head_indices(index, dims, head, start, first, tail)
     k = first
@@ -512,23 +519,22 @@ def update_item(weights, grads, buffer, table, table_roots, table_inverse, large
                 other = k + half
                 ratio = kind(offset / outer) if near else kind(0)
                 other_ratio = kind(offset / other_outer) if other_near else kind(0)
+                run_buffer = buffer[k:k + tail] if with_buffer else buffer
+                other_buffer = buffer[other:other + tail] if with_buffer else buffer
                 if not general or (near and other_near):
-                    pair_update(weights[k:k + tail], grads[k:k + tail], buffer[k:k + tail] if with_buffer else buffer,
-                                weights[other:other + tail], grads[other:other + tail],
-                                buffer[other:other + tail] if with_buffer else buffer, table[:tail],
-                                table_roots[:tail], table_inverse[:tail], outer, other_outer, offset, exponent, order,
-                                head_root, other_head_root, ratio, other_ratio, scale, lr, momentum, decay, coupled,
-                                grad_sign, with_buffer)
+                    pair_update(weights[k:k + tail], grads[k:k + tail], run_buffer, weights[other:other + tail],
+                                grads[other:other + tail], other_buffer, table[:tail], table_roots[:tail],
+                                table_inverse[:tail], outer, other_outer, offset, exponent, order, head_root,
+                                other_head_root, ratio, other_ratio, scale, lr, momentum, decay, coupled, grad_sign,
+                                with_buffer)
                 else:
-                    run_update(weights[k:k + tail], grads[k:k + tail], buffer[k:k + tail] if with_buffer else buffer,
-                               table[:tail], table_roots[:tail], table_inverse[:tail], outer, outer_root, offset,
-                               offset_root, exponent, order, near, head_root, ratio, scale, lr, momentum, decay,
-                               coupled, grad_sign, with_buffer)
-                    run_update(weights[other:other + tail], grads[other:other + tail],
-                               buffer[other:other + tail] if with_buffer else buffer, table[:tail], table_roots[:tail],
-                               table_inverse[:tail], other_outer, other_outer_root, offset, offset_root, exponent,
-                               order, other_near, other_head_root, other_ratio, scale, lr, momentum, decay, coupled,
-                               grad_sign, with_buffer)
+                    run_update(weights[k:k + tail], grads[k:k + tail], run_buffer, table[:tail], table_roots[:tail],
+                               table_inverse[:tail], outer, outer_root, offset, offset_root, exponent, order, near,
+                               head_root, ratio, scale, lr, momentum, decay, coupled, grad_sign, with_buffer)
+                    run_update(weights[other:other + tail], grads[other:other + tail], other_buffer, table[:tail],
+                               table_roots[:tail], table_inverse[:tail], other_outer, other_outer_root, offset,
+                               offset_root, exponent, order, other_near, other_head_root, other_ratio, scale, lr,
+                               momentum, decay, coupled, grad_sign, with_buffer)
                 next_run(index, dims, head)
                 next_run(other_index, dims, head)
             k = aligned + 2 * half
