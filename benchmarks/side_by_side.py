@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -51,8 +52,6 @@ def worker(args: argparse.Namespace) -> None:
 
 
 def _median_ms(run, steps: int) -> float:
-    import time
-
     elapsed = []
     for _ in range(steps):
         start = time.perf_counter()
