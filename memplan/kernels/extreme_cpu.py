@@ -54,8 +54,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, dtype_like, gradient_addresses, kernel_pieces, piece_origins,
-                                 run_in_threads, split_work, tail_axes)
+from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
+                                 piece_origins, run_in_threads, split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -126,7 +126,8 @@ def _kernel():
     imported on first use: loaded from numba's cache, or compiled and cached."""
     from memplan.kernels import extreme_numba
 
-    return extreme_numba.square_walk, extreme_numba.finish_sums, extreme_numba.prepare_roots, extreme_numba.update_walk
+    return tuple(map(compile_in_child, (extreme_numba.square_walk, extreme_numba.finish_sums,
+                                        extreme_numba.prepare_roots, extreme_numba.update_walk)))
 
 
 def et_square_sums_range(weights: torch.Tensor, grads: torch.Tensor, start: int, index: tuple[int, ...],
@@ -437,7 +438,7 @@ def _norm_kernels():
     """ET-infinity's two numba kernels (squared norm, scale), imported on first use."""
     from memplan.kernels import extreme_numba
 
-    return extreme_numba.infinity_squared_norm, extreme_numba.infinity_scale
+    return compile_in_child(extreme_numba.infinity_squared_norm), compile_in_child(extreme_numba.infinity_scale)
 
 
 __all__ = ["ETCall", "ETInfinityTensor", "ETScalars", "ETTensor", "et_inf_many", "et_many", "et_square_sums_range",

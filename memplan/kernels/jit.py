@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache, lru_cache
 from operator import attrgetter, eq, is_
@@ -45,6 +50,73 @@ def numba_module() -> ModuleType:
 
     numba.config.CACHE_DIR = str(cache_dir())  # also when numba was imported before the variable was set
     return numba
+
+
+_COMPILE_IN_CHILD = """
+import importlib, pickle, sys
+signature = pickle.load(sys.stdin.buffer)
+getattr(importlib.import_module(sys.argv[1]), sys.argv[2]).compile(signature)
+"""
+_compiling = threading.RLock()
+
+
+def compile_in_child(kernel: Any) -> Any:
+    """``kernel`` (a cached numba dispatcher that Python calls), made to compile each signature that
+    neither this process nor numba's cache holds in a child process, and then to load it from the
+    cache, as a process that finds it cached does; returns ``kernel``.
+
+    Why: numba compiles the functions a kernel calls (such as ``item``, which steps one range) as
+    libraries of their own, optimized once, and in the process that compiled them the kernel's calls
+    go to those; the cached kernel carries its own copies of them, optimized a second time together
+    with it, and only that second pass vectorizes most of their loops. SM3-II's step on the GPT-2-like
+    set took 70 to 72 ms in the process that compiled it, 17 to 21 loaded from the cache; SMMF's and
+    ET2's, depending on which kernels compiled first, up to 1.4 times their cached time
+    (benchmarks/RESULTS.md). Where the child fails (no interpreter to start, an unwritable cache), a
+    warning says so and the kernel compiles here."""
+    if getattr(kernel, "_compiles_in_child", False):
+        return kernel
+    compile_here = kernel.compile
+
+    def compile(signature: Any) -> Any:
+        with _compiling:
+            arguments, _ = numba_module().core.sigutils.normalize_signature(signature)
+            if tuple(arguments) not in kernel.overloads and not _in_cache(kernel, signature):
+                _compile_child(kernel, signature)
+            return compile_here(signature)
+
+    kernel.compile = compile
+    kernel._compiles_in_child = True
+    return kernel
+
+
+def _in_cache(kernel: Any, signature: Any) -> bool:
+    """Whether numba's cache holds ``kernel`` compiled for ``signature`` (numba's own index; True
+    where its internals are not as expected, so that the kernel compiles here as it would anyway)."""
+    try:
+        cache_of_kernel = kernel._cache
+        kernel.targetctx.refresh()
+        key = cache_of_kernel._index_key(signature, kernel.targetctx.codegen())
+        return key in cache_of_kernel._cache_file._load_index()
+    except Exception:   # noqa: BLE001 - another numba's internals: fall back to its own compile
+        return True
+
+
+def _compile_child(kernel: Any, signature: Any) -> None:
+    """Compile ``kernel`` for ``signature`` in a child process, which stores it in numba's cache."""
+    function = kernel.py_func
+    environment = dict(os.environ, PYTHONPATH=os.pathsep.join(path for path in sys.path if path),
+                       NUMBA_CACHE_DIR=str(numba_module().config.CACHE_DIR))
+    try:
+        done = subprocess.run([sys.executable, "-c", _COMPILE_IN_CHILD, function.__module__, function.__name__],
+                              input=pickle.dumps(signature), capture_output=True, env=environment, check=False)
+    except OSError as error:
+        failure = str(error)
+    else:
+        if done.returncode == 0:
+            return
+        failure = (done.stderr.decode(errors="replace").strip().splitlines() or [f"exit {done.returncode}"])[-1]
+    warnings.warn(f"memplan: compiling {function.__name__} in a child process failed ({failure}); compiling it "
+                  f"in this process, where it may run slower", RuntimeWarning, stacklevel=4)
 
 
 def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:

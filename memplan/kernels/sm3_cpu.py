@@ -41,8 +41,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, dtype_like, gradient_addresses, kernel_pieces, piece_origins,
-                                 run_in_threads, split_work, tail_axes)
+from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
+                                 piece_origins, run_in_threads, split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -102,7 +102,7 @@ def _kernel():
     compiled and cached."""
     from memplan.kernels import sm3_numba
 
-    return sm3_numba.walk, sm3_numba.combine
+    return compile_in_child(sm3_numba.walk), compile_in_child(sm3_numba.combine)
 
 
 def sm3_range(weights: torch.Tensor, grads: torch.Tensor, start: int, view: tuple[int, ...],

@@ -36,8 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, dtype_like, gradient_addresses, kernel_pieces, piece_origins,
-                                 run_in_threads, split_work)
+from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
+                                 piece_origins, run_in_threads, split_work)
 from memplan.kernels.scalars import DecayScalars
 
 NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
@@ -96,7 +96,7 @@ def _kernel():
     compiled and cached."""
     from memplan.kernels import smmf_numba
 
-    return smmf_numba.walk, smmf_numba.combine
+    return compile_in_child(smmf_numba.walk), compile_in_child(smmf_numba.combine)
 
 
 def smmf_range(weights: torch.Tensor, grads: torch.Tensor, signs: torch.Tensor | None, start: int, cols: int,

@@ -1,4 +1,4 @@
-"""How kernels split many ranges among threads, and how a call passes them dtypes."""
+"""How kernels split many ranges among threads, how a call passes them dtypes, and where they compile."""
 
 import pytest
 
@@ -123,3 +123,26 @@ def test_kernels_called_from_python_take_no_type_classes():
         for signature in kernel.signatures:
             assert not any(isinstance(argument, types.NumberClass) for argument in signature), (kernel.__name__,
                                                                                                  signature)
+
+
+def _twice(value):
+    return 2 * value
+
+
+def test_a_kernel_whose_child_process_fails_compiles_here_with_a_warning(tmp_path, monkeypatch):
+    import sys
+    import warnings
+
+    from memplan.kernels.jit import compile_in_child, numba_module
+
+    numba = numba_module()
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))   # an empty cache: the kernel must compile
+    kernel = compile_in_child(numba.njit(cache=True)(_twice))
+    assert compile_in_child(kernel) is kernel
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    with pytest.warns(RuntimeWarning, match="compiling _twice in a child process failed"):
+        assert kernel(3.0) == 6.0
+    assert sum(kernel.stats.cache_misses.values()) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernel(4.0) == 8.0   # compiled once: no second child, no second warning
