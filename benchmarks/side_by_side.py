@@ -1,7 +1,7 @@
 """Step times of the working tree beside another revision's, in alternating processes.
 
     python benchmarks/side_by_side.py --against REV [--set gpt2|resnet50] [--methods spec,spec,...]
-                                      [--runs 4] [--rounds 5] [--steps 3] [--threads 2]
+                                      [--runs 4] [--rounds 5] [--steps 3] [--threads 2] [--fresh-cache]
 
 A kernel change is timed against the commit before it in separate processes (two versions of a
 module cannot share one), alternating: the revision's run 1, the tree's run 1, then the tree's run 2
@@ -12,7 +12,9 @@ of ``--steps`` steps, with ``torch.sum`` over every gradient in each round (the 
 this machine's memory runs at two speeds minutes apart, and a ratio means something only beside the
 read rate it was taken at). The table gives each process's medians; the summary, per method, the
 median over runs of each version's ratio to the baseline and of the tree's time over the
-revision's in the same pair of runs.
+revision's in the same pair of runs. ``--fresh-cache`` gives every process an empty numba cache of
+its own, so that each times the kernels as the first process on a machine runs them, compiled
+during its warm-up step.
 """
 
 from __future__ import annotations
@@ -65,7 +67,10 @@ def _run(root: Path, args: argparse.Namespace) -> dict[str, float]:
     command = [sys.executable, __file__, "--worker", "--set", args.set, "--methods", args.methods, "--rounds",
                str(args.rounds), "--steps", str(args.steps), "--threads", str(args.threads)]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": str(args.threads)}
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="side-by-side-cache-") as cache:
+        if args.fresh_cache:
+            env["NUMBA_CACHE_DIR"] = cache
+        result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
     if result.returncode:
         raise SystemExit(f"side_by_side: the run under {root} failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fresh-cache", action="store_true",
+                        help="an empty numba cache for every process: time the kernels as a first process compiles them")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -113,8 +120,9 @@ def report(pairs: list[tuple[dict[str, float], dict[str, float]]], args: argpars
     """The per-run table and the per-method summary (see the module docstring)."""
     methods = [name for name in pairs[0][0] if name != "read"]
     baseline = methods[0]
+    cache = "; every process with an empty numba cache" if args.fresh_cache else ""
     print(f"{args.set}, {args.threads} threads; each cell a process's median of {args.rounds} rounds of "
-          f"{args.steps} steps (ms); {args.against} against the working tree, alternating\n")
+          f"{args.steps} steps (ms); {args.against} against the working tree, alternating{cache}\n")
     print("| run | version | read | " + " | ".join(methods) + " |")
     print("|---|---|---|" + "---|" * len(methods))
     for number, pair in enumerate(pairs, 1):
