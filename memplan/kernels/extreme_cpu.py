@@ -123,7 +123,8 @@ offset^a 2^(a/2) (a = -1 / (2p); see the module docstring)."""
 @cache
 def _kernel():
     """The numba kernels of both passes (square_walk, finish_sums, prepare_roots, update_walk),
-    imported on first use: loaded from numba's cache, or compiled and cached."""
+    imported on first use and loaded from numba's cache, each signature compiled into it by a child
+    process first where it is missing (see :func:`~memplan.kernels.jit.compile_in_child`)."""
     from memplan.kernels import extreme_numba
 
     return tuple(map(compile_in_child, (extreme_numba.square_walk, extreme_numba.finish_sums,
@@ -435,7 +436,8 @@ def _working(tensor: torch.Tensor) -> torch.Tensor:
 
 @cache
 def _norm_kernels():
-    """ET-infinity's two numba kernels (squared norm, scale), imported on first use."""
+    """ET-infinity's two numba kernels (squared norm, scale), imported on first use (as
+    :func:`_kernel`'s are)."""
     from memplan.kernels import extreme_numba
 
     return compile_in_child(extreme_numba.infinity_squared_norm), compile_in_child(extreme_numba.infinity_scale)

@@ -98,8 +98,9 @@ momentum to the buffer's fp32)."""
 
 @cache
 def _kernel():
-    """The numba kernels (walk, combine), imported on first use: loaded from numba's cache, or
-    compiled and cached."""
+    """The numba kernels (walk, combine), imported on first use and loaded from numba's cache, each
+    signature compiled into it by a child process first where it is missing (see
+    :func:`~memplan.kernels.jit.compile_in_child`)."""
     from memplan.kernels import sm3_numba
 
     return compile_in_child(sm3_numba.walk), compile_in_child(sm3_numba.combine)

@@ -92,8 +92,9 @@ turn them into the new, normalised factors and store those."""
 
 @cache
 def _kernel():
-    """The numba kernels (walk, combine), imported on first use: loaded from numba's cache, or
-    compiled and cached."""
+    """The numba kernels (walk, combine), imported on first use and loaded from numba's cache, each
+    signature compiled into it by a child process first where it is missing (see
+    :func:`~memplan.kernels.jit.compile_in_child`)."""
     from memplan.kernels import smmf_numba
 
     return compile_in_child(smmf_numba.walk), compile_in_child(smmf_numba.combine)
