@@ -80,7 +80,8 @@ def compile_in_child(kernel: Any) -> Any:
     def compile(signature: Any) -> Any:
         with _compiling:
             arguments, _ = numba_module().core.sigutils.normalize_signature(signature)
-            if tuple(arguments) not in kernel.overloads and not _in_cache(kernel, signature):
+            if (tuple(arguments) not in kernel.overloads and not getattr(sys, "frozen", False)
+                    and not _in_cache(kernel, signature)):   # a frozen application's executable runs no -c
                 _compile_child(kernel, signature)
             return compile_here(signature)
 

@@ -146,3 +146,21 @@ def test_a_kernel_whose_child_process_fails_compiles_here_with_a_warning(tmp_pat
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert kernel(4.0) == 8.0   # compiled once: no second child, no second warning
+
+
+def test_a_frozen_application_compiles_here_without_starting_a_child(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import warnings
+
+    from memplan.kernels.jit import compile_in_child, numba_module
+
+    numba = numba_module()
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sys, "frozen", True, raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail("a child process was started"))
+    kernel = compile_in_child(numba.njit(cache=True)(_twice))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert kernel(5.0) == 10.0
+    assert sum(kernel.stats.cache_misses.values()) == 1
