@@ -8,7 +8,9 @@ cached kernel on its closure too, and a closure holding dispatchers or an intrin
 differently in every process, so kernels defined inside a function would be compiled again by every
 process. numba freezes the globals a kernel reads when it compiles it, and checks only the kernel's
 own file for changes: after changing a constant that a ``*_numba`` module imports from another
-module, clear the cache (or touch that file).
+module, clear the cache (or touch that file). A kernel that Python calls compiles each new
+signature in a child process and is loaded from the cache (:func:`compile_in_child`): the code a
+process compiles for itself runs slower than the same kernel loaded from the cache.
 """
 
 from __future__ import annotations
