@@ -129,15 +129,24 @@ def _twice(value):
     return 2 * value
 
 
-def test_a_kernel_whose_child_process_fails_compiles_here_with_a_warning(tmp_path, monkeypatch):
-    import sys
-    import warnings
-
+@pytest.fixture
+def uncompiled_kernel(tmp_path, monkeypatch):
+    """``_twice`` as a cached kernel under :func:`compile_in_child`, over an empty cache: its first
+    call must compile."""
     from memplan.kernels.jit import compile_in_child, numba_module
 
     numba = numba_module()
-    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))   # an empty cache: the kernel must compile
-    kernel = compile_in_child(numba.njit(cache=True)(_twice))
+    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
+    return compile_in_child(numba.njit(cache=True)(_twice))
+
+
+def test_a_kernel_whose_child_process_fails_compiles_here_with_a_warning(uncompiled_kernel, tmp_path, monkeypatch):
+    import sys
+    import warnings
+
+    from memplan.kernels.jit import compile_in_child
+
+    kernel = uncompiled_kernel
     assert compile_in_child(kernel) is kernel
     monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
     with pytest.warns(RuntimeWarning, match="compiling _twice in a child process failed"):
@@ -148,19 +157,14 @@ def test_a_kernel_whose_child_process_fails_compiles_here_with_a_warning(tmp_pat
         assert kernel(4.0) == 8.0   # compiled once: no second child, no second warning
 
 
-def test_a_frozen_application_compiles_here_without_starting_a_child(tmp_path, monkeypatch):
+def test_a_frozen_application_compiles_here_without_starting_a_child(uncompiled_kernel, monkeypatch):
     import subprocess
     import sys
     import warnings
 
-    from memplan.kernels.jit import compile_in_child, numba_module
-
-    numba = numba_module()
-    monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(sys, "frozen", True, raising=False)
     monkeypatch.setattr(subprocess, "run", lambda *args, **kwargs: pytest.fail("a child process was started"))
-    kernel = compile_in_child(numba.njit(cache=True)(_twice))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert kernel(5.0) == 10.0
-    assert sum(kernel.stats.cache_misses.values()) == 1
+        assert uncompiled_kernel(5.0) == 10.0
+    assert sum(uncompiled_kernel.stats.cache_misses.values()) == 1
