@@ -19,7 +19,8 @@ Technologies, one module per method and technology:
 - ``*_cpu``: numba, multi-threaded over cache-sized pieces of the range; the kernels themselves
   are in ``*_numba``, which a ``*_cpu`` module imports on first use (importing it does not import
   numba), and are compiled once and then loaded from numba's cache on disk (see
-  :mod:`memplan.kernels.jit`);
+  :mod:`memplan.kernels.jit`); the layout of a call's tables, which both sides read, is in
+  ``*_tables``, which imports nothing (a process compiling a kernel starts without torch);
 - ``*_triton``: Triton kernels for CUDA tensors (their tests run on CPU under ``TRITON_INTERPRET=1``).
 
 :mod:`memplan.kernels.select` resolves an optimizer's ``impl`` option to the technology that runs.

@@ -56,6 +56,8 @@ import torch
 
 from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
                                  piece_origins, run_in_threads, split_work, tail_axes)
+from memplan.kernels.extreme_tables import (ADD_SUMS, AXIS_FIELDS, CORRECTIONS, INFINITY_SCALARS, RANGE_FIELDS,
+                                            SCALARS, STORE_ACCUMULATORS)
 from memplan.kernels.scalars import DecayScalars
 
 
@@ -99,26 +101,6 @@ then stay in L1: on a (16, 32, 16, 32, 9) index, pass 1 took 0.2 ns an element r
 pass 2 0.65 rather than 0.8), unless that leaves runs shorter than ``SHORT_RUN`` elements; then up
 to :data:`TAIL_ELEMENTS`."""
 
-ADD_SUMS, STORE_ACCUMULATORS = 0, 1
-"""What pass 1 does with each range's slice sums: add them to output vectors, or fold them into
-the range's accumulators and rescale those for pass 2 (:func:`et_many`)."""
-
-RANGE_FIELDS = ("start", "length", "first_axis", "axes", "head", "tail", "slot", "width")
-"""The columns of a call's range table: the range's first element in its index and its length,
-its index's first row in the axis table and its axes (the order p), the head axes (walked one by
-one), the elements of a run (the product of the trailing axes), and the offset and count of its
-per-slice values (sums, scaled accumulators, roots: one per slice of every axis) in a call's
-vectors."""
-AXIS_FIELDS = ("dim", "offset")
-"""The columns of a call's axis table, one row per axis of every range: its length, and the offset
-of its slices among its range's (the axes' in order)."""
-SCALARS = ("lr", "momentum", "decay", "coupled", "grad_sign", "keep", "alpha", "eps")
-"""The columns of a call's per-range scalars (float64): the update's, then the accumulators'
-S <- keep S + alpha sums, and eps."""
-CORRECTIONS = ("scale", "offset", "sqrt2_root", "offset_root")
-"""The columns of a call's per-range corrections (float64): the scale and offset of
-:func:`memplan.optim.extreme._scaled_factors`, and for orders other than 1, 2 and 4, 2^(a/2) and
-offset^a 2^(a/2) (a = -1 / (2p); see the module docstring)."""
 
 @cache
 def _kernel():
@@ -339,11 +321,6 @@ class ETInfinityTensor:
     scalars: ETScalars
     beta2: float | None
     eps: float
-
-
-INFINITY_SCALARS = ("lr", "decay", "coupled", "grad_sign", "keep", "alpha", "eps")
-"""The columns of an ET-infinity call's per-tensor scalars (float64): the update's, then the
-accumulator's s <- keep s + alpha ||G||^2, and eps."""
 
 
 def et_inf_many(tensors: list[ETInfinityTensor]) -> None:

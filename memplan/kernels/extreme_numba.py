@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from memplan.kernels.extreme_cpu import ADD_SUMS, CORRECTIONS, INFINITY_SCALARS, SCALARS, STORE_ACCUMULATORS
+from memplan.kernels.extreme_tables import ADD_SUMS, CORRECTIONS, INFINITY_SCALARS, SCALARS, STORE_ACCUMULATORS
 from memplan.kernels.jit import numba_module
 from memplan.kernels.numba_pointer import array_pointer
 

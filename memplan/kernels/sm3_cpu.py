@@ -44,6 +44,8 @@ import torch
 from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
                                  piece_origins, run_in_threads, split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
+from memplan.kernels.sm3_tables import (ADD_MAXIMA, AXIS_FIELDS, RANGE_FIELDS, SCALARS, SM3_I, SM3_II, SQUARE_MAXIMA,
+                                        STORE_MAXIMA)
 
 
 @dataclass(frozen=True)
@@ -76,24 +78,6 @@ TAIL_ELEMENTS = 1 << 15
 :mod:`memplan.kernels.extreme_cpu`): their accumulators' minima become one table, and the
 table's maxima are folded back into each trailing axis's maxima after each item."""
 
-SM3_II, SM3_I, SQUARE_MAXIMA = 0, 1, 2
-"""What a call computes: SM3-II's update and maxima of nu, SM3-I's update (no maxima), or SM3-I's
-maxima of G^2 (no update)."""
-ADD_MAXIMA, STORE_MAXIMA = 0, 1
-"""What a call does with each range's maxima: max-combine them into the output vectors, or store
-them (over the accumulators, once every thread has read those)."""
-
-RANGE_FIELDS = ("start", "length", "first_axis", "axes", "head", "tail", "slot", "width")
-"""The columns of a call's range table: the range's first element in its view and its length,
-its view's first row in the axis table and its axes, the head axes (walked one by one), the
-elements of a run (the product of the trailing axes), and the offset and count of its maxima in a
-thread's partial vectors (one per slice of every axis)."""
-AXIS_FIELDS = ("dim", "offset")
-"""The columns of a call's axis table, one row per axis of every range: its length, and the offset
-of its maxima among its range's (the axes' in order)."""
-SCALARS = ("lr", "eps", "momentum", "dampening", "decay", "coupled", "grad_sign")
-"""The columns of a call's per-range scalars (float64; cast to the weights' dtype in the kernel,
-momentum to the buffer's fp32)."""
 
 
 @cache

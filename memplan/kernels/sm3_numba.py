@@ -9,7 +9,7 @@ import numpy as np
 
 from memplan.kernels.jit import numba_module
 from memplan.kernels.numba_pointer import array_pointer, float_bits
-from memplan.kernels.sm3_cpu import SM3_I, SQUARE_MAXIMA, STORE_MAXIMA
+from memplan.kernels.sm3_tables import SM3_I, SQUARE_MAXIMA, STORE_MAXIMA
 
 numba = numba_module()
 carray = numba.carray

@@ -39,9 +39,8 @@ import torch
 from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
                                  piece_origins, run_in_threads, split_work)
 from memplan.kernels.scalars import DecayScalars
-
-NO_SIGNS, PACKED_SIGNS, BYTE_SIGNS = 0, 1, 8
-"""How the range's signs are stored: none (no first moment), 8 per byte, one byte each."""
+from memplan.kernels.smmf_tables import (ADD_SUMS, ADDRESSES, BYTE_SIGNS, NO_SIGNS, PACKED_SIGNS, SCALARS,
+                                         STORE_FACTORS)
 
 
 @dataclass(frozen=True)
@@ -78,16 +77,6 @@ class SMMFTensor:
     prior_m: float
     keep_v: float
     keep_m: float
-
-
-ADDRESSES = ("weights", "grads", "signs", "row_v", "col_v", "row_m", "col_m", "out_row_v", "out_col_v", "out_row_m",
-             "out_col_m")
-"""The columns of a call's address table, one row per range (0 where a range has no such tensor)."""
-SCALARS = ("step_size", "eps", "decay", "coupled", "grad_sign", "prior_v", "prior_m", "keep_v", "keep_m")
-"""The columns of a call's per-range scalars (float64; cast to the weights' dtype in the kernel)."""
-ADD_SUMS, STORE_FACTORS = 0, 1
-"""What a call does with each range's row and column sums: add them to the output vectors, or
-turn them into the new, normalised factors and store those."""
 
 
 @cache

@@ -11,7 +11,7 @@ import numpy as np
 
 from memplan.kernels.jit import numba_module
 from memplan.kernels.numba_pointer import array_pointer
-from memplan.kernels.smmf_cpu import ADD_SUMS, STORE_FACTORS
+from memplan.kernels.smmf_tables import ADD_SUMS, STORE_FACTORS
 
 numba = numba_module()
 carray = numba.carray
