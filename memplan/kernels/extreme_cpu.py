@@ -54,8 +54,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
-                                 piece_origins, run_in_threads, split_work, tail_axes)
+from memplan.kernels.jit import (batch_dtype, compile_ahead, compile_in_child, dtype_like, gradient_addresses,
+                                 kernel_pieces, piece_origins, run_in_threads, split_work, tail_axes)
 from memplan.kernels.extreme_tables import (ADD_SUMS, AXIS_FIELDS, CORRECTIONS, INFINITY_SCALARS, RANGE_FIELDS,
                                             SCALARS, STORE_ACCUMULATORS)
 from memplan.kernels.scalars import DecayScalars
@@ -225,17 +225,30 @@ def _square_sums(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int
     items, bounds, touched = split_work(lengths, pieces)
     origins, total = piece_origins(items, bounds, ranges[:, 6], ranges[:, 7])
     partial = np.empty(total, dtype=np.float64)
-    square_walk, finish_sums, _, _ = _kernel()
+    square_walk, finish_sums, _, update_walk = _kernel()
     arguments = (ranges, axis_table, addresses, scalars, items, bounds, origins, partial, dtype_like(weight_type),
                  scratch)
-    run_in_threads(lambda low, high: square_walk(*arguments, low, high), pieces)
     storing = what == STORE_ACCUMULATORS
     scaled = np.empty(int(ranges[-1, 6] + ranges[-1, 7]) if storing else 0, dtype=weight_type)
     axis_roots = np.empty(scaled.shape[0], dtype=np.float64)
     corrections = np.zeros((len(layouts) if storing else 0, len(CORRECTIONS)), dtype=np.float64)
-    finish_sums(ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what, dtype_like(output_type),
-                scaled, axis_roots, corrections)
+    finish_arguments = (ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what,
+                        dtype_like(output_type), scaled, axis_roots, corrections)
+    if (kind := (weight_type, output_type, what)) not in _COMPILED:
+        calls = [(square_walk, arguments + (0, pieces)), (finish_sums, finish_arguments)]
+        if storing:   # pass 2 follows (et_many): its kernel compiles beside these
+            calls.append((update_walk, _update_arguments(ranges, axis_table, addresses, scalars, corrections, scaled,
+                                                         axis_roots, items, bounds, weight_type, scratch) + (0, pieces)))
+        compile_ahead(calls)
+        _COMPILED.add(kind)
+    run_in_threads(lambda low, high: square_walk(*arguments, low, high), pieces)
+    finish_sums(*finish_arguments)
     return scaled, axis_roots, corrections
+
+
+_COMPILED: set[tuple] = set()
+"""The kinds of pass-1 call (dtypes, what to do with the sums) whose kernels, and pass 2's after
+:func:`et_many`'s, :func:`~memplan.kernels.jit.compile_ahead` has readied in this process."""
 
 
 def _update(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]], ...], scalars: np.ndarray,
@@ -246,10 +259,16 @@ def _update(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...
     pieces = kernel_pieces(sum(lengths))
     items, bounds, _ = split_work(lengths, pieces)
     _, _, _, update_walk = _kernel()
-    arguments = (ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
-                 dtype_like(weight_type),
-                 scratch)
+    arguments = _update_arguments(ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items,
+                                  bounds, weight_type, scratch)
     run_in_threads(lambda low, high: update_walk(*arguments, low, high), pieces)
+
+
+def _update_arguments(ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
+                      weight_type, scratch) -> tuple:
+    """Pass 2's kernel arguments, but for the piece bounds."""
+    return (ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots, items, bounds,
+            dtype_like(weight_type), scratch)
 
 
 @lru_cache(maxsize=64)

@@ -75,21 +75,46 @@ def compile_in_child(kernel: Any) -> Any:
     ET2's, depending on which kernels compiled first, up to 1.4 times their cached time
     (benchmarks/RESULTS.md). Where the child fails (no interpreter to start, an unwritable cache), a
     warning says so and the kernel compiles here."""
-    if getattr(kernel, "_compiles_in_child", False):
+    if hasattr(kernel, "compile_here"):
         return kernel
     compile_here = kernel.compile
 
     def compile(signature: Any) -> Any:
         with _compiling:
-            arguments, _ = numba_module().core.sigutils.normalize_signature(signature)
-            if (tuple(arguments) not in kernel.overloads and not getattr(sys, "frozen", False)
-                    and not _in_cache(kernel, signature)):   # a frozen application's executable runs no -c
+            if _missing(kernel, signature):
                 _compile_child(kernel, signature)
             return compile_here(signature)
 
     kernel.compile = compile
-    kernel._compiles_in_child = True
+    kernel.compile_here = compile_here
     return kernel
+
+
+def compile_ahead(calls: Sequence[tuple[Any, tuple[Any, ...]]]) -> None:
+    """Compile each kernel of ``calls`` (kernels under :func:`compile_in_child`, each with the
+    arguments it will be called with) for the signature of those arguments, where neither this
+    process nor numba's cache holds it: in child processes that all run at once (a step has at
+    most three such kernels), then loaded from the cache. Compiled one after the other, each in its
+    child when first called, a step's kernels took the sum of their compile times (ET2: 24 s, 17
+    of them its update pass's; benchmarks/RESULTS.md)."""
+    with _compiling:
+        missing = [(kernel, tuple(map(kernel.typeof_pyval, arguments))) for kernel, arguments in calls]
+        missing = [(kernel, signature) for kernel, signature in missing if _missing(kernel, signature)]
+        if not missing:
+            return
+        with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="memplan-compile") as pool:
+            list(pool.map(lambda pair: _compile_child(*pair), missing))
+        for kernel, signature in missing:
+            kernel.compile_here(signature)   # from the cache; compiled here where its child failed
+
+
+def _missing(kernel: Any, signature: Any) -> bool:
+    """Whether ``kernel`` (under :func:`compile_in_child`) must be compiled for ``signature`` by a
+    child: neither this process nor the cache holds it, and this is no frozen application (whose
+    executable runs no ``-c``)."""
+    arguments, _ = numba_module().core.sigutils.normalize_signature(signature)
+    return (tuple(arguments) not in kernel.overloads and not getattr(sys, "frozen", False)
+            and not _in_cache(kernel, signature))
 
 
 def _in_cache(kernel: Any, signature: Any) -> bool:
@@ -119,7 +144,7 @@ def _compile_child(kernel: Any, signature: Any) -> None:
             return
         failure = (done.stderr.decode(errors="replace").strip().splitlines() or [f"exit {done.returncode}"])[-1]
     warnings.warn(f"memplan: compiling {function.__name__} in a child process failed ({failure}); compiling it "
-                  f"in this process, where it may run slower", RuntimeWarning, stacklevel=4)
+                  f"in this process, where it may run slower", RuntimeWarning, stacklevel=2)
 
 
 def kernel_threads(elements: int, min_per_thread: int = 1 << 16) -> int:

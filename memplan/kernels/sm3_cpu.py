@@ -41,8 +41,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
-                                 piece_origins, run_in_threads, split_work, tail_axes)
+from memplan.kernels.jit import (batch_dtype, compile_ahead, compile_in_child, dtype_like, gradient_addresses,
+                                 kernel_pieces, piece_origins, run_in_threads, split_work, tail_axes)
 from memplan.kernels.scalars import DecayScalars
 from memplan.kernels.sm3_tables import (ADD_MAXIMA, AXIS_FIELDS, RANGE_FIELDS, SCALARS, SM3_I, SM3_II, SQUARE_MAXIMA,
                                         STORE_MAXIMA)
@@ -249,9 +249,21 @@ def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]]
     bits_type = np.uint32 if weight_type is np.float32 else np.uint64   # the maxima's bits (see sm3_numba.walk)
     arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode,
                  dtype_like(weight_type), dtype_like(bits_type), dtype_like(accumulator_type), scratch)
+    calls = [(walk, arguments + (0, pieces))]
+    if mode != SM3_I:
+        calls.append((combine, (ranges, axis_table, axis_addresses, touched, origins, partial, what,
+                                dtype_like(output_type))))
+    if (kind := (mode, weight_type, accumulator_type, output_type, what)) not in _COMPILED:
+        compile_ahead(calls)
+        _COMPILED.add(kind)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     if mode != SM3_I:
-        combine(ranges, axis_table, axis_addresses, touched, origins, partial, what, dtype_like(output_type))
+        combine(*calls[1][1])
+
+
+_COMPILED: set[tuple] = set()
+"""The kinds of call (mode, dtypes, what to do with the maxima) whose kernels
+:func:`~memplan.kernels.jit.compile_ahead` has readied in this process."""
 
 
 @lru_cache(maxsize=64)

@@ -36,8 +36,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from memplan.kernels.jit import (batch_dtype, compile_in_child, dtype_like, gradient_addresses, kernel_pieces,
-                                 piece_origins, run_in_threads, split_work)
+from memplan.kernels.jit import (batch_dtype, compile_ahead, compile_in_child, dtype_like, gradient_addresses,
+                                 kernel_pieces, piece_origins, run_in_threads, split_work)
 from memplan.kernels.scalars import DecayScalars
 from memplan.kernels.smmf_tables import (ADD_SUMS, ADDRESSES, BYTE_SIGNS, NO_SIGNS, PACKED_SIGNS, SCALARS,
                                          STORE_FACTORS)
@@ -205,8 +205,17 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
     walk, combine = _kernel()
     arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, dtype_like(weight_type),
                  dtype_like(factor_type), touched, what, dtype_like(output_type))
+    combine_arguments = (addresses, ranges, scalars, touched, origins, partial, what, dtype_like(output_type))
+    if (kind := (mode, weight_type, factor_type, output_type, what)) not in _COMPILED:
+        compile_ahead([(walk, arguments + (0, pieces)), (combine, combine_arguments)])
+        _COMPILED.add(kind)
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
-    combine(addresses, ranges, scalars, touched, origins, partial, what, dtype_like(output_type))
+    combine(*combine_arguments)
+
+
+_COMPILED: set[tuple] = set()
+"""The kinds of call (sign mode, dtypes, what to do with the sums) whose kernels
+:func:`~memplan.kernels.jit.compile_ahead` has readied in this process."""
 
 
 @lru_cache(maxsize=64)

@@ -129,15 +129,25 @@ def _twice(value):
     return 2 * value
 
 
+def _thrice(value):
+    return 3 * value
+
+
 @pytest.fixture
-def uncompiled_kernel(tmp_path, monkeypatch):
-    """``_twice`` as a cached kernel under :func:`compile_in_child`, over an empty cache: its first
-    call must compile."""
+def uncompiled_kernels(tmp_path, monkeypatch):
+    """``_twice`` and ``_thrice`` as cached kernels under :func:`compile_in_child`, over an empty
+    cache: their first calls must compile."""
     from memplan.kernels.jit import compile_in_child, numba_module
 
     numba = numba_module()
     monkeypatch.setattr(numba.config, "CACHE_DIR", str(tmp_path))
-    return compile_in_child(numba.njit(cache=True)(_twice))
+    return compile_in_child(numba.njit(cache=True)(_twice)), compile_in_child(numba.njit(cache=True)(_thrice))
+
+
+@pytest.fixture
+def uncompiled_kernel(uncompiled_kernels):
+    """``_twice`` of :func:`uncompiled_kernels`."""
+    return uncompiled_kernels[0]
 
 
 def test_a_kernel_whose_child_process_fails_compiles_here_with_a_warning(uncompiled_kernel, tmp_path, monkeypatch):
@@ -179,3 +189,30 @@ def test_a_kernel_module_imports_without_torch(module):
 
     check = f"import sys, memplan.kernels.{module}; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", check], check=False).returncode == 0
+
+
+def test_kernels_compiled_ahead_compile_in_children_at_once_and_then_load(uncompiled_kernels, monkeypatch):
+    """compile_ahead starts the children of every missing kernel before waiting for any (here: both
+    must be running for either to finish), then loads each kernel; its calls then compile nothing
+    more, and a kernel already compiled starts no child."""
+    import threading
+
+    from memplan.kernels import jit
+
+    twice, thrice = uncompiled_kernels
+    both_running = threading.Barrier(2, timeout=30)
+    started = []
+
+    def child(kernel, signature):
+        started.append(kernel.py_func.__name__)
+        both_running.wait()   # raises BrokenBarrierError unless the other child runs meanwhile
+        jit.compile_in_child(kernel).compile_here(signature)   # as the child would: compiled into the cache
+
+    monkeypatch.setattr(jit, "_compile_child", child)
+    jit.compile_ahead([(twice, (1.5,)), (thrice, (2,))])
+    assert sorted(started) == ["_thrice", "_twice"]
+    assert [len(twice.overloads), len(thrice.overloads)] == [1, 1]
+    monkeypatch.setattr(jit, "_compile_child", lambda *args: pytest.fail("a second child was started"))
+    assert (twice(1.5), thrice(2)) == (3.0, 6)
+    jit.compile_ahead([(twice, (2.5,)), (thrice, (3,))])
+    assert [len(twice.overloads), len(thrice.overloads)] == [1, 1]
