@@ -14,7 +14,7 @@ read rate it was taken at). The table gives each process's medians; the summary,
 median over runs of each version's ratio to the baseline and of the tree's time over the
 revision's in the same pair of runs. ``--fresh-cache`` gives every process an empty numba cache of
 its own, so that each times the kernels as the first process on a machine runs them, compiled
-during its warm-up step.
+during its warm-up step; a second table then gives those first steps' times.
 """
 
 from __future__ import annotations
@@ -43,14 +43,18 @@ def worker(args: argparse.Namespace) -> None:
     methods = split_spec_list(args.methods)
     params = make_params(parameter_shapes(args.set), "cpu")
     optimizers = {spec: build(spec, params) for spec in methods}
-    for optimizer in optimizers.values():
-        optimizer.step()  # warm-up: the state, and the kernels loaded or compiled
+    first = {FIRST + spec: _median_ms(optimizer.step, 1) for spec, optimizer in optimizers.items()}   # warm-up:
+    # the state, and the kernels loaded or compiled
     times: dict[str, list[float]] = {spec: [] for spec in [*methods, "read"]}
     for _ in range(args.rounds):
         for spec, optimizer in optimizers.items():
             times[spec].append(_median_ms(optimizer.step, args.steps))
         times["read"].append(_median_ms(lambda: [param.grad.sum() for param in params], args.steps))
-    print(json.dumps({name: statistics.median(values) for name, values in times.items()}))
+    print(json.dumps({**{name: statistics.median(values) for name, values in times.items()}, **first}))
+
+
+FIRST = "first step: "
+"""The prefix of a method's warm-up step time (ms) in a worker's results."""
 
 
 def _median_ms(run, steps: int) -> float:
@@ -118,7 +122,7 @@ def main() -> None:
 
 def report(pairs: list[tuple[dict[str, float], dict[str, float]]], args: argparse.Namespace) -> None:
     """The per-run table and the per-method summary (see the module docstring)."""
-    methods = [name for name in pairs[0][0] if name != "read"]
+    methods = [name for name in pairs[0][0] if name != "read" and not name.startswith(FIRST)]
     baseline = methods[0]
     cache = "; every process with an empty numba cache" if args.fresh_cache else ""
     print(f"{args.set}, {args.threads} threads; each cell a process's median of {args.rounds} rounds of "
@@ -137,6 +141,24 @@ def report(pairs: list[tuple[dict[str, float], dict[str, float]]], args: argpars
         after = statistics.median(new[name] / new[baseline] for _, new in pairs)
         change = statistics.median(new[name] / old[name] for old, new in pairs)
         print(f"| {name} | {before:.2f}x | {after:.2f}x | {change:.2f} |")
+    if args.fresh_cache and all(FIRST + name in times for pair in pairs for times in pair for name in methods):
+        _report_first_steps(pairs, methods, args)
+
+
+def _report_first_steps(pairs: list[tuple[dict[str, float], dict[str, float]]], methods: list[str],
+                        args: argparse.Namespace) -> None:
+    """Each process's first step of each method (its warm-up, which compiled the kernels it calls
+    with every cache empty), in seconds, and the median over pairs of the tree's over the revision's."""
+    print("\nFirst steps (s), each method's kernels compiled in its warm-up step\n")
+    print("| run | version | " + " | ".join(methods) + " |")
+    print("|---|---|" + "---|" * len(methods))
+    for number, pair in enumerate(pairs, 1):
+        for version, times in zip((args.against, "tree"), pair):
+            print(f"| {number} | {version} | " + " | ".join(f"{times[FIRST + name] / 1e3:.1f}" for name in methods)
+                  + " |")
+    print(f"| tree / {args.against} (median of pairs) | | "
+          + " | ".join(f"{statistics.median(new[FIRST + name] / old[FIRST + name] for old, new in pairs):.2f}"
+                       for name in methods) + " |")
 
 
 if __name__ == "__main__":

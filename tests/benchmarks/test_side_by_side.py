@@ -31,3 +31,19 @@ def test_the_header_says_when_every_process_compiled_its_kernels(capsys) -> None
     args = argparse.Namespace(set="gpt2", threads=2, rounds=5, steps=3, against="HEAD~1", fresh_cache=True)
     side_by_side.report(pairs, args)
     assert capsys.readouterr().out.splitlines()[0].endswith("alternating; every process with an empty numba cache")
+
+
+def test_with_fresh_caches_the_first_steps_get_their_own_table(capsys) -> None:
+    first = side_by_side.FIRST
+    pairs = [({"adamw": 10.0, "smmf": 12.0, "read": 3.0, first + "adamw": 50.0, first + "smmf": 12000.0},
+              {"adamw": 10.0, "smmf": 9.0, "read": 3.1, first + "adamw": 40.0, first + "smmf": 9000.0}),
+             ({"adamw": 10.0, "smmf": 12.0, "read": 3.0, first + "adamw": 50.0, first + "smmf": 10000.0},
+              {"adamw": 10.0, "smmf": 9.0, "read": 3.1, first + "adamw": 60.0, first + "smmf": 9000.0})]
+    args = argparse.Namespace(set="gpt2", threads=2, rounds=5, steps=3, against="HEAD~1", fresh_cache=True)
+    side_by_side.report(pairs, args)
+    lines = capsys.readouterr().out.splitlines()
+    assert "| smmf | 1.20x | 0.90x | 0.75 |" in lines   # the first steps are not methods of the step table
+    assert "| 1 | HEAD~1 | 0.1 | 12.0 |" in lines
+    assert "| 2 | tree | 0.1 | 9.0 |" in lines
+    # adamw: 0.8, 1.2 -> 1.00; smmf: 0.75, 0.9 -> 0.825
+    assert lines[-1] == "| tree / HEAD~1 (median of pairs) | | 1.00 | 0.82 |"
