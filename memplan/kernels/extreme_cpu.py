@@ -363,8 +363,20 @@ def et_inf_many(tensors: list[ETInfinityTensor]) -> None:
                        dtype=np.float64)
     lengths = tuple(tensor.weights.numel() for tensor in tensors)
     weight_type = _numpy_type(dtype)
+    if weight_type not in _INFINITY_COMPILED:   # both passes' kernels, compiled at once
+        squared_norm, scale = _norm_kernels()
+        norm_arguments, pieces = _norm_arguments(addresses, lengths, scalars, weight_type, states)
+        compile_ahead([(squared_norm, norm_arguments + (0, pieces, False)),
+                       (scale, _scale_arguments(addresses, lengths, scalars, norm_arguments[8], weight_type)[0]
+                        + (0, pieces))])
+        _INFINITY_COMPILED.add(weight_type)
     _, inverse_roots = _infinity_squared_norms(addresses, lengths, scalars, weight_type, states)
     _infinity_scale(addresses, lengths, scalars, inverse_roots, weight_type)
+
+
+_INFINITY_COMPILED: set[type] = set()
+"""The weights' types whose ET-infinity kernels :func:`~memplan.kernels.jit.compile_ahead` has
+readied in this process."""
 
 
 def squared_norm_range(weights: torch.Tensor, grads: torch.Tensor, scalars: ETScalars) -> float:
@@ -394,27 +406,40 @@ def _infinity_squared_norms(addresses: np.ndarray, lengths: tuple[int, ...], sca
     elements in one kernel call, then the serial combination of the sums: returns each tensor's
     squared norm (float64) and, where ``states`` gives the tensors' accumulators (one address per
     tensor, or none), their updated values' inverse roots."""
+    arguments, pieces = _norm_arguments(addresses, lengths, scalars, weight_type, states)
+    kernel = _norm_kernels()[0]
+    run_in_threads(lambda low, high: kernel(*arguments, low, high, False), pieces)
+    kernel(*arguments, 0, 0, True)
+    return arguments[7], arguments[8]   # the norms and inverse roots
+
+
+def _norm_arguments(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray, weight_type,
+                    states: np.ndarray) -> tuple[tuple, int]:
+    """Pass 1's kernel arguments (but for the pieces it steps), with new vectors for its results
+    (norms and inverse roots: the last two arrays), and the pieces of the call."""
     pieces = kernel_pieces(sum(lengths))
     items, bounds, touched = split_work(lengths, pieces)
     partial = np.zeros((pieces, len(lengths)), dtype=np.float64)
     norms = np.empty(len(lengths), dtype=np.float64)
     inverse_roots = np.empty(states.shape[0], dtype=np.float64)
-    kernel = _norm_kernels()[0]
-    arguments = (addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots,
-                 dtype_like(weight_type))
-    run_in_threads(lambda low, high: kernel(*arguments, low, high, False), pieces)
-    kernel(*arguments, 0, 0, True)
-    return norms, inverse_roots
+    return (addresses, scalars, items, bounds, partial, touched, states, norms, inverse_roots,
+            dtype_like(weight_type)), pieces
 
 
 def _infinity_scale(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray,
                     inverse_roots: np.ndarray, weight_type) -> None:
     """ET-infinity's pass 2 over the tensors in one kernel call."""
+    arguments, pieces = _scale_arguments(addresses, lengths, scalars, inverse_roots, weight_type)
+    kernel = _norm_kernels()[1]
+    run_in_threads(lambda low, high: kernel(*arguments, low, high), pieces)
+
+
+def _scale_arguments(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray,
+                     inverse_roots: np.ndarray, weight_type) -> tuple[tuple, int]:
+    """Pass 2's kernel arguments (but for the pieces it steps), and the pieces of the call."""
     pieces = kernel_pieces(sum(lengths))
     items, bounds, _ = split_work(lengths, pieces)
-    kernel = _norm_kernels()[1]
-    arguments = (addresses, scalars, inverse_roots, items, bounds, dtype_like(weight_type))
-    run_in_threads(lambda low, high: kernel(*arguments, low, high), pieces)
+    return (addresses, scalars, inverse_roots, items, bounds, dtype_like(weight_type)), pieces
 
 
 @lru_cache(maxsize=256)
