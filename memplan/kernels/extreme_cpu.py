@@ -234,21 +234,14 @@ def _square_sums(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int
     corrections = np.zeros((len(layouts) if storing else 0, len(CORRECTIONS)), dtype=np.float64)
     finish_arguments = (ranges, axis_table, axis_addresses, scalars, touched, origins, partial, what,
                         dtype_like(output_type), scaled, axis_roots, corrections)
-    if (kind := (weight_type, output_type, what)) not in _COMPILED:
-        calls = [(square_walk, arguments + (0, pieces)), (finish_sums, finish_arguments)]
-        if storing:   # pass 2 follows (et_many): its kernel compiles beside these
-            calls.append((update_walk, _update_arguments(ranges, axis_table, addresses, scalars, corrections, scaled,
-                                                         axis_roots, items, bounds, weight_type, scratch) + (0, pieces)))
-        compile_ahead(calls)
-        _COMPILED.add(kind)
+    # where pass 2 follows (et_many stores the accumulators), its kernel compiles beside these
+    compile_ahead(("extreme", weight_type, output_type, what), lambda: [
+        (square_walk, arguments + (0, pieces)), (finish_sums, finish_arguments)] + ([
+            (update_walk, _update_arguments(ranges, axis_table, addresses, scalars, corrections, scaled, axis_roots,
+                                            items, bounds, weight_type, scratch) + (0, pieces))] if storing else []))
     run_in_threads(lambda low, high: square_walk(*arguments, low, high), pieces)
     finish_sums(*finish_arguments)
     return scaled, axis_roots, corrections
-
-
-_COMPILED: set[tuple] = set()
-"""The kinds of pass-1 call (dtypes, what to do with the sums) whose kernels, and pass 2's after
-:func:`et_many`'s, :func:`~memplan.kernels.jit.compile_ahead` has readied in this process."""
 
 
 def _update(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]], ...], scalars: np.ndarray,
@@ -363,20 +356,20 @@ def et_inf_many(tensors: list[ETInfinityTensor]) -> None:
                        dtype=np.float64)
     lengths = tuple(tensor.weights.numel() for tensor in tensors)
     weight_type = _numpy_type(dtype)
-    if weight_type not in _INFINITY_COMPILED:   # both passes' kernels, compiled at once
-        squared_norm, scale = _norm_kernels()
-        norm_arguments, pieces = _norm_arguments(addresses, lengths, scalars, weight_type, states)
-        compile_ahead([(squared_norm, norm_arguments + (0, pieces, False)),
-                       (scale, _scale_arguments(addresses, lengths, scalars, norm_arguments[8], weight_type)[0]
-                        + (0, pieces))])
-        _INFINITY_COMPILED.add(weight_type)
+    compile_ahead(("extreme infinity", weight_type), lambda: _infinity_calls(addresses, lengths, scalars, weight_type,
+                                                                             states))
     _, inverse_roots = _infinity_squared_norms(addresses, lengths, scalars, weight_type, states)
     _infinity_scale(addresses, lengths, scalars, inverse_roots, weight_type)
 
 
-_INFINITY_COMPILED: set[type] = set()
-"""The weights' types whose ET-infinity kernels :func:`~memplan.kernels.jit.compile_ahead` has
-readied in this process."""
+def _infinity_calls(addresses: np.ndarray, lengths: tuple[int, ...], scalars: np.ndarray, weight_type,
+                    states: np.ndarray) -> list[tuple[object, tuple]]:
+    """Both passes' kernels with the arguments :func:`et_inf_many`'s calls give them (see
+    :func:`~memplan.kernels.jit.compile_ahead`)."""
+    squared_norm, scale = _norm_kernels()
+    norm_arguments, pieces = _norm_arguments(addresses, lengths, scalars, weight_type, states)
+    scale_arguments, _ = _scale_arguments(addresses, lengths, scalars, norm_arguments[8], weight_type)
+    return [(squared_norm, norm_arguments + (0, pieces, False)), (scale, scale_arguments + (0, pieces))]
 
 
 def squared_norm_range(weights: torch.Tensor, grads: torch.Tensor, scalars: ETScalars) -> float:

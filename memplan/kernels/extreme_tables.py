@@ -1,8 +1,8 @@
 """The layout of an extreme-tensoring kernel call, shared by :mod:`memplan.kernels.extreme_cpu`,
-which builds the call's tables, and :mod:`memplan.kernels.extreme_numba`, which reads them. It imports nothing, so a
-child process compiling a kernel (:func:`memplan.kernels.jit.compile_in_child`) starts without
-torch. numba freezes these values into a kernel when it compiles it, and checks only the kernel's
-own file for changes: after changing one here, clear numba's cache.
+which builds the call's tables, and :mod:`memplan.kernels.extreme_numba`, which reads them. It
+imports nothing, so a child process compiling a kernel (:func:`memplan.kernels.jit.compile_in_child`)
+starts without torch. numba freezes these values into a kernel when it compiles it, and checks only
+the kernel's own file for changes: after changing one here, clear numba's cache.
 """
 
 ADD_SUMS, STORE_ACCUMULATORS = 0, 1

@@ -27,7 +27,7 @@ from functools import cache, lru_cache
 from operator import attrgetter, eq, is_
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -90,22 +90,29 @@ def compile_in_child(kernel: Any) -> Any:
     return kernel
 
 
-def compile_ahead(calls: Sequence[tuple[Any, tuple[Any, ...]]]) -> None:
-    """Compile each kernel of ``calls`` (kernels under :func:`compile_in_child`, each with the
-    arguments it will be called with) for the signature of those arguments, where neither this
-    process nor numba's cache holds it: in child processes that all run at once (a step has at
-    most three such kernels), then loaded from the cache. Compiled one after the other, each in its
-    child when first called, a step's kernels took the sum of their compile times (ET2: 24 s, 17
-    of them its update pass's; benchmarks/RESULTS.md)."""
+def compile_ahead(kind: Hashable, calls: Callable[[], Sequence[tuple[Any, tuple[Any, ...]]]]) -> None:
+    """Ready the kernels of a ``kind`` of call (a key naming it: the module, dtypes, modes), once per
+    process: ``calls()`` lists each kernel (under :func:`compile_in_child`) with the arguments it
+    will be called with, and each kernel is compiled for the signature of those arguments where
+    neither this process nor numba's cache holds it, in child processes that all run at once (a
+    step has at most three such kernels), then loaded from the cache. Compiled one after the
+    other, each in its child when first called, a step's kernels took the sum of their compile
+    times (ET2: 24 s, 17 of them its update pass's; benchmarks/RESULTS.md)."""
+    if kind in _READY:
+        return
     with _compiling:
-        missing = [(kernel, tuple(map(kernel.typeof_pyval, arguments))) for kernel, arguments in calls]
+        missing = [(kernel, tuple(map(kernel.typeof_pyval, arguments))) for kernel, arguments in calls()]
         missing = [(kernel, signature) for kernel, signature in missing if _missing(kernel, signature)]
-        if not missing:
-            return
-        with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="memplan-compile") as pool:
-            list(pool.map(lambda pair: _compile_child(*pair), missing))
-        for kernel, signature in missing:
-            kernel.compile_here(signature)   # from the cache; compiled here where its child failed
+        if missing:
+            with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix="memplan-compile") as pool:
+                list(pool.map(lambda pair: _compile_child(*pair), missing))
+            for kernel, signature in missing:
+                kernel.compile_here(signature)   # from the cache; compiled here where its child failed
+        _READY.add(kind)
+
+
+_READY: set[Hashable] = set()
+"""The kinds of call whose kernels :func:`compile_ahead` has readied in this process."""
 
 
 def _missing(kernel: Any, signature: Any) -> bool:

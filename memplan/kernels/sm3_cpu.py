@@ -249,21 +249,12 @@ def _call(addresses: np.ndarray, layouts: tuple[tuple[int, int, tuple[int, ...]]
     bits_type = np.uint32 if weight_type is np.float32 else np.uint64   # the maxima's bits (see sm3_numba.walk)
     arguments = (ranges, axis_table, addresses, axis_addresses, scalars, items, bounds, origins, partial, mode,
                  dtype_like(weight_type), dtype_like(bits_type), dtype_like(accumulator_type), scratch)
-    calls = [(walk, arguments + (0, pieces))]
-    if mode != SM3_I:
-        calls.append((combine, (ranges, axis_table, axis_addresses, touched, origins, partial, what,
-                                dtype_like(output_type))))
-    if (kind := (mode, weight_type, accumulator_type, output_type, what)) not in _COMPILED:
-        compile_ahead(calls)
-        _COMPILED.add(kind)
+    combine_arguments = (ranges, axis_table, axis_addresses, touched, origins, partial, what, dtype_like(output_type))
+    compile_ahead(("sm3", mode, weight_type, accumulator_type, output_type, what),
+                  lambda: [(walk, arguments + (0, pieces))] + ([(combine, combine_arguments)] if mode != SM3_I else []))
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     if mode != SM3_I:
-        combine(*calls[1][1])
-
-
-_COMPILED: set[tuple] = set()
-"""The kinds of call (mode, dtypes, what to do with the maxima) whose kernels
-:func:`~memplan.kernels.jit.compile_ahead` has readied in this process."""
+        combine(*combine_arguments)
 
 
 @lru_cache(maxsize=64)

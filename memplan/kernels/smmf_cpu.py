@@ -206,16 +206,10 @@ def _call(addresses: np.ndarray, layouts: list[tuple[int, int, int]], scalars: n
     arguments = (addresses, ranges, scalars, items, bounds, origins, mode, partial, dtype_like(weight_type),
                  dtype_like(factor_type), touched, what, dtype_like(output_type))
     combine_arguments = (addresses, ranges, scalars, touched, origins, partial, what, dtype_like(output_type))
-    if (kind := (mode, weight_type, factor_type, output_type, what)) not in _COMPILED:
-        compile_ahead([(walk, arguments + (0, pieces)), (combine, combine_arguments)])
-        _COMPILED.add(kind)
+    compile_ahead(("smmf", mode, weight_type, factor_type, output_type, what),
+                  lambda: [(walk, arguments + (0, pieces)), (combine, combine_arguments)])
     run_in_threads(lambda low, high: walk(*arguments, low, high), pieces)
     combine(*combine_arguments)
-
-
-_COMPILED: set[tuple] = set()
-"""The kinds of call (sign mode, dtypes, what to do with the sums) whose kernels
-:func:`~memplan.kernels.jit.compile_ahead` has readied in this process."""
 
 
 @lru_cache(maxsize=64)

@@ -194,7 +194,8 @@ def test_a_kernel_module_imports_without_torch(module):
 def test_kernels_compiled_ahead_compile_in_children_at_once_and_then_load(uncompiled_kernels, monkeypatch):
     """compile_ahead starts the children of every missing kernel before waiting for any (here: both
     must be running for either to finish), then loads each kernel; its calls then compile nothing
-    more, and a kernel already compiled starts no child."""
+    more, a kernel already compiled starts no child, and a kind of call already readied lists no
+    calls."""
     import threading
 
     from memplan.kernels import jit
@@ -209,10 +210,12 @@ def test_kernels_compiled_ahead_compile_in_children_at_once_and_then_load(uncomp
         jit.compile_in_child(kernel).compile_here(signature)   # as the child would: compiled into the cache
 
     monkeypatch.setattr(jit, "_compile_child", child)
-    jit.compile_ahead([(twice, (1.5,)), (thrice, (2,))])
+    monkeypatch.setattr(jit, "_READY", set())
+    jit.compile_ahead("test: float and int", lambda: [(twice, (1.5,)), (thrice, (2,))])
     assert sorted(started) == ["_thrice", "_twice"]
     assert [len(twice.overloads), len(thrice.overloads)] == [1, 1]
     monkeypatch.setattr(jit, "_compile_child", lambda *args: pytest.fail("a second child was started"))
     assert (twice(1.5), thrice(2)) == (3.0, 6)
-    jit.compile_ahead([(twice, (2.5,)), (thrice, (3,))])
+    jit.compile_ahead("test: the same types", lambda: [(twice, (2.5,)), (thrice, (3,))])
     assert [len(twice.overloads), len(thrice.overloads)] == [1, 1]
+    jit.compile_ahead("test: float and int", lambda: pytest.fail("a kind already readied listed its calls"))
